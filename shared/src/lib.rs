@@ -1,0 +1,10 @@
+//! Flotilla's sans-IO core, shared by the coordinator and the client daemons.
+//!
+//! Module map:
+//! - [`params`]: flat, versioned parameter vectors with a layout fingerprint (what crosses
+//!   the wire and what checkpoints hold).
+//!
+//! Nothing in this crate opens a socket, spawns a task or reads a clock: callers pass time
+//! in as arguments and perform the I/O that the state machines ask for.
+
+pub mod params;

@@ -1,0 +1,242 @@
+//! Flat, versioned parameter vectors: the unit the wire protocol ships and checkpoints store.
+//!
+//! A [`Layout`] names every tensor of a model in order with its shape; its
+//! [`Fingerprint`] is a hash of that description, so two peers agree on a vector's
+//! meaning exactly when their fingerprints are equal. A [`ParameterVector`] is the
+//! values of all those tensors, concatenated row-major, tagged with the layout's
+//! fingerprint and [`PARAMETER_FORMAT_VERSION`].
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Version of the flat parameter format; bumped whenever its meaning changes.
+pub const PARAMETER_FORMAT_VERSION: u16 = 1;
+
+/// A stable 64-bit hash of a [`Layout`]'s names and shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Fingerprint(pub u64);
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// One named tensor of a layout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    /// Name of the tensor, e.g. `hidden.3.weight`.
+    pub name: String,
+    /// Shape of the tensor, outermost dimension first.
+    pub shape: Vec<usize>,
+}
+
+impl Segment {
+    /// Number of scalars in this tensor.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Whether the tensor holds no scalar at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The ordered list of tensors that a flat vector concatenates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    segments: Vec<Segment>,
+}
+
+impl Layout {
+    /// A layout of the given segments, in order.
+    pub fn new(segments: Vec<Segment>) -> Self {
+        Self { segments }
+    }
+
+    /// The segments, in order.
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    /// Total number of scalars.
+    pub fn len(&self) -> usize {
+        self.segments.iter().map(Segment::len).sum()
+    }
+
+    /// Whether the layout holds no scalar at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Hash of the format version and every segment's name and shape.
+    pub fn fingerprint(&self) -> Fingerprint {
+        let mut hasher = Sha256::new();
+        hasher.update(PARAMETER_FORMAT_VERSION.to_le_bytes());
+        for segment in &self.segments {
+            hasher.update((segment.name.len() as u64).to_le_bytes());
+            hasher.update(segment.name.as_bytes());
+            hasher.update((segment.shape.len() as u64).to_le_bytes());
+            for dim in &segment.shape {
+                hasher.update((*dim as u64).to_le_bytes());
+            }
+        }
+        let digest = hasher.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        Fingerprint(u64::from_le_bytes(first))
+    }
+}
+
+/// Why a parameter vector was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ParameterError {
+    /// The vector was written in a format version this build does not read.
+    #[error("parameter format version {found} is not supported (this build reads version {expected})")]
+    UnsupportedVersion {
+        /// Version this build reads.
+        expected: u16,
+        /// Version found in the vector.
+        found: u16,
+    },
+    /// The vector was made for a model of another shape.
+    #[error("parameter layout mismatch: expected fingerprint {expected} ({expected_len} values), found {found} ({found_len} values)")]
+    LayoutMismatch {
+        /// Fingerprint of the model's layout.
+        expected: Fingerprint,
+        /// Number of values the model's layout has.
+        expected_len: usize,
+        /// Fingerprint carried by the vector.
+        found: Fingerprint,
+        /// Number of values the vector carries.
+        found_len: usize,
+    },
+    /// The fingerprint matched but the number of values did not.
+    #[error("parameter vector has {found} values, its layout needs {expected}")]
+    LengthMismatch {
+        /// Values the layout needs.
+        expected: usize,
+        /// Values present.
+        found: usize,
+    },
+    /// A value is NaN or infinite.
+    #[error("parameter {index} is not finite ({value})")]
+    NotFinite {
+        /// Position of the first offending value.
+        index: usize,
+        /// The value itself.
+        value: f32,
+    },
+}
+
+/// All of a model's scalars in layout order, tagged with version and fingerprint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParameterVector {
+    /// [`PARAMETER_FORMAT_VERSION`] of the writer.
+    pub format_version: u16,
+    /// Fingerprint of the writer's [`Layout`].
+    pub fingerprint: Fingerprint,
+    /// The values, concatenated row-major in layout order.
+    pub values: Vec<f32>,
+}
+
+impl ParameterVector {
+    /// A vector of `values` for `layout`, at the current format version.
+    pub fn new(layout: &Layout, values: Vec<f32>) -> Result<Self, ParameterError> {
+        if values.len() != layout.len() {
+            return Err(ParameterError::LengthMismatch { expected: layout.len(), found: values.len() });
+        }
+        Ok(Self { format_version: PARAMETER_FORMAT_VERSION, fingerprint: layout.fingerprint(), values })
+    }
+
+    /// Checks that this vector can be loaded into a model of `layout`.
+    pub fn check(&self, layout: &Layout) -> Result<(), ParameterError> {
+        if self.format_version != PARAMETER_FORMAT_VERSION {
+            return Err(ParameterError::UnsupportedVersion {
+                expected: PARAMETER_FORMAT_VERSION,
+                found: self.format_version,
+            });
+        }
+        let expected = layout.fingerprint();
+        if self.fingerprint != expected {
+            return Err(ParameterError::LayoutMismatch {
+                expected,
+                expected_len: layout.len(),
+                found: self.fingerprint,
+                found_len: self.values.len(),
+            });
+        }
+        if self.values.len() != layout.len() {
+            return Err(ParameterError::LengthMismatch { expected: layout.len(), found: self.values.len() });
+        }
+        self.check_finite()
+    }
+
+    /// Checks that every value is finite.
+    pub fn check_finite(&self) -> Result<(), ParameterError> {
+        match self.values.iter().position(|v| !v.is_finite()) {
+            Some(index) => Err(ParameterError::NotFinite { index, value: self.values[index] }),
+            None => Ok(()),
+        }
+    }
+
+    /// Splits the values into one slice per segment of `layout` (call [`Self::check`] first).
+    pub fn split<'a>(&'a self, layout: &'a Layout) -> impl Iterator<Item = (&'a Segment, &'a [f32])> + 'a {
+        let mut offset = 0;
+        layout.segments().iter().map(move |segment| {
+            let slice = &self.values[offset..offset + segment.len()];
+            offset += segment.len();
+            (segment, slice)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(shape: Vec<usize>) -> Layout {
+        Layout::new(vec![
+            Segment { name: "w".into(), shape },
+            Segment { name: "b".into(), shape: vec![3] },
+        ])
+    }
+
+    #[test]
+    fn fingerprint_depends_on_shapes_and_names() {
+        assert_eq!(layout(vec![2, 3]).fingerprint(), layout(vec![2, 3]).fingerprint());
+        assert_ne!(layout(vec![2, 3]).fingerprint(), layout(vec![3, 2]).fingerprint());
+        let renamed = Layout::new(vec![Segment { name: "v".into(), shape: vec![2, 3] }, Segment { name: "b".into(), shape: vec![3] }]);
+        assert_ne!(renamed.fingerprint(), layout(vec![2, 3]).fingerprint());
+    }
+
+    #[test]
+    fn mismatched_layout_is_refused_with_both_fingerprints() {
+        let vector = ParameterVector::new(&layout(vec![2, 3]), vec![0.5; 9]).unwrap();
+        assert_eq!(vector.check(&layout(vec![2, 3])), Ok(()));
+        let err = vector.check(&layout(vec![3, 3])).unwrap_err();
+        assert!(matches!(err, ParameterError::LayoutMismatch { expected_len: 12, found_len: 9, .. }), "{err}");
+        assert!(err.to_string().contains("fingerprint"));
+    }
+
+    #[test]
+    fn wrong_length_version_and_nan_are_refused() {
+        assert!(ParameterVector::new(&layout(vec![2, 3]), vec![0.0; 8]).is_err());
+        let mut vector = ParameterVector::new(&layout(vec![2, 3]), vec![0.0; 9]).unwrap();
+        vector.values[4] = f32::NAN;
+        assert!(matches!(vector.check(&layout(vec![2, 3])), Err(ParameterError::NotFinite { index: 4, .. })));
+        vector.values[4] = 0.0;
+        vector.format_version = 99;
+        assert!(matches!(vector.check(&layout(vec![2, 3])), Err(ParameterError::UnsupportedVersion { found: 99, .. })));
+    }
+
+    #[test]
+    fn split_follows_the_layout() {
+        let l = layout(vec![2, 3]);
+        let vector = ParameterVector::new(&l, (0..9).map(|v| v as f32).collect()).unwrap();
+        let parts: Vec<_> = vector.split(&l).map(|(s, v)| (s.name.clone(), v.to_vec())).collect();
+        assert_eq!(parts[0], ("w".to_string(), vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]));
+        assert_eq!(parts[1], ("b".to_string(), vec![6.0, 7.0, 8.0]));
+    }
+}
