@@ -101,7 +101,9 @@ pub enum ParameterError {
         found: u16,
     },
     /// The vector was made for a model of another shape.
-    #[error("parameter layout mismatch: expected fingerprint {expected} ({expected_len} values), found {found} ({found_len} values)")]
+    #[error(
+        "parameter layout mismatch: expected fingerprint {expected} ({expected_len} values), found {found} ({found_len} values)"
+    )]
     LayoutMismatch {
         /// Fingerprint of the model's layout.
         expected: Fingerprint,
@@ -197,17 +199,17 @@ mod tests {
     use super::*;
 
     fn layout(shape: Vec<usize>) -> Layout {
-        Layout::new(vec![
-            Segment { name: "w".into(), shape },
-            Segment { name: "b".into(), shape: vec![3] },
-        ])
+        Layout::new(vec![Segment { name: "w".into(), shape }, Segment { name: "b".into(), shape: vec![3] }])
     }
 
     #[test]
     fn fingerprint_depends_on_shapes_and_names() {
         assert_eq!(layout(vec![2, 3]).fingerprint(), layout(vec![2, 3]).fingerprint());
         assert_ne!(layout(vec![2, 3]).fingerprint(), layout(vec![3, 2]).fingerprint());
-        let renamed = Layout::new(vec![Segment { name: "v".into(), shape: vec![2, 3] }, Segment { name: "b".into(), shape: vec![3] }]);
+        let renamed = Layout::new(vec![
+            Segment { name: "v".into(), shape: vec![2, 3] },
+            Segment { name: "b".into(), shape: vec![3] },
+        ]);
         assert_ne!(renamed.fingerprint(), layout(vec![2, 3]).fingerprint());
     }
 

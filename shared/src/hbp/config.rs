@@ -26,7 +26,7 @@ pub struct HbpConfig {
     /// Whether a classifier head also reads the raw input (the paper's l = 0 head).
     pub input_head: bool,
     /// Seed of the Glorot-uniform initialisation.
-    pub seed: u64,
+    pub seed: u32,
 }
 
 impl HbpConfig {
@@ -48,5 +48,76 @@ impl HbpConfig {
     /// Number of classifier heads (L + 1 with the input head, L without).
     pub fn heads(&self) -> usize {
         self.hidden_layers + usize::from(self.input_head)
+    }
+}
+
+/// Why an [`HbpConfig`] cannot build a network.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    /// A size that must be positive is zero.
+    #[error("{what} must be at least {min}, got {value}")]
+    TooSmall {
+        /// Name of the setting.
+        what: &'static str,
+        /// Smallest allowed value.
+        min: usize,
+        /// Value given.
+        value: usize,
+    },
+    /// A real-valued setting is outside its range.
+    #[error("{what} must be in {range}, got {value}")]
+    OutOfRange {
+        /// Name of the setting.
+        what: &'static str,
+        /// The allowed range, in words.
+        range: &'static str,
+        /// Value given.
+        value: f32,
+    },
+}
+
+impl HbpConfig {
+    /// Checks every size and hyper-parameter, so that a network can be built from it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let sizes = [
+            ("inputs", 1, self.inputs),
+            ("classes", 2, self.classes),
+            ("hidden layers", 1, self.hidden_layers),
+            ("width", 1, self.width),
+        ];
+        for (what, min, value) in sizes {
+            if value < min {
+                return Err(ConfigError::TooSmall { what, min, value });
+            }
+        }
+        let reals = [
+            ("learning rate", "(0, 10]", self.learning_rate, self.learning_rate > 0.0 && self.learning_rate <= 10.0),
+            ("beta", "(0, 1)", self.beta, self.beta > 0.0 && self.beta < 1.0),
+            ("smoothing", "[0, 1)", self.smoothing, (0.0..1.0).contains(&self.smoothing)),
+        ];
+        for (what, range, value, ok) in reals {
+            if !ok {
+                return Err(ConfigError::OutOfRange { what, range, value });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_named() {
+        assert_eq!(HbpConfig::new(8, 2).validate(), Ok(()));
+        assert_eq!(HbpConfig::new(8, 2).heads(), 20);
+        let mut config = HbpConfig::new(8, 1);
+        assert!(config.validate().unwrap_err().to_string().contains("classes"));
+        config.classes = 3;
+        config.beta = 1.0;
+        assert!(config.validate().unwrap_err().to_string().contains("beta"));
+        config.beta = f32::NAN;
+        assert!(config.validate().is_err());
     }
 }

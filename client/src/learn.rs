@@ -1,0 +1,158 @@
+//! `flotilla-client learn`: one prequential pass of HBP over a CSV stream, with a JSON report.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use cpu_time::ProcessTime;
+use flotilla::compute::{self, BackendChoice, BackendKind};
+use flotilla::data::Dataset;
+use flotilla::hbp::{HbpConfig, HbpModel};
+use flotilla::prequential;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::model_args::ModelArgs;
+
+/// Options of `flotilla-client learn`.
+#[derive(Debug, clap::Args)]
+pub struct LearnArgs {
+    /// CSV stream: header row, numeric features, integer label 0..C-1 in the last column (`-` for stdin).
+    #[arg(long, value_name = "FILE.csv")]
+    pub data: PathBuf,
+    /// Where the kernels run: `auto` (a hardware GPU if any, else CPU), `gpu` (wgpu on Vulkan) or `cpu` (flex).
+    #[arg(long, default_value = "auto", value_parser = clap::value_parser!(BackendChoiceArg))]
+    pub backend: BackendChoiceArg,
+    /// Also write the JSON report to this file.
+    #[arg(long, value_name = "FILE.json")]
+    pub report: Option<PathBuf>,
+    /// Number of classes (default: the largest label in the file plus one).
+    #[arg(long)]
+    pub classes: Option<usize>,
+    /// Micro-batch size: rows predicted together, then learnt from together.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub batch: u32,
+    /// Record the cumulative error every this many samples.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub mark_every: u64,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// `auto`, `gpu` or `cpu`, parsed for clap.
+#[derive(Debug, Clone, Copy)]
+pub struct BackendChoiceArg(pub BackendChoice);
+
+impl std::str::FromStr for BackendChoiceArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(Self)
+    }
+}
+
+/// What `learn` prints and writes.
+#[derive(Debug, Serialize)]
+pub struct LearnReport {
+    /// Input file.
+    pub data: String,
+    /// Rows learnt from.
+    pub samples: u64,
+    /// Feature columns.
+    pub features: usize,
+    /// Classes.
+    pub classes: usize,
+    /// Cumulative test-then-train error over the pass, in percent.
+    pub prequential_error_pct: f64,
+    /// Cumulative error after every `mark_every` samples.
+    pub error_pct_at: BTreeMap<u64, f64>,
+    /// Samples per wall-clock second of the pass.
+    pub samples_per_sec: f64,
+    /// Samples per CPU second of this process during the pass (all threads).
+    pub samples_per_cpu_sec: f64,
+    /// Wall-clock seconds of the pass (model built, data read beforehand).
+    pub wall_seconds: f64,
+    /// Backend used: `gpu` or `cpu`.
+    pub backend: BackendKind,
+    /// The device, in words.
+    pub device: String,
+    /// Final hedge weights, input head first when present.
+    pub alpha: Vec<f32>,
+    /// Index of the head with the largest α.
+    pub alpha_argmax: usize,
+    /// Micro-batch size.
+    pub batch: u32,
+    /// The learner's configuration.
+    pub config: HbpConfig,
+}
+
+/// Runs the pass, prints the report as JSON on stdout and writes it to `--report`.
+pub fn run(args: LearnArgs) -> Result<LearnReport> {
+    let data = read_dataset(&args)?;
+    let config = args.model.config(data.features, data.classes);
+    let device = compute::select(args.backend.0)?;
+    tracing::info!(backend = %device.kind, device = %device.description, reason = %device.reason, "compute device chosen");
+    let mut model = HbpModel::new(config.clone(), &device.device).context("building the HBP model")?;
+    tracing::info!(
+        rows = data.len(),
+        features = data.features,
+        classes = data.classes,
+        parameters = model.layout().len(),
+        "prequential pass starts"
+    );
+
+    let bar = ProgressBar::new(data.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} samples ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let (wall, cpu) = (Instant::now(), ProcessTime::try_now().ok());
+    let score =
+        prequential::run_pass(&mut model, &data, args.batch as usize, args.mark_every, |done| bar.set_position(done))?;
+    let wall_seconds = wall.elapsed().as_secs_f64();
+    let cpu_seconds = cpu.and_then(|start| start.try_elapsed().ok()).map_or(f64::NAN, |d| d.as_secs_f64());
+    bar.finish_and_clear();
+
+    let alpha = model.alpha()?;
+    let alpha_argmax = alpha.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
+    let report = LearnReport {
+        data: args.data.display().to_string(),
+        samples: score.samples(),
+        features: data.features,
+        classes: data.classes,
+        prequential_error_pct: round2(score.error_pct()),
+        error_pct_at: score.marks().iter().map(|(k, v)| (*k, round2(*v))).collect(),
+        samples_per_sec: (score.samples() as f64 / wall_seconds).round(),
+        samples_per_cpu_sec: (score.samples() as f64 / cpu_seconds).round(),
+        wall_seconds,
+        backend: device.kind,
+        device: device.description,
+        alpha,
+        alpha_argmax,
+        batch: args.batch,
+        config,
+    };
+    let json = serde_json::to_string_pretty(&report)?;
+    println!("{json}");
+    if let Some(path) = &args.report {
+        std::fs::write(path, format!("{json}\n"))
+            .with_context(|| format!("writing the report to {}", path.display()))?;
+        tracing::info!(path = %path.display(), "report written");
+    }
+    Ok(report)
+}
+
+fn read_dataset(args: &LearnArgs) -> Result<Dataset> {
+    let source: Box<dyn Read> = if args.data.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(File::open(&args.data).with_context(|| format!("opening {}", args.data.display()))?)
+    };
+    Dataset::from_csv(BufReader::new(source), args.classes).with_context(|| format!("reading {}", args.data.display()))
+}
+
+fn round2(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}

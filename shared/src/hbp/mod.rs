@@ -1,0 +1,23 @@
+//! Hedge Backpropagation (Sahoo et al., IJCAI 2018, Algorithm 1) on burn tensors.
+//!
+//! - [`config`]: shape and hyper-parameters.
+//! - `init`: Glorot-uniform weights drawn as NumPy's `RandomState` draws them.
+//! - [`model`]: the tensors, their flat layout, export and import.
+//! - `math`: forward pass, per-head losses, the analytic backward pass, the hedge update.
+//! - `learner`: predict-then-update on a micro-batch.
+//!
+//! Form implemented: the paper's, with a head on the input too (optional); the prediction
+//! mixes the heads' softmax *probabilities* with weights α; one backward pass of
+//! `Σ_l α_l · CE_l` gives every update; α floored at `s / L` and renormalised after each step.
+
+pub mod config;
+mod init;
+mod learner;
+mod math;
+pub mod model;
+#[cfg(test)]
+mod tests;
+
+pub use config::{ConfigError, HbpConfig};
+pub use learner::Batch;
+pub use model::{HbpModel, ModelError};
