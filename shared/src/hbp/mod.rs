@@ -1,0 +1,5 @@
+//! Hedge Backpropagation.
+
+pub mod config;
+
+pub use config::HbpConfig;
