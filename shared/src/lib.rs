@@ -4,9 +4,11 @@
 //! - [`params`]: flat, versioned parameter vectors with a layout fingerprint (what crosses
 //!   the wire and what checkpoints hold).
 //! - [`hbp`]: Hedge Backpropagation (its configuration is the model spec a coordinator announces).
+//! - [`protocol`]: wire messages, protocol version, ALPN and length-prefixed framing.
 //!
 //! Nothing in this crate opens a socket, spawns a task or reads a clock: callers pass time
 //! in as arguments and perform the I/O that the state machines ask for.
 
 pub mod hbp;
 pub mod params;
+pub mod protocol;
