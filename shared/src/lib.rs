@@ -6,11 +6,13 @@
 //! - [`hbp`]: Hedge Backpropagation (its configuration is the model spec a coordinator announces).
 //! - [`protocol`]: wire messages, protocol version, ALPN and length-prefixed framing.
 //! - [`aggregate`]: streaming aggregation of client updates (sample-weighted FedAvg).
+//! - [`checkpoint`]: encoding and verification of the coordinator's durable state.
 //!
 //! Nothing in this crate opens a socket, spawns a task or reads a clock: callers pass time
 //! in as arguments and perform the I/O that the state machines ask for.
 
 pub mod aggregate;
+pub mod checkpoint;
 pub mod hbp;
 pub mod params;
 pub mod protocol;
