@@ -6,6 +6,7 @@
 //! - [`hbp`]: Hedge Backpropagation (its configuration is the model spec a coordinator announces).
 //! - [`protocol`]: wire messages, protocol version, ALPN and length-prefixed framing.
 //! - [`aggregate`]: streaming aggregation of client updates (sample-weighted FedAvg).
+//! - [`round`]: the coordinator's round state machine and the client's session state machine.
 //! - [`checkpoint`]: encoding and verification of the coordinator's durable state.
 //!
 //! Nothing in this crate opens a socket, spawns a task or reads a clock: callers pass time
@@ -16,3 +17,4 @@ pub mod checkpoint;
 pub mod hbp;
 pub mod params;
 pub mod protocol;
+pub mod round;
