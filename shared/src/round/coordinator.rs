@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
-use super::events::CoordinatorEvent;
+use super::events::{CoordinatorEvent, RoundFailure};
 use super::{CloseReason, ConfigError, ConnectionId, CoordinatorConfig};
 use crate::aggregate::{Aggregator, FedAvg};
 use crate::checkpoint::Checkpoint;
@@ -68,6 +68,7 @@ pub struct Coordinator {
     next_client_id: u64,
     active: Option<ActiveRound>,
     next_round_at: Option<Instant>,
+    shutting_down: bool,
     transmits: VecDeque<Outgoing>,
     closes: VecDeque<(ConnectionId, CloseReason)>,
     events: VecDeque<CoordinatorEvent>,
@@ -93,6 +94,7 @@ impl Coordinator {
             next_client_id: 1,
             active: None,
             next_round_at: None,
+            shutting_down: false,
             transmits: VecDeque::new(),
             closes: VecDeque::new(),
             events: VecDeque::new(),
@@ -189,6 +191,24 @@ impl Coordinator {
         self.remove_peer(conn, now);
     }
 
+    /// Says goodbye to every connection, abandons the running round and refuses new joins.
+    pub fn shutdown(&mut self, reason: &str) {
+        self.shutting_down = true;
+        self.next_round_at = None;
+        if let Some(active) = self.active.take() {
+            self.events
+                .push_back(CoordinatorEvent::RoundFailed { round: active.number, reason: RoundFailure::ShuttingDown });
+        }
+        for (conn, peer) in std::mem::take(&mut self.peers) {
+            let goodbye = CoordinatorMessage::Goodbye { reason: reason.to_string() };
+            self.transmits.push_back(Outgoing::Message(conn, goodbye));
+            self.closes.push_back((conn, CloseReason::Goodbye));
+            if let Peer::Joined { client_id } = peer {
+                self.events.push_back(CoordinatorEvent::ClientLeft { conn, client_id });
+            }
+        }
+    }
+
     /// The instant from [`Coordinator::poll_timeout`] has passed.
     pub fn handle_timeout(&mut self, now: Instant) {
         let late: Vec<ConnectionId> = self
@@ -250,6 +270,9 @@ impl Coordinator {
     }
 
     fn handle_join(&mut self, conn: ConnectionId, version: u16, name: String, token: Option<String>, now: Instant) {
+        if self.shutting_down {
+            return self.refuse_join(conn, ErrorCode::ShuttingDown, "coordinator is shutting down".into(), now);
+        }
         if version != PROTOCOL_VERSION {
             let reason = format!("coordinator speaks protocol version {PROTOCOL_VERSION}, client sent {version}");
             return self.refuse_join(conn, ErrorCode::UnsupportedVersion, reason, now);

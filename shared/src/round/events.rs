@@ -161,4 +161,7 @@ pub enum RoundFailure {
     /// The aggregator could not produce a model.
     #[error("aggregation failed: {0}")]
     Aggregation(AggregateError),
+    /// The coordinator shut down during the round.
+    #[error("coordinator shutting down")]
+    ShuttingDown,
 }

@@ -11,7 +11,7 @@ impl Coordinator {
     /// Starts a round if none runs, a quorum is joined and the pause before the round is over
     /// (the pause starts when both of the former first hold).
     pub(super) fn maybe_start_round(&mut self, now: Instant) {
-        if self.active.is_some() {
+        if self.active.is_some() || self.shutting_down {
             return;
         }
         let candidates: Vec<ConnectionId> =

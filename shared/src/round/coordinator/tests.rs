@@ -390,3 +390,19 @@ fn invalid_configurations_are_refused() {
     assert_eq!(CoordinatorConfig { sample_fraction: 0.3, ..config(2) }.sample_size(10), 3);
     assert_eq!(CoordinatorConfig { sample_fraction: 0.1, ..config(2) }.sample_size(10), 2);
 }
+
+#[test]
+fn shutdown_says_goodbye_abandons_the_round_and_refuses_joins() {
+    let t0 = Instant::now();
+    let mut coordinator = three_clients_in_round_one(2, t0);
+    coordinator.shutdown("maintenance");
+    let goodbyes = transmits(&mut coordinator);
+    assert_eq!(goodbyes.len(), 3);
+    assert!(goodbyes.iter().all(|(_, m)| *m == CoordinatorMessage::Goodbye { reason: "maintenance".into() }));
+    assert_eq!(std::iter::from_fn(|| coordinator.poll_close()).count(), 3);
+    let failed = CoordinatorEvent::RoundFailed { round: 1, reason: RoundFailure::ShuttingDown };
+    assert_eq!(events(&mut coordinator)[0], failed);
+    join(&mut coordinator, 9, t0);
+    assert_eq!(coordinator.poll_close(), Some((ConnectionId(9), CloseReason::Error(ErrorCode::ShuttingDown))));
+    assert_eq!((coordinator.round(), coordinator.poll_timeout()), (1, None));
+}
