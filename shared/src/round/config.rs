@@ -3,6 +3,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+/// Longest duration accepted in a [`CoordinatorConfig`]: a year.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Which updates a round accepts, by how far their base lags the current model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StalenessPolicy {
@@ -60,9 +63,9 @@ pub enum ConfigError {
     /// A zero deadline would end every round at once.
     #[error("round_deadline must be positive")]
     ZeroDeadline,
-    /// The deadline must fit the wire's `deadline_ms: u64`.
-    #[error("round_deadline is too long")]
-    DeadlineTooLong,
+    /// A duration exceeds [`MAX_DURATION`] (adding it to an instant could overflow).
+    #[error("{0} exceeds a year")]
+    TooLong(&'static str),
 }
 
 impl CoordinatorConfig {
@@ -77,8 +80,15 @@ impl CoordinatorConfig {
         if self.round_deadline.is_zero() {
             return Err(ConfigError::ZeroDeadline);
         }
-        u64::try_from(self.round_deadline.as_millis()).map_err(|_| ConfigError::DeadlineTooLong)?;
-        Ok(())
+        let durations = [
+            ("round_deadline", self.round_deadline),
+            ("round_interval", self.round_interval),
+            ("join_timeout", self.join_timeout),
+        ];
+        match durations.into_iter().find(|(_, duration)| *duration > MAX_DURATION) {
+            Some((name, _)) => Err(ConfigError::TooLong(name)),
+            None => Ok(()),
+        }
     }
 
     /// Number of clients to sample among `joined` (0 if fewer than the quorum are joined).

@@ -386,6 +386,11 @@ fn invalid_configurations_are_refused() {
         make(CoordinatorConfig { round_deadline: Duration::ZERO, ..config(1) }),
         Some(ConfigError::ZeroDeadline)
     );
+    let forever = Duration::from_secs(u64::MAX);
+    assert_eq!(
+        make(CoordinatorConfig { join_timeout: forever, ..config(1) }),
+        Some(ConfigError::TooLong("join_timeout"))
+    );
     assert_eq!(config(3).sample_size(2), 0);
     assert_eq!(CoordinatorConfig { sample_fraction: 0.3, ..config(2) }.sample_size(10), 3);
     assert_eq!(CoordinatorConfig { sample_fraction: 0.1, ..config(2) }.sample_size(10), 2);
