@@ -1,20 +1,29 @@
 //! Flotilla's sans-IO core, shared by the coordinator and the client daemons.
 //!
 //! Module map:
-//! - [`hbp`]: the Hedge Backpropagation learner on burn tensors (any backend, chosen by `Device`).
+//! - [`hbp`]: the Hedge Backpropagation learner on burn tensors (any backend, chosen by
+//!   `Device`); its configuration is the model spec a coordinator announces.
 //! - [`compute`]: picking the device: burn-wgpu on Vulkan, or burn's flex CPU backend.
 //! - [`params`]: flat, versioned parameter vectors with a layout fingerprint (what crosses
 //!   the wire and what checkpoints hold).
 //! - [`data`]: labelled CSV streams, row by row or whole, with line-numbered errors.
 //! - [`standardize`]: online feature standardisation (no peeking at future rows).
 //! - [`prequential`]: test-then-train scoring and the one-pass runner.
+//! - [`protocol`]: wire messages, protocol version, ALPN and length-prefixed framing.
+//! - [`aggregate`]: streaming aggregation of client updates (sample-weighted FedAvg).
+//! - [`round`]: the coordinator's round state machine and the client's session state machine.
+//! - [`checkpoint`]: encoding and verification of the coordinator's durable state.
 //!
 //! Nothing in this crate opens a socket, spawns a task or reads a clock: callers pass time
 //! in as arguments and perform the I/O that the state machines ask for.
 
+pub mod aggregate;
+pub mod checkpoint;
 pub mod compute;
 pub mod data;
 pub mod hbp;
 pub mod params;
 pub mod prequential;
+pub mod protocol;
+pub mod round;
 pub mod standardize;

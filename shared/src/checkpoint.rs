@@ -1,0 +1,136 @@
+//! The coordinator's durable state, as bytes.
+//!
+//! Layout of an encoded checkpoint:
+//!
+//! | bytes | content                                                     |
+//! |-------|-------------------------------------------------------------|
+//! | 8     | [`CHECKPOINT_MAGIC`]                                        |
+//! | 2     | [`CHECKPOINT_FORMAT_VERSION`], little-endian                |
+//! | 8     | payload length `n`, little-endian                           |
+//! | n     | bincode payload: round, model version, spec, parameters     |
+//! | 32    | SHA-256 of everything above                                 |
+//!
+//! [`Checkpoint::decode`] refuses anything that is not exactly such a blob, with a typed
+//! error; it never returns a partially read state. Writing the bytes durably (temporary
+//! file, fsync, rename) is the binary's job.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::hbp::HbpConfig;
+use crate::params::{ParameterError, ParameterVector};
+use crate::protocol::framing::{FramingError, decode_bounded};
+
+/// First bytes of every checkpoint.
+pub const CHECKPOINT_MAGIC: [u8; 8] = *b"FLOTCKPT";
+
+/// Version of the checkpoint format written by this build.
+pub const CHECKPOINT_FORMAT_VERSION: u16 = 1;
+
+const HEADER_LEN: usize = 8 + 2 + 8;
+const CHECKSUM_LEN: usize = 32;
+
+/// Everything a coordinator needs to resume training where it stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Latest round started (rounds are numbered from 1).
+    pub round: u64,
+    /// Version of `params` (number of committed rounds).
+    pub model_version: u64,
+    /// Shape and hyper-parameters of the model.
+    pub spec: HbpConfig,
+    /// The global parameters.
+    pub params: ParameterVector,
+}
+
+/// Why bytes were not accepted as a checkpoint.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum CheckpointError {
+    /// The bytes stop before the end announced by the header.
+    #[error("checkpoint truncated: {found} bytes, at least {needed} needed")]
+    Truncated {
+        /// Bytes the header (or the header's own length) requires.
+        needed: u64,
+        /// Bytes present.
+        found: u64,
+    },
+    /// The bytes do not start with [`CHECKPOINT_MAGIC`].
+    #[error("not a Flotilla checkpoint (bad magic bytes)")]
+    BadMagic,
+    /// The checkpoint was written in a format this build does not read.
+    #[error("checkpoint format version {found} is not supported (this build reads {supported})")]
+    UnsupportedVersion {
+        /// Version found in the header.
+        found: u16,
+        /// Version this build reads.
+        supported: u16,
+    },
+    /// Bytes follow the checksum.
+    #[error("checkpoint has {0} unexpected trailing bytes")]
+    TrailingBytes(u64),
+    /// The checksum does not match the content: the file is corrupt.
+    #[error("checkpoint checksum mismatch (corrupt file)")]
+    ChecksumMismatch,
+    /// The checksum matched but the payload is not a valid state.
+    #[error("checkpoint payload is malformed: {0}")]
+    Malformed(#[from] FramingError),
+    /// The stored parameters are not usable (NaN or ∞).
+    #[error("checkpoint parameters refused: {0}")]
+    Parameters(#[from] ParameterError),
+}
+
+impl Checkpoint {
+    /// Encodes this state with header and checksum.
+    pub fn encode(&self) -> Result<Vec<u8>, CheckpointError> {
+        let payload = bincode::serde::encode_to_vec(self, bincode::config::standard())
+            .map_err(|e| FramingError::Encode(e.to_string()))?;
+        let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len() + CHECKSUM_LEN);
+        bytes.extend_from_slice(&CHECKPOINT_MAGIC);
+        bytes.extend_from_slice(&CHECKPOINT_FORMAT_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        let checksum = Sha256::digest(&bytes);
+        bytes.extend_from_slice(&checksum);
+        Ok(bytes)
+    }
+
+    /// Decodes and verifies a state written by [`Checkpoint::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<Self, CheckpointError> {
+        let found = bytes.len() as u64;
+        let magic_len = bytes.len().min(CHECKPOINT_MAGIC.len());
+        if bytes[..magic_len] != CHECKPOINT_MAGIC[..magic_len] {
+            return Err(CheckpointError::BadMagic);
+        }
+        let Some((header, rest)) = bytes.split_first_chunk::<HEADER_LEN>() else {
+            return Err(CheckpointError::Truncated { needed: HEADER_LEN as u64, found });
+        };
+        let version = u16::from_le_bytes([header[8], header[9]]);
+        if version != CHECKPOINT_FORMAT_VERSION {
+            return Err(CheckpointError::UnsupportedVersion { found: version, supported: CHECKPOINT_FORMAT_VERSION });
+        }
+        let mut payload_len = [0u8; 8];
+        payload_len.copy_from_slice(&header[10..]);
+        let payload_len = u64::from_le_bytes(payload_len);
+        let needed = (HEADER_LEN as u64).saturating_add(payload_len).saturating_add(CHECKSUM_LEN as u64);
+        if found < needed {
+            return Err(CheckpointError::Truncated { needed, found });
+        }
+        if found > needed {
+            return Err(CheckpointError::TrailingBytes(found - needed));
+        }
+        let (content, checksum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
+        if Sha256::digest(content).as_slice() != checksum {
+            return Err(CheckpointError::ChecksumMismatch);
+        }
+        let payload = &rest[..rest.len() - CHECKSUM_LEN];
+        let (checkpoint, used): (Checkpoint, usize) = decode_bounded(payload)?;
+        if used != payload.len() {
+            return Err(FramingError::TrailingBytes(payload.len() - used).into());
+        }
+        checkpoint.params.check_finite()?;
+        Ok(checkpoint)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,67 @@
+use super::*;
+use crate::params::{Fingerprint, PARAMETER_FORMAT_VERSION};
+
+fn checkpoint() -> Checkpoint {
+    Checkpoint {
+        round: 12,
+        model_version: 9,
+        spec: HbpConfig::new(4, 3),
+        params: ParameterVector {
+            format_version: PARAMETER_FORMAT_VERSION,
+            fingerprint: Fingerprint(0xfeed),
+            values: vec![0.5, -1.25, 3.0, 0.0],
+        },
+    }
+}
+
+#[test]
+fn round_trip() {
+    let bytes = checkpoint().encode().unwrap();
+    assert_eq!(&bytes[..8], b"FLOTCKPT");
+    assert_eq!(Checkpoint::decode(&bytes), Ok(checkpoint()));
+}
+
+#[test]
+fn every_truncation_is_detected() {
+    let bytes = checkpoint().encode().unwrap();
+    for len in 0..bytes.len() {
+        let err = Checkpoint::decode(&bytes[..len]).unwrap_err();
+        assert!(matches!(err, CheckpointError::Truncated { .. }), "{len} bytes: {err}");
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert_eq!(Checkpoint::decode(&longer), Err(CheckpointError::TrailingBytes(1)));
+}
+
+#[test]
+fn every_flipped_byte_is_detected() {
+    let bytes = checkpoint().encode().unwrap();
+    for i in 0..bytes.len() {
+        let mut corrupt = bytes.clone();
+        corrupt[i] ^= 0x10;
+        let err = Checkpoint::decode(&corrupt).unwrap_err();
+        let expected = match i {
+            0..8 => matches!(err, CheckpointError::BadMagic),
+            8..10 => matches!(err, CheckpointError::UnsupportedVersion { .. }),
+            10..18 => matches!(err, CheckpointError::Truncated { .. } | CheckpointError::TrailingBytes(_)),
+            _ => matches!(err, CheckpointError::ChecksumMismatch),
+        };
+        assert!(expected, "byte {i}: {err}");
+    }
+}
+
+#[test]
+fn bad_magic_and_future_version_are_refused() {
+    assert_eq!(Checkpoint::decode(b"PK\x03\x04 not a checkpoint at all"), Err(CheckpointError::BadMagic));
+    let mut bytes = checkpoint().encode().unwrap();
+    bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
+    assert_eq!(Checkpoint::decode(&bytes), Err(CheckpointError::UnsupportedVersion { found: 2, supported: 1 }));
+}
+
+#[test]
+fn a_checksummed_but_invalid_payload_is_refused() {
+    let mut state = checkpoint();
+    state.params.values[1] = f32::NAN;
+    let err = Checkpoint::decode(&state.encode().unwrap()).unwrap_err();
+    assert!(matches!(err, CheckpointError::Parameters(ParameterError::NotFinite { index: 1, .. })));
+}

@@ -1,0 +1,175 @@
+//! Length-prefixed frames: a `u32` little-endian payload length, then a bincode payload.
+//!
+//! [`encode_frame`] turns one message into one frame; a [`FrameDecoder`] is fed the bytes
+//! of a stream in chunks of any size and hands back complete payloads, which
+//! [`decode_message`] turns back into messages. Nothing here trusts the peer: a frame
+//! announcing more than the [`FrameLimit`] is refused as soon as its header is read, before
+//! any buffer of that size exists, and decoding bounds bincode's allocations by the size of
+//! the bytes actually received.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Bytes of the length header in front of every payload.
+pub const HEADER_LEN: usize = 4;
+
+/// Largest payload, in bytes, a peer may send in one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FrameLimit(u32);
+
+impl FrameLimit {
+    /// 64 MiB: a few million `f32` parameters plus headroom.
+    pub const DEFAULT: FrameLimit = FrameLimit(64 << 20);
+
+    /// A limit of `bytes` per payload.
+    pub const fn new(bytes: u32) -> Self {
+        Self(bytes)
+    }
+
+    /// The limit in bytes.
+    pub const fn bytes(self) -> u32 {
+        self.0
+    }
+}
+
+impl Default for FrameLimit {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Why a frame could not be built or read.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum FramingError {
+    /// A frame's payload is larger than the limit (on either side of the wire).
+    #[error("frame of {announced} bytes exceeds the limit of {limit} bytes")]
+    FrameTooLarge {
+        /// Payload size announced by the header, or produced by the encoder.
+        announced: u64,
+        /// The limit in force.
+        limit: u32,
+    },
+    /// The payload is not a valid bincode message of the expected type.
+    #[error("malformed frame payload: {0}")]
+    Malformed(String),
+    /// The payload decoded to a message but bytes were left over.
+    #[error("frame payload has {0} trailing bytes")]
+    TrailingBytes(usize),
+    /// The message could not be serialised.
+    #[error("message could not be encoded: {0}")]
+    Encode(String),
+}
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Encodes `message` as one frame (header and payload), refusing payloads over `limit`.
+pub fn encode_frame<M: Serialize>(message: &M, limit: FrameLimit) -> Result<Vec<u8>, FramingError> {
+    let mut frame = vec![0u8; HEADER_LEN];
+    bincode::serde::encode_into_std_write(message, &mut frame, config())
+        .map_err(|e| FramingError::Encode(e.to_string()))?;
+    let payload_len = frame.len() - HEADER_LEN;
+    let announced = u32::try_from(payload_len)
+        .ok()
+        .filter(|len| *len <= limit.bytes())
+        .ok_or(FramingError::FrameTooLarge { announced: payload_len as u64, limit: limit.bytes() })?;
+    frame[..HEADER_LEN].copy_from_slice(&announced.to_le_bytes());
+    Ok(frame)
+}
+
+/// Decodes one payload (without its header) into a message.
+///
+/// Bincode's allocation limit is set to the smallest power of four that covers eight
+/// times the payload (an in-memory value never needs more than eight bytes per wire
+/// byte), so a lying length prefix inside the payload cannot allocate more than a small
+/// multiple of what was actually received.
+pub fn decode_message<M: DeserializeOwned>(payload: &[u8]) -> Result<M, FramingError> {
+    let (message, used) = decode_bounded::<M>(payload)?;
+    if used != payload.len() {
+        return Err(FramingError::TrailingBytes(payload.len() - used));
+    }
+    Ok(message)
+}
+
+macro_rules! decode_within {
+    ($payload:expr, $needed:expr; $($bits:literal)*) => {
+        match $needed {
+            $(n if n <= 1usize << $bits => bincode::serde::decode_from_slice(
+                $payload,
+                config().with_limit::<{ 1usize << $bits }>(),
+            ),)*
+            _ => Err(bincode::error::DecodeError::LimitExceeded),
+        }
+    };
+}
+
+/// Decodes a value from the front of `bytes` with allocations bounded by `8 × bytes.len()`
+/// (rounded up to a power of four, at least 4 KiB); returns it and the bytes it used.
+pub(crate) fn decode_bounded<M: DeserializeOwned>(bytes: &[u8]) -> Result<(M, usize), FramingError> {
+    let needed = bytes.len().saturating_mul(8);
+    let decoded: Result<(M, usize), _> = decode_within!(bytes, needed; 12 14 16 18 20 22 24 26 28 30 32 34 36);
+    decoded.map_err(|e| FramingError::Malformed(e.to_string()))
+}
+
+/// Splits a byte stream into frame payloads (sans-IO: the caller feeds it what it read).
+///
+/// After a [`FramingError::FrameTooLarge`] the stream cannot be resynchronised: the
+/// decoder keeps answering that error and the caller should close the connection.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buffer: Vec<u8>,
+    limit: FrameLimit,
+    failed: Option<u64>,
+}
+
+impl FrameDecoder {
+    /// An empty decoder refusing payloads over `limit`.
+    pub fn new(limit: FrameLimit) -> Self {
+        Self { buffer: Vec::new(), limit, failed: None }
+    }
+
+    /// Appends bytes read from the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.failed.is_none() {
+            self.buffer.extend_from_slice(bytes);
+        }
+    }
+
+    /// Bytes received but not yet returned as part of a frame.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// The next complete payload, `None` if more bytes are needed.
+    pub fn poll_frame(&mut self) -> Result<Option<Vec<u8>>, FramingError> {
+        let limit = self.limit.bytes();
+        if let Some(announced) = self.failed {
+            return Err(FramingError::FrameTooLarge { announced, limit });
+        }
+        let Some(header) = self.buffer.first_chunk::<HEADER_LEN>() else {
+            return Ok(None);
+        };
+        let announced = u32::from_le_bytes(*header);
+        if announced > limit {
+            self.failed = Some(u64::from(announced));
+            self.buffer = Vec::new();
+            return Err(FramingError::FrameTooLarge { announced: u64::from(announced), limit });
+        }
+        let end = HEADER_LEN + announced as usize;
+        if self.buffer.len() < end {
+            return Ok(None);
+        }
+        let payload = self.buffer[HEADER_LEN..end].to_vec();
+        self.buffer.drain(..end);
+        Ok(Some(payload))
+    }
+
+    /// The next complete message, `None` if more bytes are needed.
+    pub fn poll_message<M: DeserializeOwned>(&mut self) -> Result<Option<M>, FramingError> {
+        self.poll_frame()?.map(|payload| decode_message(&payload)).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests;

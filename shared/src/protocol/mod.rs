@@ -1,0 +1,179 @@
+//! The wire protocol between the coordinator and its client daemons.
+//!
+//! A QUIC connection negotiated with [`ALPN`] carries one bidirectional stream of
+//! length-prefixed frames (see [`framing`]); each frame holds exactly one bincode-encoded
+//! [`ClientMessage`] (client → coordinator) or [`CoordinatorMessage`] (coordinator →
+//! client).
+//!
+//! # Invariant: no raw data crosses the wire
+//!
+//! The only things a client ever reports about its local data are a model delta
+//! ([`Update::delta`]), the number of samples behind it and two aggregate counters
+//! ([`LocalMetrics`]). No sample, feature, label or per-sample statistic is carried by any
+//! message, and new messages must keep it that way.
+//!
+//! # Versioning
+//!
+//! [`ClientMessage::Join`] and [`CoordinatorMessage::Welcome`] both carry
+//! [`PROTOCOL_VERSION`]; a coordinator answers a `Join` of another version with
+//! [`ErrorCode::UnsupportedVersion`] and closes the connection. The variant order of both
+//! enums is part of the wire format: `Join` is variant 0 forever, so every version can read
+//! another version's `Join` far enough to refuse it cleanly. New variants go at the end.
+
+pub mod framing;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hbp::HbpConfig;
+use crate::params::{Fingerprint, ParameterVector};
+
+/// Version of the message set below; bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// QUIC application protocol name (ALPN) of this protocol version.
+pub const ALPN: &[u8] = b"flotilla/1";
+
+/// A message from a client daemon to the coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientMessage {
+    /// First message of every connection: asks to take part in training.
+    Join {
+        /// [`PROTOCOL_VERSION`] of the client.
+        protocol_version: u16,
+        /// Human-readable name of the client, for logs only.
+        client_name: String,
+        /// Shared secret, when the coordinator requires one.
+        auth_token: Option<String>,
+    },
+    /// The client's answer to a [`CoordinatorMessage::UpdateRequest`].
+    Update(Update),
+    /// Keeps an otherwise idle connection alive; carries nothing.
+    Heartbeat,
+    /// The client reports a problem with something the coordinator sent.
+    Error {
+        /// What went wrong.
+        code: ErrorCode,
+        /// Human-readable detail.
+        message: String,
+    },
+    /// The client leaves; the connection closes after this message.
+    Goodbye {
+        /// Human-readable reason.
+        reason: String,
+    },
+}
+
+/// A message from the coordinator to a client daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CoordinatorMessage {
+    /// Accepts a [`ClientMessage::Join`] and announces the model being trained.
+    Welcome {
+        /// Identifier the coordinator gave this client (for logs on both sides).
+        client_id: u64,
+        /// [`PROTOCOL_VERSION`] of the coordinator.
+        protocol_version: u16,
+        /// Shape and hyper-parameters of the model.
+        spec: HbpConfig,
+        /// Fingerprint of the model's parameter layout.
+        fingerprint: Fingerprint,
+        /// Latest round the coordinator has started (0 before the first).
+        round: u64,
+        /// Version of the current global model (number of committed rounds).
+        model_version: u64,
+    },
+    /// The current global model, sent after `Welcome` and after every committed round.
+    Model {
+        /// Version of this model (number of committed rounds).
+        model_version: u64,
+        /// Latest round the coordinator has started when it sent this model.
+        round: u64,
+        /// The global parameters.
+        params: ParameterVector,
+    },
+    /// Asks a sampled client for its update in `round`.
+    UpdateRequest {
+        /// The round asking.
+        round: u64,
+        /// The global model version the delta must be computed from.
+        model_version: u64,
+        /// Milliseconds, from reception, within which the update must arrive.
+        deadline_ms: u64,
+    },
+    /// Keeps an otherwise idle connection alive; carries nothing.
+    Heartbeat,
+    /// Something the client sent was refused.
+    Error {
+        /// What went wrong.
+        code: ErrorCode,
+        /// Human-readable detail.
+        message: String,
+    },
+    /// The coordinator closes the connection after this message.
+    Goodbye {
+        /// Human-readable reason.
+        reason: String,
+    },
+}
+
+/// A client's contribution to one round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Update {
+    /// The round this update answers.
+    pub round: u64,
+    /// The global model version the delta was computed from.
+    pub base_version: u64,
+    /// Local parameters minus the base model's.
+    pub delta: ParameterVector,
+    /// Number of samples the client trained on since the base model (its FedAvg weight).
+    pub samples: u64,
+    /// Aggregate prequential metrics over those samples.
+    pub metrics: LocalMetrics,
+}
+
+/// Aggregate counters of a client's test-then-train (prequential) evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LocalMetrics {
+    /// Samples predicted before being trained on.
+    pub samples: u64,
+    /// How many of those predictions were wrong.
+    pub prequential_errors: u64,
+}
+
+impl LocalMetrics {
+    /// Whether the counters are consistent (no more errors than samples).
+    pub fn is_consistent(&self) -> bool {
+        self.prequential_errors <= self.samples
+    }
+}
+
+/// Why a peer refused something; carried by both directions' `Error` messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The peer speaks another [`PROTOCOL_VERSION`].
+    UnsupportedVersion,
+    /// The auth token is missing or not accepted.
+    Unauthorized,
+    /// A frame could not be decoded.
+    Malformed,
+    /// A message arrived in a state where it makes no sense (e.g. anything before `Join`).
+    UnexpectedMessage,
+    /// An update was for another round or model version than the current ones.
+    StaleUpdate,
+    /// An update was refused on its content (NaN, wrong layout, zero samples…).
+    InvalidUpdate,
+    /// The peer did not do something in time (e.g. join).
+    Timeout,
+    /// The sender is shutting down.
+    ShuttingDown,
+    /// A bug on the sender's side.
+    Internal,
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,134 @@
+use proptest::prelude::*;
+
+use super::framing::{FrameDecoder, FrameLimit, decode_message, encode_frame};
+use super::*;
+
+fn spec() -> impl Strategy<Value = HbpConfig> {
+    (1usize..64, 2usize..10, 0usize..20, 1usize..200, any::<bool>(), any::<u64>()).prop_map(
+        |(inputs, classes, hidden_layers, width, input_head, seed)| HbpConfig {
+            hidden_layers,
+            width,
+            input_head,
+            seed,
+            ..HbpConfig::new(inputs, classes)
+        },
+    )
+}
+
+fn params() -> impl Strategy<Value = ParameterVector> {
+    (any::<u16>(), any::<u64>(), prop::collection::vec(-1e6f32..1e6, 0..64)).prop_map(
+        |(format_version, fingerprint, values)| ParameterVector {
+            format_version,
+            fingerprint: Fingerprint(fingerprint),
+            values,
+        },
+    )
+}
+
+fn error_code() -> impl Strategy<Value = ErrorCode> {
+    prop_oneof![
+        Just(ErrorCode::UnsupportedVersion),
+        Just(ErrorCode::Unauthorized),
+        Just(ErrorCode::Malformed),
+        Just(ErrorCode::UnexpectedMessage),
+        Just(ErrorCode::StaleUpdate),
+        Just(ErrorCode::InvalidUpdate),
+        Just(ErrorCode::Timeout),
+        Just(ErrorCode::ShuttingDown),
+        Just(ErrorCode::Internal),
+    ]
+}
+
+fn client_message() -> impl Strategy<Value = ClientMessage> {
+    prop_oneof![
+        (any::<u16>(), ".{0,20}", proptest::option::of(".{0,20}")).prop_map(
+            |(protocol_version, client_name, auth_token)| ClientMessage::Join {
+                protocol_version,
+                client_name,
+                auth_token
+            }
+        ),
+        (any::<u64>(), any::<u64>(), params(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(round, base_version, delta, samples, seen, prequential_errors)| {
+                let metrics = LocalMetrics { samples: seen, prequential_errors };
+                ClientMessage::Update(Update { round, base_version, delta, samples, metrics })
+            }
+        ),
+        Just(ClientMessage::Heartbeat),
+        (error_code(), ".{0,20}").prop_map(|(code, message)| ClientMessage::Error { code, message }),
+        ".{0,20}".prop_map(|reason| ClientMessage::Goodbye { reason }),
+    ]
+}
+
+fn coordinator_message() -> impl Strategy<Value = CoordinatorMessage> {
+    prop_oneof![
+        (any::<u64>(), any::<u16>(), spec(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(client_id, protocol_version, spec, fingerprint, round, model_version)| {
+                let fingerprint = Fingerprint(fingerprint);
+                CoordinatorMessage::Welcome { client_id, protocol_version, spec, fingerprint, round, model_version }
+            }
+        ),
+        (any::<u64>(), any::<u64>(), params()).prop_map(|(model_version, round, params)| CoordinatorMessage::Model {
+            model_version,
+            round,
+            params
+        }),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(round, model_version, deadline_ms)| {
+            CoordinatorMessage::UpdateRequest { round, model_version, deadline_ms }
+        }),
+        Just(CoordinatorMessage::Heartbeat),
+        (error_code(), ".{0,20}").prop_map(|(code, message)| CoordinatorMessage::Error { code, message }),
+        ".{0,20}".prop_map(|reason| CoordinatorMessage::Goodbye { reason }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn client_messages_round_trip(message in client_message()) {
+        let frame = encode_frame(&message, FrameLimit::DEFAULT).unwrap();
+        let decoded: ClientMessage = decode_message(&frame[4..]).unwrap();
+        prop_assert_eq!(decoded, message);
+    }
+
+    #[test]
+    fn coordinator_messages_round_trip(message in coordinator_message()) {
+        let frame = encode_frame(&message, FrameLimit::DEFAULT).unwrap();
+        let decoded: CoordinatorMessage = decode_message(&frame[4..]).unwrap();
+        prop_assert_eq!(decoded, message);
+    }
+
+    #[test]
+    fn a_stream_of_messages_survives_any_chunking(
+        messages in prop::collection::vec(coordinator_message(), 1..6),
+        chunk in 1usize..64,
+    ) {
+        let stream: Vec<u8> = messages
+            .iter()
+            .flat_map(|m| encode_frame(m, FrameLimit::DEFAULT).unwrap())
+            .collect();
+        let mut decoder = FrameDecoder::new(FrameLimit::DEFAULT);
+        let mut decoded = Vec::new();
+        for piece in stream.chunks(chunk) {
+            decoder.push(piece);
+            while let Some(message) = decoder.poll_message::<CoordinatorMessage>().unwrap() {
+                decoded.push(message);
+            }
+        }
+        prop_assert_eq!(decoded, messages);
+        prop_assert_eq!(decoder.buffered(), 0);
+    }
+}
+
+#[test]
+fn join_is_variant_zero_so_any_version_can_refuse_it() {
+    let join = ClientMessage::Join { protocol_version: 7, client_name: "c".into(), auth_token: None };
+    let frame = encode_frame(&join, FrameLimit::DEFAULT).unwrap();
+    assert_eq!(frame[4], 0, "variant index of Join");
+    assert_eq!(frame[5], 7, "protocol version right after the variant index");
+}
+
+#[test]
+fn metrics_with_more_errors_than_samples_are_inconsistent() {
+    assert!(LocalMetrics { samples: 3, prequential_errors: 3 }.is_consistent());
+    assert!(!LocalMetrics { samples: 3, prequential_errors: 4 }.is_consistent());
+}

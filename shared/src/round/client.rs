@@ -1,0 +1,300 @@
+//! A client daemon's protocol state machine.
+//!
+//! Driving it: create it with [`Client::new`] and send what [`Client::poll_transmit`] yields
+//! (first a `Join`); feed every received frame to [`Client::handle_frame`] (or a decoded
+//! message to [`Client::handle_message`]); call [`Client::handle_timeout`] when
+//! [`Client::poll_timeout`] passes. Drain [`Client::poll_event`]: adopt the parameters of
+//! each `ModelReceived`; answer each `UpdateRequested` before its deadline with
+//! [`Client::submit_update`] (local parameters minus that model version's, plus counts).
+//! Close the connection when [`Client::poll_close`] says so, after sending what is queued.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::CloseReason;
+use crate::aggregate::check_delta;
+use crate::hbp::HbpConfig;
+use crate::params::{Fingerprint, ParameterError, ParameterVector};
+use crate::protocol::framing::decode_message;
+use crate::protocol::{ClientMessage, CoordinatorMessage, ErrorCode, LocalMetrics, PROTOCOL_VERSION, Update};
+
+/// Longest relative deadline honoured; longer ones are shortened to this.
+pub const MAX_REQUEST_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+
+/// Something the client's shell must act upon or may log.
+#[derive(Debug, PartialEq)]
+pub enum ClientEvent {
+    /// The coordinator accepted the `Join`.
+    Welcomed {
+        /// Identifier the coordinator gave this client.
+        client_id: u64,
+        /// Shape and hyper-parameters of the model to train.
+        spec: HbpConfig,
+        /// Fingerprint of the model's parameter layout.
+        fingerprint: Fingerprint,
+        /// Latest round the coordinator has started.
+        round: u64,
+        /// Version of the current global model.
+        model_version: u64,
+    },
+    /// A global model arrived; the shell adopts it as its new base.
+    ModelReceived {
+        /// Its version.
+        model_version: u64,
+        /// Latest round the coordinator had started.
+        round: u64,
+        /// The parameters (layout and finiteness already checked).
+        params: ParameterVector,
+    },
+    /// The coordinator wants an update; answer with [`Client::submit_update`] before `deadline`.
+    UpdateRequested {
+        /// The round asking.
+        round: u64,
+        /// The model version the delta must rest on.
+        model_version: u64,
+        /// When the request lapses.
+        deadline: Instant,
+    },
+    /// A pending request lapsed (deadline passed or a newer model arrived) unanswered.
+    RequestExpired {
+        /// Its round.
+        round: u64,
+    },
+    /// The coordinator refused something (the `Join`, or an update).
+    Refused {
+        /// Its code.
+        code: ErrorCode,
+        /// Its detail.
+        message: String,
+    },
+    /// The session is over (goodbye from either side, refusal or protocol violation).
+    Closed {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why [`Client::submit_update`] refused to queue an update.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SubmitError {
+    /// The session is closed.
+    #[error("session is closed")]
+    Closed,
+    /// No update was requested, or the request lapsed.
+    #[error("no update request is pending")]
+    NoPendingRequest,
+    /// An update resting on no sample has no weight.
+    #[error("an update needs at least one sample")]
+    ZeroSamples,
+    /// The metrics count more errors than samples.
+    #[error("metrics count more errors than samples")]
+    InconsistentMetrics,
+    /// The delta does not fit the announced layout, or is not finite.
+    #[error("delta refused: {0}")]
+    Parameters(#[from] ParameterError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Session {
+    Joining,
+    Ready { client_id: u64, fingerprint: Fingerprint },
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Request {
+    round: u64,
+    model_version: u64,
+    deadline: Instant,
+}
+
+/// One client's session with the coordinator.
+#[derive(Debug)]
+pub struct Client {
+    session: Session,
+    /// Version and length of the latest global model received.
+    model: Option<(u64, usize)>,
+    request: Option<Request>,
+    transmits: VecDeque<ClientMessage>,
+    events: VecDeque<ClientEvent>,
+    close: Option<CloseReason>,
+}
+
+impl Client {
+    /// A session that starts by sending `Join` with this name and token.
+    pub fn new(client_name: impl Into<String>, auth_token: Option<String>) -> Self {
+        let join =
+            ClientMessage::Join { protocol_version: PROTOCOL_VERSION, client_name: client_name.into(), auth_token };
+        Self {
+            session: Session::Joining,
+            model: None,
+            request: None,
+            transmits: VecDeque::from([join]),
+            events: VecDeque::new(),
+            close: None,
+        }
+    }
+
+    /// Identifier given by the coordinator, once welcomed.
+    pub fn client_id(&self) -> Option<u64> {
+        match self.session {
+            Session::Ready { client_id, .. } => Some(client_id),
+            Session::Joining | Session::Closed => None,
+        }
+    }
+
+    /// Version of the latest global model received.
+    pub fn model_version(&self) -> Option<u64> {
+        self.model.map(|(version, _)| version)
+    }
+
+    /// Whether the session is over.
+    pub fn is_closed(&self) -> bool {
+        self.session == Session::Closed
+    }
+
+    /// A frame payload arrived; undecodable bytes end the session.
+    pub fn handle_frame(&mut self, payload: &[u8], now: Instant) {
+        match decode_message::<CoordinatorMessage>(payload) {
+            Ok(message) => self.handle_message(message, now),
+            Err(error) => self.violation(ErrorCode::Malformed, error.to_string()),
+        }
+    }
+
+    /// A message arrived from the coordinator.
+    pub fn handle_message(&mut self, message: CoordinatorMessage, now: Instant) {
+        match (self.session, message) {
+            (Session::Closed, _) | (_, CoordinatorMessage::Heartbeat) => {}
+            (
+                Session::Joining,
+                CoordinatorMessage::Welcome { client_id, protocol_version, spec, fingerprint, round, model_version },
+            ) => {
+                if protocol_version != PROTOCOL_VERSION {
+                    let message = format!(
+                        "client speaks protocol version {PROTOCOL_VERSION}, coordinator sent {protocol_version}"
+                    );
+                    self.events.push_back(ClientEvent::Refused {
+                        code: ErrorCode::UnsupportedVersion,
+                        message: message.clone(),
+                    });
+                    return self.violation(ErrorCode::UnsupportedVersion, message);
+                }
+                self.session = Session::Ready { client_id, fingerprint };
+                self.events.push_back(ClientEvent::Welcomed { client_id, spec, fingerprint, round, model_version });
+            }
+            (Session::Joining, CoordinatorMessage::Error { code, message }) => {
+                self.events.push_back(ClientEvent::Refused { code, message: message.clone() });
+                self.end(CloseReason::Error(code), message);
+            }
+            (Session::Ready { fingerprint, .. }, CoordinatorMessage::Model { model_version, round, params }) => {
+                let len = self.model.map_or(params.values.len(), |(_, len)| len);
+                if let Err(error) = check_delta(&params, fingerprint, len) {
+                    return self.violation(ErrorCode::Malformed, format!("global model refused: {error}"));
+                }
+                self.model = Some((model_version, len));
+                if let Some(request) = self.request.take_if(|r| r.model_version != model_version) {
+                    self.events.push_back(ClientEvent::RequestExpired { round: request.round });
+                }
+                self.events.push_back(ClientEvent::ModelReceived { model_version, round, params });
+            }
+            (Session::Ready { .. }, CoordinatorMessage::UpdateRequest { round, model_version, deadline_ms }) => {
+                if self.model_version() != Some(model_version) {
+                    tracing::debug!(round, model_version, "update request for a model not held; ignored");
+                    return;
+                }
+                let deadline = now + Duration::from_millis(deadline_ms).min(MAX_REQUEST_DEADLINE);
+                if let Some(old) = self.request.replace(Request { round, model_version, deadline }) {
+                    self.events.push_back(ClientEvent::RequestExpired { round: old.round });
+                }
+                self.events.push_back(ClientEvent::UpdateRequested { round, model_version, deadline });
+            }
+            (Session::Ready { .. }, CoordinatorMessage::Error { code, message }) => {
+                self.events.push_back(ClientEvent::Refused { code, message });
+            }
+            (_, CoordinatorMessage::Goodbye { reason }) => self.end(CloseReason::Goodbye, reason),
+            (Session::Joining, _) => self.violation(ErrorCode::UnexpectedMessage, "message before Welcome".into()),
+            (Session::Ready { .. }, CoordinatorMessage::Welcome { .. }) => {
+                self.violation(ErrorCode::UnexpectedMessage, "second Welcome".into());
+            }
+        }
+    }
+
+    /// The instant from [`Client::poll_timeout`] has passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(request) = self.request.take_if(|r| r.deadline <= now) {
+            self.events.push_back(ClientEvent::RequestExpired { round: request.round });
+        }
+    }
+
+    /// Queues the answer to the pending request: `delta` = local parameters minus the
+    /// requested model version's, trained on `samples` samples.
+    pub fn submit_update(
+        &mut self,
+        delta: ParameterVector,
+        samples: u64,
+        metrics: LocalMetrics,
+    ) -> Result<(), SubmitError> {
+        let Session::Ready { fingerprint, .. } = self.session else {
+            return Err(if self.is_closed() { SubmitError::Closed } else { SubmitError::NoPendingRequest });
+        };
+        let request = self.request.ok_or(SubmitError::NoPendingRequest)?;
+        let len = self.model.map_or(0, |(_, len)| len);
+        if samples == 0 {
+            return Err(SubmitError::ZeroSamples);
+        }
+        if !metrics.is_consistent() {
+            return Err(SubmitError::InconsistentMetrics);
+        }
+        check_delta(&delta, fingerprint, len)?;
+        self.request = None;
+        let update = Update { round: request.round, base_version: request.model_version, delta, samples, metrics };
+        self.transmits.push_back(ClientMessage::Update(update));
+        Ok(())
+    }
+
+    /// Says goodbye and ends the session.
+    pub fn leave(&mut self, reason: impl Into<String>) {
+        if self.is_closed() {
+            return;
+        }
+        let reason = reason.into();
+        self.transmits.push_back(ClientMessage::Goodbye { reason: reason.clone() });
+        self.end(CloseReason::Goodbye, reason);
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<ClientMessage> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the shell.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// Whether (and why) to close the connection, once what was queued has been sent.
+    pub fn poll_close(&mut self) -> Option<CloseReason> {
+        self.close.take()
+    }
+
+    /// When [`Client::handle_timeout`] must be called next, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.request.map(|request| request.deadline)
+    }
+
+    fn violation(&mut self, code: ErrorCode, message: String) {
+        tracing::warn!(?code, %message, "coordinator broke the protocol");
+        self.transmits.push_back(ClientMessage::Error { code, message: message.clone() });
+        self.end(CloseReason::Error(code), message);
+    }
+
+    fn end(&mut self, close: CloseReason, reason: String) {
+        self.session = Session::Closed;
+        self.request = None;
+        self.close = Some(close);
+        self.events.push_back(ClientEvent::Closed { reason });
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,350 @@
+//! The coordinator's round state machine.
+//!
+//! Driving it: on a new connection call [`Coordinator::handle_connect`]; for every frame
+//! received, [`Coordinator::handle_frame`] (or [`Coordinator::handle_message`] with an
+//! already decoded message); when a connection is gone, [`Coordinator::handle_disconnect`];
+//! when the instant of [`Coordinator::poll_timeout`] passes,
+//! [`Coordinator::handle_timeout`]. After each call, send everything from
+//! [`Coordinator::poll_transmit`], then close what [`Coordinator::poll_close`] names, and
+//! drain [`Coordinator::poll_event`]. After every `RoundCommitted` event, persist
+//! [`Coordinator::checkpoint`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
+
+use super::events::{CoordinatorEvent, RoundFailure};
+use super::{CloseReason, ConfigError, ConnectionId, CoordinatorConfig};
+use crate::aggregate::{Aggregator, FedAvg};
+use crate::checkpoint::Checkpoint;
+use crate::hbp::HbpConfig;
+use crate::params::ParameterVector;
+use crate::protocol::framing::decode_message;
+use crate::protocol::{ClientMessage, CoordinatorMessage, ErrorCode, LocalMetrics, PROTOCOL_VERSION};
+
+/// What the coordinator knows of one connection.
+#[derive(Debug, Clone, Copy)]
+enum Peer {
+    /// Connected, `Join` not yet received.
+    Connecting { join_by: Instant },
+    /// Welcomed.
+    Joined { client_id: u64 },
+}
+
+/// How a sampled client has answered the running round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Pending,
+    Accepted,
+    Refused,
+    Gone,
+}
+
+/// The round in progress.
+#[derive(Debug)]
+struct ActiveRound {
+    number: u64,
+    deadline: Instant,
+    answers: BTreeMap<ConnectionId, Answer>,
+    metrics: LocalMetrics,
+}
+
+/// A queued transmission; the model is cloned only when polled, so at most one copy of
+/// it waits in the queue whatever the number of clients.
+#[derive(Debug)]
+enum Outgoing {
+    Message(ConnectionId, CoordinatorMessage),
+    LatestModel(ConnectionId),
+}
+
+/// The coordinator: admits clients, runs rounds and holds the global model.
+pub struct Coordinator {
+    config: CoordinatorConfig,
+    spec: HbpConfig,
+    params: ParameterVector,
+    model_version: u64,
+    round: u64,
+    aggregator: Box<dyn Aggregator + Send>,
+    peers: BTreeMap<ConnectionId, Peer>,
+    next_client_id: u64,
+    active: Option<ActiveRound>,
+    next_round_at: Option<Instant>,
+    shutting_down: bool,
+    transmits: VecDeque<Outgoing>,
+    closes: VecDeque<(ConnectionId, CloseReason)>,
+    events: VecDeque<CoordinatorEvent>,
+}
+
+impl Coordinator {
+    /// A coordinator starting from `params` at model version 0, before round 1, using [`FedAvg`].
+    pub fn new(config: CoordinatorConfig, spec: HbpConfig, params: ParameterVector) -> Result<Self, ConfigError> {
+        Self::from_checkpoint(config, Checkpoint { round: 0, model_version: 0, spec, params })
+    }
+
+    /// A coordinator resuming from a checkpoint; the next round is `checkpoint.round + 1`.
+    pub fn from_checkpoint(config: CoordinatorConfig, checkpoint: Checkpoint) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            spec: checkpoint.spec,
+            params: checkpoint.params,
+            model_version: checkpoint.model_version,
+            round: checkpoint.round,
+            aggregator: Box::new(FedAvg::new()),
+            peers: BTreeMap::new(),
+            next_client_id: 1,
+            active: None,
+            next_round_at: None,
+            shutting_down: false,
+            transmits: VecDeque::new(),
+            closes: VecDeque::new(),
+            events: VecDeque::new(),
+        })
+    }
+
+    /// Replaces the aggregation strategy (call before the first round).
+    pub fn with_aggregator(mut self, aggregator: Box<dyn Aggregator + Send>) -> Self {
+        self.aggregator = aggregator;
+        self
+    }
+
+    /// The durable state to persist (after each commit).
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            round: self.round,
+            model_version: self.model_version,
+            spec: self.spec.clone(),
+            params: self.params.clone(),
+        }
+    }
+
+    /// The current global parameters.
+    pub fn params(&self) -> &ParameterVector {
+        &self.params
+    }
+
+    /// Version of the current global model (number of committed rounds).
+    pub fn model_version(&self) -> u64 {
+        self.model_version
+    }
+
+    /// Latest round started (0 before the first).
+    pub fn round(&self) -> u64 {
+        self.round
+    }
+
+    /// Whether a round is waiting for updates.
+    pub fn round_in_progress(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// Number of welcomed clients.
+    pub fn joined(&self) -> usize {
+        self.peers.values().filter(|p| matches!(p, Peer::Joined { .. })).count()
+    }
+
+    /// A new connection was accepted; it must `Join` within the configured time.
+    pub fn handle_connect(&mut self, conn: ConnectionId, now: Instant) {
+        let join_by = now + self.config.join_timeout;
+        self.peers.entry(conn).or_insert(Peer::Connecting { join_by });
+    }
+
+    /// A frame payload arrived on `conn`; undecodable bytes close the connection.
+    pub fn handle_frame(&mut self, conn: ConnectionId, payload: &[u8], now: Instant) {
+        match decode_message::<ClientMessage>(payload) {
+            Ok(message) => self.handle_message(conn, message, now),
+            Err(error) => self.violation(conn, ErrorCode::Malformed, error.to_string(), now),
+        }
+    }
+
+    /// A message arrived on `conn`.
+    pub fn handle_message(&mut self, conn: ConnectionId, message: ClientMessage, now: Instant) {
+        let Some(peer) = self.peers.get(&conn).copied() else {
+            return; // Closed by us already, or unknown to the shell: nothing to answer.
+        };
+        match (peer, message) {
+            (Peer::Connecting { .. }, ClientMessage::Join { protocol_version, client_name, auth_token }) => {
+                self.handle_join(conn, protocol_version, client_name, auth_token, now);
+            }
+            (Peer::Joined { .. }, ClientMessage::Update(update)) => self.handle_update(conn, update, now),
+            (_, ClientMessage::Heartbeat) => {}
+            (_, ClientMessage::Error { code, message }) => {
+                self.events.push_back(CoordinatorEvent::ClientError { conn, code, message });
+            }
+            (_, ClientMessage::Goodbye { .. }) => {
+                self.closes.push_back((conn, CloseReason::Goodbye));
+                self.remove_peer(conn, now);
+            }
+            (Peer::Connecting { .. }, _) => {
+                self.violation(conn, ErrorCode::UnexpectedMessage, "message before Join".into(), now);
+            }
+            (Peer::Joined { .. }, ClientMessage::Join { .. }) => {
+                self.violation(conn, ErrorCode::UnexpectedMessage, "second Join".into(), now);
+            }
+        }
+    }
+
+    /// `conn` is gone (closed by either side); nothing more is sent to it.
+    pub fn handle_disconnect(&mut self, conn: ConnectionId, now: Instant) {
+        self.transmits.retain(|t| match t {
+            Outgoing::Message(c, _) | Outgoing::LatestModel(c) => *c != conn,
+        });
+        self.remove_peer(conn, now);
+    }
+
+    /// Says goodbye to every connection, abandons the running round and refuses new joins.
+    pub fn shutdown(&mut self, reason: &str) {
+        self.shutting_down = true;
+        self.next_round_at = None;
+        if let Some(active) = self.active.take() {
+            self.events
+                .push_back(CoordinatorEvent::RoundFailed { round: active.number, reason: RoundFailure::ShuttingDown });
+        }
+        for (conn, peer) in std::mem::take(&mut self.peers) {
+            let goodbye = CoordinatorMessage::Goodbye { reason: reason.to_string() };
+            self.transmits.push_back(Outgoing::Message(conn, goodbye));
+            self.closes.push_back((conn, CloseReason::Goodbye));
+            if let Peer::Joined { client_id } = peer {
+                self.events.push_back(CoordinatorEvent::ClientLeft { conn, client_id });
+            }
+        }
+    }
+
+    /// The instant from [`Coordinator::poll_timeout`] has passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let late: Vec<ConnectionId> = self
+            .peers
+            .iter()
+            .filter(|(_, peer)| matches!(peer, Peer::Connecting { join_by } if *join_by <= now))
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in late {
+            self.violation(conn, ErrorCode::Timeout, "did not join in time".into(), now);
+        }
+        if self.active.as_ref().is_some_and(|round| round.deadline <= now) {
+            self.end_round(now);
+        }
+        self.maybe_start_round(now);
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<(ConnectionId, CoordinatorMessage)> {
+        while let Some(outgoing) = self.transmits.pop_front() {
+            match outgoing {
+                Outgoing::Message(conn, message) => return Some((conn, message)),
+                Outgoing::LatestModel(conn) if matches!(self.peers.get(&conn), Some(Peer::Joined { .. })) => {
+                    let model = CoordinatorMessage::Model {
+                        model_version: self.model_version,
+                        round: self.round,
+                        params: self.params.clone(),
+                    };
+                    return Some((conn, model));
+                }
+                Outgoing::LatestModel(_) => {}
+            }
+        }
+        None
+    }
+
+    /// The next connection to close, once what was queued for it has been sent.
+    pub fn poll_close(&mut self) -> Option<(ConnectionId, CloseReason)> {
+        self.closes.pop_front()
+    }
+
+    /// The next event for the shell.
+    pub fn poll_event(&mut self) -> Option<CoordinatorEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Coordinator::handle_timeout`] must be called next, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let joins = self.peers.values().filter_map(|peer| match peer {
+            Peer::Connecting { join_by } => Some(*join_by),
+            Peer::Joined { .. } => None,
+        });
+        let round = match &self.active {
+            Some(active) => Some(active.deadline),
+            None if self.joined() >= self.config.min_clients => self.next_round_at,
+            None => None,
+        };
+        joins.chain(round).min()
+    }
+
+    fn handle_join(&mut self, conn: ConnectionId, version: u16, name: String, token: Option<String>, now: Instant) {
+        if self.shutting_down {
+            return self.refuse_join(conn, ErrorCode::ShuttingDown, "coordinator is shutting down".into(), now);
+        }
+        if version != PROTOCOL_VERSION {
+            let reason = format!("coordinator speaks protocol version {PROTOCOL_VERSION}, client sent {version}");
+            return self.refuse_join(conn, ErrorCode::UnsupportedVersion, reason, now);
+        }
+        if let Some(accepted) = &self.config.auth_tokens
+            && !token.is_some_and(|token| accepted.contains(&token))
+        {
+            return self.refuse_join(conn, ErrorCode::Unauthorized, "auth token refused".into(), now);
+        }
+        let client_id = self.next_client_id;
+        self.next_client_id += 1;
+        self.peers.insert(conn, Peer::Joined { client_id });
+        let welcome = CoordinatorMessage::Welcome {
+            client_id,
+            protocol_version: PROTOCOL_VERSION,
+            spec: self.spec.clone(),
+            fingerprint: self.params.fingerprint,
+            round: self.round,
+            model_version: self.model_version,
+        };
+        self.transmits.push_back(Outgoing::Message(conn, welcome));
+        self.transmits.push_back(Outgoing::LatestModel(conn));
+        self.events.push_back(CoordinatorEvent::ClientJoined { conn, client_id, client_name: name });
+        self.maybe_start_round(now);
+    }
+
+    fn refuse_join(&mut self, conn: ConnectionId, code: ErrorCode, reason: String, now: Instant) {
+        tracing::info!(%conn, ?code, %reason, "join refused");
+        self.send_error_and_close(conn, code, reason.clone(), now);
+        self.events.push_back(CoordinatorEvent::ClientRefused { conn, code, reason });
+    }
+
+    fn violation(&mut self, conn: ConnectionId, code: ErrorCode, reason: String, now: Instant) {
+        if !self.peers.contains_key(&conn) {
+            return;
+        }
+        tracing::warn!(%conn, ?code, %reason, "protocol violation");
+        self.send_error_and_close(conn, code, reason.clone(), now);
+        self.events.push_back(CoordinatorEvent::ProtocolViolation { conn, reason });
+    }
+
+    fn send_error_and_close(&mut self, conn: ConnectionId, code: ErrorCode, message: String, now: Instant) {
+        self.transmits.push_back(Outgoing::Message(conn, CoordinatorMessage::Error { code, message }));
+        self.closes.push_back((conn, CloseReason::Error(code)));
+        self.remove_peer(conn, now);
+    }
+
+    /// Forgets `conn`; a sampled client that had not answered counts as gone.
+    fn remove_peer(&mut self, conn: ConnectionId, now: Instant) {
+        let Some(peer) = self.peers.remove(&conn) else { return };
+        if let Peer::Joined { client_id } = peer {
+            self.events.push_back(CoordinatorEvent::ClientLeft { conn, client_id });
+        }
+        self.record_answer(conn, Answer::Gone, now);
+    }
+
+    /// Records a sampled client's answer if it had none; ends the round once all have
+    /// answered, or as soon as the quorum is out of reach.
+    fn record_answer(&mut self, conn: ConnectionId, answer: Answer, now: Instant) {
+        let Some(active) = &mut self.active else { return };
+        if let Some(slot) = active.answers.get_mut(&conn).filter(|slot| **slot == Answer::Pending) {
+            *slot = answer;
+        }
+        let count = |wanted: Answer| active.answers.values().filter(|a| **a == wanted).count();
+        let (pending, accepted) = (count(Answer::Pending), count(Answer::Accepted));
+        if pending == 0 || accepted + pending < self.config.min_clients {
+            self.end_round(now);
+        }
+    }
+}
+
+mod rounds;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,149 @@
+//! Starting, feeding and ending rounds.
+
+use std::time::Instant;
+
+use super::{ActiveRound, Answer, Coordinator, Outgoing, Peer};
+use crate::protocol::{CoordinatorMessage, LocalMetrics, Update};
+use crate::round::events::{CoordinatorEvent, RoundFailure, UpdateRefusal};
+use crate::round::{ConnectionId, StalenessPolicy, sampling};
+
+impl Coordinator {
+    /// Starts a round if none runs, a quorum is joined and the pause before the round is over
+    /// (the pause starts when both of the former first hold).
+    pub(super) fn maybe_start_round(&mut self, now: Instant) {
+        if self.active.is_some() || self.shutting_down {
+            return;
+        }
+        let candidates: Vec<ConnectionId> =
+            self.peers.iter().filter(|(_, peer)| matches!(peer, Peer::Joined { .. })).map(|(conn, _)| *conn).collect();
+        let count = self.config.sample_size(candidates.len());
+        if count == 0 {
+            self.next_round_at = None;
+            return;
+        }
+        let start_at = *self.next_round_at.get_or_insert(now + self.config.round_interval);
+        if now < start_at {
+            return;
+        }
+        self.next_round_at = None;
+        self.round = self.round.saturating_add(1);
+        let sampled = sampling::sample(&candidates, count, self.config.seed, self.round);
+        self.aggregator.begin(&self.params);
+        let deadline_ms = u64::try_from(self.config.round_deadline.as_millis()).unwrap_or(u64::MAX);
+        for conn in &sampled {
+            let request =
+                CoordinatorMessage::UpdateRequest { round: self.round, model_version: self.model_version, deadline_ms };
+            self.transmits.push_back(Outgoing::Message(*conn, request));
+        }
+        self.active = Some(ActiveRound {
+            number: self.round,
+            deadline: now + self.config.round_deadline,
+            answers: sampled.iter().map(|conn| (*conn, Answer::Pending)).collect(),
+            metrics: LocalMetrics::default(),
+        });
+        tracing::info!(round = self.round, sampled = sampled.len(), "round started");
+        self.events.push_back(CoordinatorEvent::RoundStarted {
+            round: self.round,
+            model_version: self.model_version,
+            sampled,
+        });
+    }
+
+    /// Validates an update and folds it into the round's aggregate.
+    pub(super) fn handle_update(&mut self, conn: ConnectionId, update: Update, now: Instant) {
+        if let Err(refusal) = self.route_update(conn, &update) {
+            return self.refuse_update(conn, refusal);
+        }
+        let folded = if update.metrics.is_consistent() {
+            self.aggregator.fold(&update.delta, update.samples).map_err(UpdateRefusal::from)
+        } else {
+            let LocalMetrics { samples, prequential_errors: errors } = update.metrics;
+            Err(UpdateRefusal::InconsistentMetrics { errors, samples })
+        };
+        match folded {
+            Ok(()) => {
+                if let Some(active) = &mut self.active {
+                    active.metrics.samples = active.metrics.samples.saturating_add(update.metrics.samples);
+                    let errors = &mut active.metrics.prequential_errors;
+                    *errors = errors.saturating_add(update.metrics.prequential_errors);
+                }
+                let (round, samples) = (update.round, update.samples);
+                self.events.push_back(CoordinatorEvent::UpdateAccepted { conn, round, samples });
+                self.record_answer(conn, Answer::Accepted, now);
+            }
+            Err(refusal) => {
+                self.refuse_update(conn, refusal);
+                self.record_answer(conn, Answer::Refused, now);
+            }
+        }
+    }
+
+    /// Checks that the update answers a pending request of the current round and model.
+    fn route_update(&self, conn: ConnectionId, update: &Update) -> Result<(), UpdateRefusal> {
+        let active = self.active.as_ref().ok_or(UpdateRefusal::NoRoundInProgress)?;
+        match self.config.staleness {
+            StalenessPolicy::CurrentOnly => {
+                if update.round != active.number {
+                    return Err(UpdateRefusal::WrongRound { current: active.number, found: update.round });
+                }
+                if update.base_version != self.model_version {
+                    return Err(UpdateRefusal::StaleBase { current: self.model_version, found: update.base_version });
+                }
+            }
+        }
+        match active.answers.get(&conn) {
+            None => Err(UpdateRefusal::NotSampled),
+            Some(Answer::Pending) => Ok(()),
+            Some(_) => Err(UpdateRefusal::Duplicate),
+        }
+    }
+
+    fn refuse_update(&mut self, conn: ConnectionId, reason: UpdateRefusal) {
+        tracing::warn!(%conn, %reason, "update refused");
+        let error = CoordinatorMessage::Error { code: reason.code(), message: reason.to_string() };
+        self.transmits.push_back(Outgoing::Message(conn, error));
+        self.events.push_back(CoordinatorEvent::UpdateRefused { conn, reason });
+    }
+
+    /// Commits the round if it reached the quorum, fails it otherwise; then tries the next.
+    pub(super) fn end_round(&mut self, now: Instant) {
+        let Some(active) = self.active.take() else { return };
+        let accepted = active.answers.values().filter(|a| **a == Answer::Accepted).count();
+        let round = active.number;
+        let samples_folded = self.aggregator.samples();
+        let outcome = if accepted < self.config.min_clients {
+            Err(RoundFailure::QuorumMissed { accepted, needed: self.config.min_clients })
+        } else {
+            self.aggregator.finish(&self.params).map_err(RoundFailure::Aggregation)
+        };
+        match outcome {
+            Ok(params) => {
+                self.params = params;
+                self.model_version += 1;
+                let joined: Vec<ConnectionId> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, peer)| matches!(peer, Peer::Joined { .. }))
+                    .map(|(conn, _)| *conn)
+                    .collect();
+                self.transmits.extend(joined.into_iter().map(Outgoing::LatestModel));
+                let LocalMetrics { samples, prequential_errors } = active.metrics;
+                let mean_local_error = (samples > 0).then(|| prequential_errors as f64 / samples as f64);
+                tracing::info!(round, model_version = self.model_version, accepted, "round committed");
+                self.events.push_back(CoordinatorEvent::RoundCommitted {
+                    round,
+                    model_version: self.model_version,
+                    participants: accepted,
+                    samples: samples_folded,
+                    mean_local_error,
+                });
+            }
+            Err(reason) => {
+                tracing::warn!(round, %reason, "round failed");
+                self.events.push_back(CoordinatorEvent::RoundFailed { round, reason });
+            }
+        }
+        self.next_round_at = Some(now + self.config.round_interval);
+        self.maybe_start_round(now);
+    }
+}
