@@ -4,7 +4,7 @@ use super::framing::{FrameDecoder, FrameLimit, decode_message, encode_frame};
 use super::*;
 
 fn spec() -> impl Strategy<Value = HbpConfig> {
-    (1usize..64, 2usize..10, 0usize..20, 1usize..200, any::<bool>(), any::<u64>()).prop_map(
+    (1usize..64, 2usize..10, 0usize..20, 1usize..200, any::<bool>(), any::<u32>()).prop_map(
         |(inputs, classes, hidden_layers, width, input_head, seed)| HbpConfig {
             hidden_layers,
             width,
