@@ -1,0 +1,1 @@
+//! Flotilla I/O shell (QUIC, TLS, framed streams).
