@@ -35,6 +35,9 @@ pub struct LearnArgs {
     /// Micro-batch size: rows predicted together, then learnt from together.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub batch: u32,
+    /// Learn from the first N rows only (default: all).
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
     /// Record the cumulative error every this many samples.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub mark_every: u64,
@@ -150,7 +153,12 @@ fn read_dataset(args: &LearnArgs) -> Result<Dataset> {
     } else {
         Box::new(File::open(&args.data).with_context(|| format!("opening {}", args.data.display()))?)
     };
-    Dataset::from_csv(BufReader::new(source), args.classes).with_context(|| format!("reading {}", args.data.display()))
+    let mut data = Dataset::from_csv(BufReader::new(source), args.classes)
+        .with_context(|| format!("reading {}", args.data.display()))?;
+    if let Some(limit) = args.limit {
+        data.truncate(limit);
+    }
+    Ok(data)
 }
 
 fn round2(value: f64) -> f64 {

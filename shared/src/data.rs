@@ -201,6 +201,12 @@ impl Dataset {
         self.labels.is_empty()
     }
 
+    /// Keeps the first `rows` rows only.
+    pub fn truncate(&mut self, rows: usize) {
+        self.labels.truncate(rows);
+        self.values.truncate(rows * self.features);
+    }
+
     /// Features of row `index`.
     pub fn row(&self, index: usize) -> &[f32] {
         &self.values[index * self.features..(index + 1) * self.features]
