@@ -1,1 +1,19 @@
-//! Flotilla I/O shell (QUIC, TLS, framed streams).
+//! Flotilla's I/O shell, shared by the coordinator and client binaries: the only crate
+//! besides them that knows about QUIC (quinn), TLS (rustls, rcgen) and tokio.
+//!
+//! - [`tls`]: a development PKI, and rustls/quinn configurations for both ends.
+//! - [`transport`]: QUIC transport settings sized for multi-megabyte models.
+//! - [`framed`]: messages as length-prefixed frames on QUIC streams.
+//! - [`close`]: application close codes carrying the protocol's error codes.
+//! - [`backoff`]: reconnection delays.
+//! - [`session`]: the client's session loop, relaying between coordinator and learner.
+
+pub mod backoff;
+pub mod close;
+pub mod framed;
+pub mod session;
+pub mod tls;
+pub mod transport;
+
+pub use backoff::Backoff;
+pub use session::{ClientSessionConfig, LearnerRequest, LocalUpdate, SessionRefused, SessionStats, run_client_session};

@@ -1,0 +1,291 @@
+//! The coordinator's options (command line and TOML file) and their resolved [`Config`].
+//!
+//! Every flag has a TOML key of the same name without the dashes' prefix (`--min-clients 3`
+//! is `min-clients = 3`, durations as strings: `round-deadline = "30s"`); flags override the
+//! file, and defaults fill the rest.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use flotilla::hbp::HbpConfig;
+use flotilla::protocol::framing::FrameLimit;
+use flotilla::round::CoordinatorConfig;
+
+/// A duration written as `30s`, `500ms`, `2m`, `1h` or a plain number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration (e.g. 30s, 500ms, 2m)"))?;
+        let seconds = match unit.trim() {
+            "" | "s" => value,
+            "ms" => value / 1000.0,
+            "m" | "min" => value * 60.0,
+            "h" => value * 3600.0,
+            other => return Err(format!("unknown duration unit {other:?} in {text:?} (use ms, s, m or h)")),
+        };
+        Duration::try_from_secs_f64(seconds).map(Self).map_err(|e| format!("{text:?}: {e}"))
+    }
+}
+
+impl TryFrom<String> for HumanDuration {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+/// Command-line options; all optional so that a TOML file can supply them.
+#[derive(Debug, Clone, Default, clap::Args, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Options {
+    /// TOML file whose keys mirror these flags (e.g. `min-clients = 3`); flags override it.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// UDP address to listen on [default: 0.0.0.0:4433].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the checkpoint, the development PKI and rounds.jsonl [default: flotilla-data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Server certificate chain (PEM) for production; without it a development CA and
+    /// certificate are created in DATA_DIR/pki on first start and reused after.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Extra DNS name or IP for the development certificate (repeatable; localhost,
+    /// 127.0.0.1 and ::1 are always in it). Only used when the PKI is first created.
+    #[arg(long = "dev-cert-name", value_name = "NAME")]
+    #[serde(default)]
+    pub dev_cert_names: Vec<String>,
+    /// Mutual TLS: refuse clients without a certificate signed by this CA (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
+    /// File of pre-shared tokens, one per line (blank lines and lines starting with # are
+    /// skipped); clients must present one of them.
+    #[arg(long, value_name = "FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Number of input features D of the model (with --classes, unless resuming or
+    /// loading a checkpoint with --initial-params).
+    #[arg(long, value_name = "D")]
+    pub inputs: Option<usize>,
+    /// Number of classes C of the model.
+    #[arg(long, value_name = "C")]
+    pub classes: Option<usize>,
+    /// Hidden ReLU layers L [default: 19].
+    #[arg(long)]
+    pub hidden_layers: Option<usize>,
+    /// Units per hidden layer [default: 100].
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Clients' SGD learning rate η [default: 0.01].
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Hedge discount β in (0, 1) [default: 0.99].
+    #[arg(long)]
+    pub beta: Option<f32>,
+    /// Smoothing s: each head's weight α is floored at s/L [default: 0.2].
+    #[arg(long)]
+    pub smoothing: Option<f32>,
+    /// Drop the classifier head on the raw input.
+    #[arg(long)]
+    #[serde(default)]
+    pub no_input_head: bool,
+    /// Seed of the initial weights (NumPy RandomState compatible) and of client sampling [default: 0].
+    #[arg(long)]
+    pub seed: Option<u32>,
+    /// Initial global model instead of a fresh one: either a Flotilla checkpoint file (its
+    /// spec, round and model version are taken too) or a bincode-encoded (standard config)
+    /// ParameterVector matching --inputs/--classes and the shape flags. Ignored, with a
+    /// warning, when DATA_DIR already holds a checkpoint.
+    #[arg(long, value_name = "FILE")]
+    pub initial_params: Option<PathBuf>,
+    /// Joined clients needed to start a round, and updates needed to commit it [default: 2].
+    #[arg(long)]
+    pub min_clients: Option<usize>,
+    /// Fraction of joined clients asked for an update each round, in (0, 1] [default: 1.0].
+    #[arg(long)]
+    pub sample_fraction: Option<f64>,
+    /// Time a round waits for updates before committing with what it has [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub round_deadline: Option<HumanDuration>,
+    /// Pause before each round once a quorum is joined [default: 0s].
+    #[arg(long, value_name = "DURATION")]
+    pub round_interval: Option<HumanDuration>,
+    /// Time a new connection has to send Join [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub join_timeout: Option<HumanDuration>,
+    /// Stop after this many rounds committed by this run [default: unlimited].
+    #[arg(long, value_name = "N")]
+    pub rounds: Option<u64>,
+    /// Largest frame accepted from or sent to a client, in MiB [default: 64].
+    #[arg(long, value_name = "MIB")]
+    pub max_frame_mib: Option<u32>,
+    /// Held-out labelled CSV owned by the coordinator: after each committed round the global
+    /// model is evaluated on it on the CPU and global_error_pct is logged and recorded. Its
+    /// features are standardised with the file's own mean and variance (not the clients').
+    #[arg(long, value_name = "FILE.csv")]
+    pub eval_data: Option<PathBuf>,
+}
+
+/// Where the server certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    /// A development PKI in `DATA_DIR/pki`, created on first start.
+    Dev {
+        /// Extra names for the server certificate.
+        extra_names: Vec<String>,
+    },
+    /// Production certificate chain and key.
+    Files {
+        /// Certificate chain (PEM).
+        cert: PathBuf,
+        /// Private key (PEM).
+        key: PathBuf,
+    },
+}
+
+/// Everything the coordinator needs to run, with defaults applied.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Checkpoint, PKI and metrics directory.
+    pub data_dir: PathBuf,
+    /// Server certificate source.
+    pub tls: TlsSource,
+    /// CA that client certificates must chain to (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+    /// File of accepted tokens.
+    pub tokens_file: Option<PathBuf>,
+    /// Model spec from the flags, when `--inputs` and `--classes` were given.
+    pub spec: Option<HbpConfig>,
+    /// Initial model file.
+    pub initial_params: Option<PathBuf>,
+    /// Round settings (auth tokens are filled from `tokens_file` at start).
+    pub rounds: CoordinatorConfig,
+    /// Stop after this many committed rounds.
+    pub max_rounds: Option<u64>,
+    /// Frame size limit.
+    pub max_frame: FrameLimit,
+    /// Held-out evaluation CSV.
+    pub eval_data: Option<PathBuf>,
+}
+
+macro_rules! prefer {
+    ($over:ident, $under:ident; $($field:ident),*) => {
+        Options { $($field: $over.$field.or($under.$field),)* ..$over }
+    };
+}
+
+impl Options {
+    /// These options over those of `file`: a flag given here wins.
+    pub fn over(self, file: Options) -> Options {
+        let no_input_head = self.no_input_head || file.no_input_head;
+        let dev_cert_names =
+            if self.dev_cert_names.is_empty() { file.dev_cert_names.clone() } else { self.dev_cert_names.clone() };
+        let merged = prefer!(self, file; listen, data_dir, cert, key, client_ca, tokens_file, inputs, classes,
+            hidden_layers, width, lr, beta, smoothing, seed, initial_params, min_clients, sample_fraction,
+            round_deadline, round_interval, join_timeout, rounds, max_frame_mib, eval_data);
+        Options { no_input_head, dev_cert_names, ..merged }
+    }
+
+    /// Reads `--config` (if any), merges it under these options and applies the defaults.
+    pub fn resolve(self) -> anyhow::Result<Config> {
+        let merged = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                let file: Options = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+                self.over(file)
+            }
+            None => self,
+        };
+        merged.into_config()
+    }
+
+    /// Applies the defaults (no file involved).
+    pub fn into_config(self) -> anyhow::Result<Config> {
+        let tls = match (self.cert, self.key) {
+            (Some(cert), Some(key)) => TlsSource::Files { cert, key },
+            (None, None) => TlsSource::Dev { extra_names: self.dev_cert_names },
+            _ => bail!("--cert and --key go together"),
+        };
+        let spec = match (self.inputs, self.classes) {
+            (Some(inputs), Some(classes)) => Some(HbpConfig {
+                inputs,
+                classes,
+                hidden_layers: self.hidden_layers.unwrap_or(19),
+                width: self.width.unwrap_or(100),
+                learning_rate: self.lr.unwrap_or(0.01),
+                beta: self.beta.unwrap_or(0.99),
+                smoothing: self.smoothing.unwrap_or(0.2),
+                input_head: !self.no_input_head,
+                seed: self.seed.unwrap_or(0),
+            }),
+            (None, None) => None,
+            _ => bail!("--inputs and --classes go together"),
+        };
+        let duration = |value: Option<HumanDuration>, default: Duration| value.map_or(default, |d| d.0);
+        let rounds = CoordinatorConfig {
+            min_clients: self.min_clients.unwrap_or(2),
+            sample_fraction: self.sample_fraction.unwrap_or(1.0),
+            round_deadline: duration(self.round_deadline, Duration::from_secs(30)),
+            round_interval: duration(self.round_interval, Duration::ZERO),
+            join_timeout: duration(self.join_timeout, Duration::from_secs(10)),
+            seed: u64::from(self.seed.unwrap_or(0)),
+            ..CoordinatorConfig::default()
+        };
+        rounds.validate().context("invalid round settings")?;
+        let mib = self.max_frame_mib.unwrap_or(64);
+        let max_frame = match mib.checked_mul(1 << 20) {
+            Some(bytes) if mib > 0 => FrameLimit::new(bytes),
+            _ => bail!("--max-frame-mib must be in 1..=4095, got {mib}"),
+        };
+        Ok(Config {
+            listen: self.listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 4433))),
+            data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("flotilla-data")),
+            tls,
+            client_ca: self.client_ca,
+            tokens_file: self.tokens_file,
+            spec,
+            initial_params: self.initial_params,
+            rounds,
+            max_rounds: self.rounds,
+            max_frame,
+            eval_data: self.eval_data,
+        })
+    }
+}
+
+/// Reads a tokens file: one token per line, blank lines and `#` comments skipped.
+pub fn read_tokens(path: &Path) -> anyhow::Result<BTreeSet<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading tokens file {}", path.display()))?;
+    let tokens: BTreeSet<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(String::from)
+        .collect();
+    if tokens.is_empty() {
+        bail!("tokens file {} holds no token: every client would be refused", path.display());
+    }
+    Ok(tokens)
+}
+
+#[cfg(test)]
+mod tests;

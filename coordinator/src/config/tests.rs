@@ -1,0 +1,70 @@
+use clap::Parser;
+
+use super::*;
+
+#[derive(Debug, clap::Parser)]
+struct Cli {
+    #[command(flatten)]
+    options: Options,
+}
+
+fn parse(args: &[&str]) -> Options {
+    Cli::try_parse_from(std::iter::once("coordinator").chain(args.iter().copied())).unwrap().options
+}
+
+#[test]
+fn durations_parse_in_several_units() {
+    let parse = |s: &str| s.parse::<HumanDuration>().map(|d| d.0);
+    assert_eq!(parse("30s"), Ok(Duration::from_secs(30)));
+    assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
+    assert_eq!(parse("2m"), Ok(Duration::from_secs(120)));
+    assert_eq!(parse("1.5"), Ok(Duration::from_millis(1500)));
+    assert!(parse("3 fortnights").is_err());
+    assert!(parse("").is_err());
+}
+
+#[test]
+fn flags_override_the_file_and_defaults_fill_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:5000\"\nmin-clients = 5\nround-deadline = \"3s\"\ninputs = 4\nclasses = 3\nwidth = 8\nno-input-head = true\n",
+    )
+    .unwrap();
+    let mut options = parse(&["--min-clients", "7", "--width", "16"]);
+    options.config = Some(file);
+    let config = options.resolve().unwrap();
+    assert_eq!(config.listen, "127.0.0.1:5000".parse().unwrap());
+    assert_eq!(config.rounds.min_clients, 7);
+    assert_eq!(config.rounds.round_deadline, Duration::from_secs(3));
+    assert_eq!(config.rounds.round_interval, Duration::ZERO);
+    let spec = config.spec.unwrap();
+    assert_eq!((spec.inputs, spec.classes, spec.width, spec.hidden_layers, spec.input_head), (4, 3, 16, 19, false));
+    assert_eq!(config.max_frame, FrameLimit::new(64 << 20));
+    assert_eq!(config.tls, TlsSource::Dev { extra_names: vec![] });
+}
+
+#[test]
+fn unknown_keys_and_bad_values_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "min-clientz = 3\n").unwrap();
+    let options = Options { config: Some(file), ..Options::default() };
+    let message = format!("{:#}", options.resolve().unwrap_err());
+    assert!(message.contains("min-clientz"), "{message}");
+    assert!(parse(&["--sample-fraction", "1.5"]).into_config().is_err());
+    assert!(parse(&["--inputs", "3"]).into_config().is_err());
+    assert!(parse(&["--max-frame-mib", "5000"]).into_config().is_err());
+}
+
+#[test]
+fn tokens_skip_blanks_and_comments() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens");
+    std::fs::write(&path, "# fleet tokens\n alpha \n\nbeta\n").unwrap();
+    let tokens = read_tokens(&path).unwrap();
+    assert_eq!(tokens.into_iter().collect::<Vec<_>>(), ["alpha", "beta"]);
+    std::fs::write(&path, "# nothing\n").unwrap();
+    assert!(read_tokens(&path).is_err());
+}

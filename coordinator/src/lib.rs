@@ -1,0 +1,25 @@
+//! Flotilla's coordinator: holds the global model, runs federated rounds over QUIC with the
+//! client daemons, aggregates their updates (FedAvg) and checkpoints the result.
+//!
+//! The round logic is the sans-IO [`flotilla::round::Coordinator`]; this crate is its shell:
+//! options ([`config`]), connections, durable state ([`persist`]) and held-out evaluation
+//! ([`eval`]). Tests and the binary start it with [`bind`] + [`Server::run`], or [`run`].
+
+pub mod config;
+mod connection;
+pub mod eval;
+pub mod persist;
+mod server;
+mod shell;
+pub mod state;
+
+pub use config::{Config, Options};
+pub use server::{RunSummary, Server, bind};
+pub use state::Origin;
+
+use tokio_util::sync::CancellationToken;
+
+/// Binds and serves until `shutdown` is cancelled or the round limit is reached.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<RunSummary> {
+    bind(config).await?.run(shutdown).await
+}

@@ -1,0 +1,173 @@
+//! Durable state: the checkpoint (written atomically) and the per-round metrics log.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use flotilla::checkpoint::Checkpoint;
+
+/// File name of the checkpoint inside the data directory.
+pub const CHECKPOINT_FILE: &str = "checkpoint.bin";
+/// File name of the per-round metrics log inside the data directory.
+pub const ROUNDS_FILE: &str = "rounds.jsonl";
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old or the new content:
+/// a temporary file in the same directory is written and fsynced, renamed over `path`, and
+/// the directory is fsynced so that the rename itself is durable.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temp = dir.join(format!(".{name}.tmp"));
+    let mut file = File::create(&temp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&temp, path)?;
+    #[cfg(unix)]
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// The checkpoint at `path`, `None` if there is none. A file that is not a valid
+/// checkpoint is an error naming it: it is never ignored, and never overwritten by a fresh start.
+pub fn load_checkpoint(path: &Path) -> anyhow::Result<Option<Checkpoint>> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error).with_context(|| format!("reading checkpoint {}", path.display())),
+    };
+    Checkpoint::decode(&bytes).map(Some).with_context(|| {
+        format!(
+            "checkpoint {} is unusable; refusing to start (restore a good copy, or move it away to start afresh)",
+            path.display()
+        )
+    })
+}
+
+/// Writes `checkpoint` atomically to `path`.
+pub fn save_checkpoint(path: &Path, checkpoint: &Checkpoint) -> anyhow::Result<()> {
+    let bytes = checkpoint.encode().context("encoding the checkpoint")?;
+    write_atomically(path, &bytes).with_context(|| format!("writing checkpoint {}", path.display()))
+}
+
+/// One line of `rounds.jsonl`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RoundRecord {
+    /// The committed round.
+    pub round: u64,
+    /// The model version it produced.
+    pub model_version: u64,
+    /// Updates folded in.
+    pub participants: usize,
+    /// Samples behind them.
+    pub samples: u64,
+    /// Participants' prequential error rate over their samples (a fraction), if any.
+    pub mean_local_error: Option<f64>,
+    /// Error of the new global model on the coordinator's held-out data, in percent.
+    pub global_error_pct: Option<f64>,
+    /// Seconds from the round's start to its commit.
+    pub duration_s: f64,
+    /// Stream bytes received from all clients during the round.
+    pub bytes_in: u64,
+    /// Frame bytes queued to all clients during the round (including the new model's broadcast
+    /// at the previous commit).
+    pub bytes_out: u64,
+    /// Seconds since the Unix epoch at commit.
+    pub unix_time: f64,
+}
+
+/// Appends one JSON line to `path`.
+pub fn append_record(path: &Path, record: &RoundRecord) -> anyhow::Result<()> {
+    let mut line = serde_json::to_vec(record).context("encoding a round record")?;
+    line.push(b'\n');
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.write_all(&line).with_context(|| format!("appending to {}", path.display()))?;
+    file.sync_data().with_context(|| format!("syncing {}", path.display()))
+}
+
+/// Paths of the durable files of a data directory.
+#[derive(Debug, Clone)]
+pub struct DataFiles {
+    /// `checkpoint.bin`.
+    pub checkpoint: PathBuf,
+    /// `rounds.jsonl`.
+    pub rounds: PathBuf,
+}
+
+impl DataFiles {
+    /// The files of `data_dir`.
+    pub fn new(data_dir: &Path) -> Self {
+        Self { checkpoint: data_dir.join(CHECKPOINT_FILE), rounds: data_dir.join(ROUNDS_FILE) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla::hbp::HbpConfig;
+    use flotilla::params::{Layout, ParameterVector, Segment};
+
+    use super::*;
+
+    fn checkpoint(round: u64) -> Checkpoint {
+        let layout = Layout::new(vec![Segment { name: "w".into(), shape: vec![3] }]);
+        let params = ParameterVector::new(&layout, vec![1.0, 2.0, 3.0]).unwrap();
+        Checkpoint { round, model_version: round, spec: HbpConfig::new(2, 2), params }
+    }
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CHECKPOINT_FILE);
+        assert!(load_checkpoint(&path).unwrap().is_none());
+        save_checkpoint(&path, &checkpoint(1)).unwrap();
+        save_checkpoint(&path, &checkpoint(2)).unwrap();
+        assert_eq!(load_checkpoint(&path).unwrap(), Some(checkpoint(2)));
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [CHECKPOINT_FILE]);
+    }
+
+    #[test]
+    fn truncated_or_corrupt_checkpoint_is_a_named_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CHECKPOINT_FILE);
+        let bytes = checkpoint(3).encode().unwrap();
+        fs::write(&path, &bytes[..bytes.len() - 5]).unwrap();
+        let message = format!("{:#}", load_checkpoint(&path).unwrap_err());
+        assert!(message.contains("checkpoint.bin") && message.contains("truncated"), "{message}");
+        let mut corrupt = bytes.clone();
+        corrupt[30] ^= 0xff;
+        fs::write(&path, &corrupt).unwrap();
+        let message = format!("{:#}", load_checkpoint(&path).unwrap_err());
+        assert!(message.contains("checkpoint.bin") && message.contains("checksum"), "{message}");
+    }
+
+    #[test]
+    fn records_are_appended_one_per_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(ROUNDS_FILE);
+        let record = RoundRecord {
+            round: 1,
+            model_version: 1,
+            participants: 2,
+            samples: 10,
+            mean_local_error: Some(0.5),
+            global_error_pct: None,
+            duration_s: 0.25,
+            bytes_in: 100,
+            bytes_out: 200,
+            unix_time: 1.0,
+        };
+        append_record(&path, &record).unwrap();
+        append_record(&path, &RoundRecord { round: 2, ..record.clone() }).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        let lines: Vec<RoundRecord> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0], record);
+        assert!(text.contains("\"global_error_pct\":null"));
+    }
+}

@@ -1,0 +1,229 @@
+//! The coordinator's I/O shell: binds the QUIC endpoint, accepts connections and drives the
+//! round state machine ([`flotilla::round::Coordinator`]) from a single task.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use flotilla::checkpoint::Checkpoint;
+use flotilla::compute::{BackendChoice, ComputeDevice, select};
+use flotilla::protocol::framing::encode_frame;
+use flotilla::protocol::{ALPN, CoordinatorMessage};
+use flotilla::round::{ConnectionId, Coordinator};
+use flotilla_net::close::GOODBYE;
+use flotilla_net::tls::{DevPki, ServerTls, quic_server_config};
+use quinn::Endpoint;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, TlsSource, read_tokens};
+use crate::connection::{self, Traffic};
+use crate::eval::EvalSet;
+use crate::persist::{DataFiles, RoundRecord, append_record, save_checkpoint};
+use crate::shell::Shell;
+use crate::state::{Origin, initial_state};
+
+/// A bound coordinator, ready to [`Server::run`].
+pub struct Server {
+    endpoint: Endpoint,
+    machine: Coordinator,
+    config: Config,
+    files: DataFiles,
+    origin: Origin,
+    start: (u64, u64),
+    dev_pki: Option<DevPki>,
+    eval: Option<(EvalSet, ComputeDevice)>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// Where the starting model came from.
+    pub origin: Origin,
+    /// Round and model version at start.
+    pub started_at: (u64, u64),
+    /// Rounds committed by this run.
+    pub rounds_committed: u64,
+    /// The final durable state (as written to the checkpoint).
+    pub checkpoint: Checkpoint,
+}
+
+/// Loads the state, the PKI and the evaluation data, and binds the endpoint.
+pub async fn bind(mut config: Config) -> anyhow::Result<Server> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let files = DataFiles::new(&config.data_dir);
+    let device = select(BackendChoice::Cpu).context("selecting the CPU backend")?;
+    let (checkpoint, origin) = initial_state(&config, &files.checkpoint, &device)?;
+    let start = (checkpoint.round, checkpoint.model_version);
+    match origin {
+        Origin::Resumed => tracing::info!(round = start.0, model_version = start.1, "resuming from the checkpoint"),
+        _ => {
+            tracing::info!(?origin, parameters = checkpoint.params.values.len(), "starting a new model");
+            save_checkpoint(&files.checkpoint, &checkpoint)?;
+        }
+    }
+    let model_message = CoordinatorMessage::Model { model_version: 0, round: 0, params: checkpoint.params.clone() };
+    encode_frame(&model_message, config.max_frame).context("the model does not fit in one frame (--max-frame-mib)")?;
+    let eval = match &config.eval_data {
+        Some(path) => Some((EvalSet::load(path, &checkpoint.spec)?, device)),
+        None => None,
+    };
+    if let Some(path) = &config.tokens_file {
+        config.rounds.auth_tokens = Some(read_tokens(path)?);
+    }
+    let (tls, dev_pki) = server_tls(&config)?;
+    let server_config = quic_server_config(&tls, ALPN).context("server TLS configuration")?;
+    let endpoint =
+        Endpoint::server(server_config, config.listen).with_context(|| format!("binding UDP {}", config.listen))?;
+    let machine = Coordinator::from_checkpoint(config.rounds.clone(), checkpoint).context("round settings")?;
+    tracing::info!(listen = %endpoint.local_addr()?, mtls = config.client_ca.is_some(),
+        tokens = config.rounds.auth_tokens.is_some(), "coordinator listening");
+    Ok(Server { endpoint, machine, config, files, origin, start, dev_pki, eval })
+}
+
+fn server_tls(config: &Config) -> anyhow::Result<(ServerTls, Option<DevPki>)> {
+    let client_ca = config.client_ca.clone();
+    match &config.tls {
+        TlsSource::Files { cert, key } => Ok((ServerTls { cert: cert.clone(), key: key.clone(), client_ca }, None)),
+        TlsSource::Dev { extra_names } => {
+            let pki = DevPki::load_or_create(&config.data_dir.join("pki"), extra_names)
+                .context("development PKI (give --cert and --key in production)")?;
+            tracing::info!(
+                created = pki.created,
+                ca = %pki.ca_cert.display(),
+                cert = %pki.server_cert.display(),
+                ca_sha256 = %pki.ca_fingerprint,
+                "development PKI: clients must trust the CA file; check its fingerprint"
+            );
+            Ok((ServerTls { cert: pki.server_cert.clone(), key: pki.server_key.clone(), client_ca }, Some(pki)))
+        }
+    }
+}
+
+impl Server {
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.endpoint.local_addr()?)
+    }
+
+    /// The development PKI, when no production certificate was given.
+    pub fn dev_pki(&self) -> Option<&DevPki> {
+        self.dev_pki.as_ref()
+    }
+
+    /// Serves until `shutdown` is cancelled or `--rounds` rounds are committed, then says
+    /// goodbye to every client, closes the endpoint and waits for the last checkpoint.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<RunSummary> {
+        let Server { endpoint, machine, config, files, origin, start, eval, .. } = self;
+        let (persist_tx, persist_rx) = mpsc::unbounded_channel();
+        let mut persister: JoinHandle<anyhow::Result<()>> =
+            tokio::task::spawn_blocking(move || persist_loop(persist_rx, files, eval));
+        let (inbound_tx, mut inbound_rx) = mpsc::channel(1024);
+        let traffic = Arc::new(Traffic::default());
+        let context = connection::Context {
+            inbound: inbound_tx,
+            limit: config.max_frame,
+            traffic: traffic.clone(),
+            shutdown: shutdown.child_token(),
+            join_timeout: config.rounds.join_timeout,
+        };
+        let mut shell = Shell::new(machine, config.max_frame, traffic, persist_tx);
+        let tracker = TaskTracker::new();
+        let mut next_conn = 0u64;
+        let mut failure = None;
+        loop {
+            let timeout = shell.machine.poll_timeout();
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                incoming = endpoint.accept() => match incoming {
+                    Some(incoming) => {
+                        next_conn += 1;
+                        tracker.spawn(connection::serve(incoming, ConnectionId(next_conn), context.clone()));
+                    }
+                    None => break,
+                },
+                Some(inbound) = inbound_rx.recv() => shell.handle(inbound),
+                () = sleep_until(timeout), if timeout.is_some() => shell.machine.handle_timeout(Instant::now()),
+                result = &mut persister => {
+                    failure = Some(flatten(result).err().unwrap_or_else(|| anyhow::anyhow!("persistence task ended")));
+                    break;
+                }
+            }
+            shell.drain();
+            if config.max_rounds.is_some_and(|max| shell.committed >= max) {
+                tracing::info!(rounds = shell.committed, "round limit reached; stopping");
+                break;
+            }
+        }
+        shell.machine.shutdown("coordinator shutting down");
+        shell.drain();
+        let summary = shell.finish();
+        drop((inbound_rx, context));
+        context_shutdown(&tracker, &endpoint, &shutdown).await;
+        match failure {
+            Some(error) => Err(error),
+            None => flatten(persister.await).map(|()| RunSummary { origin, started_at: start, ..summary }),
+        }
+    }
+}
+
+/// Lets connections deliver their goodbyes, then closes the endpoint and waits for it.
+async fn context_shutdown(tracker: &TaskTracker, endpoint: &Endpoint, shutdown: &CancellationToken) {
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(3), tracker.wait()).await;
+    shutdown.cancel(); // Ends tasks still in a handshake (a child token of this one).
+    endpoint.close(GOODBYE, b"coordinator shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
+}
+
+fn flatten(result: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    result.context("persistence task panicked")?
+}
+
+/// A committed round to persist.
+pub(crate) struct Committed {
+    pub(crate) checkpoint: Checkpoint,
+    pub(crate) record: RoundRecord,
+}
+
+/// Writes checkpoints and round records in commit order (on a blocking thread).
+fn persist_loop(
+    mut queue: mpsc::UnboundedReceiver<Committed>,
+    files: DataFiles,
+    eval: Option<(EvalSet, ComputeDevice)>,
+) -> anyhow::Result<()> {
+    while let Some(Committed { checkpoint, mut record }) = queue.blocking_recv() {
+        save_checkpoint(&files.checkpoint, &checkpoint)?;
+        if let Some((set, device)) = &eval {
+            match set.error_pct(&checkpoint.spec, &checkpoint.params, device) {
+                Ok(pct) => record.global_error_pct = Some(pct),
+                Err(error) => tracing::warn!(round = record.round, error = %format!("{error:#}"), "evaluation failed"),
+            }
+        }
+        append_record(&files.rounds, &record)?;
+        tracing::info!(
+            round = record.round,
+            model_version = record.model_version,
+            participants = record.participants,
+            samples = record.samples,
+            global_error_pct = record.global_error_pct,
+            duration_s = record.duration_s,
+            bytes_in = record.bytes_in,
+            bytes_out = record.bytes_out,
+            "round recorded"
+        );
+    }
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,204 @@
+//! The round task's state: the state machine, the connections' outboxes and the shared
+//! model frame.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use flotilla::protocol::framing::{FrameLimit, FramingError};
+use flotilla::protocol::{CoordinatorMessage, ErrorCode};
+use flotilla::round::{ConnectionId, Coordinator, CoordinatorEvent};
+use flotilla_net::close::error_close_code;
+use flotilla_net::framed::encode;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::connection::{Inbound, Link, Outbound, Traffic};
+use crate::persist::RoundRecord;
+use crate::server::{Committed, RunSummary};
+use crate::state::Origin;
+
+/// A round in progress: when it started and the traffic counters then.
+struct RoundStart {
+    round: u64,
+    at: Instant,
+    traffic: (u64, u64),
+}
+
+pub(crate) struct Shell {
+    pub(crate) machine: Coordinator,
+    links: HashMap<ConnectionId, Link>,
+    limit: FrameLimit,
+    /// The latest model frame, encoded once and shared by every connection: (version, round, bytes).
+    model_frame: Option<(u64, u64, Bytes)>,
+    traffic: Arc<Traffic>,
+    round_start: Option<RoundStart>,
+    pub(crate) committed: u64,
+    persist: mpsc::UnboundedSender<Committed>,
+}
+
+impl Shell {
+    pub(crate) fn new(
+        machine: Coordinator,
+        limit: FrameLimit,
+        traffic: Arc<Traffic>,
+        persist: mpsc::UnboundedSender<Committed>,
+    ) -> Self {
+        Self {
+            machine,
+            links: HashMap::new(),
+            limit,
+            model_frame: None,
+            traffic,
+            round_start: None,
+            committed: 0,
+            persist,
+        }
+    }
+
+    pub(crate) fn handle(&mut self, inbound: Inbound) {
+        let now = Instant::now();
+        match inbound {
+            Inbound::Connected { conn, link } => {
+                tracing::info!(%conn, remote = %link.remote, "connection accepted");
+                self.links.insert(conn, link);
+                self.machine.handle_connect(conn, now);
+            }
+            Inbound::Frame { conn, payload } => self.machine.handle_frame(conn, &payload, now),
+            Inbound::Disconnected { conn, reason } => {
+                if self.links.remove(&conn).is_some() {
+                    tracing::info!(%conn, %reason, "connection ended");
+                }
+                self.machine.handle_disconnect(conn, now);
+            }
+        }
+    }
+
+    /// Sends, closes and logs everything the state machine asks for, until it is quiet.
+    pub(crate) fn drain(&mut self) {
+        loop {
+            let mut busy = false;
+            while let Some((conn, message)) = self.machine.poll_transmit() {
+                busy = true;
+                match self.frame(&message) {
+                    Ok(frame) => self.deliver(conn, Outbound::Frame(frame)),
+                    Err(error) => {
+                        tracing::error!(%conn, %error, "message could not be encoded; closing the connection");
+                        self.drop_link(conn, &format!("internal error: {error}"));
+                    }
+                }
+            }
+            while let Some((conn, reason)) = self.machine.poll_close() {
+                busy = true;
+                self.deliver(conn, Outbound::Close(reason));
+                self.links.remove(&conn);
+            }
+            while let Some(event) = self.machine.poll_event() {
+                busy = true;
+                self.on_event(event);
+            }
+            if !busy {
+                return;
+            }
+        }
+    }
+
+    /// The frame of `message`; a model is encoded once per version and round and shared.
+    fn frame(&mut self, message: &CoordinatorMessage) -> Result<Bytes, FramingError> {
+        let CoordinatorMessage::Model { model_version, round, .. } = message else {
+            return encode(message, self.limit);
+        };
+        if let Some((version, at_round, frame)) = &self.model_frame
+            && (*version, *at_round) == (*model_version, *round)
+        {
+            return Ok(frame.clone());
+        }
+        let frame = encode(message, self.limit)?;
+        self.model_frame = Some((*model_version, *round, frame.clone()));
+        Ok(frame)
+    }
+
+    /// Queues `outbound` for `conn`; a connection whose queue is full is too slow and dropped.
+    fn deliver(&mut self, conn: ConnectionId, outbound: Outbound) {
+        let Some(link) = self.links.get(&conn) else { return };
+        match link.outbound.try_send(outbound) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.drop_link(conn, "client too slow: its send queue is full"),
+            Err(TrySendError::Closed(_)) => self.drop_link(conn, "connection writer ended"),
+        }
+    }
+
+    fn drop_link(&mut self, conn: ConnectionId, reason: &str) {
+        if let Some(link) = self.links.remove(&conn) {
+            tracing::warn!(%conn, remote = %link.remote, reason, "dropping connection");
+            link.connection.close(error_close_code(ErrorCode::Internal), reason.as_bytes());
+        }
+        self.machine.handle_disconnect(conn, Instant::now());
+    }
+
+    fn on_event(&mut self, event: CoordinatorEvent) {
+        match event {
+            CoordinatorEvent::ClientJoined { conn, client_id, client_name } => {
+                tracing::info!(%conn, client_id, %client_name, joined = self.machine.joined(), "client joined");
+            }
+            CoordinatorEvent::ClientRefused { conn, code, reason } => {
+                tracing::warn!(%conn, %code, %reason, "client refused");
+            }
+            CoordinatorEvent::ClientLeft { conn, client_id } => {
+                tracing::info!(%conn, client_id, joined = self.machine.joined(), "client left");
+            }
+            CoordinatorEvent::ProtocolViolation { conn, reason } => {
+                tracing::warn!(%conn, %reason, "client broke the protocol; closing");
+            }
+            CoordinatorEvent::ClientError { conn, code, message } => {
+                tracing::warn!(%conn, %code, %message, "client reported an error");
+            }
+            CoordinatorEvent::RoundStarted { round, model_version, sampled } => {
+                tracing::debug!(round, model_version, sampled = sampled.len(), "round started");
+                let traffic = self.traffic.snapshot();
+                self.round_start = Some(RoundStart { round, at: Instant::now(), traffic });
+            }
+            CoordinatorEvent::UpdateAccepted { conn, round, samples } => {
+                tracing::debug!(%conn, round, samples, "update accepted");
+            }
+            CoordinatorEvent::UpdateRefused { conn, reason } => {
+                tracing::warn!(%conn, %reason, "update refused");
+            }
+            CoordinatorEvent::RoundCommitted { round, model_version, participants, samples, mean_local_error } => {
+                self.committed += 1;
+                let (bytes_in, bytes_out) = self.traffic.snapshot();
+                let start = self.round_start.take().filter(|start| start.round == round);
+                let (at, (in0, out0)) = start.map_or((Instant::now(), (bytes_in, bytes_out)), |s| (s.at, s.traffic));
+                let record = RoundRecord {
+                    round,
+                    model_version,
+                    participants,
+                    samples,
+                    mean_local_error,
+                    global_error_pct: None,
+                    duration_s: at.elapsed().as_secs_f64(),
+                    bytes_in: bytes_in - in0,
+                    bytes_out: bytes_out - out0,
+                    unix_time: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+                };
+                // The persister only stops when this sender is dropped; a send error means it failed,
+                // which the run loop reports.
+                let _ = self.persist.send(Committed { checkpoint: self.machine.checkpoint(), record });
+            }
+            CoordinatorEvent::RoundFailed { round, reason } => {
+                tracing::warn!(round, %reason, "round failed");
+            }
+        }
+    }
+
+    /// Drops every outbox (writers finish after their last frame) and the persister's queue.
+    pub(crate) fn finish(self) -> RunSummary {
+        RunSummary {
+            origin: Origin::Fresh,
+            started_at: (0, 0),
+            rounds_committed: self.committed,
+            checkpoint: self.machine.checkpoint(),
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Where the coordinator's model starts: its checkpoint, an initial file, or fresh weights.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use flotilla::checkpoint::{CHECKPOINT_MAGIC, Checkpoint};
+use flotilla::compute::ComputeDevice;
+use flotilla::hbp::{HbpConfig, HbpModel, model::layout};
+use flotilla::params::ParameterVector;
+use flotilla::protocol::framing::decode_message;
+
+use crate::config::Config;
+use crate::persist::load_checkpoint;
+
+/// Where the starting state came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The data directory's checkpoint.
+    Resumed,
+    /// The `--initial-params` file.
+    InitialParams,
+    /// Fresh weights from the spec's seed.
+    Fresh,
+}
+
+/// The state to start from.
+pub(crate) fn initial_state(
+    config: &Config,
+    checkpoint_path: &Path,
+    device: &ComputeDevice,
+) -> anyhow::Result<(Checkpoint, Origin)> {
+    if let Some(checkpoint) = load_checkpoint(checkpoint_path)? {
+        if let Some(path) = &config.initial_params {
+            tracing::warn!(ignored = %path.display(), "resuming from the checkpoint; --initial-params ignored");
+        }
+        check(&checkpoint, config.spec.as_ref(), checkpoint_path)?;
+        return Ok((checkpoint, Origin::Resumed));
+    }
+    if let Some(path) = &config.initial_params {
+        let checkpoint = initial_params(path, config.spec.as_ref())?;
+        check(&checkpoint, config.spec.as_ref(), path)?;
+        return Ok((checkpoint, Origin::InitialParams));
+    }
+    let Some(spec) = config.spec.clone() else {
+        bail!("no model to train: give --inputs and --classes (or --initial-params), or a data dir with a checkpoint");
+    };
+    let model = HbpModel::new(spec.clone(), &device.device).context("building the initial model")?;
+    let params = model.to_parameters().context("exporting the initial model")?;
+    Ok((Checkpoint { round: 0, model_version: 0, spec, params }, Origin::Fresh))
+}
+
+/// Reads `--initial-params`: a checkpoint, or a bincode `ParameterVector` for `spec`.
+fn initial_params(path: &Path, spec: Option<&HbpConfig>) -> anyhow::Result<Checkpoint> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading --initial-params {}", path.display()))?;
+    if bytes.starts_with(&CHECKPOINT_MAGIC) {
+        return Checkpoint::decode(&bytes).with_context(|| format!("checkpoint {} is unusable", path.display()));
+    }
+    let Some(spec) = spec else {
+        bail!("{} holds a bare parameter vector: give --inputs and --classes to describe it", path.display());
+    };
+    let params: ParameterVector = decode_message(&bytes)
+        .with_context(|| format!("{} is neither a checkpoint nor a bincode ParameterVector", path.display()))?;
+    Ok(Checkpoint { round: 0, model_version: 0, spec: spec.clone(), params })
+}
+
+/// Checks the state's parameters against its spec, and its spec against the flags' one.
+fn check(checkpoint: &Checkpoint, flags: Option<&HbpConfig>, source: &Path) -> anyhow::Result<()> {
+    checkpoint.spec.validate().with_context(|| format!("model spec in {}", source.display()))?;
+    checkpoint
+        .params
+        .check(&layout(&checkpoint.spec))
+        .with_context(|| format!("parameters in {} do not fit their spec", source.display()))?;
+    if let Some(flags) = flags
+        && flags != &checkpoint.spec
+    {
+        bail!(
+            "the model flags ({flags:?}) differ from the spec in {} ({:?}); drop the flags or move the file away",
+            source.display(),
+            checkpoint.spec
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! Shared helpers of the loopback tests: an in-process coordinator on 127.0.0.1:0, fake
+//! learners behind real client sessions, and raw QUIC peers that misbehave on purpose.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use flotilla::hbp::{HbpConfig, model::layout};
+use flotilla::params::{Fingerprint, ParameterVector};
+use flotilla::protocol::framing::FrameLimit;
+use flotilla::protocol::{ALPN, ClientMessage, CoordinatorMessage, LocalMetrics, PROTOCOL_VERSION};
+use flotilla_coordinator::{Options, RunSummary};
+use flotilla_net::framed::{FrameReader, send_message};
+use flotilla_net::session::{ClientSessionConfig, LearnerRequest, LocalUpdate};
+use flotilla_net::tls::{ClientTls, quic_client_config};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("info,flotilla=debug,flotilla_net=debug,flotilla_coordinator=debug")
+        .try_init();
+}
+
+/// Options of a tiny model (3 inputs, 2 classes, 2 hidden layers of 8) on 127.0.0.1:0.
+pub fn options(data_dir: &Path, extra: &[&str]) -> Options {
+    use clap::Parser;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        options: Options,
+    }
+    let mut args = vec!["coordinator", "--listen", "127.0.0.1:0", "--inputs", "3", "--classes", "2"];
+    args.extend(["--hidden-layers", "2", "--width", "8", "--round-deadline", "5s", "--data-dir"]);
+    let data_dir = data_dir.to_string_lossy().into_owned();
+    args.push(&data_dir);
+    args.extend(extra);
+    Cli::try_parse_from(args).unwrap().options
+}
+
+pub fn spec() -> HbpConfig {
+    HbpConfig { hidden_layers: 2, width: 8, ..HbpConfig::new(3, 2) }
+}
+
+/// A coordinator running in-process.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub ca: PathBuf,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<RunSummary>>,
+}
+
+pub async fn start(options: Options) -> Running {
+    let server = flotilla_coordinator::bind(options.into_config().unwrap()).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let ca = server.dev_pki().unwrap().ca_cert.clone();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server.run(shutdown.clone()));
+    Running { addr, ca, shutdown, task }
+}
+
+impl Running {
+    /// Waits for the run to end by itself (round limit), at most `secs` seconds.
+    pub async fn finished(self, secs: u64) -> RunSummary {
+        tokio::time::timeout(Duration::from_secs(secs), self.task).await.expect("coordinator did not stop").unwrap().unwrap()
+    }
+
+    /// Stops the run and returns its summary.
+    pub async fn stop(self) -> RunSummary {
+        self.shutdown.cancel();
+        self.finished(10).await
+    }
+}
+
+/// A learner that answers every update request with `step` on every parameter but α.
+pub fn fake_learner(step: f32, samples: u64) -> (mpsc::Sender<LearnerRequest>, Arc<AtomicU64>) {
+    let (tx, mut rx) = mpsc::channel(16);
+    let answered = Arc::new(AtomicU64::new(0));
+    let counter = answered.clone();
+    tokio::spawn(async move {
+        let mut shape: Option<(HbpConfig, Fingerprint)> = None;
+        while let Some(request) = rx.recv().await {
+            match request {
+                LearnerRequest::Welcome { spec, fingerprint } => shape = Some((spec, fingerprint)),
+                LearnerRequest::Adopt { .. } => {}
+                LearnerRequest::Update { reply, .. } => {
+                    let (spec, _) = shape.as_ref().unwrap();
+                    let heads = spec.heads();
+                    let len = layout(spec).len();
+                    let values = (0..len).map(|i| if i < len - heads { step } else { 0.0 }).collect();
+                    let delta = ParameterVector::new(&layout(spec), values).unwrap();
+                    let metrics = LocalMetrics { samples, prequential_errors: samples / 2 };
+                    if reply.send(LocalUpdate { delta, samples, metrics }).is_ok() {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        }
+    });
+    (tx, answered)
+}
+
+/// A real client session with a fake learner.
+pub struct FakeClient {
+    pub answered: Arc<AtomicU64>,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+pub fn session_config(running: &Running, name: &str) -> ClientSessionConfig {
+    let mut config = ClientSessionConfig::new(running.addr, "localhost", running.ca.clone(), name);
+    config.connect_timeout = Duration::from_secs(1);
+    config
+}
+
+pub fn fake_client(config: ClientSessionConfig, step: f32, samples: u64) -> FakeClient {
+    let (learner, answered) = fake_learner(step, samples);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(flotilla_net::run_client_session(config, learner, shutdown.clone()));
+    FakeClient { answered, shutdown, task }
+}
+
+impl FakeClient {
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), self.task).await.expect("client did not stop").unwrap()
+    }
+
+    /// Waits until the learner has answered `count` requests in all.
+    pub async fn answered_at_least(&self, count: u64, secs: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        while self.answered.load(Ordering::SeqCst) < count {
+            assert!(tokio::time::Instant::now() < deadline, "only {} answers", self.answered.load(Ordering::SeqCst));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A hand-driven QUIC peer speaking (or not) the protocol.
+pub struct RawPeer {
+    pub endpoint: quinn::Endpoint,
+    pub connection: quinn::Connection,
+    pub send: quinn::SendStream,
+    pub reader: FrameReader,
+}
+
+impl RawPeer {
+    pub async fn connect(addr: SocketAddr, tls: &ClientTls) -> anyhow::Result<Self> {
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+        endpoint.set_default_client_config(quic_client_config(tls, ALPN)?);
+        let connection = endpoint.connect(addr, "localhost")?.await?;
+        let (send, recv) = connection.open_bi().await?;
+        Ok(Self { endpoint, connection, send, reader: FrameReader::new(recv, FrameLimit::DEFAULT) })
+    }
+
+    pub async fn send(&mut self, message: &ClientMessage) {
+        send_message(&mut self.send, message, FrameLimit::DEFAULT).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.send.write_all(bytes).await.unwrap();
+    }
+
+    pub async fn join(&mut self, version: u16, token: Option<&str>) {
+        let join = ClientMessage::Join {
+            protocol_version: version,
+            client_name: "raw".into(),
+            auth_token: token.map(String::from),
+        };
+        self.send(&join).await;
+    }
+
+    /// The next message, failing the test after 10 s.
+    pub async fn next(&mut self) -> anyhow::Result<Option<CoordinatorMessage>> {
+        let next = tokio::time::timeout(Duration::from_secs(10), self.reader.next_message());
+        Ok(next.await??)
+    }
+
+    /// Joins, then reads until an update request; returns (round, model_version, fingerprint, len).
+    pub async fn join_and_wait_for_request(&mut self) -> (u64, u64, Fingerprint, usize) {
+        self.join(PROTOCOL_VERSION, None).await;
+        let mut shape = None;
+        loop {
+            match self.next().await.unwrap().unwrap() {
+                CoordinatorMessage::Model { params, .. } => shape = Some((params.fingerprint, params.values.len())),
+                CoordinatorMessage::UpdateRequest { round, model_version, .. } => {
+                    let (fingerprint, len) = shape.unwrap();
+                    return (round, model_version, fingerprint, len);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// How the coordinator closed the connection, within 10 s.
+    pub async fn closed(&self) -> quinn::ConnectionError {
+        tokio::time::timeout(Duration::from_secs(10), self.connection.closed()).await.expect("connection stayed open")
+    }
+}

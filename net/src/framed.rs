@@ -1,0 +1,103 @@
+//! Messages over QUIC streams: one length-prefixed frame per message.
+//!
+//! [`encode`] turns a message into a shareable [`Bytes`] frame (encode a model once, send
+//! the same bytes to every client); [`send_frame`] writes a frame without copying it;
+//! [`FrameReader`] pulls chunks from a [`RecvStream`] into a [`FrameDecoder`] and yields
+//! complete payloads or decoded messages. A frame over the limit, a stream ending inside a
+//! frame or an undecodable payload is an error the caller turns into a closed connection.
+
+use bytes::Bytes;
+use flotilla::protocol::framing::{FrameDecoder, FrameLimit, FramingError, decode_message, encode_frame};
+use quinn::{ReadError, RecvStream, SendStream, WriteError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Why a frame could not be sent or received.
+#[derive(Debug, thiserror::Error)]
+pub enum FramedError {
+    /// The frame is over the limit, or its payload is not a valid message.
+    #[error(transparent)]
+    Framing(#[from] FramingError),
+    /// The stream ended with a partial frame buffered.
+    #[error("stream ended inside a frame ({buffered} bytes buffered)")]
+    Truncated {
+        /// Bytes of the incomplete frame.
+        buffered: usize,
+    },
+    /// Reading from the stream failed (connection lost, stream reset…).
+    #[error("read failed: {0}")]
+    Read(#[from] ReadError),
+    /// Writing to the stream failed (connection lost, stream stopped…).
+    #[error("write failed: {0}")]
+    Write(#[from] WriteError),
+}
+
+/// Encodes `message` as one frame, refusing payloads over `limit`.
+pub fn encode<M: Serialize>(message: &M, limit: FrameLimit) -> Result<Bytes, FramingError> {
+    encode_frame(message, limit).map(Bytes::from)
+}
+
+/// Writes one encoded frame; the bytes are shared, not copied.
+pub async fn send_frame(send: &mut SendStream, frame: Bytes) -> Result<(), FramedError> {
+    send.write_chunk(frame).await?;
+    Ok(())
+}
+
+/// Encodes and writes one message; returns the bytes written.
+pub async fn send_message<M: Serialize>(
+    send: &mut SendStream,
+    message: &M,
+    limit: FrameLimit,
+) -> Result<usize, FramedError> {
+    let frame = encode(message, limit)?;
+    let len = frame.len();
+    send_frame(send, frame).await?;
+    Ok(len)
+}
+
+/// Reads frames from one receive stream.
+#[derive(Debug)]
+pub struct FrameReader {
+    recv: RecvStream,
+    decoder: FrameDecoder,
+    bytes_read: u64,
+}
+
+impl FrameReader {
+    /// A reader refusing payloads over `limit`.
+    pub fn new(recv: RecvStream, limit: FrameLimit) -> Self {
+        Self { recv, decoder: FrameDecoder::new(limit), bytes_read: 0 }
+    }
+
+    /// Bytes read from the stream so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read
+    }
+
+    /// The next frame's payload; `Ok(None)` when the peer finished the stream between frames.
+    ///
+    /// Cancel-safe: bytes read are kept in the decoder if the future is dropped.
+    pub async fn next_frame(&mut self) -> Result<Option<Vec<u8>>, FramedError> {
+        loop {
+            if let Some(payload) = self.decoder.poll_frame()? {
+                return Ok(Some(payload));
+            }
+            match self.recv.read_chunk(usize::MAX, true).await? {
+                Some(chunk) => {
+                    self.bytes_read += chunk.bytes.len() as u64;
+                    self.decoder.push(&chunk.bytes);
+                }
+                None if self.decoder.buffered() == 0 => return Ok(None),
+                None => return Err(FramedError::Truncated { buffered: self.decoder.buffered() }),
+            }
+        }
+    }
+
+    /// The next decoded message; `Ok(None)` when the peer finished the stream.
+    pub async fn next_message<M: DeserializeOwned>(&mut self) -> Result<Option<M>, FramedError> {
+        match self.next_frame().await? {
+            Some(payload) => Ok(Some(decode_message(&payload)?)),
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! The client side of a session: connect, join, relay between the coordinator and the
+//! learner, reconnect when the coordinator is away.
+//!
+//! [`run_client_session`] drives a [`flotilla::round::Client`] over one bidirectional QUIC
+//! stream and talks to the learner task through [`LearnerRequest`]s: a `Welcome` and an
+//! `Adopt` after every (re)connection and each new global model, an `Update` whenever the
+//! coordinator asks for one. A lost connection is retried with [`Backoff`]; only a refusal
+//! (bad token, other protocol version) or a local configuration error ends the session
+//! with an error.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use flotilla::hbp::HbpConfig;
+use flotilla::params::{Fingerprint, ParameterVector};
+use flotilla::protocol::framing::FrameLimit;
+use flotilla::protocol::{ALPN, ErrorCode, LocalMetrics};
+use quinn::Endpoint;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::tls::{self, ClientTls};
+
+mod connection;
+
+/// What the session asks of the learner task.
+#[derive(Debug)]
+pub enum LearnerRequest {
+    /// (Re)connected and welcomed: the model to train has this shape and layout.
+    Welcome {
+        /// Shape and hyper-parameters of the model.
+        spec: HbpConfig,
+        /// Fingerprint of its parameter layout.
+        fingerprint: Fingerprint,
+    },
+    /// A global model arrived: adopt it as the new base (keep learning from it).
+    Adopt {
+        /// Its version.
+        model_version: u64,
+        /// Latest round the coordinator had started.
+        round: u64,
+        /// The parameters.
+        params: ParameterVector,
+    },
+    /// The coordinator wants this client's update; answer on `reply` before the deadline
+    /// (a dropped or late reply just lets the request expire).
+    Update {
+        /// The round asking.
+        round: u64,
+        /// The model version the delta must rest on.
+        model_version: u64,
+        /// Where to send the answer.
+        reply: oneshot::Sender<LocalUpdate>,
+    },
+}
+
+/// The learner's answer to [`LearnerRequest::Update`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalUpdate {
+    /// Local parameters minus those of the requested model version.
+    pub delta: ParameterVector,
+    /// Samples trained on since that model (the FedAvg weight; at least 1).
+    pub samples: u64,
+    /// Prequential counters over those samples.
+    pub metrics: LocalMetrics,
+}
+
+/// Counters of one client session, over all its connections.
+#[derive(Debug, Default)]
+pub struct SessionStats {
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    connections: AtomicU64,
+    updates_sent: AtomicU64,
+}
+
+impl SessionStats {
+    /// Frame bytes written to the coordinator.
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent.load(Ordering::Relaxed)
+    }
+
+    /// Stream bytes read from the coordinator.
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes_received.load(Ordering::Relaxed)
+    }
+
+    /// Connections established (1 + reconnections).
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Updates sent.
+    pub fn updates_sent(&self) -> u64 {
+        self.updates_sent.load(Ordering::Relaxed)
+    }
+
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Where and how to reach the coordinator.
+#[derive(Debug, Clone)]
+pub struct ClientSessionConfig {
+    /// The coordinator's UDP address.
+    pub server_addr: SocketAddr,
+    /// The name its certificate must carry (e.g. `localhost`).
+    pub server_name: String,
+    /// Trusted CA and optional client certificate.
+    pub tls: ClientTls,
+    /// This client's name, for logs on both sides.
+    pub client_name: String,
+    /// Pre-shared token, when the coordinator requires one.
+    pub auth_token: Option<String>,
+    /// Largest frame accepted from the coordinator.
+    pub max_frame: FrameLimit,
+    /// Delays between reconnection attempts.
+    pub backoff: Backoff,
+    /// Longest wait for a QUIC handshake.
+    pub connect_timeout: Duration,
+    /// Counters, shared with whoever reports them.
+    pub stats: Arc<SessionStats>,
+}
+
+impl ClientSessionConfig {
+    /// A configuration with default limits, backoff and no token or client certificate.
+    pub fn new(
+        server_addr: SocketAddr,
+        server_name: impl Into<String>,
+        ca: PathBuf,
+        client_name: impl Into<String>,
+    ) -> Self {
+        Self {
+            server_addr,
+            server_name: server_name.into(),
+            tls: ClientTls { ca, identity: None },
+            client_name: client_name.into(),
+            auth_token: None,
+            max_frame: FrameLimit::DEFAULT,
+            backoff: Backoff::default(),
+            connect_timeout: Duration::from_secs(10),
+            stats: Arc::default(),
+        }
+    }
+}
+
+/// The coordinator refused this client for good (bad token, other protocol version).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("coordinator refused the session ({code}): {message}")]
+pub struct SessionRefused {
+    /// The refusal's code.
+    pub code: ErrorCode,
+    /// The coordinator's explanation.
+    pub message: String,
+}
+
+/// How one connection ended.
+#[derive(Debug)]
+enum Outcome {
+    /// Shutdown was requested; goodbye said.
+    Shutdown,
+    /// The learner's channel closed; goodbye said.
+    LearnerGone,
+    /// Refused for good.
+    Refused(SessionRefused),
+    /// Lost or closed; worth retrying. `welcomed` resets the backoff.
+    Lost { reason: String, welcomed: bool },
+}
+
+/// Runs the client session until `shutdown` is cancelled, the learner's receiver is dropped
+/// or the coordinator refuses the client (an error, downcastable to [`SessionRefused`]).
+pub async fn run_client_session(
+    config: ClientSessionConfig,
+    learner: mpsc::Sender<LearnerRequest>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let client_config = tls::quic_client_config(&config.tls, ALPN).context("client TLS configuration")?;
+    let bind: SocketAddr = if config.server_addr.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let mut endpoint = Endpoint::client(bind).with_context(|| format!("binding a UDP socket on {bind}"))?;
+    endpoint.set_default_client_config(client_config);
+    let mut failures = 0u32;
+    let result = loop {
+        match connection::attempt(&endpoint, &config, &learner, &shutdown).await {
+            Outcome::Shutdown | Outcome::LearnerGone => break Ok(()),
+            Outcome::Refused(refused) => {
+                tracing::error!(code = %refused.code, message = %refused.message, "coordinator refused this client");
+                break Err(anyhow::Error::new(refused));
+            }
+            Outcome::Lost { reason, welcomed } => {
+                if welcomed {
+                    failures = 0;
+                }
+                let delay = config.backoff.delay(failures);
+                failures = failures.saturating_add(1);
+                tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "no session with the coordinator");
+                tokio::select! {
+                    () = shutdown.cancelled() => break Ok(()),
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    };
+    endpoint.close(crate::close::GOODBYE, b"client leaving");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    result
+}

@@ -1,0 +1,237 @@
+//! One connection of a client session: handshake, join, relay, close.
+
+use std::time::{Duration, Instant};
+
+use flotilla::protocol::ErrorCode;
+use flotilla::round::{Client, ClientEvent};
+use quinn::{Connection, ConnectionError, Endpoint, ReadError, SendStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{ClientSessionConfig, LearnerRequest, LocalUpdate, Outcome, SessionRefused, SessionStats};
+use crate::close::{close_code, error_close_code, error_of_close_code};
+use crate::framed::{FrameReader, FramedError, encode, send_frame};
+
+/// How long a closing side waits for its last bytes to be acknowledged.
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// A refusal code that retrying cannot fix.
+fn is_fatal(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::Unauthorized | ErrorCode::UnsupportedVersion)
+}
+
+/// Connects, joins and relays until the connection ends; never panics on the peer's bytes.
+pub(super) async fn attempt(
+    endpoint: &Endpoint,
+    config: &ClientSessionConfig,
+    learner: &mpsc::Sender<LearnerRequest>,
+    shutdown: &CancellationToken,
+) -> Outcome {
+    let lost = |reason: String| Outcome::Lost { reason, welcomed: false };
+    let connecting = match endpoint.connect(config.server_addr, &config.server_name) {
+        Ok(connecting) => connecting,
+        Err(error) => return lost(format!("cannot connect to {}: {error}", config.server_addr)),
+    };
+    let connection = tokio::select! {
+        () = shutdown.cancelled() => return Outcome::Shutdown,
+        result = tokio::time::timeout(config.connect_timeout, connecting) => match result {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(error)) => return connection_lost(error, false),
+            Err(_) => return lost(format!("handshake with {} timed out", config.server_addr)),
+        },
+    };
+    let (send, recv) = match connection.open_bi().await {
+        Ok(streams) => streams,
+        Err(error) => return connection_lost(error, false),
+    };
+    SessionStats::add(&config.stats.connections, 1);
+    tracing::info!(server = %config.server_addr, "connected to the coordinator");
+    let mut link = Link {
+        connection,
+        send,
+        client: Client::new(config.client_name.clone(), config.auth_token.clone()),
+        pending: None,
+        welcomed: false,
+        refused: None,
+        config,
+    };
+    link.relay(FrameReader::new(recv, config.max_frame), learner, shutdown).await
+}
+
+/// Maps a lost connection to an outcome; a close code meaning "refused" is fatal.
+fn connection_lost(error: ConnectionError, welcomed: bool) -> Outcome {
+    if let ConnectionError::ApplicationClosed(close) = &error
+        && let Some(code) = error_of_close_code(close.error_code)
+        && is_fatal(code)
+    {
+        let message = String::from_utf8_lossy(&close.reason).into_owned();
+        return Outcome::Refused(SessionRefused { code, message });
+    }
+    Outcome::Lost { reason: format!("connection lost: {error}"), welcomed }
+}
+
+/// The live state of one connection.
+struct Link<'a> {
+    connection: Connection,
+    send: SendStream,
+    client: Client,
+    /// The round of the request the learner is working on, and where its answer arrives.
+    pending: Option<(u64, oneshot::Receiver<LocalUpdate>)>,
+    welcomed: bool,
+    refused: Option<SessionRefused>,
+    config: &'a ClientSessionConfig,
+}
+
+impl Link<'_> {
+    async fn relay(
+        &mut self,
+        mut reader: FrameReader,
+        learner: &mpsc::Sender<LearnerRequest>,
+        shutdown: &CancellationToken,
+    ) -> Outcome {
+        let stats = &self.config.stats;
+        let mut counted = 0;
+        loop {
+            if let Some(outcome) = self.pump(learner).await {
+                SessionStats::add(&stats.bytes_received, reader.bytes_read() - counted);
+                return outcome;
+            }
+            SessionStats::add(&stats.bytes_received, reader.bytes_read() - counted);
+            counted = reader.bytes_read();
+            let timeout = self.client.poll_timeout();
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    self.client.leave("client shutting down");
+                    return self.pump(learner).await.unwrap_or(Outcome::Shutdown);
+                }
+                frame = reader.next_frame() => match frame {
+                    Ok(Some(payload)) => self.client.handle_frame(&payload, Instant::now()),
+                    Ok(None) => return self.lost("the coordinator finished the stream".into()),
+                    Err(FramedError::Read(ReadError::ConnectionLost(error))) => {
+                        return self.refusal_or(connection_lost(error, self.welcomed));
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "unreadable data from the coordinator; closing");
+                        self.connection.close(error_close_code(ErrorCode::Malformed), error.to_string().as_bytes());
+                        return self.lost(format!("unreadable data from the coordinator: {error}"));
+                    }
+                },
+                reply = next_reply(&mut self.pending) => self.handle_reply(reply),
+                () = sleep_until(timeout), if timeout.is_some() => self.client.handle_timeout(Instant::now()),
+            }
+        }
+    }
+
+    fn handle_reply(&mut self, reply: Result<LocalUpdate, oneshot::error::RecvError>) {
+        let Some((round, _)) = self.pending.take() else { return };
+        match reply {
+            Ok(update) => match self.client.submit_update(update.delta, update.samples, update.metrics) {
+                Ok(()) => SessionStats::add(&self.config.stats.updates_sent, 1),
+                Err(error) => tracing::warn!(round, %error, "local update not sent"),
+            },
+            Err(_) => tracing::debug!(round, "learner dropped the update request"),
+        }
+    }
+
+    fn lost(&self, reason: String) -> Outcome {
+        Outcome::Lost { reason, welcomed: self.welcomed }
+    }
+
+    /// A refusal read before the connection dropped wins over the drop itself.
+    fn refusal_or(&mut self, outcome: Outcome) -> Outcome {
+        self.refused.take().map_or(outcome, Outcome::Refused)
+    }
+
+    /// Sends what the state machine queued, relays its events to the learner and closes the
+    /// connection when it says so; returns the outcome once the connection is over.
+    async fn pump(&mut self, learner: &mpsc::Sender<LearnerRequest>) -> Option<Outcome> {
+        if let Err(error) = self.flush().await {
+            return Some(self.lost(format!("sending to the coordinator failed: {error}")));
+        }
+        let mut learner_gone = false;
+        while let Some(event) = self.client.poll_event() {
+            if let Some(request) = self.on_event(event) {
+                learner_gone |= learner.send(request).await.is_err();
+            }
+        }
+        if learner_gone && !self.client.is_closed() {
+            tracing::info!("learner stopped; leaving");
+            self.client.leave("learner stopped");
+        }
+        if let Err(error) = self.flush().await {
+            return Some(self.lost(format!("sending to the coordinator failed: {error}")));
+        }
+        let reason = self.client.poll_close()?;
+        let _ = self.send.finish();
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.send.stopped()).await;
+        self.connection.close(close_code(&reason), b"client closing");
+        Some(match (self.refused.take(), learner_gone) {
+            (Some(refused), _) => Outcome::Refused(refused),
+            (None, true) => Outcome::LearnerGone,
+            (None, false) => self.lost(format!("session closed ({reason:?})")),
+        })
+    }
+
+    async fn flush(&mut self) -> Result<(), FramedError> {
+        while let Some(message) = self.client.poll_transmit() {
+            let frame = encode(&message, self.config.max_frame)?;
+            SessionStats::add(&self.config.stats.bytes_sent, frame.len() as u64);
+            send_frame(&mut self.send, frame).await?;
+        }
+        Ok(())
+    }
+
+    /// Logs an event; returns what to tell the learner about it.
+    fn on_event(&mut self, event: ClientEvent) -> Option<LearnerRequest> {
+        match event {
+            ClientEvent::Welcomed { client_id, spec, fingerprint, round, model_version } => {
+                tracing::info!(client_id, round, model_version, %fingerprint, "joined");
+                self.welcomed = true;
+                Some(LearnerRequest::Welcome { spec, fingerprint })
+            }
+            ClientEvent::ModelReceived { model_version, round, params } => {
+                tracing::debug!(model_version, round, "global model received");
+                Some(LearnerRequest::Adopt { model_version, round, params })
+            }
+            ClientEvent::UpdateRequested { round, model_version, .. } => {
+                let (reply, answer) = oneshot::channel();
+                self.pending = Some((round, answer));
+                Some(LearnerRequest::Update { round, model_version, reply })
+            }
+            ClientEvent::RequestExpired { round } => {
+                if self.pending.as_ref().is_some_and(|(pending, _)| *pending == round) {
+                    self.pending = None;
+                }
+                tracing::info!(round, "update request expired unanswered");
+                None
+            }
+            ClientEvent::Refused { code, message } => {
+                tracing::warn!(%code, %message, "coordinator refused");
+                if is_fatal(code) {
+                    self.refused = Some(SessionRefused { code, message });
+                }
+                None
+            }
+            ClientEvent::Closed { reason } => {
+                tracing::info!(%reason, "session closed");
+                None
+            }
+        }
+    }
+}
+
+async fn next_reply(
+    pending: &mut Option<(u64, oneshot::Receiver<LocalUpdate>)>,
+) -> Result<LocalUpdate, oneshot::error::RecvError> {
+    match pending {
+        Some((_, answer)) => answer.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
