@@ -104,28 +104,18 @@ pub(crate) async fn serve(incoming: Incoming, conn: ConnectionId, context: Conte
     if context.inbound.send(Inbound::Connected { conn, link }).await.is_err() {
         return; // Shutting down.
     }
-    tokio::join!(
-        write_loop(send, queue, connection.clone(), context.traffic.clone()),
-        read_loop(recv, conn, connection, &context),
-    );
+    tokio::join!(write_loop(send, queue, connection.clone()), read_loop(recv, conn, connection, &context),);
 }
 
 /// Sends queued frames in order; closes the connection when asked to.
-async fn write_loop(
-    mut send: SendStream,
-    mut queue: mpsc::Receiver<Outbound>,
-    connection: Connection,
-    traffic: Arc<Traffic>,
-) {
+async fn write_loop(mut send: SendStream, mut queue: mpsc::Receiver<Outbound>, connection: Connection) {
     while let Some(outbound) = queue.recv().await {
         match outbound {
             Outbound::Frame(frame) => {
-                let len = frame.len() as u64;
                 if let Err(error) = send_frame(&mut send, frame).await {
                     tracing::debug!(%error, "write to a client failed");
                     return;
                 }
-                traffic.bytes_out.fetch_add(len, Ordering::Relaxed);
             }
             Outbound::Close(reason) => {
                 let _ = send.finish();

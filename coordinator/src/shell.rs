@@ -122,8 +122,14 @@ impl Shell {
     /// Queues `outbound` for `conn`; a connection whose queue is full is too slow and dropped.
     fn deliver(&mut self, conn: ConnectionId, outbound: Outbound) {
         let Some(link) = self.links.get(&conn) else { return };
+        let len = match &outbound {
+            Outbound::Frame(frame) => frame.len() as u64,
+            Outbound::Close(_) => 0,
+        };
         match link.outbound.try_send(outbound) {
-            Ok(()) => {}
+            Ok(()) => {
+                self.traffic.bytes_out.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+            }
             Err(TrySendError::Full(_)) => self.drop_link(conn, "client too slow: its send queue is full"),
             Err(TrySendError::Closed(_)) => self.drop_link(conn, "connection writer ended"),
         }

@@ -67,7 +67,11 @@ pub async fn start(options: Options) -> Running {
 impl Running {
     /// Waits for the run to end by itself (round limit), at most `secs` seconds.
     pub async fn finished(self, secs: u64) -> RunSummary {
-        tokio::time::timeout(Duration::from_secs(secs), self.task).await.expect("coordinator did not stop").unwrap().unwrap()
+        tokio::time::timeout(Duration::from_secs(secs), self.task)
+            .await
+            .expect("coordinator did not stop")
+            .unwrap()
+            .unwrap()
     }
 
     /// Stops the run and returns its summary.
