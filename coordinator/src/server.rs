@@ -124,11 +124,12 @@ impl Server {
             tokio::task::spawn_blocking(move || persist_loop(persist_rx, files, eval));
         let (inbound_tx, mut inbound_rx) = mpsc::channel(1024);
         let traffic = Arc::new(Traffic::default());
+        let handshakes = shutdown.child_token();
         let context = connection::Context {
             inbound: inbound_tx,
             limit: config.max_frame,
             traffic: traffic.clone(),
-            shutdown: shutdown.child_token(),
+            shutdown: handshakes.clone(),
             join_timeout: config.rounds.join_timeout,
         };
         let mut shell = Shell::new(machine, config.max_frame, traffic, persist_tx);
@@ -163,7 +164,7 @@ impl Server {
         shell.drain();
         let summary = shell.finish();
         drop((inbound_rx, context));
-        context_shutdown(&tracker, &endpoint, &shutdown).await;
+        close_connections(&tracker, &endpoint, &handshakes).await;
         match failure {
             Some(error) => Err(error),
             None => flatten(persister.await).map(|()| RunSummary { origin, started_at: start, ..summary }),
@@ -172,10 +173,10 @@ impl Server {
 }
 
 /// Lets connections deliver their goodbyes, then closes the endpoint and waits for it.
-async fn context_shutdown(tracker: &TaskTracker, endpoint: &Endpoint, shutdown: &CancellationToken) {
+async fn close_connections(tracker: &TaskTracker, endpoint: &Endpoint, handshakes: &CancellationToken) {
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(3), tracker.wait()).await;
-    shutdown.cancel(); // Ends tasks still in a handshake (a child token of this one).
+    handshakes.cancel(); // Ends tasks still in a handshake or waiting for a stream.
     endpoint.close(GOODBYE, b"coordinator shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
     let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;

@@ -155,7 +155,8 @@ impl Shell {
                 tracing::info!(%conn, client_id, joined = self.machine.joined(), "client left");
             }
             CoordinatorEvent::ProtocolViolation { conn, reason } => {
-                tracing::warn!(%conn, %reason, "client broke the protocol; closing");
+                // The state machine logs it at warn level already.
+                tracing::debug!(%conn, %reason, "client broke the protocol; closing");
             }
             CoordinatorEvent::ClientError { conn, code, message } => {
                 tracing::warn!(%conn, %code, %message, "client reported an error");
@@ -169,7 +170,7 @@ impl Shell {
                 tracing::debug!(%conn, round, samples, "update accepted");
             }
             CoordinatorEvent::UpdateRefused { conn, reason } => {
-                tracing::warn!(%conn, %reason, "update refused");
+                tracing::debug!(%conn, %reason, "update refused");
             }
             CoordinatorEvent::RoundCommitted { round, model_version, participants, samples, mean_local_error } => {
                 self.committed += 1;

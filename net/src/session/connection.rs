@@ -102,7 +102,8 @@ impl Link<'_> {
             tokio::select! {
                 () = shutdown.cancelled() => {
                     self.client.leave("client shutting down");
-                    return self.pump(learner).await.unwrap_or(Outcome::Shutdown);
+                    let _ = self.pump(learner).await; // Sends the goodbye and closes.
+                    return Outcome::Shutdown;
                 }
                 frame = reader.next_frame() => match frame {
                     Ok(Some(payload)) => self.client.handle_frame(&payload, Instant::now()),
