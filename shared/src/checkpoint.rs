@@ -1,4 +1,5 @@
-//! The coordinator's durable state, as bytes.
+//! The coordinator's durable state, as bytes, in a checksummed envelope that the client's
+//! local state ([`crate::local`]) uses too, under its own magic bytes.
 //!
 //! Layout of an encoded checkpoint:
 //!
@@ -14,6 +15,7 @@
 //! error; it never returns a partially read state. Writing the bytes durably (temporary
 //! file, fsync, rename) is the binary's job.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -80,56 +82,68 @@ pub enum CheckpointError {
 }
 
 impl Checkpoint {
-    /// Encodes this state with header and checksum.
+    /// Encodes this checkpoint with magic bytes, format version, length and checksum.
     pub fn encode(&self) -> Result<Vec<u8>, CheckpointError> {
-        let payload = bincode::serde::encode_to_vec(self, bincode::config::standard())
-            .map_err(|e| FramingError::Encode(e.to_string()))?;
-        let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len() + CHECKSUM_LEN);
-        bytes.extend_from_slice(&CHECKPOINT_MAGIC);
-        bytes.extend_from_slice(&CHECKPOINT_FORMAT_VERSION.to_le_bytes());
-        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(&payload);
-        let checksum = Sha256::digest(&bytes);
-        bytes.extend_from_slice(&checksum);
-        Ok(bytes)
+        seal(CHECKPOINT_MAGIC, CHECKPOINT_FORMAT_VERSION, self)
     }
 
-    /// Decodes and verifies a state written by [`Checkpoint::encode`].
+    /// Decodes a checkpoint, refusing truncation, other magic, other versions, trailing
+    /// bytes, a checksum mismatch, a malformed payload and non-finite parameters.
     pub fn decode(bytes: &[u8]) -> Result<Self, CheckpointError> {
-        let found = bytes.len() as u64;
-        let magic_len = bytes.len().min(CHECKPOINT_MAGIC.len());
-        if bytes[..magic_len] != CHECKPOINT_MAGIC[..magic_len] {
-            return Err(CheckpointError::BadMagic);
-        }
-        let Some((header, rest)) = bytes.split_first_chunk::<HEADER_LEN>() else {
-            return Err(CheckpointError::Truncated { needed: HEADER_LEN as u64, found });
-        };
-        let version = u16::from_le_bytes([header[8], header[9]]);
-        if version != CHECKPOINT_FORMAT_VERSION {
-            return Err(CheckpointError::UnsupportedVersion { found: version, supported: CHECKPOINT_FORMAT_VERSION });
-        }
-        let mut payload_len = [0u8; 8];
-        payload_len.copy_from_slice(&header[10..]);
-        let payload_len = u64::from_le_bytes(payload_len);
-        let needed = (HEADER_LEN as u64).saturating_add(payload_len).saturating_add(CHECKSUM_LEN as u64);
-        if found < needed {
-            return Err(CheckpointError::Truncated { needed, found });
-        }
-        if found > needed {
-            return Err(CheckpointError::TrailingBytes(found - needed));
-        }
-        let (content, checksum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
-        if Sha256::digest(content).as_slice() != checksum {
-            return Err(CheckpointError::ChecksumMismatch);
-        }
-        let payload = &rest[..rest.len() - CHECKSUM_LEN];
-        let (checkpoint, used): (Checkpoint, usize) = decode_bounded(payload)?;
-        if used != payload.len() {
-            return Err(FramingError::TrailingBytes(payload.len() - used).into());
-        }
+        let checkpoint: Checkpoint = open(CHECKPOINT_MAGIC, CHECKPOINT_FORMAT_VERSION, bytes)?;
         checkpoint.params.check_finite()?;
         Ok(checkpoint)
     }
+}
+
+/// Encodes `value` in the envelope described in the module docs, under `magic` and `version`.
+pub fn seal<T: Serialize>(magic: [u8; 8], version: u16, value: &T) -> Result<Vec<u8>, CheckpointError> {
+    let payload = bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .map_err(|e| FramingError::Encode(e.to_string()))?;
+    let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len() + CHECKSUM_LEN);
+    bytes.extend_from_slice(&magic);
+    bytes.extend_from_slice(&version.to_le_bytes());
+    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&payload);
+    let checksum = Sha256::digest(&bytes);
+    bytes.extend_from_slice(&checksum);
+    Ok(bytes)
+}
+
+/// Decodes what [`seal`] wrote with the same `magic` and `version`; never a partial value.
+pub fn open<T: DeserializeOwned>(magic: [u8; 8], version: u16, bytes: &[u8]) -> Result<T, CheckpointError> {
+    let found = bytes.len() as u64;
+    let magic_len = bytes.len().min(magic.len());
+    if bytes[..magic_len] != magic[..magic_len] {
+        return Err(CheckpointError::BadMagic);
+    }
+    let Some((header, rest)) = bytes.split_first_chunk::<HEADER_LEN>() else {
+        return Err(CheckpointError::Truncated { needed: HEADER_LEN as u64, found });
+    };
+    let found_version = u16::from_le_bytes([header[8], header[9]]);
+    if found_version != version {
+        return Err(CheckpointError::UnsupportedVersion { found: found_version, supported: version });
+    }
+    let mut payload_len = [0u8; 8];
+    payload_len.copy_from_slice(&header[10..]);
+    let payload_len = u64::from_le_bytes(payload_len);
+    let needed = (HEADER_LEN as u64).saturating_add(payload_len).saturating_add(CHECKSUM_LEN as u64);
+    if found < needed {
+        return Err(CheckpointError::Truncated { needed, found });
+    }
+    if found > needed {
+        return Err(CheckpointError::TrailingBytes(found - needed));
+    }
+    let (content, checksum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
+    if Sha256::digest(content).as_slice() != checksum {
+        return Err(CheckpointError::ChecksumMismatch);
+    }
+    let payload = &rest[..rest.len() - CHECKSUM_LEN];
+    let (value, used): (T, usize) = decode_bounded(payload)?;
+    if used != payload.len() {
+        return Err(FramingError::TrailingBytes(payload.len() - used).into());
+    }
+    Ok(value)
 }
 
 #[cfg(test)]

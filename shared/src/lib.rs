@@ -13,6 +13,7 @@
 //! - [`aggregate`]: streaming aggregation of client updates (sample-weighted FedAvg).
 //! - [`round`]: the coordinator's round state machine and the client's session state machine.
 //! - [`checkpoint`]: encoding and verification of the coordinator's durable state.
+//! - [`local`]: the client side of a round: local learner, contribution, rebase, durable state.
 //!
 //! Nothing in this crate opens a socket, spawns a task or reads a clock: callers pass time
 //! in as arguments and perform the I/O that the state machines ask for.
@@ -22,6 +23,7 @@ pub mod checkpoint;
 pub mod compute;
 pub mod data;
 pub mod hbp;
+pub mod local;
 pub mod params;
 pub mod prequential;
 pub mod protocol;

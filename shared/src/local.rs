@@ -1,0 +1,336 @@
+//! A client's side of federated online learning: the local learner, its bookkeeping against
+//! the global model, and its durable state.
+//!
+//! The client never stops learning. It remembers the global model it last adopted (the
+//! *base*). When the coordinator asks for an update it sends `local − base` and the samples
+//! and prequential errors counted since; it snapshots what it sent. When a new global model
+//! arrives it **rebases**: it keeps the progress the coordinator has not seen yet,
+//! `local ← global + (local − snapshot)` (or `− base` if it sent nothing this round), so the
+//! samples learnt while the round was being aggregated are not thrown away. α rides along as a
+//! parameter (averaged by FedAvg like the weights) and is re-floored and renormalised after
+//! a rebase. The standardisation statistics stay local: they describe this device's stream
+//! and are never sent.
+
+use burn::tensor::{Device, Int, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{CheckpointError, open, seal};
+use crate::data::Sample;
+use crate::hbp::{HbpConfig, HbpModel, ModelError};
+use crate::params::{ParameterError, ParameterVector};
+use crate::prequential::read_labels;
+use crate::protocol::LocalMetrics;
+use crate::standardize::OnlineStandardizer;
+
+/// Magic bytes of a client state file.
+pub const CLIENT_STATE_MAGIC: [u8; 8] = *b"FLOTCLNT";
+/// Format version of a client state file.
+pub const CLIENT_STATE_FORMAT_VERSION: u16 = 1;
+/// Predictions are read back from the device once per this many samples.
+const READBACK_EVERY: usize = 64;
+
+/// Why the local learner could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// The model refused parameters or could not be read.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// A parameter vector does not fit.
+    #[error(transparent)]
+    Parameters(#[from] ParameterError),
+    /// A state file could not be decoded.
+    #[error("client state file: {0}")]
+    State(#[from] CheckpointError),
+    /// A sample has another number of features than the model.
+    #[error("line {line}: {found} features, the model expects {expected}")]
+    FeatureCount {
+        /// 1-based line of the sample.
+        line: u64,
+        /// Features the model expects.
+        expected: usize,
+        /// Features in the sample.
+        found: usize,
+    },
+    /// A sample's label is not below the model's class count.
+    #[error("line {line}: label {label} is out of range for {classes} classes")]
+    LabelOutOfRange {
+        /// 1-based line of the sample.
+        line: u64,
+        /// The label.
+        label: u32,
+        /// Classes of the model.
+        classes: usize,
+    },
+}
+
+/// The global model a client rests on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Base {
+    /// Its version at the coordinator.
+    pub version: u64,
+    /// Its parameters.
+    pub params: ParameterVector,
+}
+
+/// What was sent for one model version: parameters at that moment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Snapshot {
+    for_version: u64,
+    params: ParameterVector,
+}
+
+/// Counts of samples learnt and wrong predictions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Samples learnt from.
+    pub samples: u64,
+    /// Predictions (made before learning) that were wrong.
+    pub errors: u64,
+}
+
+impl Counts {
+    fn add(&mut self, wrong: bool) {
+        self.samples += 1;
+        self.errors += u64::from(wrong);
+    }
+
+    /// Error in percent, 0 before any sample.
+    pub fn error_pct(&self) -> f64 {
+        if self.samples == 0 { 0.0 } else { 100.0 * self.errors as f64 / self.samples as f64 }
+    }
+}
+
+/// A client's contribution to one round.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contribution {
+    /// Local parameters minus the base's.
+    pub delta: ParameterVector,
+    /// Samples learnt since the last contribution (at least 1).
+    pub samples: u64,
+    /// Prequential counters over those samples.
+    pub metrics: LocalMetrics,
+}
+
+/// Everything a restarted client needs to go on where it stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientState {
+    /// Model shape.
+    pub spec: HbpConfig,
+    /// Current local parameters.
+    pub params: ParameterVector,
+    /// The global model last adopted.
+    pub base: Option<Base>,
+    snapshot: Option<Snapshot>,
+    /// Standardisation statistics of the local stream.
+    pub standardizer: OnlineStandardizer,
+    /// Since the last contribution.
+    pub unreported: Counts,
+    /// Since the daemon first started.
+    pub total: Counts,
+    /// Rows of the source consumed (a restarted daemon skips that many).
+    pub rows_consumed: u64,
+}
+
+impl ClientState {
+    /// Encodes the state in the checksummed envelope of [`crate::checkpoint`].
+    pub fn encode(&self) -> Result<Vec<u8>, LocalError> {
+        Ok(seal(CLIENT_STATE_MAGIC, CLIENT_STATE_FORMAT_VERSION, self)?)
+    }
+
+    /// Decodes a state file; truncation and corruption are errors, never a partial state.
+    pub fn decode(bytes: &[u8]) -> Result<Self, LocalError> {
+        Ok(open(CLIENT_STATE_MAGIC, CLIENT_STATE_FORMAT_VERSION, bytes)?)
+    }
+}
+
+/// The local learner of a client daemon (sans-IO: samples and messages are passed in).
+pub struct LocalLearner {
+    model: HbpModel,
+    base: Option<Base>,
+    snapshot: Option<Snapshot>,
+    standardizer: OnlineStandardizer,
+    unreported: Counts,
+    total: Counts,
+    rows_consumed: u64,
+    pending: Vec<Tensor<1, Int>>,
+    pending_labels: Vec<u32>,
+    z: Vec<f32>,
+}
+
+impl LocalLearner {
+    /// A fresh learner of `spec` on `device` (weights as [`HbpModel::new`] makes them).
+    pub fn new(spec: HbpConfig, device: &Device) -> Result<Self, LocalError> {
+        let model = HbpModel::new(spec, device)?;
+        Ok(Self::with_model(model, None, None, Counts::default(), Counts::default(), 0))
+    }
+
+    /// A learner resumed from a saved state.
+    pub fn from_state(state: ClientState, device: &Device) -> Result<Self, LocalError> {
+        let model = HbpModel::from_parameters(state.spec, &state.params, device)?;
+        let mut learner = Self::with_model(model, state.base, state.snapshot, state.unreported, state.total, 0);
+        learner.standardizer = state.standardizer;
+        learner.rows_consumed = state.rows_consumed;
+        Ok(learner)
+    }
+
+    fn with_model(
+        model: HbpModel,
+        base: Option<Base>,
+        snapshot: Option<Snapshot>,
+        unreported: Counts,
+        total: Counts,
+        rows_consumed: u64,
+    ) -> Self {
+        let inputs = model.config().inputs;
+        Self {
+            standardizer: OnlineStandardizer::new(inputs),
+            z: vec![0.0; inputs],
+            model,
+            base,
+            snapshot,
+            unreported,
+            total,
+            rows_consumed,
+            pending: Vec::new(),
+            pending_labels: Vec::new(),
+        }
+    }
+
+    /// The model's shape.
+    pub fn spec(&self) -> &HbpConfig {
+        self.model.config()
+    }
+
+    /// Version of the global model last adopted.
+    pub fn base_version(&self) -> Option<u64> {
+        self.base.as_ref().map(|b| b.version)
+    }
+
+    /// Counters since the daemon first started (flushes pending predictions first).
+    pub fn total(&mut self) -> Result<Counts, LocalError> {
+        self.flush()?;
+        Ok(self.total)
+    }
+
+    /// Rows of the source consumed so far.
+    pub fn rows_consumed(&self) -> u64 {
+        self.rows_consumed
+    }
+
+    /// Counts a row that was consumed without being learnt from (e.g. skipped on resume).
+    pub fn skip_row(&mut self) {
+        self.rows_consumed += 1;
+    }
+
+    /// Predicts `sample`, then learns from it.
+    pub fn learn(&mut self, sample: &Sample) -> Result<(), LocalError> {
+        let config = self.model.config();
+        if sample.features.len() != config.inputs {
+            let expected = config.inputs;
+            return Err(LocalError::FeatureCount { line: sample.line, expected, found: sample.features.len() });
+        }
+        if sample.label as usize >= config.classes {
+            let classes = config.classes;
+            return Err(LocalError::LabelOutOfRange { line: sample.line, label: sample.label, classes });
+        }
+        self.standardizer.standardize(&sample.features, &mut self.z);
+        let batch = self.model.batch(&self.z, &[sample.label]);
+        self.pending.push(self.model.learn(batch));
+        self.pending_labels.push(sample.label);
+        self.rows_consumed += 1;
+        if self.pending.len() >= READBACK_EVERY {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Reads pending predictions back and counts them.
+    fn flush(&mut self) -> Result<(), LocalError> {
+        let predicted = read_labels(std::mem::take(&mut self.pending))?;
+        for (p, y) in predicted.iter().zip(self.pending_labels.drain(..)) {
+            self.unreported.add(*p != y);
+            self.total.add(*p != y);
+        }
+        Ok(())
+    }
+
+    /// The contribution for a request resting on `model_version`, or `None` when this
+    /// learner rests on another version or has learnt nothing since its last contribution.
+    pub fn contribute(&mut self, model_version: u64) -> Result<Option<Contribution>, LocalError> {
+        self.flush()?;
+        let Some(base) = self.base.as_ref().filter(|b| b.version == model_version) else {
+            return Ok(None);
+        };
+        if self.unreported.samples == 0 {
+            return Ok(None);
+        }
+        let current = self.model.to_parameters()?;
+        let delta = difference(&current, &base.params);
+        let counts = std::mem::take(&mut self.unreported);
+        self.snapshot = Some(Snapshot { for_version: model_version, params: current });
+        let metrics = LocalMetrics { samples: counts.samples, prequential_errors: counts.errors };
+        Ok(Some(Contribution { delta, samples: counts.samples, metrics }))
+    }
+
+    /// Adopts a global model, keeping the local progress the coordinator has not seen (rebase).
+    pub fn adopt(&mut self, version: u64, global: ParameterVector) -> Result<(), LocalError> {
+        global.check(&self.model.layout())?;
+        let rebased = match &self.base {
+            None => global.clone(),
+            Some(base) => {
+                let current = self.model.to_parameters()?;
+                let seen = match &self.snapshot {
+                    Some(s) if s.for_version == base.version => &s.params,
+                    _ => &base.params,
+                };
+                let mut values = global.values.clone();
+                for ((v, c), s) in values.iter_mut().zip(&current.values).zip(&seen.values) {
+                    *v += c - s;
+                }
+                let mut rebased = ParameterVector { values, ..global.clone() };
+                self.normalise_alpha(&mut rebased);
+                rebased
+            }
+        };
+        self.model = HbpModel::from_parameters(self.model.config().clone(), &rebased, self.model.device())?;
+        self.base = Some(Base { version, params: global });
+        self.snapshot = None;
+        Ok(())
+    }
+
+    /// Floors α at `s/L` and renormalises it (a rebase can push it off the simplex).
+    fn normalise_alpha(&self, params: &mut ParameterVector) {
+        let config = self.model.config();
+        let floor = config.smoothing / config.hidden_layers as f32;
+        let k = config.heads();
+        let start = params.values.len() - k;
+        let alpha = &mut params.values[start..];
+        alpha.iter_mut().for_each(|a| *a = a.max(floor).max(f32::MIN_POSITIVE));
+        let total: f32 = alpha.iter().sum();
+        alpha.iter_mut().for_each(|a| *a /= total);
+    }
+
+    /// A durable copy of everything needed to resume.
+    pub fn state(&mut self) -> Result<ClientState, LocalError> {
+        self.flush()?;
+        Ok(ClientState {
+            spec: self.model.config().clone(),
+            params: self.model.to_parameters()?,
+            base: self.base.clone(),
+            snapshot: self.snapshot.clone(),
+            standardizer: self.standardizer.clone(),
+            unreported: self.unreported,
+            total: self.total,
+            rows_consumed: self.rows_consumed,
+        })
+    }
+}
+
+/// `a − b`, tagged like `a`.
+fn difference(a: &ParameterVector, b: &ParameterVector) -> ParameterVector {
+    let values = a.values.iter().zip(&b.values).map(|(x, y)| x - y).collect();
+    ParameterVector { values, ..a.clone() }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,112 @@
+use burn::tensor::Device;
+
+use super::*;
+
+fn spec() -> HbpConfig {
+    HbpConfig { hidden_layers: 2, width: 6, ..HbpConfig::new(3, 2) }
+}
+
+fn sample(i: u32) -> Sample {
+    let x = [(i % 5) as f32, (i % 3) as f32 - 1.0, (i % 7) as f32 / 3.0];
+    Sample { label: u32::from(x[0] + x[1] > 2.0), features: x.to_vec(), line: u64::from(i) + 2 }
+}
+
+fn learner_with_base() -> (LocalLearner, ParameterVector) {
+    let device = Device::flex();
+    let mut learner = LocalLearner::new(spec(), &device).unwrap();
+    let global = HbpModel::new(HbpConfig { seed: 9, ..spec() }, &device).unwrap().to_parameters().unwrap();
+    learner.adopt(1, global.clone()).unwrap();
+    (learner, global)
+}
+
+fn current(learner: &mut LocalLearner) -> ParameterVector {
+    learner.state().unwrap().params
+}
+
+#[test]
+fn no_contribution_without_base_samples_or_matching_version() {
+    let device = Device::flex();
+    let mut learner = LocalLearner::new(spec(), &device).unwrap();
+    learner.learn(&sample(0)).unwrap();
+    assert!(learner.contribute(0).unwrap().is_none(), "no base yet");
+    let (mut learner, _) = learner_with_base();
+    assert!(learner.contribute(1).unwrap().is_none(), "nothing learnt");
+    learner.learn(&sample(1)).unwrap();
+    assert!(learner.contribute(2).unwrap().is_none(), "other version");
+    assert!(learner.contribute(1).unwrap().is_some());
+}
+
+#[test]
+fn contribution_is_local_minus_base_with_counts() {
+    let (mut learner, global) = learner_with_base();
+    for i in 0..10 {
+        learner.learn(&sample(i)).unwrap();
+    }
+    let local = current(&mut learner);
+    let contribution = learner.contribute(1).unwrap().unwrap();
+    assert_eq!(contribution.samples, 10);
+    assert_eq!(contribution.metrics.samples, 10);
+    assert!(contribution.metrics.prequential_errors <= 10);
+    for ((d, l), g) in contribution.delta.values.iter().zip(&local.values).zip(&global.values) {
+        assert!((d - (l - g)).abs() < 1e-6);
+    }
+    assert!(contribution.delta.values.iter().any(|d| d.abs() > 1e-6));
+    assert!(learner.contribute(1).unwrap().is_none(), "counts were reset");
+}
+
+#[test]
+fn adopting_keeps_progress_made_after_the_contribution() {
+    let (mut learner, global) = learner_with_base();
+    for i in 0..5 {
+        learner.learn(&sample(i)).unwrap();
+    }
+    let sent = learner.contribute(1).unwrap().unwrap();
+    let at_snapshot = current(&mut learner);
+    for i in 5..8 {
+        learner.learn(&sample(i)).unwrap();
+    }
+    let before_adopt = current(&mut learner);
+    // The coordinator's new model: base + this client's delta (it was the only one).
+    let values = global.values.iter().zip(&sent.delta.values).map(|(g, d)| g + d).collect();
+    let new_global = ParameterVector { values, ..global.clone() };
+    learner.adopt(2, new_global.clone()).unwrap();
+    let after = current(&mut learner);
+    let k = spec().heads();
+    let n = after.values.len();
+    for i in 0..n - k {
+        let expected = new_global.values[i] + before_adopt.values[i] - at_snapshot.values[i];
+        assert!((after.values[i] - expected).abs() < 1e-5, "parameter {i}");
+    }
+    let alpha_sum: f32 = after.values[n - k..].iter().sum();
+    assert!((alpha_sum - 1.0).abs() < 1e-5);
+    assert_eq!(learner.base_version(), Some(2));
+    let next = learner.contribute(2).unwrap().unwrap();
+    assert_eq!(next.samples, 3, "samples after the snapshot are reported next round");
+}
+
+#[test]
+fn state_round_trips_and_detects_corruption() {
+    let (mut learner, _) = learner_with_base();
+    for i in 0..4 {
+        learner.learn(&sample(i)).unwrap();
+    }
+    let state = learner.state().unwrap();
+    assert_eq!(state.rows_consumed, 4);
+    let bytes = state.encode().unwrap();
+    assert_eq!(ClientState::decode(&bytes).unwrap(), state);
+    let mut resumed = LocalLearner::from_state(state.clone(), &Device::flex()).unwrap();
+    assert_eq!(resumed.state().unwrap(), state);
+    let mut corrupt = bytes.clone();
+    corrupt[bytes.len() / 2] ^= 0x40;
+    assert!(ClientState::decode(&corrupt).is_err());
+    assert!(ClientState::decode(&bytes[..bytes.len() - 1]).is_err());
+}
+
+#[test]
+fn samples_of_another_shape_are_refused() {
+    let (mut learner, _) = learner_with_base();
+    let wide = Sample { features: vec![0.0; 4], label: 0, line: 7 };
+    assert!(learner.learn(&wide).unwrap_err().to_string().contains("line 7: 4 features"));
+    let bad_label = Sample { features: vec![0.0; 3], label: 5, line: 8 };
+    assert!(learner.learn(&bad_label).unwrap_err().to_string().contains("out of range"));
+}
