@@ -46,7 +46,7 @@ pub struct LearnArgs {
 }
 
 /// `auto`, `gpu` or `cpu`, parsed for clap.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BackendChoiceArg(pub BackendChoice);
 
 impl std::str::FromStr for BackendChoiceArg {

@@ -4,6 +4,7 @@
 mod learn;
 mod logging;
 mod model_args;
+mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// One prequential (test-then-train) pass over a CSV stream; prints a JSON report.
     Learn(learn::LearnArgs),
+    /// The daemon: join a coordinator, learn online from a local stream, send updates.
+    Run(run::RunOptions),
 }
 
 fn main() -> std::process::ExitCode {
@@ -29,6 +32,7 @@ fn main() -> std::process::ExitCode {
     logging::init(cli.log_format);
     let result = match cli.command {
         Command::Learn(args) => learn::run(args).map(|_| ()),
+        Command::Run(options) => run::run(options),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

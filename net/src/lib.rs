@@ -7,10 +7,12 @@
 //! - [`close`]: application close codes carrying the protocol's error codes.
 //! - [`backoff`]: reconnection delays.
 //! - [`session`]: the client's session loop, relaying between coordinator and learner.
+//! - [`persist`]: atomic file replacement (temporary file, fsync, rename, fsync of the folder).
 
 pub mod backoff;
 pub mod close;
 pub mod framed;
+pub mod persist;
 pub mod session;
 pub mod tls;
 pub mod transport;

@@ -1,0 +1,112 @@
+//! `flotilla-client run`: the daemon. Joins a coordinator over QUIC, learns online from the
+//! local stream without pause, sends its weight deltas when asked and adopts each new global
+//! model. Only parameter vectors and two counters ever leave the device.
+
+mod options;
+mod source;
+mod worker;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use flotilla::compute;
+use flotilla_net::tls::IssuedCert;
+use flotilla_net::{ClientSessionConfig, SessionStats, run_client_session};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+pub use options::RunOptions;
+
+/// The exit report of a daemon.
+#[derive(Debug, Serialize)]
+pub struct RunReport {
+    /// This client's name.
+    pub name: String,
+    /// Samples learnt since the daemon first started (over restarts with a state dir).
+    pub samples: u64,
+    /// Samples learnt by this process.
+    pub samples_this_run: u64,
+    /// Prequential error over `samples`, in percent.
+    pub prequential_error_pct: f64,
+    /// Updates sent to the coordinator.
+    pub updates_sent: u64,
+    /// Version of the last global model adopted.
+    pub model_version: Option<u64>,
+    /// Bytes written to the coordinator (frames).
+    pub bytes_sent: u64,
+    /// Bytes read from the coordinator.
+    pub bytes_received: u64,
+    /// QUIC connections made (1 + reconnections).
+    pub connections: u64,
+}
+
+/// Runs the daemon until SIGINT/SIGTERM, a fatal refusal, or a broken stream.
+pub fn run(options: RunOptions) -> anyhow::Result<()> {
+    let config = options.resolve()?;
+    let device = compute::select(config.backend.0)?;
+    tracing::info!(backend = %device.kind, device = %device.description, reason = %device.reason, "compute device chosen");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the network runtime")?;
+    let shutdown = CancellationToken::new();
+    let stats = Arc::new(SessionStats::default());
+    let mut session =
+        ClientSessionConfig::new(config.coordinator, &config.server_name, config.ca.clone(), &config.name);
+    session.auth_token = config.token.clone();
+    session.tls.identity = config.identity.clone().map(|(cert, key)| IssuedCert { cert, key });
+    session.stats = stats.clone();
+    let (requests, inbox) = tokio::sync::mpsc::channel(16);
+    tracing::info!(coordinator = %config.coordinator, name = %config.name, "joining");
+    let session = runtime.spawn(run_client_session(session, requests, shutdown.clone()));
+    runtime.spawn(stop_on_signal(shutdown.clone()));
+
+    let worked = worker::run(config.clone(), device.device, inbox, shutdown.clone());
+    shutdown.cancel();
+    let session_result = runtime.block_on(session).context("the session task failed")?;
+    let summary = worked?;
+    session_result?;
+
+    let report = RunReport {
+        name: config.name.clone(),
+        samples: summary.total.samples,
+        samples_this_run: summary.samples_this_run,
+        prequential_error_pct: (summary.total.error_pct() * 100.0).round() / 100.0,
+        updates_sent: summary.contributions,
+        model_version: summary.base_version,
+        bytes_sent: stats.bytes_sent(),
+        bytes_received: stats.bytes_received(),
+        connections: stats.connections(),
+    };
+    let json = serde_json::to_string_pretty(&report)?;
+    println!("{json}");
+    if let Some(path) = &config.report {
+        std::fs::write(path, format!("{json}\n")).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "SIGTERM cannot be caught");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
+        _ = terminate => tracing::info!("terminated; shutting down"),
+        _ = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,193 @@
+//! Options of `flotilla-client run`, from flags and an optional TOML file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+use crate::learn::BackendChoiceArg;
+
+/// Command-line options; all optional so that a TOML file (`--config`) can supply them.
+/// Each TOML key is the flag's name without the dashes (`state-dir = "/var/lib/flotilla"`);
+/// flags override the file.
+#[derive(Debug, Clone, Default, clap::Args, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RunOptions {
+    /// TOML file whose keys mirror these flags; flags override it.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// The coordinator's UDP address, HOST:PORT (e.g. 127.0.0.1:4433).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub coordinator: Option<String>,
+    /// Name the coordinator's certificate must carry [default: the host part of --coordinator].
+    #[arg(long, value_name = "NAME")]
+    pub server_name: Option<String>,
+    /// CA certificate (PEM) the coordinator's certificate must chain to (its dev CA: DATA_DIR/pki/ca.pem).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Mutual TLS: this client's certificate (PEM).
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Mutual TLS: the private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// File holding this client's pre-shared token (first line), when the coordinator requires one.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Local stream: a CSV file (header, numeric features, integer label last), or `-` for stdin.
+    #[arg(long, value_name = "SOURCE")]
+    pub data: Option<PathBuf>,
+    /// Keep reading rows appended to the file, like `tail -f`.
+    #[arg(long)]
+    #[serde(default)]
+    pub follow: bool,
+    /// Learn at most this many samples per second (emulates a live stream) [default: as fast as possible].
+    #[arg(long, value_name = "N")]
+    pub rate: Option<f64>,
+    /// This client's name in both sides' logs [default: the host name and process id].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Directory for this client's durable state (model, counters, stream position); a
+    /// restarted daemon resumes from it [default: none, nothing kept].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Save the state every this many samples [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub checkpoint_every: Option<u64>,
+    /// Where the kernels run: auto, gpu or cpu [default: auto].
+    #[arg(long, value_name = "BACKEND")]
+    #[serde(default, deserialize_with = "backend_from_str")]
+    pub backend: Option<BackendChoiceArg>,
+    /// Write a JSON summary (samples, error, bytes on the wire) here on exit.
+    #[arg(long, value_name = "FILE.json")]
+    pub report: Option<PathBuf>,
+}
+
+fn backend_from_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<BackendChoiceArg>, D::Error> {
+    let text: Option<String> = serde::Deserialize::deserialize(d)?;
+    text.map(|t| t.parse().map_err(serde::de::Error::custom)).transpose()
+}
+
+/// Resolved options.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub coordinator: SocketAddr,
+    pub server_name: String,
+    pub ca: PathBuf,
+    pub identity: Option<(PathBuf, PathBuf)>,
+    pub token: Option<String>,
+    pub data: PathBuf,
+    pub follow: bool,
+    pub rate: Option<f64>,
+    pub name: String,
+    pub state_dir: Option<PathBuf>,
+    pub checkpoint_every: u64,
+    pub backend: BackendChoiceArg,
+    pub report: Option<PathBuf>,
+}
+
+impl RunOptions {
+    /// Reads `--config` (if any), lets the flags override it, checks and resolves everything.
+    pub fn resolve(self) -> anyhow::Result<RunConfig> {
+        let file = match &self.config {
+            Some(path) => read_toml(path)?,
+            None => RunOptions::default(),
+        };
+        let o = self.over(file);
+        let coordinator_text = o.coordinator.context("--coordinator HOST:PORT is required")?;
+        let coordinator = resolve_addr(&coordinator_text)?;
+        let host = coordinator_text.rsplit_once(':').map_or(coordinator_text.as_str(), |(h, _)| h);
+        let server_name = o.server_name.unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
+        let token = match &o.token_file {
+            Some(path) => Some(read_token(path)?),
+            None => None,
+        };
+        let rate = o.rate.filter(|r| *r > 0.0);
+        if o.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+            bail!("--rate must be a positive number of samples per second");
+        }
+        Ok(RunConfig {
+            coordinator,
+            server_name,
+            ca: o.ca.context("--ca FILE is required (the coordinator's CA certificate)")?,
+            identity: o.cert.zip(o.key),
+            token,
+            data: o.data.context("--data SOURCE is required (a CSV file or - for stdin)")?,
+            follow: o.follow,
+            rate,
+            name: o.name.unwrap_or_else(default_name),
+            state_dir: o.state_dir,
+            checkpoint_every: o.checkpoint_every.unwrap_or(1000).max(1),
+            backend: o.backend.unwrap_or(BackendChoiceArg(flotilla::compute::BackendChoice::Auto)),
+            report: o.report,
+        })
+    }
+
+    fn over(self, file: RunOptions) -> RunOptions {
+        RunOptions {
+            config: self.config,
+            coordinator: self.coordinator.or(file.coordinator),
+            server_name: self.server_name.or(file.server_name),
+            ca: self.ca.or(file.ca),
+            cert: self.cert.or(file.cert),
+            key: self.key.or(file.key),
+            token_file: self.token_file.or(file.token_file),
+            data: self.data.or(file.data),
+            follow: self.follow || file.follow,
+            rate: self.rate.or(file.rate),
+            name: self.name.or(file.name),
+            state_dir: self.state_dir.or(file.state_dir),
+            checkpoint_every: self.checkpoint_every.or(file.checkpoint_every),
+            backend: self.backend.or(file.backend),
+            report: self.report.or(file.report),
+        }
+    }
+}
+
+fn read_toml(path: &Path) -> anyhow::Result<RunOptions> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading token file {}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.is_empty() {
+        bail!("token file {} is empty", path.display());
+    }
+    Ok(token)
+}
+
+fn resolve_addr(text: &str) -> anyhow::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    text.to_socket_addrs()
+        .with_context(|| format!("--coordinator {text:?} is not HOST:PORT"))?
+        .next()
+        .with_context(|| format!("--coordinator {text:?} resolves to no address"))
+}
+
+fn default_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let host = if host.is_empty() { "client".to_string() } else { host };
+    format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_required_options_are_named() {
+        let file: RunOptions =
+            toml::from_str("coordinator = \"127.0.0.1:4433\"\nca = \"ca.pem\"\nrate = 5.0\n").unwrap();
+        let flags = RunOptions { data: Some("x.csv".into()), rate: Some(7.0), ..RunOptions::default() };
+        let config = RunOptions { config: None, ..flags.over(file) }.resolve().unwrap();
+        assert_eq!(config.coordinator, "127.0.0.1:4433".parse().unwrap());
+        assert_eq!(config.server_name, "127.0.0.1");
+        assert_eq!(config.rate, Some(7.0));
+        let missing = RunOptions { data: Some("x.csv".into()), ..RunOptions::default() }.resolve().unwrap_err();
+        assert!(missing.to_string().contains("--coordinator"), "{missing}");
+        assert!(toml::from_str::<RunOptions>("no-such-key = 1").is_err());
+    }
+}

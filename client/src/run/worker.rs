@@ -1,0 +1,221 @@
+//! The learner thread: learns from every row as it arrives, answers the session's requests
+//! between rows, and keeps its state on disk.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use burn::tensor::Device;
+use flotilla::hbp::model::layout;
+use flotilla::local::{ClientState, Counts, LocalLearner};
+use flotilla_net::{LearnerRequest, LocalUpdate};
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio_util::sync::CancellationToken;
+
+use super::options::RunConfig;
+use super::source::{self, Row};
+
+/// File name of the client's state inside `--state-dir`.
+pub const STATE_FILE: &str = "client-state.bin";
+/// Longest wait for a row before the session's requests are looked at again.
+const POLL: Duration = Duration::from_millis(10);
+
+/// What the learner did, for the exit report.
+pub struct WorkerSummary {
+    /// Samples learnt since the daemon first started (over restarts).
+    pub total: Counts,
+    /// Samples learnt by this process.
+    pub samples_this_run: u64,
+    /// Version of the global model last adopted.
+    pub base_version: Option<u64>,
+    /// Updates handed to the session.
+    pub contributions: u64,
+}
+
+/// The learner thread's state.
+struct Worker {
+    config: RunConfig,
+    device: Device,
+    stop: CancellationToken,
+    learner: Option<LocalLearner>,
+    rows: Option<(Receiver<Row>, JoinHandle<()>)>,
+    ended: bool,
+    learnt: u64,
+    contributions: u64,
+    started: Instant,
+}
+
+/// Runs until `stop` is cancelled or the session goes away; saves the state on the way out.
+pub fn run(
+    config: RunConfig,
+    device: Device,
+    mut requests: tokio::sync::mpsc::Receiver<LearnerRequest>,
+    stop: CancellationToken,
+) -> anyhow::Result<WorkerSummary> {
+    let learner = load_state(&config, &device)?;
+    let mut worker = Worker {
+        config,
+        device,
+        stop,
+        learner,
+        rows: None,
+        ended: false,
+        learnt: 0,
+        contributions: 0,
+        started: Instant::now(),
+    };
+    let result = worker.run_loop(&mut requests);
+    worker.stop.cancel();
+    worker.save().context("saving the client state on exit")?;
+    if let Some((_, handle)) = worker.rows.take() {
+        // The reader may be blocked on stdin; it ends with the process.
+        if handle.is_finished() {
+            let _ = handle.join();
+        }
+    }
+    result?;
+    let total = match worker.learner.as_mut() {
+        Some(learner) => learner.total()?,
+        None => Counts::default(),
+    };
+    Ok(WorkerSummary {
+        total,
+        samples_this_run: worker.learnt,
+        base_version: worker.learner.as_ref().and_then(LocalLearner::base_version),
+        contributions: worker.contributions,
+    })
+}
+
+impl Worker {
+    fn run_loop(&mut self, requests: &mut tokio::sync::mpsc::Receiver<LearnerRequest>) -> anyhow::Result<()> {
+        loop {
+            loop {
+                match requests.try_recv() {
+                    Ok(request) => self.handle(request)?,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return Ok(()),
+                }
+            }
+            if self.stop.is_cancelled() {
+                return Ok(());
+            }
+            if self.learner.is_none() || self.ended || self.over_rate() {
+                std::thread::sleep(POLL);
+                continue;
+            }
+            self.next_row()?;
+        }
+    }
+
+    fn over_rate(&self) -> bool {
+        self.config.rate.is_some_and(|rate| self.learnt as f64 > rate * self.started.elapsed().as_secs_f64())
+    }
+
+    fn next_row(&mut self) -> anyhow::Result<()> {
+        if self.rows.is_none() {
+            let skip = self.learner.as_ref().map_or(0, LocalLearner::rows_consumed);
+            if skip > 0 {
+                tracing::info!(skip, "resuming the stream after the rows already learnt from");
+            }
+            self.rows = Some(source::spawn(&self.config.data, self.config.follow, skip, self.stop.clone())?);
+        }
+        let Some((rows, _)) = &self.rows else { return Ok(()) };
+        match rows.recv_timeout(POLL) {
+            Ok(Row::Sample(sample)) => {
+                let Some(learner) = self.learner.as_mut() else { return Ok(()) };
+                learner.learn(&sample).with_context(|| format!("learning from {}", self.config.data.display()))?;
+                self.learnt += 1;
+                if self.learnt.is_multiple_of(self.config.checkpoint_every) {
+                    self.save()?;
+                }
+            }
+            Ok(Row::End) | Err(RecvTimeoutError::Disconnected) => {
+                self.ended = true;
+                tracing::info!(samples = self.learnt, "the stream ended; still answering the coordinator");
+                self.save()?;
+            }
+            Ok(Row::Failed(error)) => {
+                return Err(error).with_context(|| format!("reading {}", self.config.data.display()));
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, request: LearnerRequest) -> anyhow::Result<()> {
+        match request {
+            LearnerRequest::Welcome { spec, fingerprint } => {
+                if layout(&spec).fingerprint() != fingerprint {
+                    bail!("the coordinator's model layout ({fingerprint}) does not match its spec in this build");
+                }
+                if self.learner.as_ref().is_some_and(|l| *l.spec() == spec) {
+                    return Ok(());
+                }
+                if self.learner.is_some() {
+                    tracing::warn!("the coordinator's model has another shape: local state discarded");
+                }
+                tracing::info!(
+                    inputs = spec.inputs,
+                    classes = spec.classes,
+                    layers = spec.hidden_layers,
+                    "model spec received"
+                );
+                self.learner = Some(LocalLearner::new(spec, &self.device)?);
+                self.rows = None;
+            }
+            LearnerRequest::Adopt { model_version, round, params } => {
+                let Some(learner) = self.learner.as_mut() else { return Ok(()) };
+                learner.adopt(model_version, params)?;
+                tracing::info!(model_version, round, "global model adopted");
+                self.save()?;
+            }
+            LearnerRequest::Update { round, model_version, reply } => {
+                let Some(learner) = self.learner.as_mut() else { return Ok(()) };
+                match learner.contribute(model_version)? {
+                    Some(c) => {
+                        tracing::info!(
+                            round,
+                            samples = c.samples,
+                            errors = c.metrics.prequential_errors,
+                            "update sent"
+                        );
+                        self.contributions += 1;
+                        let _ = reply.send(LocalUpdate { delta: c.delta, samples: c.samples, metrics: c.metrics });
+                    }
+                    None => {
+                        tracing::info!(round, model_version, "nothing to contribute (no new samples or another model)")
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn state_path(&self) -> Option<PathBuf> {
+        self.config.state_dir.as_ref().map(|dir| dir.join(STATE_FILE))
+    }
+
+    fn save(&mut self) -> anyhow::Result<()> {
+        let (Some(path), Some(learner)) = (self.state_path(), self.learner.as_mut()) else { return Ok(()) };
+        let bytes = learner.state()?.encode()?;
+        flotilla_net::persist::write_atomically(&path, &bytes).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// The learner saved in `--state-dir`, if any; a corrupt file is an error, never ignored.
+fn load_state(config: &RunConfig, device: &Device) -> anyhow::Result<Option<LocalLearner>> {
+    let Some(dir) = &config.state_dir else { return Ok(None) };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating state directory {}", dir.display()))?;
+    let path = dir.join(STATE_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let state = ClientState::decode(&bytes)
+        .with_context(|| format!("{} is not a valid client state; move it away to start afresh", path.display()))?;
+    tracing::info!(path = %path.display(), rows = state.rows_consumed, "resuming from the saved client state");
+    Ok(Some(LocalLearner::from_state(state, device)?))
+}
