@@ -16,9 +16,9 @@ pub const CONNECTION_RECEIVE_WINDOW: u32 = 32 << 20;
 /// Per-connection send window: 32 MiB.
 pub const SEND_WINDOW: u64 = 32 << 20;
 /// Interval between keep-alive packets on an otherwise quiet connection.
-pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
 /// A connection silent for this long is considered lost.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The transport configuration both sides use: large windows, keep-alive, idle timeout,
 /// one bidirectional stream per connection and no unidirectional ones.
@@ -32,7 +32,7 @@ pub fn transport_config() -> TransportConfig {
         .max_concurrent_bidi_streams(VarInt::from_u32(1))
         .max_concurrent_uni_streams(VarInt::from_u32(0));
     // 30 s fits in a VarInt of milliseconds; the fallback only guards a future edit.
-    let idle = IdleTimeout::try_from(IDLE_TIMEOUT).unwrap_or(IdleTimeout::from(VarInt::from_u32(30_000)));
+    let idle = IdleTimeout::try_from(IDLE_TIMEOUT).unwrap_or(IdleTimeout::from(VarInt::from_u32(10_000)));
     config.max_idle_timeout(Some(idle));
     config
 }

@@ -1,0 +1,151 @@
+//! End-to-end: the real coordinator and client binaries learn together over QUIC on loopback.
+
+use std::path::Path;
+use std::time::Duration;
+
+use flotilla_tests::{Daemon, binary, free_udp_port, split_phishing, wait_for_rounds};
+
+/// A small model so that a 2-core CI machine runs these in seconds.
+fn coordinator_args(port: u16, data_dir: &Path, eval: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--inputs",
+        "9",
+        "--classes",
+        "2",
+        "--hidden-layers",
+        "4",
+        "--width",
+        "32",
+        "--eval-data",
+        eval.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn client_args(port: u16, data_dir: &Path, shard: &Path, name: &str, rate: &str, state: &Path) -> Vec<String> {
+    [
+        "run",
+        "--coordinator",
+        &format!("127.0.0.1:{port}"),
+        "--ca",
+        data_dir.join("pki/ca.pem").to_str().unwrap(),
+        "--data",
+        shard.to_str().unwrap(),
+        "--name",
+        name,
+        "--rate",
+        rate,
+        "--backend",
+        "cpu",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn wait_for_pki(data_dir: &Path, coordinator: &Daemon) {
+    for _ in 0..200 {
+        if data_dir.join("pki/ca.pem").exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the coordinator made no dev CA:\n{}", coordinator.log());
+}
+
+#[test]
+fn three_clients_learn_together_and_the_global_model_improves() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("coordinator");
+    let (shards, eval) = split_phishing(dir.path(), 3, 1000);
+    let port = free_udp_port();
+    let args =
+        coordinator_args(port, &data_dir, &eval, &["--min-clients", "3", "--round-interval", "400ms", "--rounds", "5"]);
+    let coordinator = Daemon::start("coordinator", &binary("flotilla-coordinator"), &args, dir.path());
+    wait_for_pki(&data_dir, &coordinator);
+    let clients: Vec<Daemon> = shards
+        .iter()
+        .enumerate()
+        .map(|(i, shard)| {
+            let name = format!("client{i}");
+            let args = client_args(port, &data_dir, shard, &name, "150", &dir.path().join(&name));
+            Daemon::start(&name, &binary("flotilla-client"), &args, dir.path())
+        })
+        .collect();
+    let mut logs: Vec<&Daemon> = clients.iter().collect();
+    logs.push(&coordinator);
+    let records = wait_for_rounds(&data_dir, Duration::from_secs(60), "5 committed rounds", &logs, |r| r.len() >= 5);
+    let errors: Vec<f64> = records.iter().map(|r| r["global_error_pct"].as_f64().unwrap()).collect();
+    eprintln!("global error per round: {errors:?}");
+    let initial = records[0]["initial_global_error_pct"].as_f64();
+    let baseline = initial.unwrap_or(errors[0]);
+    assert!(records.iter().all(|r| r["participants"] == 3), "{records:?}");
+    assert!(errors[4] < baseline - 5.0, "global error {baseline} -> {errors:?}");
+}
+
+#[test]
+fn rounds_survive_a_killed_client_and_a_killed_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("coordinator");
+    let (shards, eval) = split_phishing(dir.path(), 3, 1000);
+    let port = free_udp_port();
+    let args = coordinator_args(
+        port,
+        &data_dir,
+        &eval,
+        &["--min-clients", "2", "--round-interval", "300ms", "--round-deadline", "2s"],
+    );
+    let mut coordinator = Daemon::start("coordinator", &binary("flotilla-coordinator"), &args, dir.path());
+    wait_for_pki(&data_dir, &coordinator);
+    let mut clients: Vec<Daemon> = shards
+        .iter()
+        .enumerate()
+        .map(|(i, shard)| {
+            let name = format!("client{i}");
+            let args = client_args(port, &data_dir, shard, &name, "12", &dir.path().join(&name));
+            Daemon::start(&name, &binary("flotilla-client"), &args, dir.path())
+        })
+        .collect();
+    let before = wait_for_rounds(&data_dir, Duration::from_secs(30), "2 rounds", &[&coordinator], |r| r.len() >= 2);
+    assert!(before.iter().all(|r| r["participants"] == 3), "{before:?}");
+
+    // A client dies mid-stream: the next round commits with the two others by its deadline.
+    clients[2].kill();
+    let after_kill =
+        wait_for_rounds(&data_dir, Duration::from_secs(30), "a round without client2", &[&coordinator], |r| {
+            r.iter().any(|x| x["participants"] == 2)
+        });
+    let last_round = after_kill.last().unwrap()["round"].as_u64().unwrap();
+
+    // The coordinator dies without warning and comes back on the same data directory.
+    coordinator.kill();
+    let mut coordinator = Daemon::start("coordinator-restarted", &binary("flotilla-coordinator"), &args, dir.path());
+    let watched = [&coordinator, &clients[0], &clients[1]];
+    let resumed =
+        wait_for_rounds(&data_dir, Duration::from_secs(40), "2 more rounds after the restart", &watched, |r| {
+            r.last().and_then(|x| x["round"].as_u64()).is_some_and(|round| round >= last_round + 2)
+        });
+    let log = coordinator.log();
+    assert!(log.contains("resum"), "the restarted coordinator did not say it resumed:\n{log}");
+    let rounds: Vec<u64> = resumed.iter().map(|r| r["round"].as_u64().unwrap()).collect();
+    assert!(rounds.windows(2).all(|w| w[1] > w[0]), "round numbers went back: {rounds:?}");
+
+    for client in clients.iter_mut().take(2) {
+        assert!(client.terminate(Duration::from_secs(10)), "{} did not exit cleanly:\n{}", client.name, client.log());
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("client0.out")).unwrap()).unwrap();
+    assert!(report["connections"].as_u64().unwrap() >= 2, "client0 never reconnected: {report}");
+    assert!(report["updates_sent"].as_u64().unwrap() >= 3, "{report}");
+    assert!(coordinator.terminate(Duration::from_secs(10)), "the coordinator did not exit cleanly on SIGTERM");
+}
