@@ -29,7 +29,9 @@ enum LogFormat {
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("warn,flotilla=info,flotilla_net=info,flotilla_coordinator=info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Without internal error logging: a closed stderr must not turn log lines into panics.
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -71,9 +73,10 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     };
     #[cfg(not(unix))]
     let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => tracing::info!("SIGINT received; shutting down"),
-        () = terminate => tracing::info!("SIGTERM received; shutting down"),
-    }
+    let signal = tokio::select! {
+        _ = interrupt => "SIGINT",
+        () = terminate => "SIGTERM",
+    };
     shutdown.cancel();
+    tracing::info!(signal, "shutting down");
 }
