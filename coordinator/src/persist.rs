@@ -1,33 +1,17 @@
 //! Durable state: the checkpoint (written atomically) and the per-round metrics log.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use flotilla::checkpoint::Checkpoint;
+pub use flotilla_net::persist::write_atomically;
 
 /// File name of the checkpoint inside the data directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint.bin";
 /// File name of the per-round metrics log inside the data directory.
 pub const ROUNDS_FILE: &str = "rounds.jsonl";
-
-/// Replaces `path` with `bytes` so that a crash leaves either the old or the new content:
-/// a temporary file in the same directory is written and fsynced, renamed over `path`, and
-/// the directory is fsynced so that the rename itself is durable.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temp = dir.join(format!(".{name}.tmp"));
-    let mut file = File::create(&temp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&temp, path)?;
-    #[cfg(unix)]
-    File::open(dir)?.sync_all()?;
-    Ok(())
-}
 
 /// The checkpoint at `path`, `None` if there is none. A file that is not a valid
 /// checkpoint is an error naming it: it is never ignored, and never overwritten by a fresh start.
@@ -66,6 +50,9 @@ pub struct RoundRecord {
     pub mean_local_error: Option<f64>,
     /// Error of the new global model on the coordinator's held-out data, in percent.
     pub global_error_pct: Option<f64>,
+    /// Error of the model the round started from (for the first round of a run: the
+    /// initial or resumed model), in percent.
+    pub start_global_error_pct: Option<f64>,
     /// Seconds from the round's start to its commit.
     pub duration_s: f64,
     /// Stream bytes received from all clients during the round.
@@ -157,6 +144,7 @@ mod tests {
             samples: 10,
             mean_local_error: Some(0.5),
             global_error_pct: None,
+            start_global_error_pct: None,
             duration_s: 0.25,
             bytes_in: 100,
             bytes_out: 200,

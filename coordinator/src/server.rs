@@ -36,6 +36,8 @@ pub struct Server {
     start: (u64, u64),
     dev_pki: Option<DevPki>,
     eval: Option<(EvalSet, ComputeDevice)>,
+    /// Error of the starting model on the held-out data, when there is any.
+    start_error: Option<f64>,
 }
 
 /// What a run did.
@@ -72,6 +74,14 @@ pub async fn bind(mut config: Config) -> anyhow::Result<Server> {
         Some(path) => Some((EvalSet::load(path, &checkpoint.spec)?, device)),
         None => None,
     };
+    let start_error = match &eval {
+        Some((set, device)) => {
+            let pct = set.error_pct(&checkpoint.spec, &checkpoint.params, device)?;
+            tracing::info!(global_error_pct = pct, model_version = start.1, "starting model evaluated");
+            Some(pct)
+        }
+        None => None,
+    };
     if let Some(path) = &config.tokens_file {
         config.rounds.auth_tokens = Some(read_tokens(path)?);
     }
@@ -82,7 +92,7 @@ pub async fn bind(mut config: Config) -> anyhow::Result<Server> {
     let machine = Coordinator::from_checkpoint(config.rounds.clone(), checkpoint).context("round settings")?;
     tracing::info!(listen = %endpoint.local_addr()?, mtls = config.client_ca.is_some(),
         tokens = config.rounds.auth_tokens.is_some(), "coordinator listening");
-    Ok(Server { endpoint, machine, config, files, origin, start, dev_pki, eval })
+    Ok(Server { endpoint, machine, config, files, origin, start, dev_pki, eval, start_error })
 }
 
 fn server_tls(config: &Config) -> anyhow::Result<(ServerTls, Option<DevPki>)> {
@@ -118,10 +128,10 @@ impl Server {
     /// Serves until `shutdown` is cancelled or `--rounds` rounds are committed, then says
     /// goodbye to every client, closes the endpoint and waits for the last checkpoint.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<RunSummary> {
-        let Server { endpoint, machine, config, files, origin, start, eval, .. } = self;
+        let Server { endpoint, machine, config, files, origin, start, eval, start_error, .. } = self;
         let (persist_tx, persist_rx) = mpsc::unbounded_channel();
         let mut persister: JoinHandle<anyhow::Result<()>> =
-            tokio::task::spawn_blocking(move || persist_loop(persist_rx, files, eval));
+            tokio::task::spawn_blocking(move || persist_loop(persist_rx, files, eval, start_error));
         let (inbound_tx, mut inbound_rx) = mpsc::channel(1024);
         let traffic = Arc::new(Traffic::default());
         let handshakes = shutdown.child_token();
@@ -197,8 +207,11 @@ fn persist_loop(
     mut queue: mpsc::UnboundedReceiver<Committed>,
     files: DataFiles,
     eval: Option<(EvalSet, ComputeDevice)>,
+    start_error: Option<f64>,
 ) -> anyhow::Result<()> {
+    let mut previous_error = start_error;
     while let Some(Committed { checkpoint, mut record }) = queue.blocking_recv() {
+        record.start_global_error_pct = previous_error;
         save_checkpoint(&files.checkpoint, &checkpoint)?;
         if let Some((set, device)) = &eval {
             match set.error_pct(&checkpoint.spec, &checkpoint.params, device) {
@@ -206,6 +219,7 @@ fn persist_loop(
                 Err(error) => tracing::warn!(round = record.round, error = %format!("{error:#}"), "evaluation failed"),
             }
         }
+        previous_error = record.global_error_pct;
         append_record(&files.rounds, &record)?;
         tracing::info!(
             round = record.round,

@@ -184,6 +184,7 @@ impl Shell {
                     samples,
                     mean_local_error,
                     global_error_pct: None,
+                    start_global_error_pct: None,
                     duration_s: at.elapsed().as_secs_f64(),
                     bytes_in: bytes_in - in0,
                     bytes_out: bytes_out - out0,

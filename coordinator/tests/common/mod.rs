@@ -56,7 +56,20 @@ pub struct Running {
 }
 
 pub async fn start(options: Options) -> Running {
-    let server = flotilla_coordinator::bind(options.into_config().unwrap()).await.unwrap();
+    // A port just released by an in-process endpoint can stay busy until its driver task
+    // ends: retry the bind briefly (a restarted process does not have this race).
+    let config = options.into_config().unwrap();
+    let mut attempts = 0;
+    let server = loop {
+        match flotilla_coordinator::bind(config.clone()).await {
+            Ok(server) => break server,
+            Err(error) if attempts < 30 && format!("{error:#}").contains("binding UDP") => {
+                attempts += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("coordinator failed to start: {error:#}"),
+        }
+    };
     let addr = server.local_addr().unwrap();
     let ca = server.dev_pki().unwrap().ca_cert.clone();
     let shutdown = CancellationToken::new();
