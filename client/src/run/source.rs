@@ -91,3 +91,53 @@ fn read_rows(source: impl Read, skip: u64, sender: &SyncSender<Row>, stop: &Canc
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn next_sample(rows: &Receiver<Row>) -> Sample {
+        match rows.recv_timeout(Duration::from_secs(5)) {
+            Ok(Row::Sample(sample)) => sample,
+            Ok(Row::End) => panic!("the stream ended"),
+            Ok(Row::Failed(error)) => panic!("{error}"),
+            Err(error) => panic!("no row: {error}"),
+        }
+    }
+
+    #[test]
+    fn a_followed_file_yields_appended_rows_and_skips_learnt_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stream.csv");
+        std::fs::write(&path, "a,b,label\n1,2,0\n3,4,1\n5,6,0\n").unwrap();
+        let stop = CancellationToken::new();
+        let (rows, handle) = spawn(&path, true, 1, stop.clone()).unwrap();
+        assert_eq!(next_sample(&rows).features, vec![3.0, 4.0]);
+        assert_eq!(next_sample(&rows).line, 4);
+        assert!(rows.recv_timeout(Duration::from_millis(300)).is_err(), "nothing new yet");
+        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"7,8,1\n").unwrap();
+        assert_eq!(next_sample(&rows).features, vec![7.0, 8.0]);
+        stop.cancel();
+        handle.join().unwrap();
+    }
+
+    #[test]
+    fn a_plain_file_ends_and_a_bad_row_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stream.csv");
+        std::fs::write(&path, "a,label\n1,0\n2,x\n").unwrap();
+        let (rows, _) = spawn(&path, false, 0, CancellationToken::new()).unwrap();
+        assert_eq!(next_sample(&rows).label, 0);
+        assert!(matches!(
+            rows.recv_timeout(Duration::from_secs(5)),
+            Ok(Row::Failed(DataError::BadLabel { line: 3, .. }))
+        ));
+        std::fs::write(&path, "a,label\n1,0\n").unwrap();
+        let (rows, _) = spawn(&path, false, 0, CancellationToken::new()).unwrap();
+        next_sample(&rows);
+        assert!(matches!(rows.recv_timeout(Duration::from_secs(5)), Ok(Row::End)));
+    }
+}
