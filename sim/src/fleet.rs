@@ -1,0 +1,514 @@
+//! Running the federated fleet: one coordinator and N client daemons on loopback, with
+//! optional churn, late joiners and a killed-and-restarted client.
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::Serialize;
+
+use crate::procs::{Interrupt, Proc};
+
+/// What the fleet run needs.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// `flotilla-coordinator`.
+    pub coordinator_bin: PathBuf,
+    /// `flotilla-client`.
+    pub client_bin: PathBuf,
+    /// Folder for the coordinator's data dir, the clients' state and the logs.
+    pub dir: PathBuf,
+    /// One stream per client.
+    pub shards: Vec<PathBuf>,
+    /// The coordinator's held-back rows.
+    pub eval: PathBuf,
+    /// Features per row.
+    pub inputs: usize,
+    /// Classes.
+    pub classes: u32,
+    /// Hidden layers of the model.
+    pub hidden_layers: usize,
+    /// Units per hidden layer.
+    pub width: usize,
+    /// Seed of the initial weights, client sampling and churn choices.
+    pub seed: u64,
+    /// Rounds to commit.
+    pub rounds: usize,
+    /// Joined clients needed to start a round and updates to commit it.
+    pub min_clients: usize,
+    /// Fraction of joined clients asked each round.
+    pub sample_fraction: f64,
+    /// Pause before each round.
+    pub round_interval: Duration,
+    /// How long a round waits for updates.
+    pub round_deadline: Duration,
+    /// Samples per second each client learns.
+    pub rate: f64,
+    /// Fraction of running clients stopped (SIGTERM) at each commit.
+    pub offline_fraction: f64,
+    /// How long a stopped client stays away at most (it also comes back at the next commit).
+    pub offline_for: Duration,
+    /// Clients started only after round 2.
+    pub late_join: usize,
+    /// SIGKILL one client mid-run and restart it on its state dir.
+    pub kill_restart: bool,
+    /// Give up after this long.
+    pub timeout: Duration,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// Something the simulator did to the fleet.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// Seconds since the coordinator started.
+    pub t_s: f64,
+    /// Rounds committed when it happened.
+    pub after_round: usize,
+    /// What.
+    pub what: String,
+}
+
+/// One client's results over all its processes.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientOutcome {
+    /// Its name.
+    pub name: String,
+    /// Processes started for it.
+    pub processes: u32,
+    /// Exits the simulator did not ask for.
+    pub unexpected_exits: u32,
+    /// Samples learnt (over restarts, from the last report).
+    pub samples: u64,
+    /// Prequential error over those samples, percent (from the last report).
+    pub prequential_error_pct: Option<f64>,
+    /// Updates sent, summed over its processes.
+    pub updates_sent: u64,
+    /// Bytes sent, summed over its processes (a SIGKILLed process's are lost).
+    pub bytes_sent: u64,
+    /// Bytes received, summed likewise.
+    pub bytes_received: u64,
+    /// QUIC connections made, summed likewise.
+    pub connections: u64,
+    /// The exit reports, one per process that wrote one.
+    pub reports: Vec<serde_json::Value>,
+}
+
+/// What the fleet run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetOutcome {
+    /// The coordinator's `rounds.jsonl` records.
+    pub rounds: Vec<serde_json::Value>,
+    /// Per-client results.
+    pub clients: Vec<ClientOutcome>,
+    /// Churn and faults injected.
+    pub events: Vec<Event>,
+    /// Wall time of the federated run, seconds.
+    pub wall_s: f64,
+    /// Why it stopped.
+    pub stop_reason: String,
+    /// The coordinator's UDP port.
+    pub port: u16,
+}
+
+struct Slot {
+    name: String,
+    shard: PathBuf,
+    dir: PathBuf,
+    proc: Option<Proc>,
+    processes: u32,
+    unexpected_exits: u32,
+    late: bool,
+    back_at: Option<(Instant, usize)>,
+}
+
+impl Slot {
+    fn report_path(&self, process: u32) -> PathBuf {
+        self.dir.join(format!("report-{process}.json"))
+    }
+}
+
+/// A UDP port on 127.0.0.1 that was free a moment ago.
+pub fn free_udp_port() -> anyhow::Result<u16> {
+    let socket = UdpSocket::bind("127.0.0.1:0").context("binding an ephemeral UDP port")?;
+    Ok(socket.local_addr().context("reading the bound port")?.port())
+}
+
+/// The coordinator's `rounds.jsonl` records so far.
+pub fn read_rounds(data_dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(data_dir.join("rounds.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+/// The last `joined` count the coordinator logged (JSON log lines).
+fn joined_from_log(log: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines().rev().find_map(|line| {
+        let value: serde_json::Value = serde_json::from_str(line).ok()?;
+        value["fields"]["joined"].as_u64()
+    })
+}
+
+fn millis(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+struct Fleet<'a> {
+    config: &'a FleetConfig,
+    port: u16,
+    data_dir: PathBuf,
+    logs: PathBuf,
+    slots: Vec<Slot>,
+    started: Instant,
+    events: Vec<Event>,
+    bar: ProgressBar,
+}
+
+impl Fleet<'_> {
+    fn event(&mut self, after_round: usize, what: String) {
+        if !self.bar.is_hidden() {
+            self.bar.println(format!("  · {what}"));
+        }
+        self.events.push(Event { t_s: self.started.elapsed().as_secs_f64(), after_round, what });
+    }
+
+    fn start_client(&mut self, i: usize) -> anyhow::Result<()> {
+        let slot = &mut self.slots[i];
+        slot.processes += 1;
+        let n = slot.processes;
+        let args: Vec<String> = vec![
+            "run".into(),
+            "--coordinator".into(),
+            format!("127.0.0.1:{}", self.port),
+            "--ca".into(),
+            self.data_dir.join("pki/ca.pem").display().to_string(),
+            "--data".into(),
+            slot.shard.display().to_string(),
+            "--name".into(),
+            slot.name.clone(),
+            "--rate".into(),
+            format!("{}", self.config.rate),
+            "--backend".into(),
+            "cpu".into(),
+            "--state-dir".into(),
+            slot.dir.join("state").display().to_string(),
+            "--report".into(),
+            slot.report_path(n).display().to_string(),
+        ];
+        let out = self.logs.join(format!("{}.{n}.out", slot.name));
+        let log = self.logs.join(format!("{}.{n}.log", slot.name));
+        slot.proc = Some(Proc::start(&format!("{}#{n}", slot.name), &self.config.client_bin, &args, &out, &log)?);
+        slot.back_at = None;
+        Ok(())
+    }
+
+    /// Clients whose current process has run out of rows.
+    fn stream_ended(&self, i: usize) -> bool {
+        let slot = &self.slots[i];
+        slot.proc
+            .as_ref()
+            .is_some_and(|p| std::fs::read_to_string(&p.log).is_ok_and(|text| text.contains("the stream ended")))
+    }
+
+    fn running(&self) -> usize {
+        self.slots.iter().filter(|s| s.proc.is_some()).count()
+    }
+
+    fn tails(&self, coordinator: &Proc) -> String {
+        let mut out = format!("--- coordinator\n{}", coordinator.log_tail(15));
+        for slot in &self.slots {
+            if let Some(p) = &slot.proc {
+                out.push_str(&format!("\n--- {}\n{}", p.name, p.log_tail(8)));
+            }
+        }
+        out
+    }
+}
+
+/// Runs the fleet to `config.rounds` committed rounds (or until its streams run dry or the
+/// timeout passes), then stops every process it started and collects their reports.
+pub fn run(config: &FleetConfig, interrupt: &Interrupt) -> anyhow::Result<FleetOutcome> {
+    let port = free_udp_port()?;
+    let data_dir = config.dir.join("coordinator");
+    let logs = config.dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let coordinator_args: Vec<String> = [
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data-dir",
+        &data_dir.display().to_string(),
+        "--inputs",
+        &config.inputs.to_string(),
+        "--classes",
+        &config.classes.to_string(),
+        "--hidden-layers",
+        &config.hidden_layers.to_string(),
+        "--width",
+        &config.width.to_string(),
+        "--seed",
+        &config.seed.to_string(),
+        "--min-clients",
+        &config.min_clients.to_string(),
+        "--sample-fraction",
+        &config.sample_fraction.to_string(),
+        "--round-interval",
+        &millis(config.round_interval),
+        "--round-deadline",
+        &millis(config.round_deadline),
+        "--rounds",
+        &config.rounds.to_string(),
+        "--eval-data",
+        &config.eval.display().to_string(),
+        "--log-format",
+        "json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let coordinator_log = logs.join("coordinator.log");
+    let mut coordinator = Proc::start(
+        "coordinator",
+        &config.coordinator_bin,
+        &coordinator_args,
+        &logs.join("coordinator.out"),
+        &coordinator_log,
+    )?;
+    let started = Instant::now();
+    while !data_dir.join("pki/ca.pem").exists() {
+        interrupt.check()?;
+        if coordinator.exited().is_some() {
+            bail!("the coordinator stopped at start:\n{}", coordinator.log_tail(20));
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("the coordinator made no dev CA in 30 s:\n{}", coordinator.log_tail(20));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let bar = if config.progress {
+        ProgressBar::with_draw_target(Some(config.rounds as u64), ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} rounds  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let slots = config
+        .shards
+        .iter()
+        .enumerate()
+        .map(|(i, shard)| {
+            let name = format!("client{i:02}");
+            let dir = config.dir.join("clients").join(&name);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            Ok(Slot {
+                name,
+                shard: shard.clone(),
+                dir,
+                proc: None,
+                processes: 0,
+                unexpected_exits: 0,
+                late: i >= config.shards.len().saturating_sub(config.late_join),
+                back_at: None,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut fleet = Fleet { config, port, data_dir: data_dir.clone(), logs, slots, started, events: Vec::new(), bar };
+    for i in 0..fleet.slots.len() {
+        if !fleet.slots[i].late {
+            fleet.start_client(i)?;
+        }
+    }
+    let late_after = 2.min(config.rounds.saturating_sub(1)).max(1);
+    let kill_at = (config.rounds / 3).max(1);
+    let mut rng = StdRng::seed_from_u64(config.seed ^ 0x5eed_f1ee);
+    let mut late_started = config.late_join == 0;
+    let mut killed = !config.kill_restart;
+    let mut seen = 0usize;
+    let mut last_commit = Instant::now();
+    let stall = config.round_deadline + config.round_interval + Duration::from_secs(3);
+
+    let stop_reason = loop {
+        if interrupt.is_set() {
+            fleet.bar.abandon_with_message("interrupted");
+            interrupt.check()?;
+        }
+        let mut records = read_rounds(&data_dir);
+        let now = Instant::now();
+        // Clients that died on their own.
+        for i in 0..fleet.slots.len() {
+            let slot = &mut fleet.slots[i];
+            if let Some(p) = slot.proc.as_mut()
+                && p.exited().is_some()
+            {
+                slot.proc = None;
+                slot.unexpected_exits += 1;
+                let name = slot.name.clone();
+                fleet.event(records.len(), format!("{name} exited on its own"));
+            }
+        }
+        // Clients due back.
+        for i in 0..fleet.slots.len() {
+            if let Some((at, round)) = fleet.slots[i].back_at
+                && (now >= at || records.len() > round)
+            {
+                fleet.start_client(i)?;
+                let name = fleet.slots[i].name.clone();
+                fleet.event(records.len(), format!("{name} restarted"));
+            }
+        }
+        if records.len() > seen {
+            seen = records.len();
+            last_commit = now;
+            let last = &records[seen - 1];
+            let error = last["global_error_pct"].as_f64();
+            fleet.bar.set_position(seen as u64);
+            let line = format!(
+                "round {:>3}: {} participants, {} samples, global error {}, {:.2} s",
+                last["round"],
+                last["participants"],
+                last["samples"],
+                error.map_or("-".into(), |e| format!("{e:.2} %")),
+                last["duration_s"].as_f64().unwrap_or(0.0)
+            );
+            if fleet.bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                fleet.bar.println(line);
+            }
+            if seen >= config.rounds {
+                break format!("{seen} rounds committed");
+            }
+            if !late_started && seen >= late_after {
+                late_started = true;
+                for i in 0..fleet.slots.len() {
+                    if fleet.slots[i].late {
+                        fleet.start_client(i)?;
+                        let name = fleet.slots[i].name.clone();
+                        fleet.event(seen, format!("{name} joins late"));
+                    }
+                }
+            }
+            if !killed && seen >= kill_at {
+                killed = true;
+                if let Some(i) = fleet.slots.iter().position(|s| s.proc.is_some()) {
+                    if let Some(p) = fleet.slots[i].proc.as_mut() {
+                        p.kill();
+                    }
+                    fleet.slots[i].proc = None;
+                    fleet.slots[i].back_at = Some((now + config.offline_for, seen));
+                    let name = fleet.slots[i].name.clone();
+                    fleet.event(seen, format!("{name} SIGKILLed (restarts on its state dir)"));
+                }
+            }
+            if config.offline_fraction > 0.0 {
+                let mut running: Vec<usize> =
+                    (0..fleet.slots.len()).filter(|&i| fleet.slots[i].proc.is_some()).collect();
+                running.shuffle(&mut rng);
+                let count = ((running.len() as f64) * config.offline_fraction).ceil() as usize;
+                let chosen: Vec<usize> = running.into_iter().take(count).collect();
+                for &i in &chosen {
+                    if let Some(p) = &fleet.slots[i].proc {
+                        p.signal_term();
+                    }
+                }
+                for &i in &chosen {
+                    if let Some(mut p) = fleet.slots[i].proc.take() {
+                        p.wait_until(Instant::now() + Duration::from_secs(10));
+                    }
+                    fleet.slots[i].back_at = Some((now + config.offline_for, seen));
+                }
+                let names: Vec<String> = chosen.iter().map(|&i| fleet.slots[i].name.clone()).collect();
+                if !names.is_empty() {
+                    fleet.event(seen, format!("offline for a round: {}", names.join(", ")));
+                }
+            }
+        }
+        let joined = joined_from_log(&coordinator_log).unwrap_or(0);
+        let error = records.last().and_then(|r| r["global_error_pct"].as_f64());
+        fleet.bar.set_message(format!(
+            "clients {joined}/{} connected · global error {}",
+            fleet.slots.len(),
+            error.map_or("-".into(), |e| format!("{e:.2} %"))
+        ));
+        fleet.bar.tick();
+        if let Some(success) = coordinator.exited() {
+            records = read_rounds(&data_dir);
+            if records.len() >= config.rounds {
+                break format!("{} rounds committed", records.len());
+            }
+            bail!(
+                "the coordinator exited ({}) after {} rounds:\n{}",
+                if success { "0" } else { "failure" },
+                records.len(),
+                fleet.tails(&coordinator)
+            );
+        }
+        let pending = fleet.slots.iter().any(|s| s.back_at.is_some()) || !late_started;
+        let dry = fleet.running() > 0
+            && (0..fleet.slots.len()).all(|i| fleet.slots[i].proc.is_none() || fleet.stream_ended(i));
+        if dry && !pending && last_commit.elapsed() > stall {
+            break format!("the clients' streams ran dry after {} rounds", records.len());
+        }
+        if started.elapsed() > config.timeout {
+            break format!("timed out after {} rounds", records.len());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    fleet.bar.finish_with_message(stop_reason.clone());
+
+    // Stop the clients together (each writes its report), then the coordinator.
+    for slot in &fleet.slots {
+        if let Some(p) = &slot.proc {
+            p.signal_term();
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for slot in &mut fleet.slots {
+        if let Some(mut p) = slot.proc.take()
+            && !p.wait_until(deadline)
+        {
+            slot.unexpected_exits += 1;
+        }
+    }
+    if coordinator.exited().is_none() {
+        coordinator.terminate(Duration::from_secs(10));
+    }
+    let wall_s = started.elapsed().as_secs_f64();
+    let records = read_rounds(&data_dir);
+
+    let clients = fleet
+        .slots
+        .iter()
+        .map(|slot| {
+            let reports: Vec<serde_json::Value> = (1..=slot.processes)
+                .filter_map(|n| std::fs::read_to_string(slot.report_path(n)).ok())
+                .filter_map(|text| serde_json::from_str(&text).ok())
+                .collect();
+            let sum = |key: &str| reports.iter().filter_map(|r| r[key].as_u64()).sum::<u64>();
+            let last = reports.last();
+            ClientOutcome {
+                name: slot.name.clone(),
+                processes: slot.processes,
+                unexpected_exits: slot.unexpected_exits,
+                samples: last.and_then(|r| r["samples"].as_u64()).unwrap_or(0),
+                prequential_error_pct: last.and_then(|r| r["prequential_error_pct"].as_f64()),
+                updates_sent: sum("updates_sent"),
+                bytes_sent: sum("bytes_sent"),
+                bytes_received: sum("bytes_received"),
+                connections: sum("connections"),
+                reports,
+            }
+        })
+        .collect();
+    Ok(FleetOutcome { rounds: records, clients, events: fleet.events, wall_s, stop_reason, port })
+}
