@@ -11,6 +11,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use flotilla::aggregate::{StrategyConfig, StrategyKind};
 use flotilla::hbp::HbpConfig;
 use flotilla::protocol::framing::FrameLimit;
 use flotilla::round::CoordinatorConfig;
@@ -141,6 +142,44 @@ pub struct Options {
     /// features are standardised with the file's own mean and variance (not the clients').
     #[arg(long, value_name = "FILE.csv")]
     pub eval_data: Option<PathBuf>,
+    /// Aggregation strategy: fedavg, fedavgm, fedadam, fedyogi, fedadagrad (server optimisers
+    /// over the sample-weighted mean of the deltas), median, trimmed-mean, krum, multi-krum
+    /// (robust; they hold every update of a round and ignore sample counts) [default: fedavg].
+    #[arg(long, value_name = "NAME")]
+    pub strategy: Option<StrategyKind>,
+    /// Server learning rate η_s: the model moves by η_s times the round's step [default: 1].
+    #[arg(long, value_name = "ETA")]
+    pub server_lr: Option<f64>,
+    /// Momentum decay β1 of fedavgm, fedadam, fedyogi [default: 0.9].
+    #[arg(long)]
+    pub beta1: Option<f64>,
+    /// Second-moment decay β2 of fedadam, fedyogi [default: 0.99].
+    #[arg(long)]
+    pub beta2: Option<f64>,
+    /// Adaptivity τ of fedadagrad, fedadam, fedyogi [default: 0.001].
+    #[arg(long)]
+    pub tau: Option<f64>,
+    /// Fraction β of trimmed-mean: drops the ⌊β·n⌋ smallest and largest values of each
+    /// parameter, in [0, 0.5) [default: 0.1].
+    #[arg(long, value_name = "BETA")]
+    pub trim_fraction: Option<f64>,
+    /// Byzantine clients f assumed by krum and multi-krum; a round needs more than 2f + 2
+    /// updates [default: 0].
+    #[arg(long, value_name = "F")]
+    pub byzantine: Option<usize>,
+    /// Updates averaged by multi-krum [default: n − f].
+    #[arg(long, value_name = "M")]
+    pub multi_krum_m: Option<usize>,
+    /// Scale every update down to this L2 norm when it is larger.
+    #[arg(long, value_name = "NORM")]
+    pub clip_norm: Option<f64>,
+    /// Log updates whose L2 norm (before clipping) exceeds this as outliers (they are kept).
+    #[arg(long, value_name = "NORM")]
+    pub outlier_norm: Option<f64>,
+    /// Most updates a robust strategy holds per round (memory: this × model parameters ×
+    /// 4 bytes); further updates of the round are refused [default: 256].
+    #[arg(long, value_name = "N")]
+    pub max_held_updates: Option<usize>,
 }
 
 /// Where the server certificate comes from.
@@ -201,7 +240,8 @@ impl Options {
             if self.dev_cert_names.is_empty() { file.dev_cert_names.clone() } else { self.dev_cert_names.clone() };
         let merged = prefer!(self, file; listen, data_dir, cert, key, client_ca, tokens_file, inputs, classes,
             hidden_layers, width, lr, beta, smoothing, seed, initial_params, min_clients, sample_fraction,
-            round_deadline, round_interval, join_timeout, rounds, max_frame_mib, eval_data);
+            round_deadline, round_interval, join_timeout, rounds, max_frame_mib, eval_data, strategy, server_lr,
+            beta1, beta2, tau, trim_fraction, byzantine, multi_krum_m, clip_norm, outlier_norm, max_held_updates);
         Options { no_input_head, dev_cert_names, ..merged }
     }
 
@@ -220,6 +260,7 @@ impl Options {
 
     /// Applies the defaults (no file involved).
     pub fn into_config(self) -> anyhow::Result<Config> {
+        let aggregation = self.aggregation()?;
         let tls = match (self.cert, self.key) {
             (Some(cert), Some(key)) => TlsSource::Files { cert, key },
             (None, None) => TlsSource::Dev { extra_names: self.dev_cert_names },
@@ -248,6 +289,7 @@ impl Options {
             round_interval: duration(self.round_interval, Duration::ZERO),
             join_timeout: duration(self.join_timeout, Duration::from_secs(10)),
             seed: u64::from(self.seed.unwrap_or(0)),
+            aggregation,
             ..CoordinatorConfig::default()
         };
         rounds.validate().context("invalid round settings")?;
@@ -268,6 +310,39 @@ impl Options {
             max_rounds: self.rounds,
             max_frame,
             eval_data: self.eval_data,
+        })
+    }
+}
+
+impl Options {
+    /// The aggregation strategy; an option that the chosen strategy does not use is an error.
+    fn aggregation(&self) -> anyhow::Result<StrategyConfig> {
+        let kind = self.strategy.unwrap_or_default();
+        let applies = [
+            ("--beta1", self.beta1.is_some(), kind.uses_beta1()),
+            ("--beta2", self.beta2.is_some(), kind.uses_beta2()),
+            ("--tau", self.tau.is_some(), kind.uses_tau()),
+            ("--trim-fraction", self.trim_fraction.is_some(), kind == StrategyKind::TrimmedMean),
+            ("--byzantine", self.byzantine.is_some(), kind.uses_byzantine()),
+            ("--multi-krum-m", self.multi_krum_m.is_some(), kind == StrategyKind::MultiKrum),
+            ("--max-held-updates", self.max_held_updates.is_some(), kind.is_robust()),
+        ];
+        if let Some((flag, ..)) = applies.iter().find(|(_, given, used)| *given && !*used) {
+            bail!("{flag} does not apply to --strategy {kind}");
+        }
+        let defaults = StrategyConfig::default();
+        Ok(StrategyConfig {
+            kind,
+            server_lr: self.server_lr.unwrap_or(defaults.server_lr),
+            beta1: self.beta1.unwrap_or(defaults.beta1),
+            beta2: self.beta2.unwrap_or(defaults.beta2),
+            tau: self.tau.unwrap_or(defaults.tau),
+            trim_fraction: self.trim_fraction.unwrap_or(defaults.trim_fraction),
+            byzantine: self.byzantine.unwrap_or(defaults.byzantine),
+            multi_krum_m: self.multi_krum_m,
+            clip_norm: self.clip_norm,
+            outlier_norm: self.outlier_norm,
+            max_held_updates: self.max_held_updates.unwrap_or(defaults.max_held_updates),
         })
     }
 }

@@ -2,12 +2,38 @@
 //!
 //! An [`Aggregator`] is told the round's base model ([`Aggregator::begin`]), folds each
 //! accepted update in as it arrives ([`Aggregator::fold`]) and produces the next global
-//! parameters once the round closes ([`Aggregator::finish`]). Implementations keep state
-//! of the model's size, never one copy per client. [`FedAvg`] is the sample-weighted mean
-//! of McMahan et al. (2017); robust strategies (median, Krum…) and server optimisers
-//! (FedAdam…) will implement the same trait.
+//! parameters once the round closes ([`Aggregator::finish`]).
+//!
+//! Every strategy is a [`Federated`] aggregator made of three parts:
+//!
+//! - the update hygiene ([`Hygiene`]): a delta with NaN/∞ or the wrong layout is refused, its
+//!   L2 norm is optionally clipped, and a norm above an outlier bound is flagged in the
+//!   returned [`Folded`] (the coordinator logs it) without refusing the update;
+//! - a [`Reducer`] turning the round's deltas into its pseudo-gradient Δ: the streaming,
+//!   sample-weighted [`WeightedMean`] (memory O(model) whatever the number of clients), or a
+//!   robust reducer holding every delta of the round up to a cap ([`Median`],
+//!   [`TrimmedMean`], [`Krum`]; memory `cap × model × 4` bytes);
+//! - a [`ServerOptimizer`] (Reddi et al., "Adaptive Federated Optimization", ICLR 2021)
+//!   turning Δ into the step `d`, applied as `x ← x + η_s·d`: [`Sgd`] (FedAvg), [`Momentum`]
+//!   (FedAvgM), [`Adagrad`], [`Adam`], [`Yogi`]. Their state (m, v) persists across rounds.
+//!
+//! [`StrategyConfig`] names a strategy and its options and builds the aggregator.
 
 use crate::params::{Fingerprint, PARAMETER_FORMAT_VERSION, ParameterError, ParameterVector};
+
+mod federated;
+mod krum;
+mod mean;
+mod optimizer;
+mod robust;
+mod strategy;
+
+pub use federated::{FedAvg, Federated, Folded, Hygiene, Reducer};
+pub use krum::Krum;
+pub use mean::WeightedMean;
+pub use optimizer::{Adagrad, Adam, Momentum, ServerOptimizer, Sgd, Yogi};
+pub use robust::{HeldUpdates, Median, TrimmedMean};
+pub use strategy::{StrategyConfig, StrategyError, StrategyKind};
 
 /// Why an update or a round's aggregate was refused.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -36,6 +62,30 @@ pub enum AggregateError {
         /// Position of the first offending value.
         index: usize,
     },
+    /// A robust strategy already holds as many updates as it may this round.
+    #[error("this round already holds {cap} updates, the most a robust strategy keeps (max_held_updates)")]
+    HeldUpdatesFull {
+        /// The cap.
+        cap: usize,
+    },
+    /// Krum needs more updates than `2f + 2` to score them.
+    #[error("krum with {byzantine} Byzantine clients needs more than {} updates, got {updates}", 2 * byzantine + 2)]
+    TooFewForKrum {
+        /// Updates of the round.
+        updates: usize,
+        /// The assumed number of Byzantine clients f.
+        byzantine: usize,
+    },
+    /// Multi-Krum was asked to average more updates than `n − f`.
+    #[error("multi-krum averages {select} updates, but only {updates} − {byzantine} may be selected")]
+    TooManyToSelect {
+        /// Updates to average (m).
+        select: usize,
+        /// Updates of the round.
+        updates: usize,
+        /// The assumed number of Byzantine clients f.
+        byzantine: usize,
+    },
 }
 
 /// A strategy turning the updates of one round into the next global model.
@@ -45,8 +95,9 @@ pub trait Aggregator {
 
     /// Folds one client's `delta` (its parameters minus `base`), worth `samples` samples.
     ///
-    /// A refused update leaves the aggregate unchanged.
-    fn fold(&mut self, delta: &ParameterVector, samples: u64) -> Result<(), AggregateError>;
+    /// A refused update leaves the aggregate unchanged. An accepted one returns what the
+    /// hygiene found (norm, clipping, outlier flag).
+    fn fold(&mut self, delta: &ParameterVector, samples: u64) -> Result<Folded, AggregateError>;
 
     /// Number of updates folded since `begin`.
     fn updates(&self) -> usize;
@@ -85,82 +136,6 @@ pub(crate) fn check_delta(delta: &ParameterVector, fingerprint: Fingerprint, len
         return Err(ParameterError::LengthMismatch { expected: len, found: delta.values.len() });
     }
     delta.check_finite()
-}
-
-/// Streaming sample-weighted federated averaging: `base + Σ nᵢ·Δᵢ / Σ nᵢ`.
-///
-/// The weighted sum is kept in `f64`, one value per parameter, whatever the number of
-/// clients.
-#[derive(Debug, Default)]
-pub struct FedAvg {
-    expected: Option<Expected>,
-    weighted_sum: Vec<f64>,
-    updates: usize,
-    samples: u64,
-}
-
-impl FedAvg {
-    /// An aggregator waiting for [`Aggregator::begin`].
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
-
-impl Aggregator for FedAvg {
-    fn begin(&mut self, base: &ParameterVector) {
-        let len = base.values.len();
-        self.expected = Some(Expected { fingerprint: base.fingerprint, len });
-        self.weighted_sum.clear();
-        self.weighted_sum.resize(len, 0.0);
-        self.updates = 0;
-        self.samples = 0;
-    }
-
-    fn fold(&mut self, delta: &ParameterVector, samples: u64) -> Result<(), AggregateError> {
-        let expected = self.expected.ok_or(AggregateError::NotStarted)?;
-        if samples == 0 {
-            return Err(AggregateError::ZeroSamples);
-        }
-        check_delta(delta, expected.fingerprint, expected.len)?;
-        let total = self.samples.checked_add(samples).ok_or(AggregateError::SampleOverflow)?;
-        let weight = samples as f64;
-        for (sum, value) in self.weighted_sum.iter_mut().zip(&delta.values) {
-            *sum += weight * f64::from(*value);
-        }
-        self.samples = total;
-        self.updates += 1;
-        Ok(())
-    }
-
-    fn updates(&self) -> usize {
-        self.updates
-    }
-
-    fn samples(&self) -> u64 {
-        self.samples
-    }
-
-    fn finish(&mut self, base: &ParameterVector) -> Result<ParameterVector, AggregateError> {
-        let expected = self.expected.take().ok_or(AggregateError::NotStarted)?;
-        if self.updates == 0 {
-            return Err(AggregateError::Empty);
-        }
-        if base.fingerprint != expected.fingerprint || base.values.len() != expected.len {
-            return Err(AggregateError::BaseChanged);
-        }
-        let total = self.samples as f64;
-        let values: Vec<f32> = base
-            .values
-            .iter()
-            .zip(&self.weighted_sum)
-            .map(|(base, sum)| (f64::from(*base) + sum / total) as f32)
-            .collect();
-        if let Some(index) = values.iter().position(|v| !v.is_finite()) {
-            return Err(AggregateError::ResultNotFinite { index });
-        }
-        self.weighted_sum = Vec::new();
-        Ok(ParameterVector { format_version: base.format_version, fingerprint: base.fingerprint, values })
-    }
 }
 
 #[cfg(test)]

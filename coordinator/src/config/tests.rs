@@ -68,3 +68,36 @@ fn tokens_skip_blanks_and_comments() {
     std::fs::write(&path, "# nothing\n").unwrap();
     assert!(read_tokens(&path).is_err());
 }
+
+#[test]
+fn strategy_flags_and_keys_select_and_configure_the_aggregation() {
+    use flotilla::aggregate::StrategyKind;
+    let config = parse(&["--strategy", "fedadam", "--server-lr", "0.1", "--beta2", "0.9", "--clip-norm", "5"])
+        .into_config()
+        .unwrap();
+    let aggregation = config.rounds.aggregation;
+    assert_eq!(aggregation.kind, StrategyKind::FedAdam);
+    assert_eq!((aggregation.server_lr, aggregation.beta1, aggregation.beta2, aggregation.tau), (0.1, 0.9, 0.9, 1e-3));
+    assert_eq!((aggregation.clip_norm, aggregation.outlier_norm), (Some(5.0), None));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("coordinator.toml");
+    std::fs::write(&file, "strategy = \"multi-krum\"\nbyzantine = 1\nmulti-krum-m = 3\nmin-clients = 5\n").unwrap();
+    let options = Options { config: Some(file), ..parse(&["--max-held-updates", "64"]) };
+    let aggregation = options.resolve().unwrap().rounds.aggregation;
+    assert_eq!(aggregation.kind, StrategyKind::MultiKrum);
+    assert_eq!((aggregation.byzantine, aggregation.multi_krum_m, aggregation.max_held_updates), (1, Some(3), 64));
+    assert_eq!(parse(&[]).into_config().unwrap().rounds.aggregation.kind, StrategyKind::FedAvg);
+}
+
+#[test]
+fn strategy_options_are_checked_against_the_strategy_and_their_ranges() {
+    let error = |args: &[&str]| format!("{:#}", parse(args).into_config().unwrap_err());
+    assert!(error(&["--trim-fraction", "0.2"]).contains("--trim-fraction does not apply to --strategy fedavg"));
+    assert!(error(&["--strategy", "krum", "--multi-krum-m", "2"]).contains("--multi-krum-m"));
+    assert!(error(&["--strategy", "fedavgm", "--beta2", "0.9"]).contains("--beta2"));
+    assert!(error(&["--strategy", "trimmed-mean", "--trim-fraction", "0.5"]).contains("trim_fraction"));
+    assert!(error(&["--strategy", "median", "--max-held-updates", "1"]).contains("max_held_updates (1) is below"));
+    assert!(error(&["--server-lr=-1"]).contains("server_lr"));
+    let unknown = Cli::try_parse_from(["coordinator", "--strategy", "fedsgd"]).unwrap_err().to_string();
+    assert!(unknown.contains("unknown strategy"), "{unknown}");
+}

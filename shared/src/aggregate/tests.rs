@@ -84,3 +84,51 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn deltas_above_the_clip_norm_are_scaled_down_and_outliers_flagged() {
+    let hygiene = Hygiene { clip_norm: Some(5.0), outlier_norm: Some(7.0) };
+    let mut aggregator = Federated::with(WeightedMean::default(), Sgd, 1.0, hygiene);
+    let base = vector(vec![0.0, 0.0]);
+    aggregator.begin(&base);
+    let plain = aggregator.fold(&vector(vec![3.0, 4.0]), 1).unwrap();
+    assert_eq!(plain, Folded { norm: 5.0, clipped: false, outlier: false });
+    let wild = aggregator.fold(&vector(vec![-6.0, 8.0]), 1).unwrap();
+    assert_eq!(wild, Folded { norm: 10.0, clipped: true, outlier: true });
+    // (3, 4) and (−6, 8)·5/10 = (−3, 4): mean (0, 4).
+    assert_eq!(aggregator.finish(&base).unwrap().values, vec![0.0, 4.0]);
+}
+
+#[test]
+fn strategies_parse_by_name_and_options_are_validated() {
+    for (name, kind) in StrategyKind::ALL {
+        assert_eq!(name.parse::<StrategyKind>(), Ok(kind));
+        assert_eq!(kind.to_string(), name);
+    }
+    assert!("fedsgd".parse::<StrategyKind>().unwrap_err().contains("multi-krum"));
+    let valid = StrategyConfig::default();
+    assert_eq!(valid.validate(), Ok(()));
+    let cases = [
+        (
+            StrategyConfig { server_lr: 0.0, ..valid.clone() },
+            StrategyError::NotPositive { name: "server_lr", value: 0.0 },
+        ),
+        (
+            StrategyConfig { tau: f64::NAN, ..valid.clone() },
+            StrategyError::NotPositive { name: "tau", value: f64::NAN },
+        ),
+        (
+            StrategyConfig { clip_norm: Some(-1.0), ..valid.clone() },
+            StrategyError::NotPositive { name: "clip_norm", value: -1.0 },
+        ),
+        (StrategyConfig { beta1: 1.0, ..valid.clone() }, StrategyError::Decay { name: "beta1", value: 1.0 }),
+        (StrategyConfig { beta2: -0.1, ..valid.clone() }, StrategyError::Decay { name: "beta2", value: -0.1 }),
+        (StrategyConfig { trim_fraction: 0.5, ..valid.clone() }, StrategyError::TrimFraction(0.5)),
+        (StrategyConfig { max_held_updates: 0, ..valid.clone() }, StrategyError::ZeroHeldUpdates),
+        (StrategyConfig { multi_krum_m: Some(0), ..valid.clone() }, StrategyError::ZeroMultiKrum),
+    ];
+    for (config, error) in cases {
+        // NaN ≠ NaN: compare the messages.
+        assert_eq!(config.validate().unwrap_err().to_string(), error.to_string());
+    }
+}

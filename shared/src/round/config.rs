@@ -3,6 +3,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::aggregate::{StrategyConfig, StrategyError};
+
 /// Longest duration accepted in a [`CoordinatorConfig`]: a year.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -34,6 +36,8 @@ pub struct CoordinatorConfig {
     pub staleness: StalenessPolicy,
     /// Accepted auth tokens; `None` lets any client join.
     pub auth_tokens: Option<BTreeSet<String>>,
+    /// The aggregation strategy and its options.
+    pub aggregation: StrategyConfig,
 }
 
 impl Default for CoordinatorConfig {
@@ -47,6 +51,7 @@ impl Default for CoordinatorConfig {
             seed: 0,
             staleness: StalenessPolicy::CurrentOnly,
             auth_tokens: None,
+            aggregation: StrategyConfig::default(),
         }
     }
 }
@@ -66,6 +71,17 @@ pub enum ConfigError {
     /// A duration exceeds [`MAX_DURATION`] (adding it to an instant could overflow).
     #[error("{0} exceeds a year")]
     TooLong(&'static str),
+    /// The aggregation options are out of range.
+    #[error("aggregation: {0}")]
+    Strategy(#[from] StrategyError),
+    /// A robust strategy could never hold a quorum of updates.
+    #[error("max_held_updates ({cap}) is below min_clients ({min_clients}): no round could commit")]
+    HeldCapBelowQuorum {
+        /// The cap on held updates.
+        cap: usize,
+        /// The quorum.
+        min_clients: usize,
+    },
 }
 
 impl CoordinatorConfig {
@@ -79,6 +95,11 @@ impl CoordinatorConfig {
         }
         if self.round_deadline.is_zero() {
             return Err(ConfigError::ZeroDeadline);
+        }
+        self.aggregation.validate()?;
+        let cap = self.aggregation.max_held_updates;
+        if self.aggregation.kind.is_robust() && cap < self.min_clients {
+            return Err(ConfigError::HeldCapBelowQuorum { cap, min_clients: self.min_clients });
         }
         let durations = [
             ("round_deadline", self.round_deadline),

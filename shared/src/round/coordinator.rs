@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use super::events::{CoordinatorEvent, RoundFailure};
 use super::{CloseReason, ConfigError, ConnectionId, CoordinatorConfig};
-use crate::aggregate::{Aggregator, FedAvg};
+use crate::aggregate::Aggregator;
 use crate::checkpoint::Checkpoint;
 use crate::hbp::HbpConfig;
 use crate::params::ParameterVector;
@@ -75,7 +75,8 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// A coordinator starting from `params` at model version 0, before round 1, using [`FedAvg`].
+    /// A coordinator starting from `params` at model version 0, before round 1, aggregating
+    /// with the strategy of `config.aggregation`.
     pub fn new(config: CoordinatorConfig, spec: HbpConfig, params: ParameterVector) -> Result<Self, ConfigError> {
         Self::from_checkpoint(config, Checkpoint { round: 0, model_version: 0, spec, params })
     }
@@ -83,13 +84,14 @@ impl Coordinator {
     /// A coordinator resuming from a checkpoint; the next round is `checkpoint.round + 1`.
     pub fn from_checkpoint(config: CoordinatorConfig, checkpoint: Checkpoint) -> Result<Self, ConfigError> {
         config.validate()?;
+        let aggregator = config.aggregation.build();
         Ok(Self {
             config,
             spec: checkpoint.spec,
             params: checkpoint.params,
             model_version: checkpoint.model_version,
             round: checkpoint.round,
-            aggregator: Box::new(FedAvg::new()),
+            aggregator,
             peers: BTreeMap::new(),
             next_client_id: 1,
             active: None,

@@ -61,7 +61,14 @@ impl Coordinator {
             Err(UpdateRefusal::InconsistentMetrics { errors, samples })
         };
         match folded {
-            Ok(()) => {
+            Ok(folded) => {
+                if folded.outlier {
+                    let bound = self.config.aggregation.outlier_norm;
+                    tracing::warn!(%conn, norm = folded.norm, ?bound, clipped = folded.clipped,
+                        "outlier update: its norm exceeds the outlier bound (folded in nonetheless)");
+                } else if folded.clipped {
+                    tracing::debug!(%conn, norm = folded.norm, "update clipped");
+                }
                 if let Some(active) = &mut self.active {
                     active.metrics.samples = active.metrics.samples.saturating_add(update.metrics.samples);
                     let errors = &mut active.metrics.prequential_errors;

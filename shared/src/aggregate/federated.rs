@@ -1,0 +1,155 @@
+//! [`Federated`]: update hygiene, a [`Reducer`] and a [`ServerOptimizer`] behind [`Aggregator`].
+
+use super::mean::WeightedMean;
+use super::optimizer::{ServerOptimizer, Sgd};
+use super::{AggregateError, Aggregator, Expected, check_delta};
+use crate::params::ParameterVector;
+
+/// Turns the checked deltas of one round into its pseudo-gradient Δ.
+pub trait Reducer {
+    /// Starts a round on deltas of `len` values, discarding what was added before.
+    fn begin(&mut self, len: usize);
+
+    /// Takes one checked, finite delta of the begun length, to be multiplied by `scale`
+    /// (1 unless it was clipped), worth `samples` (> 0) samples. A refusal changes nothing.
+    fn add(&mut self, values: &[f32], scale: f64, samples: u64) -> Result<(), AggregateError>;
+
+    /// The round's pseudo-gradient Δ (at least one delta was added); empties the reducer.
+    fn reduce(&mut self) -> Result<Vec<f64>, AggregateError>;
+}
+
+/// Per-update checks beyond format and finiteness, applied by every strategy.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Hygiene {
+    /// Deltas whose L2 norm exceeds this are scaled down to it.
+    pub clip_norm: Option<f64>,
+    /// Deltas whose L2 norm (before clipping) exceeds this are flagged as outliers, not refused.
+    pub outlier_norm: Option<f64>,
+}
+
+/// What the hygiene found about an accepted update.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Folded {
+    /// L2 norm of the delta as received.
+    pub norm: f64,
+    /// Whether it was scaled down to the clipping norm.
+    pub clipped: bool,
+    /// Whether its norm exceeds the outlier bound.
+    pub outlier: bool,
+}
+
+impl Hygiene {
+    /// Inspects finite `values`: what to report and the factor to scale them by.
+    pub fn inspect(&self, values: &[f32]) -> (Folded, f64) {
+        let norm = values.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+        let outlier = self.outlier_norm.is_some_and(|bound| norm > bound);
+        let (clipped, scale) = match self.clip_norm {
+            Some(clip) if norm > clip => (true, clip / norm),
+            _ => (false, 1.0),
+        };
+        (Folded { norm, clipped, outlier }, scale)
+    }
+}
+
+/// An aggregator: each delta is checked and cleaned by the [`Hygiene`], reduced by `R` into
+/// the round's pseudo-gradient Δ, which `O` turns into the step `d`; the next model is
+/// `base + η_s·d`.
+///
+/// The optimiser's state (m, v) lives here, across rounds, and is **not yet in the
+/// checkpoint**: a restarted coordinator starts it from zero again.
+#[derive(Debug)]
+pub struct Federated<R, O> {
+    reducer: R,
+    optimizer: O,
+    server_lr: f64,
+    hygiene: Hygiene,
+    expected: Option<Expected>,
+    updates: usize,
+    samples: u64,
+}
+
+/// Sample-weighted federated averaging (McMahan et al., 2017): `base + η_s·Σ nᵢ·Δᵢ / Σ nᵢ`,
+/// streamed in one `f64` sum per parameter whatever the number of clients.
+pub type FedAvg = Federated<WeightedMean, Sgd>;
+
+impl FedAvg {
+    /// Plain FedAvg (η_s = 1, no clipping): an aggregator waiting for [`Aggregator::begin`].
+    pub fn new() -> Self {
+        Federated::with(WeightedMean::default(), Sgd, 1.0, Hygiene::default())
+    }
+}
+
+impl Default for FedAvg {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<R: Reducer, O: ServerOptimizer + Clone> Federated<R, O> {
+    /// An aggregator of `reducer` and `optimizer` with server learning rate `server_lr`.
+    pub fn with(reducer: R, optimizer: O, server_lr: f64, hygiene: Hygiene) -> Self {
+        Self { reducer, optimizer, server_lr, hygiene, expected: None, updates: 0, samples: 0 }
+    }
+
+    /// The server optimiser (and its state).
+    pub fn optimizer(&self) -> &O {
+        &self.optimizer
+    }
+}
+
+impl<R: Reducer, O: ServerOptimizer + Clone> Aggregator for Federated<R, O> {
+    fn begin(&mut self, base: &ParameterVector) {
+        let len = base.values.len();
+        self.expected = Some(Expected { fingerprint: base.fingerprint, len });
+        self.reducer.begin(len);
+        self.updates = 0;
+        self.samples = 0;
+    }
+
+    fn fold(&mut self, delta: &ParameterVector, samples: u64) -> Result<Folded, AggregateError> {
+        let expected = self.expected.ok_or(AggregateError::NotStarted)?;
+        if samples == 0 {
+            return Err(AggregateError::ZeroSamples);
+        }
+        check_delta(delta, expected.fingerprint, expected.len)?;
+        let total = self.samples.checked_add(samples).ok_or(AggregateError::SampleOverflow)?;
+        let (folded, scale) = self.hygiene.inspect(&delta.values);
+        self.reducer.add(&delta.values, scale, samples)?;
+        self.samples = total;
+        self.updates += 1;
+        Ok(folded)
+    }
+
+    fn updates(&self) -> usize {
+        self.updates
+    }
+
+    fn samples(&self) -> u64 {
+        self.samples
+    }
+
+    fn finish(&mut self, base: &ParameterVector) -> Result<ParameterVector, AggregateError> {
+        let expected = self.expected.take().ok_or(AggregateError::NotStarted)?;
+        if self.updates == 0 {
+            return Err(AggregateError::Empty);
+        }
+        if base.fingerprint != expected.fingerprint || base.values.len() != expected.len {
+            return Err(AggregateError::BaseChanged);
+        }
+        let mut step = self.reducer.reduce()?;
+        // A failed round must not move the optimiser's state: step a copy, keep it on success.
+        let mut optimizer = self.optimizer.clone();
+        optimizer.step(&mut step);
+        let values: Vec<f32> = base
+            .values
+            .iter()
+            .zip(&step)
+            .map(|(base, step)| (f64::from(*base) + self.server_lr * step) as f32)
+            .collect();
+        if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+            return Err(AggregateError::ResultNotFinite { index });
+        }
+        self.optimizer = optimizer;
+        Ok(ParameterVector { format_version: base.format_version, fingerprint: base.fingerprint, values })
+    }
+}
