@@ -411,3 +411,5 @@ fn shutdown_says_goodbye_abandons_the_round_and_refuses_joins() {
     assert_eq!(coordinator.poll_close(), Some((ConnectionId(9), CloseReason::Error(ErrorCode::ShuttingDown))));
     assert_eq!((coordinator.round(), coordinator.poll_timeout()), (1, None));
 }
+
+mod strategies;
