@@ -367,6 +367,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(&report).context("encoding the report")?;
     std::fs::write(out.join("report.json"), json + "\n").context("writing report.json")?;
     std::fs::write(out.join("report.md"), report::markdown(&report)).context("writing report.md")?;
+    eprintln!("stopped: {}", report.summary.stop_reason);
     eprintln!("{}", report.summary.verdict);
     println!("{}", out.display());
     Ok(())

@@ -1,0 +1,99 @@
+//! End to end: `flotilla-fleet` runs a small real fleet (the workspace's coordinator and
+//! client binaries) and its baselines, and leaves a complete report behind.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a failure here is a test failure")]
+
+use std::path::Path;
+use std::process::Command;
+
+fn run_fleet(out: &Path, extra: &[&str]) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_flotilla-fleet"))
+        .args(["--clients", "4", "--no-progress", "--out"])
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "flotilla-fleet failed:\n{stderr}");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(Path::new(printed.trim()), out.canonicalize().unwrap(), "the report folder is printed last");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("Verdict") && md.contains("| federated |"), "{md}");
+    for png in ["global_error.png", "client_error.png", "comparison.png", "round_duration.png"] {
+        let file = std::fs::File::open(out.join(png)).unwrap();
+        let reader = png::Decoder::new(std::io::BufReader::new(file)).read_info().unwrap();
+        assert!(reader.info().width > 100 && reader.info().height > 100, "{png}");
+    }
+    for i in 0..4 {
+        assert!(out.join(format!("shards/client0{i}.csv")).exists());
+    }
+    assert!(out.join("shards/eval.csv").exists());
+    report
+}
+
+fn number(report: &serde_json::Value, path: &[&str]) -> f64 {
+    let mut v = report;
+    for key in path {
+        v = &v[*key];
+    }
+    v.as_f64().unwrap_or_else(|| panic!("{path:?} is not a number: {v}"))
+}
+
+#[test]
+fn a_small_fleet_runs_and_reports_all_three_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    let report = run_fleet(&out, &["--rounds", "2"]);
+    let s = &report["summary"];
+    assert_eq!(s["rounds_committed"], 2, "{s}");
+    for key in ["federated_mean_client_error_pct", "alone_mean_client_error_pct", "centralised_error_pct"] {
+        let v = number(s, &[key]);
+        assert!((0.0..=100.0).contains(&v), "{key} = {v}");
+    }
+    assert!(number(s, &["final_global_error_pct"]) <= 100.0);
+    let clients = report["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 4);
+    for c in clients {
+        assert!(c["federated_samples"].as_u64().unwrap() > 0, "{c}");
+        assert!(c["updates_sent"].as_u64().unwrap() >= 1, "{c}");
+        assert_eq!(c["federated_samples"], c["alone_samples"], "alone runs on the same prefix: {c}");
+    }
+    assert_eq!(report["round_durations_s"].as_array().unwrap().len(), 2);
+    // Nothing it started is left running: every client wrote its exit report.
+    assert!(report["fleet"]["clients"].as_array().unwrap().iter().all(|c| c["reports"].as_array().unwrap().len() == 1));
+}
+
+#[test]
+fn churn_late_joiners_and_a_killed_client_are_survived() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    let report = run_fleet(
+        &out,
+        &[
+            "--rounds",
+            "4",
+            "--rate",
+            "15",
+            "--offline-fraction",
+            "0.25",
+            "--late-join",
+            "1",
+            "--kill-restart",
+            "--round-deadline",
+            "2s",
+            "--offline-for",
+            "1s",
+            "--partition",
+            "iid",
+        ],
+    );
+    assert!(report["summary"]["rounds_committed"].as_u64().unwrap() >= 3, "{}", report["summary"]);
+    let events: Vec<String> =
+        report["events"].as_array().unwrap().iter().map(|e| e["what"].as_str().unwrap().to_string()).collect();
+    assert!(events.iter().any(|e| e.contains("joins late")), "{events:?}");
+    assert!(events.iter().any(|e| e.contains("SIGKILLed")), "{events:?}");
+    assert!(events.iter().any(|e| e.contains("offline")), "{events:?}");
+    let restarted = report["clients"].as_array().unwrap().iter().filter(|c| c["processes"].as_u64().unwrap() > 1);
+    assert!(restarted.count() >= 1);
+}
