@@ -18,9 +18,12 @@
 //!   (FedAvgM), [`Adagrad`], [`Adam`], [`Yogi`]. Their state (m, v) persists across rounds.
 //!
 //! [`StrategyConfig`] names a strategy and its options and builds the aggregator.
+//! [`Buffered`] is the sans-IO core of asynchronous buffered aggregation (FedBuff), not yet
+//! driven by the round state machine.
 
 use crate::params::{Fingerprint, PARAMETER_FORMAT_VERSION, ParameterError, ParameterVector};
 
+mod buffered;
 mod federated;
 mod krum;
 mod mean;
@@ -28,6 +31,7 @@ mod optimizer;
 mod robust;
 mod strategy;
 
+pub use buffered::{Buffered, staleness_weight};
 pub use federated::{FedAvg, Federated, Folded, Hygiene, Reducer};
 pub use krum::Krum;
 pub use mean::WeightedMean;
@@ -75,6 +79,28 @@ pub enum AggregateError {
         updates: usize,
         /// The assumed number of Byzantine clients f.
         byzantine: usize,
+    },
+    /// An asynchronous buffer already holds its K updates; apply it first.
+    #[error("the buffer already holds its {size} updates")]
+    BufferFull {
+        /// K.
+        size: usize,
+    },
+    /// An update rests on a model version older than the staleness bound allows.
+    #[error("update is {staleness} versions stale, at most {max} accepted")]
+    TooStale {
+        /// Current version − base version.
+        staleness: u64,
+        /// The bound.
+        max: u64,
+    },
+    /// An update claims to rest on a model version that does not exist yet.
+    #[error("update rests on model version {base}, newer than the current {current}")]
+    FutureBase {
+        /// The version named by the update.
+        base: u64,
+        /// The current version.
+        current: u64,
     },
     /// Multi-Krum was asked to average more updates than `n − f`.
     #[error("multi-krum averages {select} updates, but only {updates} − {byzantine} may be selected")]

@@ -1,0 +1,106 @@
+//! The sans-IO core of asynchronous buffered aggregation (FedBuff, Nguyen et al., "Federated
+//! Learning with Buffered Asynchronous Aggregation", AISTATS 2022).
+//!
+//! Updates are taken whenever they arrive, each resting on the model version it was computed
+//! from. Its staleness s = current version − base version weighs it by `1/√(1 + s)`; an update
+//! staler than `max_staleness` is refused. Once `buffer_size` (K) updates are buffered,
+//! [`Buffered::apply`] turns `Δ̄ = Σ wᵢ·Δᵢ / K` into the next model through a
+//! [`ServerOptimizer`] (`x ← x + η_s·d`) and empties the buffer; the caller bumps the version
+//! and broadcasts. Memory: one `f64` per parameter for the buffer, whatever K. Not yet driven
+//! by the round state machine (no `--mode async`).
+
+use super::federated::{Folded, Hygiene};
+use super::optimizer::ServerOptimizer;
+use super::{AggregateError, check_delta};
+use crate::params::ParameterVector;
+
+/// A FedBuff buffer over the model of `current_version`.
+#[derive(Debug)]
+pub struct Buffered<O> {
+    buffer_size: usize,
+    max_staleness: u64,
+    optimizer: O,
+    server_lr: f64,
+    hygiene: Hygiene,
+    sum: Vec<f64>,
+    buffered: usize,
+}
+
+/// The weight of an update `staleness` versions behind: `1/√(1 + staleness)`.
+pub fn staleness_weight(staleness: u64) -> f64 {
+    1.0 / (1.0 + staleness as f64).sqrt()
+}
+
+impl<O: ServerOptimizer + Clone> Buffered<O> {
+    /// A buffer of `buffer_size` (≥ 1) updates, refusing those staler than `max_staleness`.
+    pub fn new(buffer_size: usize, max_staleness: u64, optimizer: O, server_lr: f64, hygiene: Hygiene) -> Self {
+        Self { buffer_size, max_staleness, optimizer, server_lr, hygiene, sum: Vec::new(), buffered: 0 }
+    }
+
+    /// Buffers `delta`, computed from version `base_version`, while the global model is
+    /// `current` at `current_version`. A refusal leaves the buffer unchanged.
+    pub fn fold(
+        &mut self,
+        current: &ParameterVector,
+        current_version: u64,
+        delta: &ParameterVector,
+        base_version: u64,
+    ) -> Result<Folded, AggregateError> {
+        if self.buffered >= self.buffer_size {
+            return Err(AggregateError::BufferFull { size: self.buffer_size });
+        }
+        let staleness = current_version
+            .checked_sub(base_version)
+            .ok_or(AggregateError::FutureBase { base: base_version, current: current_version })?;
+        if staleness > self.max_staleness {
+            return Err(AggregateError::TooStale { staleness, max: self.max_staleness });
+        }
+        check_delta(delta, current.fingerprint, current.values.len())?;
+        let (folded, scale) = self.hygiene.inspect(&delta.values);
+        if self.sum.len() != current.values.len() {
+            self.sum = vec![0.0; current.values.len()];
+        }
+        let weight = scale * staleness_weight(staleness);
+        for (sum, value) in self.sum.iter_mut().zip(&delta.values) {
+            *sum += weight * f64::from(*value);
+        }
+        self.buffered += 1;
+        Ok(folded)
+    }
+
+    /// Whether K updates are buffered, so that [`Buffered::apply`] may run.
+    pub fn ready(&self) -> bool {
+        self.buffered >= self.buffer_size
+    }
+
+    /// Updates buffered so far.
+    pub fn buffered(&self) -> usize {
+        self.buffered
+    }
+
+    /// The next model from a full buffer; empties it. On error, buffer and optimiser are kept.
+    pub fn apply(&mut self, current: &ParameterVector) -> Result<ParameterVector, AggregateError> {
+        if !self.ready() {
+            return Err(AggregateError::Empty);
+        }
+        if current.values.len() != self.sum.len() {
+            return Err(AggregateError::BaseChanged);
+        }
+        let k = self.buffer_size as f64;
+        let mut step: Vec<f64> = self.sum.iter().map(|sum| sum / k).collect();
+        let mut optimizer = self.optimizer.clone();
+        optimizer.step(&mut step);
+        let values: Vec<f32> =
+            current.values.iter().zip(&step).map(|(x, d)| (f64::from(*x) + self.server_lr * d) as f32).collect();
+        if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+            return Err(AggregateError::ResultNotFinite { index });
+        }
+        self.optimizer = optimizer;
+        self.sum.iter_mut().for_each(|sum| *sum = 0.0);
+        self.buffered = 0;
+        Ok(ParameterVector { format_version: current.format_version, fingerprint: current.fingerprint, values })
+    }
+}
+
+#[cfg(test)]
+mod tests;
