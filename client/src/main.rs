@@ -1,6 +1,7 @@
 //! `flotilla-client`: the edge daemon. It learns online from a local stream with Hedge
 //! Backpropagation; local data never leaves the device.
 
+mod fleet;
 mod learn;
 mod logging;
 mod model_args;
@@ -25,6 +26,8 @@ enum Command {
     Learn(learn::LearnArgs),
     /// The daemon: join a coordinator, learn online from a local stream, send updates.
     Run(run::RunOptions),
+    /// Many virtual clients in one process, each with its own QUIC connection and learner.
+    Fleet(fleet::FleetArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -33,6 +36,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Learn(args) => learn::run(args).map(|_| ()),
         Command::Run(options) => run::run(options),
+        Command::Fleet(args) => fleet::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -18,4 +18,6 @@ pub mod tls;
 pub mod transport;
 
 pub use backoff::Backoff;
-pub use session::{ClientSessionConfig, LearnerRequest, LocalUpdate, SessionRefused, SessionStats, run_client_session};
+pub use session::{
+    ClientSessionConfig, LearnerRequest, LocalUpdate, SessionRefused, SessionStats, client_endpoint, run_client_session,
+};

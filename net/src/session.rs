@@ -126,6 +126,9 @@ pub struct ClientSessionConfig {
     pub connect_timeout: Duration,
     /// Counters, shared with whoever reports them.
     pub stats: Arc<SessionStats>,
+    /// An endpoint shared by many sessions (a virtual fleet: one UDP socket for all, made by
+    /// [`client_endpoint`]); `None` gives the session an endpoint of its own.
+    pub endpoint: Option<Endpoint>,
 }
 
 impl ClientSessionConfig {
@@ -146,6 +149,7 @@ impl ClientSessionConfig {
             backoff: Backoff::default(),
             connect_timeout: Duration::from_secs(10),
             stats: Arc::default(),
+            endpoint: None,
         }
     }
 }
@@ -180,14 +184,10 @@ pub async fn run_client_session(
     learner: mpsc::Sender<LearnerRequest>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let client_config = tls::quic_client_config(&config.tls, ALPN).context("client TLS configuration")?;
-    let bind: SocketAddr = if config.server_addr.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
+    let (endpoint, owned) = match &config.endpoint {
+        Some(shared) => (shared.clone(), false),
+        None => (client_endpoint(&config.tls, config.server_addr)?, true),
     };
-    let mut endpoint = Endpoint::client(bind).with_context(|| format!("binding a UDP socket on {bind}"))?;
-    endpoint.set_default_client_config(client_config);
     let mut failures = 0u32;
     let result = loop {
         match connection::attempt(&endpoint, &config, &learner, &shutdown).await {
@@ -210,7 +210,19 @@ pub async fn run_client_session(
             }
         }
     };
-    endpoint.close(crate::close::GOODBYE, b"client leaving");
-    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    if owned {
+        endpoint.close(crate::close::GOODBYE, b"client leaving");
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    }
     result
+}
+
+/// A client endpoint on an ephemeral UDP port of `server`'s address family, trusting `tls`.
+pub fn client_endpoint(tls: &ClientTls, server: SocketAddr) -> anyhow::Result<Endpoint> {
+    let client_config = tls::quic_client_config(tls, ALPN).context("client TLS configuration")?;
+    let bind: SocketAddr =
+        if server.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
+    let mut endpoint = Endpoint::client(bind).with_context(|| format!("binding a UDP socket on {bind}"))?;
+    endpoint.set_default_client_config(client_config);
+    Ok(endpoint)
 }

@@ -16,6 +16,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 pub use options::RunOptions;
+pub(crate) use worker::{Answer, answer};
 
 /// The exit report of a daemon.
 #[derive(Debug, Serialize)]
@@ -88,7 +89,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.
-async fn stop_on_signal(shutdown: CancellationToken) {
+pub(crate) async fn stop_on_signal(shutdown: CancellationToken) {
     #[cfg(unix)]
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -145,50 +145,18 @@ impl Worker {
     }
 
     fn handle(&mut self, request: LearnerRequest) -> anyhow::Result<()> {
-        match request {
-            LearnerRequest::Welcome { spec, fingerprint } => {
-                if layout(&spec).fingerprint() != fingerprint {
-                    bail!("the coordinator's model layout ({fingerprint}) does not match its spec in this build");
-                }
-                if self.learner.as_ref().is_some_and(|l| *l.spec() == spec) {
-                    return Ok(());
-                }
-                if self.learner.is_some() {
-                    tracing::warn!("the coordinator's model has another shape: local state discarded");
-                }
-                tracing::info!(
-                    inputs = spec.inputs,
-                    classes = spec.classes,
-                    layers = spec.hidden_layers,
-                    "model spec received"
-                );
-                self.learner = Some(LocalLearner::new(spec, &self.device)?);
-                self.rows = None;
-            }
-            LearnerRequest::Adopt { model_version, round, params } => {
-                let Some(learner) = self.learner.as_mut() else { return Ok(()) };
-                learner.adopt(model_version, params)?;
-                tracing::info!(model_version, round, "global model adopted");
+        match answer(&mut self.learner, &self.device, request)? {
+            Answer::NewLearner => self.rows = None,
+            Answer::Adopted => {
+                let version = self.learner.as_ref().and_then(LocalLearner::base_version);
+                tracing::info!(model_version = version, "global model adopted");
                 self.save()?;
             }
-            LearnerRequest::Update { round, model_version, reply } => {
-                let Some(learner) = self.learner.as_mut() else { return Ok(()) };
-                match learner.contribute(model_version)? {
-                    Some(c) => {
-                        tracing::info!(
-                            round,
-                            samples = c.samples,
-                            errors = c.metrics.prequential_errors,
-                            "update sent"
-                        );
-                        self.contributions += 1;
-                        let _ = reply.send(LocalUpdate { delta: c.delta, samples: c.samples, metrics: c.metrics });
-                    }
-                    None => {
-                        tracing::info!(round, model_version, "nothing to contribute (no new samples or another model)")
-                    }
-                }
+            Answer::Contributed => {
+                self.contributions += 1;
+                tracing::info!(updates = self.contributions, "update sent");
             }
+            Answer::Nothing => {}
         }
         Ok(())
     }
@@ -201,6 +169,64 @@ impl Worker {
         let (Some(path), Some(learner)) = (self.state_path(), self.learner.as_mut()) else { return Ok(()) };
         let bytes = learner.state()?.encode()?;
         flotilla_net::persist::write_atomically(&path, &bytes).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// What answering a session request did.
+pub enum Answer {
+    /// A learner of a new shape was made (any local state was discarded).
+    NewLearner,
+    /// A global model was adopted.
+    Adopted,
+    /// An update was handed back.
+    Contributed,
+    /// Nothing changed.
+    Nothing,
+}
+
+/// Answers one request of the session: make the learner on Welcome, adopt on Adopt, and
+/// contribute on Update. Shared by the daemon and the virtual fleet.
+pub fn answer(learner: &mut Option<LocalLearner>, device: &Device, request: LearnerRequest) -> anyhow::Result<Answer> {
+    match request {
+        LearnerRequest::Welcome { spec, fingerprint } => {
+            if layout(&spec).fingerprint() != fingerprint {
+                bail!("the coordinator's model layout ({fingerprint}) does not match its spec in this build");
+            }
+            if learner.as_ref().is_some_and(|l| *l.spec() == spec) {
+                return Ok(Answer::Nothing);
+            }
+            if learner.is_some() {
+                tracing::warn!("the coordinator's model has another shape: local state discarded");
+            }
+            tracing::debug!(
+                inputs = spec.inputs,
+                classes = spec.classes,
+                layers = spec.hidden_layers,
+                "model spec received"
+            );
+            *learner = Some(LocalLearner::new(spec, device)?);
+            Ok(Answer::NewLearner)
+        }
+        LearnerRequest::Adopt { model_version, round, params } => {
+            let Some(learner) = learner.as_mut() else { return Ok(Answer::Nothing) };
+            learner.adopt(model_version, params)?;
+            tracing::debug!(model_version, round, "global model adopted");
+            Ok(Answer::Adopted)
+        }
+        LearnerRequest::Update { round, model_version, reply } => {
+            let Some(learner) = learner.as_mut() else { return Ok(Answer::Nothing) };
+            match learner.contribute(model_version)? {
+                Some(c) => {
+                    tracing::debug!(round, samples = c.samples, errors = c.metrics.prequential_errors, "update sent");
+                    let _ = reply.send(LocalUpdate { delta: c.delta, samples: c.samples, metrics: c.metrics });
+                    Ok(Answer::Contributed)
+                }
+                None => {
+                    tracing::debug!(round, model_version, "nothing to contribute (no new samples or another model)");
+                    Ok(Answer::Nothing)
+                }
+            }
+        }
     }
 }
 
