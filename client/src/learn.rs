@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use cpu_time::ProcessTime;
 use flotilla::compute::{self, BackendChoice, BackendKind};
 use flotilla::data::Dataset;
+use flotilla::evaluate::EvalSet;
 use flotilla::hbp::{HbpConfig, HbpModel};
 use flotilla::prequential;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -35,6 +36,10 @@ pub struct LearnArgs {
     /// Micro-batch size: rows predicted together, then learnt from together.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub batch: u32,
+    /// Held-out labelled CSV: after the pass, report the final model's error on it
+    /// (`eval_error_pct`; rows standardised with their own statistics, as the coordinator does).
+    #[arg(long, value_name = "FILE.csv")]
+    pub eval_data: Option<PathBuf>,
     /// Learn from the first N rows only (default: all).
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
@@ -81,6 +86,8 @@ pub struct LearnReport {
     pub backend: BackendKind,
     /// The device, in words.
     pub device: String,
+    /// Error of the final model on `--eval-data`, in percent.
+    pub eval_error_pct: Option<f64>,
     /// Final hedge weights, input head first when present.
     pub alpha: Vec<f32>,
     /// Index of the head with the largest α.
@@ -118,6 +125,10 @@ pub fn run(args: LearnArgs) -> Result<LearnReport> {
     let cpu_seconds = cpu.and_then(|start| start.try_elapsed().ok()).map_or(f64::NAN, |d| d.as_secs_f64());
     bar.finish_and_clear();
 
+    let eval_error_pct = match &args.eval_data {
+        Some(path) => Some(round2(eval_error(path, &model)?)),
+        None => None,
+    };
     let alpha = model.alpha()?;
     let alpha_argmax = alpha.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
     let report = LearnReport {
@@ -132,6 +143,7 @@ pub fn run(args: LearnArgs) -> Result<LearnReport> {
         wall_seconds,
         backend: device.kind,
         device: device.description,
+        eval_error_pct,
         alpha,
         alpha_argmax,
         batch: args.batch,
@@ -159,6 +171,14 @@ fn read_dataset(args: &LearnArgs) -> Result<Dataset> {
         data.truncate(limit);
     }
     Ok(data)
+}
+
+fn eval_error(path: &std::path::Path, model: &HbpModel) -> Result<f64> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let data = Dataset::from_csv(BufReader::new(file), Some(model.config().classes))
+        .with_context(|| format!("reading {}", path.display()))?;
+    let set = EvalSet::new(&data, model.config()).with_context(|| format!("eval data {}", path.display()))?;
+    Ok(set.model_error_pct(model)?)
 }
 
 fn round2(value: f64) -> f64 {

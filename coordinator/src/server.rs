@@ -71,12 +71,12 @@ pub async fn bind(mut config: Config) -> anyhow::Result<Server> {
     let model_message = CoordinatorMessage::Model { model_version: 0, round: 0, params: checkpoint.params.clone() };
     encode_frame(&model_message, config.max_frame).context("the model does not fit in one frame (--max-frame-mib)")?;
     let eval = match &config.eval_data {
-        Some(path) => Some((EvalSet::load(path, &checkpoint.spec)?, device)),
+        Some(path) => Some((crate::eval::load(path, &checkpoint.spec)?, device)),
         None => None,
     };
     let start_error = match &eval {
         Some((set, device)) => {
-            let pct = set.error_pct(&checkpoint.spec, &checkpoint.params, device)?;
+            let pct = set.error_pct(&checkpoint.spec, &checkpoint.params, &device.device)?;
             tracing::info!(global_error_pct = pct, model_version = start.1, "starting model evaluated");
             Some(pct)
         }
@@ -214,7 +214,7 @@ fn persist_loop(
         record.start_global_error_pct = previous_error;
         save_checkpoint(&files.checkpoint, &checkpoint)?;
         if let Some((set, device)) = &eval {
-            match set.error_pct(&checkpoint.spec, &checkpoint.params, device) {
+            match set.error_pct(&checkpoint.spec, &checkpoint.params, &device.device) {
                 Ok(pct) => record.global_error_pct = Some(pct),
                 Err(error) => tracing::warn!(round = record.round, error = %format!("{error:#}"), "evaluation failed"),
             }

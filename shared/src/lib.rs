@@ -8,6 +8,7 @@
 //!   the wire and what checkpoints hold).
 //! - [`data`]: labelled CSV streams, row by row or whole, with line-numbered errors.
 //! - [`standardize`]: online feature standardisation (no peeking at future rows).
+//! - [`evaluate`]: a model's error on held-out rows (the coordinator's global error, baselines).
 //! - [`prequential`]: test-then-train scoring and the one-pass runner.
 //! - [`protocol`]: wire messages, protocol version, ALPN and length-prefixed framing.
 //! - [`aggregate`]: streaming aggregation of client updates (sample-weighted FedAvg).
@@ -22,6 +23,7 @@ pub mod aggregate;
 pub mod checkpoint;
 pub mod compute;
 pub mod data;
+pub mod evaluate;
 pub mod hbp;
 pub mod local;
 pub mod params;

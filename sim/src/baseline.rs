@@ -22,6 +22,9 @@ pub struct LearnSpec {
     pub classes: u32,
     /// Initial-weights seed (the coordinator's, so every line starts from the same model).
     pub seed: u64,
+    /// Held-back rows every final model is scored on (`eval_error_pct`), as the coordinator
+    /// scores the global model.
+    pub eval_data: PathBuf,
 }
 
 /// One `learn` pass to run.
@@ -67,6 +70,8 @@ pub fn run_all(
                 spec.seed.to_string(),
                 "--report".into(),
                 dir.join(format!("{}.json", job.name)).display().to_string(),
+                "--eval-data".into(),
+                spec.eval_data.display().to_string(),
             ];
             if let Some(limit) = job.limit {
                 args.extend(["--limit".into(), limit.to_string()]);

@@ -57,6 +57,8 @@ pub struct FleetConfig {
     pub late_join: usize,
     /// SIGKILL one client mid-run and restart it on its state dir.
     pub kill_restart: bool,
+    /// Extra options handed to the coordinator as they are (e.g. `--strategy fedadam`).
+    pub coordinator_args: Vec<String>,
     /// Give up after this long.
     pub timeout: Duration,
     /// Show a progress bar.
@@ -272,6 +274,7 @@ pub fn run(config: &FleetConfig, interrupt: &Interrupt) -> anyhow::Result<FleetO
     ]
     .iter()
     .map(|s| s.to_string())
+    .chain(config.coordinator_args.iter().cloned())
     .collect();
     let coordinator_log = logs.join("coordinator.log");
     let mut coordinator = Proc::start(

@@ -81,6 +81,10 @@ struct Args {
     /// SIGKILL one client after a third of the rounds and restart it on its state dir.
     #[arg(long)]
     kill_restart: bool,
+    /// An option handed to the coordinator as it is, e.g. `--coordinator-arg=--strategy
+    /// --coordinator-arg=fedadam` (repeatable; see `flotilla-coordinator --help`).
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    coordinator_arg: Vec<String>,
     /// Report folder [default: reports/fleet-<UTC timestamp>]
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -265,6 +269,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         offline_for: args.offline_for,
         late_join: args.late_join,
         kill_restart: args.kill_restart,
+        coordinator_args: args.coordinator_arg.clone(),
         timeout: args.timeout,
         progress: !args.no_progress,
     };
@@ -287,6 +292,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         width: args.width,
         classes: data.classes,
         seed: args.seed,
+        eval_data: eval.clone(),
     };
     let mut jobs: Vec<Job> = shards
         .iter()
@@ -304,6 +310,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let (alone, centralised) = results.split_at(args.clients);
     let centralised = centralised.first().cloned();
     let centralised_error = centralised.as_ref().and_then(|r| r["prequential_error_pct"].as_f64());
+    let centralised_heldback = centralised.as_ref().and_then(|r| r["eval_error_pct"].as_f64());
 
     let clients: Vec<ClientLine> = outcome
         .clients
@@ -318,6 +325,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             federated_error_pct: c.prequential_error_pct,
             alone_samples: alone["samples"].as_u64(),
             alone_error_pct: alone["prequential_error_pct"].as_f64(),
+            alone_heldback_error_pct: alone["eval_error_pct"].as_f64(),
             updates_sent: c.updates_sent,
             bytes_sent: c.bytes_sent,
             bytes_received: c.bytes_received,
@@ -325,7 +333,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             processes: c.processes,
         })
         .collect();
-    let summary = report::summarise(&outcome, &clients, centralised_error);
+    let summary = report::summarise(&outcome, &clients, centralised_error, centralised_heldback);
     let config_json = serde_json::json!({
         "data": data_path.display().to_string(),
         "rows": data.rows.len(),

@@ -23,6 +23,8 @@ pub struct ClientLine {
     pub alone_samples: Option<u64>,
     /// Its prequential error learning alone, percent.
     pub alone_error_pct: Option<f64>,
+    /// Error of its final `alone` model on the held-back rows, percent.
+    pub alone_heldback_error_pct: Option<f64>,
     /// Updates it sent.
     pub updates_sent: u64,
     /// Bytes it sent in all.
@@ -48,6 +50,10 @@ pub struct Summary {
     pub alone_mean_client_error_pct: Option<f64>,
     /// Prequential error of one learner on all the streams interleaved, percent.
     pub centralised_error_pct: Option<f64>,
+    /// Mean over clients of their final `alone` model's error on the held-back rows, percent.
+    pub alone_mean_heldback_error_pct: Option<f64>,
+    /// The centralised final model's error on the held-back rows, percent.
+    pub centralised_heldback_error_pct: Option<f64>,
     /// Global model's error on the held-back rows after the last round, percent.
     pub final_global_error_pct: Option<f64>,
     /// Its lowest over the rounds, percent.
@@ -96,7 +102,13 @@ fn round2(v: f64) -> f64 {
 }
 
 /// The summary of a run.
-pub fn summarise(fleet: &FleetOutcome, clients: &[ClientLine], centralised: Option<f64>) -> Summary {
+pub fn summarise(
+    fleet: &FleetOutcome,
+    clients: &[ClientLine],
+    centralised: Option<f64>,
+    centralised_heldback: Option<f64>,
+) -> Summary {
+    let alone_heldback = mean(clients.iter().map(|c| c.alone_heldback_error_pct)).map(round2);
     let federated = mean(clients.iter().map(|c| c.federated_error_pct)).map(round2);
     let alone = mean(clients.iter().map(|c| c.alone_error_pct)).map(round2);
     let globals: Vec<f64> = fleet.rounds.iter().filter_map(|r| r["global_error_pct"].as_f64()).collect();
@@ -120,12 +132,26 @@ pub fn summarise(fleet: &FleetOutcome, clients: &[ClientLine], centralised: Opti
         }
         _ => "Incomplete: some lines have no numbers (see the report).".to_string(),
     };
+    let verdict = match (globals.last().copied(), alone_heldback, centralised_heldback) {
+        (Some(g), Some(a), Some(c)) => format!(
+            "{verdict} On the held-back rows (the whole population's distribution): federated global model \
+             {g:.2} %, alone (mean of the clients' models) {a:.2} %, centralised {c:.2} %: federated is {:.2} \
+             points {} alone and {:.2} points {} centralised.",
+            (a - g).abs(),
+            if g <= a { "better than" } else { "worse than" },
+            (g - c).abs(),
+            if g >= c { "behind" } else { "ahead of" }
+        ),
+        _ => verdict,
+    };
     Summary {
         rounds_committed: fleet.rounds.len(),
         stop_reason: fleet.stop_reason.clone(),
         federated_mean_client_error_pct: federated,
         alone_mean_client_error_pct: alone,
         centralised_error_pct: centralised,
+        alone_mean_heldback_error_pct: alone_heldback,
+        centralised_heldback_error_pct: centralised_heldback,
         final_global_error_pct: globals.last().copied(),
         best_global_error_pct: globals.iter().copied().reduce(f64::min),
         federated_gain_over_alone_pts: gain,
@@ -196,6 +222,13 @@ pub fn markdown(report: &Report) -> String {
         pct(s.best_global_error_pct),
         s.mean_round_duration_s.map_or("–".into(), |v| format!("{v:.3}")),
         s.fleet_wall_s,
+    );
+    let _ = writeln!(
+        md,
+        "| error on the held-back rows | federated (global model) | alone (mean of the clients' models) | centralised |\n|---|---|---|---|\n| | {} | {} | {} |\n",
+        pct(s.final_global_error_pct),
+        pct(s.alone_mean_heldback_error_pct),
+        pct(s.centralised_heldback_error_pct)
     );
     let _ = writeln!(md, "![global error](global_error.png)\n![comparison](comparison.png)\n");
     let _ = writeln!(
