@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{CheckpointError, open, seal};
 use crate::data::Sample;
+use crate::hbp::model::project_alpha;
 use crate::hbp::{HbpConfig, HbpModel, ModelError};
 use crate::params::{ParameterError, ParameterVector};
 use crate::prequential::read_labels;
@@ -288,7 +289,7 @@ impl LocalLearner {
                     *v += c - s;
                 }
                 let mut rebased = ParameterVector { values, ..global.clone() };
-                self.normalise_alpha(&mut rebased);
+                project_alpha(self.model.config(), &mut rebased);
                 rebased
             }
         };
@@ -296,18 +297,6 @@ impl LocalLearner {
         self.base = Some(Base { version, params: global });
         self.snapshot = None;
         Ok(())
-    }
-
-    /// Floors α at `s/L` and renormalises it (a rebase can push it off the simplex).
-    fn normalise_alpha(&self, params: &mut ParameterVector) {
-        let config = self.model.config();
-        let floor = config.smoothing / config.hidden_layers as f32;
-        let k = config.heads();
-        let start = params.values.len() - k;
-        let alpha = &mut params.values[start..];
-        alpha.iter_mut().for_each(|a| *a = a.max(floor).max(f32::MIN_POSITIVE));
-        let total: f32 = alpha.iter().sum();
-        alpha.iter_mut().for_each(|a| *a /= total);
     }
 
     /// A durable copy of everything needed to resume.

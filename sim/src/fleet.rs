@@ -57,6 +57,10 @@ pub struct FleetConfig {
     pub late_join: usize,
     /// SIGKILL one client mid-run and restart it on its state dir.
     pub kill_restart: bool,
+    /// Clients (the first ones) that corrupt their updates with `attack`.
+    pub byzantine: usize,
+    /// `sign-flip`, `scale` or `nan` (see `flotilla-client run --attack`).
+    pub attack: String,
     /// Extra options handed to the coordinator as they are (e.g. `--strategy fedadam`).
     pub coordinator_args: Vec<String>,
     /// Give up after this long.
@@ -127,6 +131,8 @@ struct Slot {
     unexpected_exits: u32,
     late: bool,
     back_at: Option<(Instant, usize)>,
+    /// `--attack KIND` for a Byzantine client.
+    attack: Option<String>,
 }
 
 impl Slot {
@@ -186,7 +192,7 @@ impl Fleet<'_> {
         let slot = &mut self.slots[i];
         slot.processes += 1;
         let n = slot.processes;
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "run".into(),
             "--coordinator".into(),
             format!("127.0.0.1:{}", self.port),
@@ -205,6 +211,9 @@ impl Fleet<'_> {
             "--report".into(),
             slot.report_path(n).display().to_string(),
         ];
+        if let Some(attack) = &slot.attack {
+            args.extend(["--attack".into(), attack.clone()]);
+        }
         let out = self.logs.join(format!("{}.{n}.out", slot.name));
         let log = self.logs.join(format!("{}.{n}.log", slot.name));
         slot.proc = Some(Proc::start(&format!("{}#{n}", slot.name), &self.config.client_bin, &args, &out, &log)?);
@@ -322,6 +331,7 @@ pub fn run(config: &FleetConfig, interrupt: &Interrupt) -> anyhow::Result<FleetO
                 unexpected_exits: 0,
                 late: i >= config.shards.len().saturating_sub(config.late_join),
                 back_at: None,
+                attack: (i < config.byzantine).then(|| config.attack.clone()),
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;

@@ -81,6 +81,12 @@ struct Args {
     /// SIGKILL one client after a third of the rounds and restart it on its state dir.
     #[arg(long)]
     kill_restart: bool,
+    /// Fraction of clients that are Byzantine: they corrupt every update with --attack.
+    #[arg(long, default_value_t = 0.0)]
+    byzantine_fraction: f64,
+    /// How Byzantine clients corrupt their updates: sign-flip, scale (×100) or nan.
+    #[arg(long, default_value = "sign-flip", value_parser = ["sign-flip", "scale", "nan"])]
+    attack: String,
     /// An option handed to the coordinator as it is, e.g. `--coordinator-arg=--strategy
     /// --coordinator-arg=fedadam` (repeatable; see `flotilla-coordinator --help`).
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
@@ -270,6 +276,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         late_join: args.late_join,
         kill_restart: args.kill_restart,
         coordinator_args: args.coordinator_arg.clone(),
+        byzantine: (args.byzantine_fraction.clamp(0.0, 1.0) * args.clients as f64).ceil() as usize,
+        attack: args.attack.clone(),
         timeout: args.timeout,
         progress: !args.no_progress,
     };
@@ -387,11 +395,12 @@ fn write_plots(out: &Path, report: &Report) -> anyhow::Result<()> {
         report.rounds.iter().enumerate().filter_map(|(i, r)| Some(((i + 1) as f64, r[key].as_f64()?))).collect()
     };
     let mut references = Vec::new();
-    if let Some(a) = s.alone_mean_client_error_pct {
-        references.push(("alone: mean per-client prequential".to_string(), a, COLOURS[1]));
+    // The same measure as the federated line: final models on the same held-back rows.
+    if let Some(a) = s.alone_mean_heldback_error_pct {
+        references.push(("alone: mean of the clients' final models".to_string(), a, COLOURS[1]));
     }
-    if let Some(c) = s.centralised_error_pct {
-        references.push(("centralised: prequential".to_string(), c, COLOURS[2]));
+    if let Some(c) = s.centralised_heldback_error_pct {
+        references.push(("centralised: final model".to_string(), c, COLOURS[2]));
     }
     plot::global_error(&out.join("global_error.png"), &per_round("global_error_pct"), &references)?;
     plot::round_duration(&out.join("round_duration.png"), &per_round("duration_s"))?;

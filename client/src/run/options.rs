@@ -59,9 +59,40 @@ pub struct RunOptions {
     #[arg(long, value_name = "BACKEND")]
     #[serde(default, deserialize_with = "backend_from_str")]
     pub backend: Option<BackendChoiceArg>,
+    /// Robustness experiments only: corrupt every update this client sends, as a Byzantine
+    /// client would (`sign-flip`, `scale` ×100, or `nan`).
+    #[arg(long, value_name = "KIND")]
+    pub attack: Option<Attack>,
     /// Write a JSON summary (samples, error, bytes on the wire) here on exit.
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
+}
+
+/// How a Byzantine test client corrupts its updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Attack {
+    /// Sends −Δ.
+    SignFlip,
+    /// Sends 100·Δ.
+    Scale,
+    /// Sends Δ with a NaN in it.
+    Nan,
+}
+
+impl Attack {
+    /// Corrupts `delta` in place.
+    pub fn apply(self, delta: &mut [f32]) {
+        match self {
+            Self::SignFlip => delta.iter_mut().for_each(|v| *v = -*v),
+            Self::Scale => delta.iter_mut().for_each(|v| *v *= 100.0),
+            Self::Nan => {
+                if let Some(first) = delta.first_mut() {
+                    *first = f32::NAN;
+                }
+            }
+        }
+    }
 }
 
 fn backend_from_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<BackendChoiceArg>, D::Error> {
@@ -85,6 +116,7 @@ pub struct RunConfig {
     pub checkpoint_every: u64,
     pub backend: BackendChoiceArg,
     pub report: Option<PathBuf>,
+    pub attack: Option<Attack>,
 }
 
 impl RunOptions {
@@ -121,6 +153,7 @@ impl RunOptions {
             checkpoint_every: o.checkpoint_every.unwrap_or(1000).max(1),
             backend: o.backend.unwrap_or(BackendChoiceArg(flotilla::compute::BackendChoice::Auto)),
             report: o.report,
+            attack: o.attack,
         })
     }
 
@@ -141,6 +174,7 @@ impl RunOptions {
             checkpoint_every: self.checkpoint_every.or(file.checkpoint_every),
             backend: self.backend.or(file.backend),
             report: self.report.or(file.report),
+            attack: self.attack.or(file.attack),
         }
     }
 }

@@ -14,7 +14,7 @@ use flotilla_net::{LearnerRequest, LocalUpdate};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio_util::sync::CancellationToken;
 
-use super::options::RunConfig;
+use super::options::{Attack, RunConfig};
 use super::source::{self, Row};
 
 /// File name of the client's state inside `--state-dir`.
@@ -145,7 +145,7 @@ impl Worker {
     }
 
     fn handle(&mut self, request: LearnerRequest) -> anyhow::Result<()> {
-        match answer(&mut self.learner, &self.device, request)? {
+        match answer(&mut self.learner, &self.device, request, self.config.attack)? {
             Answer::NewLearner => self.rows = None,
             Answer::Adopted => {
                 let version = self.learner.as_ref().and_then(LocalLearner::base_version);
@@ -186,7 +186,12 @@ pub enum Answer {
 
 /// Answers one request of the session: make the learner on Welcome, adopt on Adopt, and
 /// contribute on Update. Shared by the daemon and the virtual fleet.
-pub fn answer(learner: &mut Option<LocalLearner>, device: &Device, request: LearnerRequest) -> anyhow::Result<Answer> {
+pub fn answer(
+    learner: &mut Option<LocalLearner>,
+    device: &Device,
+    request: LearnerRequest,
+    attack: Option<Attack>,
+) -> anyhow::Result<Answer> {
     match request {
         LearnerRequest::Welcome { spec, fingerprint } => {
             if layout(&spec).fingerprint() != fingerprint {
@@ -216,7 +221,10 @@ pub fn answer(learner: &mut Option<LocalLearner>, device: &Device, request: Lear
         LearnerRequest::Update { round, model_version, reply } => {
             let Some(learner) = learner.as_mut() else { return Ok(Answer::Nothing) };
             match learner.contribute(model_version)? {
-                Some(c) => {
+                Some(mut c) => {
+                    if let Some(attack) = attack {
+                        attack.apply(&mut c.delta.values);
+                    }
                     tracing::debug!(round, samples = c.samples, errors = c.metrics.prequential_errors, "update sent");
                     let _ = reply.send(LocalUpdate { delta: c.delta, samples: c.samples, metrics: c.metrics });
                     Ok(Answer::Contributed)

@@ -154,6 +154,7 @@ impl HbpModel {
         let alpha_values = next()?.1;
         let sum: f32 = alpha_values.iter().sum();
         if (sum - 1.0).abs() > 1e-3 || alpha_values.iter().any(|a| *a < 0.0) {
+            // Reported with the sum; a negative entry makes it invalid even when the sum is 1.
             return Err(ModelError::InvalidAlpha { sum });
         }
         let alpha = Tensor::from_data(TensorData::new(alpha_values.to_vec(), [alpha_values.len()]), device);
@@ -188,6 +189,23 @@ pub fn layout(config: &HbpConfig) -> Layout {
     segments.push(Segment { name: "hidden_heads.bias".into(), shape: vec![layers, c] });
     segments.push(Segment { name: "alpha".into(), shape: vec![config.heads()] });
     Layout::new(segments)
+}
+
+/// Puts the α segment of `params` back on the floored simplex: every α at least `s/L`, summing
+/// to one. Averaging α is safe (a weighted mean of distributions is one) but a server step of
+/// another size, momentum, or a client's rebase can leave it off; this projection is part of
+/// every such update. Vectors of another length are left alone (their check fails later).
+pub fn project_alpha(config: &HbpConfig, params: &mut ParameterVector) {
+    let k = config.heads();
+    if params.values.len() != layout(config).len() {
+        return;
+    }
+    let floor = (config.smoothing / config.hidden_layers as f32).max(f32::MIN_POSITIVE);
+    let start = params.values.len() - k;
+    let alpha = &mut params.values[start..];
+    alpha.iter_mut().for_each(|a| *a = if a.is_finite() { a.max(floor) } else { floor });
+    let total: f32 = alpha.iter().sum();
+    alpha.iter_mut().for_each(|a| *a /= total);
 }
 
 fn tensor2(values: &[f32], shape: [usize; 2], device: &Device) -> Tensor<2> {

@@ -152,3 +152,20 @@ fn initial_weights_match_the_numpy_reference_draws() {
     let r = (6.0f64 / 7.0).sqrt();
     assert!((f64::from(params.values[0]) - (-r + 2.0 * r * 0.548_813_503_927_324_8)).abs() < 1e-6);
 }
+
+#[test]
+fn projecting_alpha_restores_a_floored_distribution() {
+    let config = tiny_config();
+    let device = Device::flex();
+    let mut params = HbpModel::new(config.clone(), &device).unwrap().to_parameters().unwrap();
+    let n = params.values.len();
+    // What a server step of size 20 can do: sum still 1, one entry negative.
+    params.values[n - 4..].copy_from_slice(&[1.3, -0.5, 0.1, 0.1]);
+    assert!(HbpModel::from_parameters(config.clone(), &params, &device).is_err());
+    model::project_alpha(&config, &mut params);
+    let alpha = &params.values[n - 4..];
+    let floor = config.smoothing / config.hidden_layers as f32;
+    assert!((alpha.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    assert!(alpha.iter().all(|a| *a >= floor * 0.9), "{alpha:?}");
+    assert!(HbpModel::from_parameters(config, &params, &device).is_ok());
+}

@@ -1,5 +1,6 @@
 //! Starting, feeding and ending rounds.
 
+use crate::hbp::model::project_alpha;
 use std::time::Instant;
 
 use super::{ActiveRound, Answer, Coordinator, Outgoing, Peer};
@@ -124,7 +125,9 @@ impl Coordinator {
             self.aggregator.finish(&self.params).map_err(RoundFailure::Aggregation)
         };
         match outcome {
-            Ok(params) => {
+            Ok(mut params) => {
+                // α is a constrained parameter: keep it a floored distribution after any step.
+                project_alpha(&self.spec, &mut params);
                 self.params = params;
                 self.model_version += 1;
                 let joined: Vec<ConnectionId> = self
