@@ -166,6 +166,9 @@ fn projecting_alpha_restores_a_floored_distribution() {
     let alpha = &params.values[n - 4..];
     let floor = config.smoothing / config.hidden_layers as f32;
     assert!((alpha.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-    assert!(alpha.iter().all(|a| *a >= floor * 0.9), "{alpha:?}");
+    // Floored at s/L, then normalised (as the paper's update does): 1.3 + 3 entries.
+    let total = 1.3 + floor + 0.1 + 0.1;
+    assert!((alpha[1] - floor / total).abs() < 1e-6, "{alpha:?}");
+    assert!(alpha.iter().all(|a| *a > 0.0), "{alpha:?}");
     assert!(HbpModel::from_parameters(config, &params, &device).is_ok());
 }
