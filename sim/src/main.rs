@@ -129,6 +129,18 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// `YYYYMMDD-HHMMSS` in UTC.
+/// `reports/fleet-<UTC timestamp>`, with a suffix if a run started in the same second.
+fn fresh_report_dir() -> PathBuf {
+    let base = PathBuf::from("reports").join(format!("fleet-{}", timestamp()));
+    let mut candidate = base.clone();
+    let mut n = 1;
+    while candidate.exists() {
+        n += 1;
+        candidate = PathBuf::from(format!("{}-{n}", base.display()));
+    }
+    candidate
+}
+
 fn timestamp() -> String {
     let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (days, rem) = (secs / 86_400, secs % 86_400);
@@ -208,7 +220,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         bail!("no held-back rows: raise --eval-fraction");
     }
 
-    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("reports").join(format!("fleet-{}", timestamp())));
+    let out = args.out.clone().unwrap_or_else(fresh_report_dir);
+    if out.join("fleet").exists() {
+        bail!("{} already holds a fleet run; choose another --out", out.display());
+    }
     if out.join("report.json").exists() {
         bail!("{} already holds a report; pick another --out", out.display());
     }
