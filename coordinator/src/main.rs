@@ -58,25 +58,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.
 async fn cancel_on_signal(shutdown: CancellationToken) {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    let signal = tokio::select! {
-        _ = interrupt => "SIGINT",
-        () = terminate => "SIGTERM",
-    };
+    let signal = flotilla_net::signal::shutdown_signal().await;
     shutdown.cancel();
     tracing::info!(signal, "shutting down");
 }

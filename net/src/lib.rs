@@ -7,6 +7,7 @@
 //! - [`close`]: application close codes carrying the protocol's error codes.
 //! - [`backoff`]: reconnection delays.
 //! - [`session`]: the client's session loop, relaying between coordinator and learner.
+//! - [`signal`]: waiting for SIGINT/SIGTERM.
 //! - [`persist`]: atomic file replacement (temporary file, fsync, rename, fsync of the folder).
 
 pub mod backoff;
@@ -14,6 +15,7 @@ pub mod close;
 pub mod framed;
 pub mod persist;
 pub mod session;
+pub mod signal;
 pub mod tls;
 pub mod transport;
 

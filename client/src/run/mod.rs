@@ -88,26 +88,11 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Cancels `shutdown` on SIGINT or SIGTERM.
+/// Cancels `shutdown` on SIGINT or SIGTERM (or returns when it is cancelled otherwise).
 pub(crate) async fn stop_on_signal(shutdown: CancellationToken) {
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "SIGTERM cannot be caught");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
-        _ = terminate => tracing::info!("terminated; shutting down"),
-        _ = shutdown.cancelled() => {}
+        signal = flotilla_net::signal::shutdown_signal() => tracing::info!(signal, "shutting down"),
+        () = shutdown.cancelled() => {}
     }
     shutdown.cancel();
 }
