@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use flotilla::aggregate::{StrategyConfig, StrategyKind};
 use flotilla::hbp::HbpConfig;
 use flotilla::protocol::framing::FrameLimit;
-use flotilla::round::CoordinatorConfig;
+use flotilla::round::{CoordinatorConfig, Mode};
 
 /// A duration written as `30s`, `500ms`, `2m`, `1h` or a plain number of seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -41,6 +41,37 @@ impl FromStr for HumanDuration {
 }
 
 impl TryFrom<String> for HumanDuration {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+/// How updates become models: `sync` (rounds) or `async` (FedBuff's buffer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum ModeName {
+    /// `sync`: rounds with a quorum and a deadline.
+    #[default]
+    Sync,
+    /// `async`: buffered asynchronous aggregation.
+    Async,
+}
+
+impl FromStr for ModeName {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "sync" => Ok(Self::Sync),
+            "async" => Ok(Self::Async),
+            other => Err(format!("unknown mode {other:?} (sync or async)")),
+        }
+    }
+}
+
+impl TryFrom<String> for ModeName {
     type Error = String;
 
     fn try_from(text: String) -> Result<Self, Self::Error> {
@@ -180,6 +211,20 @@ pub struct Options {
     /// 4 bytes); further updates of the round are refused [default: 256].
     #[arg(long, value_name = "N")]
     pub max_held_updates: Option<usize>,
+    /// `sync`: rounds (quorum, deadline); `async`: FedBuff, no round barrier — every client is
+    /// asked again as soon as its update is folded (or its request lapses after
+    /// --round-deadline), updates are weighted by 1/√(1 + staleness) and a new model version
+    /// is made after --buffer-size updates; a "round" then counts buffer applications
+    /// [default: sync].
+    #[arg(long, value_name = "MODE")]
+    pub mode: Option<ModeName>,
+    /// Updates per new model version in --mode async (K) [default: 10].
+    #[arg(long, value_name = "K")]
+    pub buffer_size: Option<usize>,
+    /// Most versions an update may lag the model in --mode async; staler ones are refused
+    /// and the client asked again [default: 20].
+    #[arg(long, value_name = "S")]
+    pub max_staleness: Option<u64>,
 }
 
 /// Where the server certificate comes from.
@@ -241,7 +286,8 @@ impl Options {
         let merged = prefer!(self, file; listen, data_dir, cert, key, client_ca, tokens_file, inputs, classes,
             hidden_layers, width, lr, beta, smoothing, seed, initial_params, min_clients, sample_fraction,
             round_deadline, round_interval, join_timeout, rounds, max_frame_mib, eval_data, strategy, server_lr,
-            beta1, beta2, tau, trim_fraction, byzantine, multi_krum_m, clip_norm, outlier_norm, max_held_updates);
+            beta1, beta2, tau, trim_fraction, byzantine, multi_krum_m, clip_norm, outlier_norm, max_held_updates,
+            mode, buffer_size, max_staleness);
         Options { no_input_head, dev_cert_names, ..merged }
     }
 
@@ -281,6 +327,18 @@ impl Options {
             (None, None) => None,
             _ => bail!("--inputs and --classes go together"),
         };
+        let mode = match self.mode.unwrap_or_default() {
+            ModeName::Sync => {
+                if self.buffer_size.is_some() || self.max_staleness.is_some() {
+                    bail!("--buffer-size and --max-staleness apply to --mode async only");
+                }
+                Mode::Sync
+            }
+            ModeName::Async => Mode::Async {
+                buffer_size: self.buffer_size.unwrap_or(10),
+                max_staleness: self.max_staleness.unwrap_or(20),
+            },
+        };
         let duration = |value: Option<HumanDuration>, default: Duration| value.map_or(default, |d| d.0);
         let rounds = CoordinatorConfig {
             min_clients: self.min_clients.unwrap_or(2),
@@ -290,6 +348,7 @@ impl Options {
             join_timeout: duration(self.join_timeout, Duration::from_secs(10)),
             seed: u64::from(self.seed.unwrap_or(0)),
             aggregation,
+            mode,
             ..CoordinatorConfig::default()
         };
         rounds.validate().context("invalid round settings")?;

@@ -18,8 +18,8 @@
 //!   (FedAvgM), [`Adagrad`], [`Adam`], [`Yogi`]. Their state (m, v) persists across rounds.
 //!
 //! [`StrategyConfig`] names a strategy and its options and builds the aggregator.
-//! [`Buffered`] is the sans-IO core of asynchronous buffered aggregation (FedBuff), not yet
-//! driven by the round state machine.
+//! [`Buffered`] is the sans-IO core of asynchronous buffered aggregation (FedBuff), driven by
+//! the round state machine in asynchronous mode; [`StrategyConfig::build_buffered`] makes one.
 
 use crate::params::{Fingerprint, PARAMETER_FORMAT_VERSION, ParameterError, ParameterVector};
 
@@ -37,7 +37,7 @@ pub use krum::Krum;
 pub use mean::WeightedMean;
 pub use optimizer::{Adagrad, Adam, Momentum, ServerOptimizer, Sgd, Yogi};
 pub use robust::{HeldUpdates, Median, TrimmedMean};
-pub use strategy::{StrategyConfig, StrategyError, StrategyKind};
+pub use strategy::{ServerStep, StrategyConfig, StrategyError, StrategyKind};
 
 /// Why an update or a round's aggregate was refused.
 #[derive(Debug, thiserror::Error, PartialEq)]

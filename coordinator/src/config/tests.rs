@@ -101,3 +101,25 @@ fn strategy_options_are_checked_against_the_strategy_and_their_ranges() {
     let unknown = Cli::try_parse_from(["coordinator", "--strategy", "fedsgd"]).unwrap_err().to_string();
     assert!(unknown.contains("unknown strategy"), "{unknown}");
 }
+
+#[test]
+fn mode_flags_and_keys_select_asynchronous_buffered_aggregation() {
+    assert_eq!(parse(&[]).into_config().unwrap().rounds.mode, Mode::Sync);
+    let config = parse(&["--mode", "async", "--buffer-size", "4"]).into_config().unwrap();
+    assert_eq!(config.rounds.mode, Mode::Async { buffer_size: 4, max_staleness: 20 });
+    let defaults = parse(&["--mode", "async"]).into_config().unwrap();
+    assert_eq!(defaults.rounds.mode, Mode::Async { buffer_size: 10, max_staleness: 20 });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("coordinator.toml");
+    std::fs::write(&file, "mode = \"async\"\nbuffer-size = 3\nmax-staleness = 5\n").unwrap();
+    let options = Options { config: Some(file), ..parse(&["--max-staleness", "7"]) };
+    assert_eq!(options.resolve().unwrap().rounds.mode, Mode::Async { buffer_size: 3, max_staleness: 7 });
+    for args in [
+        &["--buffer-size", "3"][..],
+        &["--mode", "async", "--buffer-size", "0"],
+        &["--mode", "async", "--strategy", "median"],
+    ] {
+        assert!(parse(args).into_config().is_err(), "{args:?}");
+    }
+    assert!(Cli::try_parse_from(["coordinator", "--mode", "later"]).is_err());
+}

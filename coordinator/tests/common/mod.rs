@@ -96,6 +96,11 @@ impl Running {
 
 /// A learner that answers every update request with `step` on every parameter but α.
 pub fn fake_learner(step: f32, samples: u64) -> (mpsc::Sender<LearnerRequest>, Arc<AtomicU64>) {
+    fake_learner_after(step, samples, Duration::ZERO)
+}
+
+/// Like [`fake_learner`], but each answer takes `delay` ("training"); models are adopted at once.
+pub fn fake_learner_after(step: f32, samples: u64, delay: Duration) -> (mpsc::Sender<LearnerRequest>, Arc<AtomicU64>) {
     let (tx, mut rx) = mpsc::channel(16);
     let answered = Arc::new(AtomicU64::new(0));
     let counter = answered.clone();
@@ -112,8 +117,17 @@ pub fn fake_learner(step: f32, samples: u64) -> (mpsc::Sender<LearnerRequest>, A
                     let values = (0..len).map(|i| if i < len - heads { step } else { 0.0 }).collect();
                     let delta = ParameterVector::new(&layout(spec), values).unwrap();
                     let metrics = LocalMetrics { samples, prequential_errors: samples / 2 };
-                    if reply.send(LocalUpdate { delta, samples, metrics }).is_ok() {
-                        counter.fetch_add(1, Ordering::SeqCst);
+                    let counter = counter.clone();
+                    let answer = async move {
+                        tokio::time::sleep(delay).await;
+                        if reply.send(LocalUpdate { delta, samples, metrics }).is_ok() {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                        }
+                    };
+                    if delay.is_zero() {
+                        answer.await;
+                    } else {
+                        tokio::spawn(answer);
                     }
                 }
             }
@@ -136,7 +150,12 @@ pub fn session_config(running: &Running, name: &str) -> ClientSessionConfig {
 }
 
 pub fn fake_client(config: ClientSessionConfig, step: f32, samples: u64) -> FakeClient {
-    let (learner, answered) = fake_learner(step, samples);
+    fake_client_after(config, step, samples, Duration::ZERO)
+}
+
+/// A real client session whose fake learner takes `delay` per answer.
+pub fn fake_client_after(config: ClientSessionConfig, step: f32, samples: u64, delay: Duration) -> FakeClient {
+    let (learner, answered) = fake_learner_after(step, samples, delay);
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(flotilla_net::run_client_session(config, learner, shutdown.clone()));
     FakeClient { answered, shutdown, task }

@@ -15,6 +15,10 @@ use crate::framed::{FrameReader, FramedError, encode, send_frame};
 /// How long a closing side waits for its last bytes to be acknowledged.
 pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
+/// Pause before the learner is asked again for a standing request it could not answer yet
+/// (nothing learnt since its last update, or it had moved to a newer model).
+const STANDING_RETRY: Duration = Duration::from_millis(100);
+
 /// A refusal code that retrying cannot fix.
 fn is_fatal(code: ErrorCode) -> bool {
     matches!(code, ErrorCode::Unauthorized | ErrorCode::UnsupportedVersion)
@@ -51,6 +55,7 @@ pub(super) async fn attempt(
         send,
         client: Client::new(config.client_name.clone(), config.auth_token.clone()),
         pending: None,
+        retry_at: None,
         welcomed: false,
         refused: None,
         config,
@@ -77,6 +82,8 @@ struct Link<'a> {
     client: Client,
     /// The round of the request the learner is working on, and where its answer arrives.
     pending: Option<(u64, oneshot::Receiver<LocalUpdate>)>,
+    /// When to ask the learner again for the pending standing request it left unanswered.
+    retry_at: Option<Instant>,
     welcomed: bool,
     refused: Option<SessionRefused>,
     config: &'a ClientSessionConfig,
@@ -119,6 +126,14 @@ impl Link<'_> {
                 },
                 reply = next_reply(&mut self.pending) => self.handle_reply(reply),
                 () = sleep_until(timeout), if timeout.is_some() => self.client.handle_timeout(Instant::now()),
+                () = sleep_until(self.retry_at), if self.retry_at.is_some() => {
+                    self.retry_at = None;
+                    if let Some(request) = self.retry_standing()
+                        && learner.send(request).await.is_err()
+                    {
+                        self.client.leave("learner stopped");
+                    }
+                }
             }
         }
     }
@@ -130,8 +145,23 @@ impl Link<'_> {
                 Ok(()) => SessionStats::add(&self.config.stats.updates_sent, 1),
                 Err(error) => tracing::warn!(round, %error, "local update not sent"),
             },
+            Err(_) if self.client.standing_request() => {
+                tracing::trace!(round, "learner had nothing to send yet; asking again shortly");
+                self.retry_at = Some(Instant::now() + STANDING_RETRY);
+            }
             Err(_) => tracing::debug!(round, "learner dropped the update request"),
         }
+    }
+
+    /// Asks the learner again for the pending standing request, on the latest model held.
+    fn retry_standing(&mut self) -> Option<LearnerRequest> {
+        if self.pending.is_some() {
+            return None;
+        }
+        let (round, model_version) = self.client.rebase_standing_request()?;
+        let (reply, answer) = oneshot::channel();
+        self.pending = Some((round, answer));
+        Some(LearnerRequest::Update { round, model_version, reply })
     }
 
     fn lost(&self, reason: String) -> Outcome {

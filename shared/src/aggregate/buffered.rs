@@ -6,8 +6,8 @@
 //! staler than `max_staleness` is refused. Once `buffer_size` (K) updates are buffered,
 //! [`Buffered::apply`] turns `Δ̄ = Σ wᵢ·Δᵢ / K` into the next model through a
 //! [`ServerOptimizer`] (`x ← x + η_s·d`) and empties the buffer; the caller bumps the version
-//! and broadcasts. Memory: one `f64` per parameter for the buffer, whatever K. Not yet driven
-//! by the round state machine (no `--mode async`).
+//! and broadcasts. Memory: one `f64` per parameter for the buffer, whatever K. Driven by the
+//! round state machine in asynchronous mode ([`crate::round::Mode::Async`]).
 
 use super::federated::{Folded, Hygiene};
 use super::optimizer::ServerOptimizer;
@@ -76,6 +76,12 @@ impl<O: ServerOptimizer + Clone> Buffered<O> {
     /// Updates buffered so far.
     pub fn buffered(&self) -> usize {
         self.buffered
+    }
+
+    /// Discards what is buffered (after an apply that failed); the optimiser state is kept.
+    pub fn clear(&mut self) {
+        self.sum.iter_mut().for_each(|sum| *sum = 0.0);
+        self.buffered = 0;
     }
 
     /// The next model from a full buffer; empties it. On error, buffer and optimiser are kept.

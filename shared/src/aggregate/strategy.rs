@@ -1,10 +1,11 @@
 //! Choosing a strategy by name and options: [`StrategyConfig`] → `Box<dyn Aggregator>`.
 
 use super::Aggregator;
+use super::buffered::Buffered;
 use super::federated::{Federated, Hygiene};
 use super::krum::Krum;
 use super::mean::WeightedMean;
-use super::optimizer::{Adagrad, Adam, Momentum, Sgd, Yogi};
+use super::optimizer::{Adagrad, Adam, Momentum, ServerOptimizer, Sgd, Yogi};
 use super::robust::{Median, TrimmedMean};
 
 /// The aggregation strategies, by their command-line names.
@@ -229,5 +230,52 @@ impl StrategyConfig {
                 Box::new(Federated::with(Krum::new(self.byzantine, self.multi_krum_m, cap), Sgd, lr, hygiene))
             }
         }
+    }
+}
+
+/// The server optimiser of a mean-based strategy, chosen at run time (for [`Buffered`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerStep {
+    /// FedAvg.
+    Sgd(Sgd),
+    /// FedAvgM.
+    Momentum(Momentum),
+    /// FedAdagrad.
+    Adagrad(Adagrad),
+    /// FedAdam.
+    Adam(Adam),
+    /// FedYogi.
+    Yogi(Yogi),
+}
+
+impl ServerOptimizer for ServerStep {
+    fn step(&mut self, delta: &mut [f64]) {
+        match self {
+            Self::Sgd(optimizer) => optimizer.step(delta),
+            Self::Momentum(optimizer) => optimizer.step(delta),
+            Self::Adagrad(optimizer) => optimizer.step(delta),
+            Self::Adam(optimizer) => optimizer.step(delta),
+            Self::Yogi(optimizer) => optimizer.step(delta),
+        }
+    }
+}
+
+impl StrategyConfig {
+    /// A FedBuff buffer of `buffer_size` updates with this strategy's server optimiser, learning
+    /// rate and hygiene; `None` for a robust strategy (it needs every update of a round at once).
+    pub fn build_buffered(&self, buffer_size: usize, max_staleness: u64) -> Option<Buffered<ServerStep>> {
+        let hygiene = Hygiene { clip_norm: self.clip_norm, outlier_norm: self.outlier_norm };
+        let (beta1, beta2, tau) = (self.beta1, self.beta2, self.tau);
+        let optimizer = match self.kind {
+            StrategyKind::FedAvg => ServerStep::Sgd(Sgd),
+            StrategyKind::FedAvgM => ServerStep::Momentum(Momentum::new(beta1)),
+            StrategyKind::FedAdagrad => ServerStep::Adagrad(Adagrad::new(tau)),
+            StrategyKind::FedAdam => ServerStep::Adam(Adam::new(beta1, beta2, tau)),
+            StrategyKind::FedYogi => ServerStep::Yogi(Yogi::new(beta1, beta2, tau)),
+            StrategyKind::Median | StrategyKind::TrimmedMean | StrategyKind::Krum | StrategyKind::MultiKrum => {
+                return None;
+            }
+        };
+        Some(Buffered::new(buffer_size, max_staleness, optimizer, self.server_lr, hygiene))
     }
 }

@@ -18,6 +18,11 @@ use crate::params::{Fingerprint, ParameterError, ParameterVector};
 use crate::protocol::framing::decode_message;
 use crate::protocol::{ClientMessage, CoordinatorMessage, ErrorCode, LocalMetrics, PROTOCOL_VERSION, Update};
 
+/// The `model_version` of an `UpdateRequest` asking for an update resting on whatever model the
+/// client holds (asynchronous mode). Such a *standing* request does not lapse when a newer
+/// model arrives: the client answers with the version its delta rests on.
+pub const ANY_MODEL_VERSION: u64 = u64::MAX;
+
 /// Longest relative deadline honoured; longer ones are shortened to this.
 pub const MAX_REQUEST_DEADLINE: Duration = Duration::from_secs(24 * 3600);
 
@@ -106,6 +111,8 @@ struct Request {
     round: u64,
     model_version: u64,
     deadline: Instant,
+    /// Asked with [`ANY_MODEL_VERSION`]: survives newer models.
+    standing: bool,
 }
 
 /// One client's session with the coordinator.
@@ -192,18 +199,19 @@ impl Client {
                     return self.violation(ErrorCode::Malformed, format!("global model refused: {error}"));
                 }
                 self.model = Some((model_version, len));
-                if let Some(request) = self.request.take_if(|r| r.model_version != model_version) {
+                if let Some(request) = self.request.take_if(|r| !r.standing && r.model_version != model_version) {
                     self.events.push_back(ClientEvent::RequestExpired { round: request.round });
                 }
                 self.events.push_back(ClientEvent::ModelReceived { model_version, round, params });
             }
             (Session::Ready { .. }, CoordinatorMessage::UpdateRequest { round, model_version, deadline_ms }) => {
-                if self.model_version() != Some(model_version) {
+                let standing = model_version == ANY_MODEL_VERSION;
+                let Some(model_version) = self.model_version().filter(|held| standing || *held == model_version) else {
                     tracing::debug!(round, model_version, "update request for a model not held; ignored");
                     return;
-                }
+                };
                 let deadline = now + Duration::from_millis(deadline_ms).min(MAX_REQUEST_DEADLINE);
-                if let Some(old) = self.request.replace(Request { round, model_version, deadline }) {
+                if let Some(old) = self.request.replace(Request { round, model_version, deadline, standing }) {
                     self.events.push_back(ClientEvent::RequestExpired { round: old.round });
                 }
                 self.events.push_back(ClientEvent::UpdateRequested { round, model_version, deadline });
@@ -250,6 +258,21 @@ impl Client {
         let update = Update { round: request.round, base_version: request.model_version, delta, samples, metrics };
         self.transmits.push_back(ClientMessage::Update(update));
         Ok(())
+    }
+
+    /// Whether a standing request (asked with [`ANY_MODEL_VERSION`]) is pending.
+    pub fn standing_request(&self) -> bool {
+        self.request.is_some_and(|request| request.standing)
+    }
+
+    /// Rests the pending standing request on the latest model held (the learner could not
+    /// answer it on the older one) and returns its round and that version; `None` when no
+    /// standing request is pending.
+    pub fn rebase_standing_request(&mut self) -> Option<(u64, u64)> {
+        let held = self.model_version()?;
+        let request = self.request.as_mut().filter(|request| request.standing)?;
+        request.model_version = held;
+        Some((request.round, held))
     }
 
     /// Says goodbye and ends the session.

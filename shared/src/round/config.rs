@@ -16,6 +16,24 @@ pub enum StalenessPolicy {
     CurrentOnly,
 }
 
+/// How updates are gathered into new models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Rounds: sample clients, wait for their updates (quorum, deadline), aggregate, commit.
+    #[default]
+    Sync,
+    /// FedBuff (Nguyen et al., AISTATS 2022): no round barrier. Every joined client is asked
+    /// for an update as soon as it joins and again once its previous one was folded (or its
+    /// request's deadline, `round_deadline`, passed); updates are weighted by their staleness
+    /// and the buffer is applied, as a new model version, after `buffer_size` of them.
+    Async {
+        /// Updates buffered before each new model version (K ≥ 1).
+        buffer_size: usize,
+        /// Staleness (current version − base version) beyond which an update is refused.
+        max_staleness: u64,
+    },
+}
+
 /// How the coordinator runs rounds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CoordinatorConfig {
@@ -38,6 +56,8 @@ pub struct CoordinatorConfig {
     pub auth_tokens: Option<BTreeSet<String>>,
     /// The aggregation strategy and its options.
     pub aggregation: StrategyConfig,
+    /// Synchronous rounds or asynchronous buffered aggregation.
+    pub mode: Mode,
 }
 
 impl Default for CoordinatorConfig {
@@ -52,6 +72,7 @@ impl Default for CoordinatorConfig {
             staleness: StalenessPolicy::CurrentOnly,
             auth_tokens: None,
             aggregation: StrategyConfig::default(),
+            mode: Mode::Sync,
         }
     }
 }
@@ -82,6 +103,12 @@ pub enum ConfigError {
         /// The quorum.
         min_clients: usize,
     },
+    /// An asynchronous buffer must hold at least one update.
+    #[error("buffer_size must be at least 1")]
+    ZeroBuffer,
+    /// Asynchronous aggregation folds updates as they come; a robust strategy needs them all.
+    #[error("strategy {0} holds every update of a round; asynchronous mode needs a mean-based strategy")]
+    AsyncRobust(crate::aggregate::StrategyKind),
 }
 
 impl CoordinatorConfig {
@@ -97,8 +124,16 @@ impl CoordinatorConfig {
             return Err(ConfigError::ZeroDeadline);
         }
         self.aggregation.validate()?;
+        if let Mode::Async { buffer_size, .. } = self.mode {
+            if buffer_size == 0 {
+                return Err(ConfigError::ZeroBuffer);
+            }
+            if self.aggregation.kind.is_robust() {
+                return Err(ConfigError::AsyncRobust(self.aggregation.kind));
+            }
+        }
         let cap = self.aggregation.max_held_updates;
-        if self.aggregation.kind.is_robust() && cap < self.min_clients {
+        if self.mode == Mode::Sync && self.aggregation.kind.is_robust() && cap < self.min_clients {
             return Err(ConfigError::HeldCapBelowQuorum { cap, min_clients: self.min_clients });
         }
         let durations = [

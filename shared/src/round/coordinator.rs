@@ -68,6 +68,8 @@ pub struct Coordinator {
     next_client_id: u64,
     active: Option<ActiveRound>,
     next_round_at: Option<Instant>,
+    /// Asynchronous mode's buffer and requests; `None` in synchronous mode.
+    buffered: Option<asynchronous::AsyncState>,
     shutting_down: bool,
     transmits: VecDeque<Outgoing>,
     closes: VecDeque<(ConnectionId, CloseReason)>,
@@ -85,6 +87,7 @@ impl Coordinator {
     pub fn from_checkpoint(config: CoordinatorConfig, checkpoint: Checkpoint) -> Result<Self, ConfigError> {
         config.validate()?;
         let aggregator = config.aggregation.build();
+        let buffered = asynchronous::AsyncState::new(&config)?;
         Ok(Self {
             config,
             spec: checkpoint.spec,
@@ -96,6 +99,7 @@ impl Coordinator {
             next_client_id: 1,
             active: None,
             next_round_at: None,
+            buffered,
             shutting_down: false,
             transmits: VecDeque::new(),
             closes: VecDeque::new(),
@@ -167,6 +171,9 @@ impl Coordinator {
             (Peer::Connecting { .. }, ClientMessage::Join { protocol_version, client_name, auth_token }) => {
                 self.handle_join(conn, protocol_version, client_name, auth_token, now);
             }
+            (Peer::Joined { .. }, ClientMessage::Update(update)) if self.buffered.is_some() => {
+                self.handle_async_update(conn, update, now);
+            }
             (Peer::Joined { .. }, ClientMessage::Update(update)) => self.handle_update(conn, update, now),
             (_, ClientMessage::Heartbeat) => {}
             (_, ClientMessage::Error { code, message }) => {
@@ -225,6 +232,7 @@ impl Coordinator {
         if self.active.as_ref().is_some_and(|round| round.deadline <= now) {
             self.end_round(now);
         }
+        self.reask_lapsed(now);
         self.maybe_start_round(now);
     }
 
@@ -268,7 +276,8 @@ impl Coordinator {
             None if self.joined() >= self.config.min_clients => self.next_round_at,
             None => None,
         };
-        joins.chain(round).min()
+        let asks = self.buffered.as_ref().and_then(asynchronous::AsyncState::next_deadline);
+        joins.chain(round).chain(asks).min()
     }
 
     fn handle_join(&mut self, conn: ConnectionId, version: u16, name: String, token: Option<String>, now: Instant) {
@@ -298,6 +307,9 @@ impl Coordinator {
         self.transmits.push_back(Outgoing::Message(conn, welcome));
         self.transmits.push_back(Outgoing::LatestModel(conn));
         self.events.push_back(CoordinatorEvent::ClientJoined { conn, client_id, client_name: name });
+        if self.buffered.is_some() {
+            self.ask(conn, now);
+        }
         self.maybe_start_round(now);
     }
 
@@ -328,6 +340,9 @@ impl Coordinator {
         if let Peer::Joined { client_id } = peer {
             self.events.push_back(CoordinatorEvent::ClientLeft { conn, client_id });
         }
+        if let Some(state) = &mut self.buffered {
+            state.forget(conn);
+        }
         self.record_answer(conn, Answer::Gone, now);
     }
 
@@ -346,6 +361,7 @@ impl Coordinator {
     }
 }
 
+mod asynchronous;
 mod rounds;
 
 #[cfg(test)]

@@ -140,6 +140,9 @@ impl UpdateRefusal {
     /// The code sent to the client in the `Error` message.
     pub fn code(&self) -> ErrorCode {
         match self {
+            Self::Invalid(AggregateError::TooStale { .. } | AggregateError::FutureBase { .. }) => {
+                ErrorCode::StaleUpdate
+            }
             Self::InconsistentMetrics { .. } | Self::Invalid(_) => ErrorCode::InvalidUpdate,
             Self::NotSampled | Self::Duplicate => ErrorCode::UnexpectedMessage,
             Self::NoRoundInProgress | Self::WrongRound { .. } | Self::StaleBase { .. } => ErrorCode::StaleUpdate,

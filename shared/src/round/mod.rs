@@ -12,8 +12,8 @@ pub mod coordinator;
 pub mod events;
 mod sampling;
 
-pub use client::{Client, ClientEvent, SubmitError};
-pub use config::{ConfigError, CoordinatorConfig, StalenessPolicy};
+pub use client::{ANY_MODEL_VERSION, Client, ClientEvent, SubmitError};
+pub use config::{ConfigError, CoordinatorConfig, Mode, StalenessPolicy};
 pub use coordinator::Coordinator;
 pub use events::{CoordinatorEvent, RoundFailure, UpdateRefusal};
 

@@ -157,3 +157,41 @@ fn leaving_says_goodbye_once() {
     assert_eq!(client.poll_transmit(), None);
     assert_eq!(client.poll_close(), Some(CloseReason::Goodbye));
 }
+
+#[test]
+fn a_standing_request_rests_on_the_model_held_and_survives_newer_models() {
+    let t0 = Instant::now();
+    let mut client = ready(t0);
+    let held = client.model_version().unwrap();
+    let ask = CoordinatorMessage::UpdateRequest { round: 7, model_version: ANY_MODEL_VERSION, deadline_ms: 1000 };
+    client.handle_message(ask, t0);
+    let deadline = t0 + Duration::from_secs(1);
+    assert_eq!(events(&mut client), [ClientEvent::UpdateRequested { round: 7, model_version: held, deadline }]);
+    assert!(client.standing_request());
+    // A newer model arrives while the learner works on the older one: the request stays.
+    client.handle_message(model(held + 1, vec![1.0, 1.0]), t0);
+    assert!(!events(&mut client).iter().any(|e| matches!(e, ClientEvent::RequestExpired { .. })));
+    let metrics = LocalMetrics { samples: 1, prequential_errors: 0 };
+    client.submit_update(vector(vec![0.5, 0.5]), 1, metrics).unwrap();
+    let update = Update { round: 7, base_version: held, delta: vector(vec![0.5, 0.5]), samples: 1, metrics };
+    assert_eq!(client.poll_transmit(), Some(ClientMessage::Update(update)));
+    // Asked again; the learner could not answer on the older model, so it rests on the newer.
+    client.handle_message(
+        CoordinatorMessage::UpdateRequest { round: 8, model_version: ANY_MODEL_VERSION, deadline_ms: 1000 },
+        t0,
+    );
+    client.handle_message(model(held + 2, vec![2.0, 2.0]), t0);
+    assert_eq!(client.rebase_standing_request(), Some((8, held + 2)));
+    client.submit_update(vector(vec![0.5, 0.5]), 1, metrics).unwrap();
+    assert!(
+        matches!(client.poll_transmit(), Some(ClientMessage::Update(Update { base_version, .. })) if base_version == held + 2)
+    );
+    assert_eq!(client.rebase_standing_request(), None);
+    // The deadline still applies.
+    client.handle_message(
+        CoordinatorMessage::UpdateRequest { round: 9, model_version: ANY_MODEL_VERSION, deadline_ms: 1000 },
+        t0,
+    );
+    client.handle_timeout(deadline);
+    assert!(events(&mut client).contains(&ClientEvent::RequestExpired { round: 9 }));
+}

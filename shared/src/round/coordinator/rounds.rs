@@ -12,7 +12,7 @@ impl Coordinator {
     /// Starts a round if none runs, a quorum is joined and the pause before the round is over
     /// (the pause starts when both of the former first hold).
     pub(super) fn maybe_start_round(&mut self, now: Instant) {
-        if self.active.is_some() || self.shutting_down {
+        if self.active.is_some() || self.shutting_down || self.buffered.is_some() {
             return;
         }
         let candidates: Vec<ConnectionId> =
@@ -106,7 +106,7 @@ impl Coordinator {
         }
     }
 
-    fn refuse_update(&mut self, conn: ConnectionId, reason: UpdateRefusal) {
+    pub(super) fn refuse_update(&mut self, conn: ConnectionId, reason: UpdateRefusal) {
         tracing::warn!(%conn, %reason, "update refused");
         let error = CoordinatorMessage::Error { code: reason.code(), message: reason.to_string() };
         self.transmits.push_back(Outgoing::Message(conn, error));

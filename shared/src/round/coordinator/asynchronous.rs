@@ -1,0 +1,165 @@
+//! Asynchronous buffered aggregation (FedBuff): no round barrier, one standing request per
+//! client, updates folded by staleness, the buffer applied as a new model after K of them.
+//!
+//! A joined client is asked (`UpdateRequest` with [`ANY_MODEL_VERSION`]: "on whatever model you
+//! hold") as soon as it joins, and again as soon as its answer was folded or refused, or its
+//! request's deadline (`round_deadline`) passed. Its update names the version it rests on
+//! (`base_version`); it is weighted by `1/√(1 + current − base)` and refused past
+//! `max_staleness`. After `buffer_size` updates the buffer is applied: the model version and the
+//! round (which counts buffer applications) advance, every joined client is sent the new model,
+//! and `RoundCommitted` is emitted as in synchronous mode.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use super::{Coordinator, Outgoing, Peer};
+use crate::aggregate::{Buffered, ServerStep};
+use crate::protocol::{CoordinatorMessage, LocalMetrics, Update};
+use crate::round::client::ANY_MODEL_VERSION;
+use crate::round::events::{CoordinatorEvent, RoundFailure, UpdateRefusal};
+use crate::round::{ConfigError, ConnectionId, CoordinatorConfig, Mode};
+
+/// The state of asynchronous mode.
+#[derive(Debug)]
+pub(super) struct AsyncState {
+    buffer: Buffered<ServerStep>,
+    /// Clients with a request outstanding, and when it lapses.
+    asks: BTreeMap<ConnectionId, Instant>,
+    /// Counters of the updates buffered so far.
+    metrics: LocalMetrics,
+    /// Whether `RoundStarted` was emitted for the buffer being filled.
+    started: bool,
+}
+
+impl AsyncState {
+    /// The state for `config`'s mode: `None` in synchronous mode.
+    pub(super) fn new(config: &CoordinatorConfig) -> Result<Option<Self>, ConfigError> {
+        let Mode::Async { buffer_size, max_staleness } = config.mode else { return Ok(None) };
+        let buffer = config
+            .aggregation
+            .build_buffered(buffer_size, max_staleness)
+            .ok_or(ConfigError::AsyncRobust(config.aggregation.kind))?;
+        Ok(Some(Self { buffer, asks: BTreeMap::new(), metrics: LocalMetrics::default(), started: false }))
+    }
+
+    /// The earliest deadline of an outstanding request.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.asks.values().min().copied()
+    }
+
+    /// Forgets `conn`'s outstanding request.
+    pub(super) fn forget(&mut self, conn: ConnectionId) {
+        self.asks.remove(&conn);
+    }
+}
+
+impl Coordinator {
+    /// Asks `conn` for an update on the model it holds (replacing any outstanding request).
+    pub(super) fn ask(&mut self, conn: ConnectionId, now: Instant) {
+        if self.shutting_down || !matches!(self.peers.get(&conn), Some(Peer::Joined { .. })) {
+            return;
+        }
+        let Some(state) = &mut self.buffered else { return };
+        state.asks.insert(conn, now + self.config.round_deadline);
+        let round = self.round.saturating_add(1);
+        if !state.started {
+            state.started = true;
+            let start =
+                CoordinatorEvent::RoundStarted { round, model_version: self.model_version, sampled: Vec::new() };
+            self.events.push_back(start);
+        }
+        let deadline_ms = u64::try_from(self.config.round_deadline.as_millis()).unwrap_or(u64::MAX);
+        let request = CoordinatorMessage::UpdateRequest { round, model_version: ANY_MODEL_VERSION, deadline_ms };
+        self.transmits.push_back(Outgoing::Message(conn, request));
+    }
+
+    /// Asks again every client whose request lapsed unanswered.
+    pub(super) fn reask_lapsed(&mut self, now: Instant) {
+        let Some(state) = &self.buffered else { return };
+        let lapsed: Vec<ConnectionId> =
+            state.asks.iter().filter(|(_, deadline)| **deadline <= now).map(|(conn, _)| *conn).collect();
+        for conn in lapsed {
+            tracing::debug!(%conn, "update request lapsed; asking again");
+            self.ask(conn, now);
+        }
+    }
+
+    /// Folds an update by its staleness (or refuses it), applies a full buffer, then asks the
+    /// client again.
+    pub(super) fn handle_async_update(&mut self, conn: ConnectionId, update: Update, now: Instant) {
+        let (current, version, round) = (&self.params, self.model_version, self.round.saturating_add(1));
+        let Some(state) = &mut self.buffered else { return };
+        if state.asks.remove(&conn).is_none() {
+            return self.refuse_update(conn, UpdateRefusal::NotSampled);
+        }
+        let folded = if update.metrics.is_consistent() {
+            state.buffer.fold(current, version, &update.delta, update.base_version).map_err(UpdateRefusal::from)
+        } else {
+            let LocalMetrics { samples, prequential_errors: errors } = update.metrics;
+            Err(UpdateRefusal::InconsistentMetrics { errors, samples })
+        };
+        match folded {
+            Ok(folded) => {
+                let metrics = &mut state.metrics;
+                metrics.samples = metrics.samples.saturating_add(update.metrics.samples);
+                metrics.prequential_errors =
+                    metrics.prequential_errors.saturating_add(update.metrics.prequential_errors);
+                let ready = state.buffer.ready();
+                if folded.outlier {
+                    let bound = self.config.aggregation.outlier_norm;
+                    tracing::warn!(%conn, norm = folded.norm, ?bound, clipped = folded.clipped,
+                        "outlier update: its norm exceeds the outlier bound (folded in nonetheless)");
+                }
+                let staleness = version.saturating_sub(update.base_version);
+                tracing::debug!(%conn, staleness, base_version = update.base_version, "update buffered");
+                self.events.push_back(CoordinatorEvent::UpdateAccepted { conn, round, samples: update.samples });
+                if ready {
+                    self.apply_buffer();
+                }
+            }
+            Err(refusal) => self.refuse_update(conn, refusal),
+        }
+        self.ask(conn, now);
+    }
+
+    /// Turns the full buffer into the next model version and sends it to every joined client.
+    fn apply_buffer(&mut self) {
+        let Some(state) = &mut self.buffered else { return };
+        let round = self.round.saturating_add(1);
+        let participants = state.buffer.buffered();
+        let LocalMetrics { samples, prequential_errors } = std::mem::take(&mut state.metrics);
+        state.started = false;
+        match state.buffer.apply(&self.params) {
+            Ok(params) => {
+                self.params = params;
+                self.model_version += 1;
+                self.round = round;
+                let joined: Vec<ConnectionId> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, peer)| matches!(peer, Peer::Joined { .. }))
+                    .map(|(conn, _)| *conn)
+                    .collect();
+                self.transmits.extend(joined.into_iter().map(Outgoing::LatestModel));
+                let mean_local_error = (samples > 0).then(|| prequential_errors as f64 / samples as f64);
+                tracing::info!(round, model_version = self.model_version, participants, "buffer applied");
+                self.events.push_back(CoordinatorEvent::RoundCommitted {
+                    round,
+                    model_version: self.model_version,
+                    participants,
+                    samples,
+                    mean_local_error,
+                });
+            }
+            Err(error) => {
+                state.buffer.clear();
+                tracing::warn!(round, %error, "buffer could not be applied; discarded");
+                self.events
+                    .push_back(CoordinatorEvent::RoundFailed { round, reason: RoundFailure::Aggregation(error) });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
