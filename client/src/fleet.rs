@@ -130,7 +130,10 @@ fn drive(
             loop {
                 match client.inbox.try_recv() {
                     Ok(request) => {
-                        if matches!(answer(&mut client.learner, device, request, None)?, crate::run::Answer::Contributed) {
+                        if matches!(
+                            answer(&mut client.learner, device, request, None)?,
+                            crate::run::Answer::Contributed
+                        ) {
                             client.updates += 1;
                         }
                         busy = true;
