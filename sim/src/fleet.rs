@@ -57,6 +57,10 @@ pub struct FleetConfig {
     pub late_join: usize,
     /// SIGKILL one client mid-run and restart it on its state dir.
     pub kill_restart: bool,
+    /// Clients (the last ones) whose streams run `slow_factor` times slower.
+    pub slow_clients: usize,
+    /// How much slower the slow clients' streams are.
+    pub slow_factor: f64,
     /// Clients (the first ones) that corrupt their updates with `attack`.
     pub byzantine: usize,
     /// `sign-flip`, `scale` or `nan` (see `flotilla-client run --attack`).
@@ -133,6 +137,8 @@ struct Slot {
     back_at: Option<(Instant, usize)>,
     /// `--attack KIND` for a Byzantine client.
     attack: Option<String>,
+    /// Samples per second of this client's stream.
+    rate: f64,
 }
 
 impl Slot {
@@ -203,7 +209,7 @@ impl Fleet<'_> {
             "--name".into(),
             slot.name.clone(),
             "--rate".into(),
-            format!("{}", self.config.rate),
+            format!("{}", slot.rate),
             "--backend".into(),
             "cpu".into(),
             "--state-dir".into(),
@@ -332,6 +338,11 @@ pub fn run(config: &FleetConfig, interrupt: &Interrupt) -> anyhow::Result<FleetO
                 late: i >= config.shards.len().saturating_sub(config.late_join),
                 back_at: None,
                 attack: (i < config.byzantine).then(|| config.attack.clone()),
+                rate: if i >= config.shards.len().saturating_sub(config.slow_clients) {
+                    config.rate / config.slow_factor
+                } else {
+                    config.rate
+                },
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;

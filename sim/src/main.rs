@@ -81,6 +81,13 @@ struct Args {
     /// SIGKILL one client after a third of the rounds and restart it on its state dir.
     #[arg(long)]
     kill_restart: bool,
+    /// This many clients (the last ones) are slow devices: their streams run --slow-factor
+    /// times slower (compare `--coordinator-arg=--mode --coordinator-arg=async` with sync).
+    #[arg(long, default_value_t = 0)]
+    slow_clients: usize,
+    /// How much slower the slow clients are.
+    #[arg(long, default_value_t = 10.0)]
+    slow_factor: f64,
     /// Fraction of clients that are Byzantine: they corrupt every update with --attack.
     #[arg(long, default_value_t = 0.0)]
     byzantine_fraction: f64,
@@ -291,6 +298,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         late_join: args.late_join,
         kill_restart: args.kill_restart,
         coordinator_args: args.coordinator_arg.clone(),
+        slow_clients: args.slow_clients.min(args.clients),
+        slow_factor: args.slow_factor.max(1.0),
         byzantine: (args.byzantine_fraction.clamp(0.0, 1.0) * args.clients as f64).ceil() as usize,
         attack: args.attack.clone(),
         timeout: args.timeout,
