@@ -131,16 +131,8 @@ impl Coordinator {
         state.started = false;
         match state.buffer.apply(&self.params) {
             Ok(params) => {
-                self.params = params;
-                self.model_version += 1;
+                self.publish_model(params);
                 self.round = round;
-                let joined: Vec<ConnectionId> = self
-                    .peers
-                    .iter()
-                    .filter(|(_, peer)| matches!(peer, Peer::Joined { .. }))
-                    .map(|(conn, _)| *conn)
-                    .collect();
-                self.transmits.extend(joined.into_iter().map(Outgoing::LatestModel));
                 let mean_local_error = (samples > 0).then(|| prequential_errors as f64 / samples as f64);
                 tracing::info!(round, model_version = self.model_version, participants, "buffer applied");
                 self.events.push_back(CoordinatorEvent::RoundCommitted {

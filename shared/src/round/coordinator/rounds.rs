@@ -4,6 +4,7 @@ use crate::hbp::model::project_alpha;
 use std::time::Instant;
 
 use super::{ActiveRound, Answer, Coordinator, Outgoing, Peer};
+use crate::params::ParameterVector;
 use crate::protocol::{CoordinatorMessage, LocalMetrics, Update};
 use crate::round::events::{CoordinatorEvent, RoundFailure, UpdateRefusal};
 use crate::round::{ConnectionId, StalenessPolicy, sampling};
@@ -113,6 +114,17 @@ impl Coordinator {
         self.events.push_back(CoordinatorEvent::UpdateRefused { conn, reason });
     }
 
+    /// Makes `params` the new global model version and queues it for every joined client.
+    /// α is a constrained parameter: it is put back on the floored simplex after any step.
+    pub(super) fn publish_model(&mut self, mut params: ParameterVector) {
+        project_alpha(&self.spec, &mut params);
+        self.params = params;
+        self.model_version += 1;
+        let joined: Vec<ConnectionId> =
+            self.peers.iter().filter(|(_, peer)| matches!(peer, Peer::Joined { .. })).map(|(conn, _)| *conn).collect();
+        self.transmits.extend(joined.into_iter().map(Outgoing::LatestModel));
+    }
+
     /// Commits the round if it reached the quorum, fails it otherwise; then tries the next.
     pub(super) fn end_round(&mut self, now: Instant) {
         let Some(active) = self.active.take() else { return };
@@ -125,18 +137,8 @@ impl Coordinator {
             self.aggregator.finish(&self.params).map_err(RoundFailure::Aggregation)
         };
         match outcome {
-            Ok(mut params) => {
-                // α is a constrained parameter: keep it a floored distribution after any step.
-                project_alpha(&self.spec, &mut params);
-                self.params = params;
-                self.model_version += 1;
-                let joined: Vec<ConnectionId> = self
-                    .peers
-                    .iter()
-                    .filter(|(_, peer)| matches!(peer, Peer::Joined { .. }))
-                    .map(|(conn, _)| *conn)
-                    .collect();
-                self.transmits.extend(joined.into_iter().map(Outgoing::LatestModel));
+            Ok(params) => {
+                self.publish_model(params);
                 let LocalMetrics { samples, prequential_errors } = active.metrics;
                 let mean_local_error = (samples > 0).then(|| prequential_errors as f64 / samples as f64);
                 tracing::info!(round, model_version = self.model_version, accepted, "round committed");
