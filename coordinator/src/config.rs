@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use flotilla::aggregate::{StrategyConfig, StrategyKind};
 use flotilla::hbp::HbpConfig;
+use flotilla::model::ModelSpec;
 use flotilla::protocol::framing::FrameLimit;
 use flotilla::round::{CoordinatorConfig, Mode};
 
@@ -143,10 +144,14 @@ pub struct Options {
     pub seed: Option<u32>,
     /// Initial global model instead of a fresh one: either a Flotilla checkpoint file (its
     /// spec, round and model version are taken too) or a bincode-encoded (standard config)
-    /// ParameterVector matching --inputs/--classes and the shape flags. Ignored, with a
+    /// ParameterVector matching --inputs/--classes and the shape flags (or --vector-len). Ignored, with a
     /// warning, when DATA_DIR already holds a checkpoint.
     #[arg(long, value_name = "FILE")]
     pub initial_params: Option<PathBuf>,
+    /// Train a bare vector of P f32 parameters instead of an HBP network (no learner: for
+    /// benchmarks and external trainers); starts from --initial-params, else from zeros.
+    #[arg(long, value_name = "P", conflicts_with_all = ["inputs", "classes"])]
+    pub vector_len: Option<u64>,
     /// Joined clients needed to start a round, and updates needed to commit it [default: 2].
     #[arg(long)]
     pub min_clients: Option<usize>,
@@ -258,7 +263,7 @@ pub struct Config {
     /// File of accepted tokens.
     pub tokens_file: Option<PathBuf>,
     /// Model spec from the flags, when `--inputs` and `--classes` were given.
-    pub spec: Option<HbpConfig>,
+    pub spec: Option<ModelSpec>,
     /// Initial model file.
     pub initial_params: Option<PathBuf>,
     /// Round settings (auth tokens are filled from `tokens_file` at start).
@@ -285,7 +290,7 @@ impl Options {
             if self.dev_cert_names.is_empty() { file.dev_cert_names.clone() } else { self.dev_cert_names.clone() };
         let merged = prefer!(self, file; listen, data_dir, cert, key, client_ca, tokens_file, inputs, classes,
             hidden_layers, width, lr, beta, smoothing, seed, initial_params, min_clients, sample_fraction,
-            round_deadline, round_interval, join_timeout, rounds, max_frame_mib, eval_data, strategy, server_lr,
+            round_deadline, round_interval, join_timeout, rounds, vector_len, max_frame_mib, eval_data, strategy, server_lr,
             beta1, beta2, tau, trim_fraction, byzantine, multi_krum_m, clip_norm, outlier_norm, max_held_updates,
             mode, buffer_size, max_staleness);
         Options { no_input_head, dev_cert_names, ..merged }
@@ -313,20 +318,26 @@ impl Options {
             _ => bail!("--cert and --key go together"),
         };
         let spec = match (self.inputs, self.classes) {
-            (Some(inputs), Some(classes)) => Some(HbpConfig {
-                inputs,
-                classes,
-                hidden_layers: self.hidden_layers.unwrap_or(19),
-                width: self.width.unwrap_or(100),
-                learning_rate: self.lr.unwrap_or(0.01),
-                beta: self.beta.unwrap_or(0.99),
-                smoothing: self.smoothing.unwrap_or(0.2),
-                input_head: !self.no_input_head,
-                seed: self.seed.unwrap_or(0),
-            }),
-            (None, None) => None,
+            (Some(inputs), Some(classes)) => Some(
+                HbpConfig {
+                    inputs,
+                    classes,
+                    hidden_layers: self.hidden_layers.unwrap_or(19),
+                    width: self.width.unwrap_or(100),
+                    learning_rate: self.lr.unwrap_or(0.01),
+                    beta: self.beta.unwrap_or(0.99),
+                    smoothing: self.smoothing.unwrap_or(0.2),
+                    input_head: !self.no_input_head,
+                    seed: self.seed.unwrap_or(0),
+                }
+                .into(),
+            ),
+            (None, None) => self.vector_len.map(|len| ModelSpec::Vector { len }),
             _ => bail!("--inputs and --classes go together"),
         };
+        if spec.is_some() && self.inputs.is_some() && self.vector_len.is_some() {
+            bail!("--vector-len and --inputs/--classes describe two different models; give one");
+        }
         let mode = match self.mode.unwrap_or_default() {
             ModeName::Sync => {
                 if self.buffer_size.is_some() || self.max_staleness.is_some() {

@@ -1,17 +1,40 @@
-//! Loading the coordinator's held-out rows; the evaluation itself is [`flotilla::evaluate`].
+//! The coordinator's held-out rows and the model they evaluate; the evaluation itself is
+//! [`flotilla::evaluate`].
 
 use std::path::Path;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
+use flotilla::compute::ComputeDevice;
 use flotilla::data::Dataset;
 use flotilla::hbp::HbpConfig;
+use flotilla::model::ModelSpec;
+use flotilla::params::ParameterVector;
 
 pub use flotilla::evaluate::EvalSet;
 
-/// Reads a labelled CSV whose shape must match `spec`.
-pub fn load(path: &Path, spec: &HbpConfig) -> anyhow::Result<EvalSet> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening eval data {}", path.display()))?;
-    let data = Dataset::from_csv(std::io::BufReader::new(file), Some(spec.classes))
-        .with_context(|| format!("reading eval data {}", path.display()))?;
-    EvalSet::new(&data, spec).with_context(|| format!("eval data {}", path.display()))
+/// Held-out rows, the HBP spec they are evaluated with and the CPU device to do it on.
+pub struct Evaluator {
+    set: EvalSet,
+    spec: HbpConfig,
+    device: ComputeDevice,
+}
+
+impl Evaluator {
+    /// Reads a labelled CSV whose shape must match `spec` (an HBP model: a bare vector has
+    /// no prediction to evaluate).
+    pub fn load(path: &Path, spec: &ModelSpec, device: ComputeDevice) -> anyhow::Result<Self> {
+        let Some(spec) = spec.hbp() else {
+            bail!("--eval-data needs an HBP model to predict with; this coordinator trains a {spec}");
+        };
+        let file = std::fs::File::open(path).with_context(|| format!("opening eval data {}", path.display()))?;
+        let data = Dataset::from_csv(std::io::BufReader::new(file), Some(spec.classes))
+            .with_context(|| format!("reading eval data {}", path.display()))?;
+        let set = EvalSet::new(&data, spec).with_context(|| format!("eval data {}", path.display()))?;
+        Ok(Self { set, spec: spec.clone(), device })
+    }
+
+    /// The error rate (percent) of `params` on the held-out rows.
+    pub fn error_pct(&self, params: &ParameterVector) -> anyhow::Result<f64> {
+        Ok(self.set.error_pct(&self.spec, params, &self.device.device)?)
+    }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use flotilla::checkpoint::Checkpoint;
-use flotilla::compute::{BackendChoice, ComputeDevice, select};
+use flotilla::compute::{BackendChoice, select};
 use flotilla::protocol::framing::encode_frame;
 use flotilla::protocol::{ALPN, CoordinatorMessage};
 use flotilla::round::{ConnectionId, Coordinator};
@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, TlsSource, read_tokens};
 use crate::connection::{self, Traffic};
-use crate::eval::EvalSet;
+use crate::eval::Evaluator;
 use crate::persist::{DataFiles, RoundRecord, append_record, save_checkpoint};
 use crate::shell::Shell;
 use crate::state::{Origin, initial_state};
@@ -35,7 +35,7 @@ pub struct Server {
     origin: Origin,
     start: (u64, u64),
     dev_pki: Option<DevPki>,
-    eval: Option<(EvalSet, ComputeDevice)>,
+    eval: Option<Evaluator>,
     /// Error of the starting model on the held-out data, when there is any.
     start_error: Option<f64>,
 }
@@ -71,12 +71,12 @@ pub async fn bind(mut config: Config) -> anyhow::Result<Server> {
     let model_message = CoordinatorMessage::Model { model_version: 0, round: 0, params: checkpoint.params.clone() };
     encode_frame(&model_message, config.max_frame).context("the model does not fit in one frame (--max-frame-mib)")?;
     let eval = match &config.eval_data {
-        Some(path) => Some((crate::eval::load(path, &checkpoint.spec)?, device)),
+        Some(path) => Some(Evaluator::load(path, &checkpoint.spec, device)?),
         None => None,
     };
     let start_error = match &eval {
-        Some((set, device)) => {
-            let pct = set.error_pct(&checkpoint.spec, &checkpoint.params, &device.device)?;
+        Some(evaluator) => {
+            let pct = evaluator.error_pct(&checkpoint.params)?;
             tracing::info!(global_error_pct = pct, model_version = start.1, "starting model evaluated");
             Some(pct)
         }
@@ -206,15 +206,15 @@ pub(crate) struct Committed {
 fn persist_loop(
     mut queue: mpsc::UnboundedReceiver<Committed>,
     files: DataFiles,
-    eval: Option<(EvalSet, ComputeDevice)>,
+    eval: Option<Evaluator>,
     start_error: Option<f64>,
 ) -> anyhow::Result<()> {
     let mut previous_error = start_error;
     while let Some(Committed { checkpoint, mut record }) = queue.blocking_recv() {
         record.start_global_error_pct = previous_error;
         save_checkpoint(&files.checkpoint, &checkpoint)?;
-        if let Some((set, device)) = &eval {
-            match set.error_pct(&checkpoint.spec, &checkpoint.params, &device.device) {
+        if let Some(evaluator) = &eval {
+            match evaluator.error_pct(&checkpoint.params) {
                 Ok(pct) => record.global_error_pct = Some(pct),
                 Err(error) => tracing::warn!(round = record.round, error = %format!("{error:#}"), "evaluation failed"),
             }

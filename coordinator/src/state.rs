@@ -5,7 +5,8 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use flotilla::checkpoint::{CHECKPOINT_MAGIC, Checkpoint};
 use flotilla::compute::ComputeDevice;
-use flotilla::hbp::{HbpConfig, HbpModel, model::layout};
+use flotilla::hbp::HbpModel;
+use flotilla::model::ModelSpec;
 use flotilla::params::ParameterVector;
 use flotilla::protocol::framing::decode_message;
 
@@ -42,21 +43,36 @@ pub(crate) fn initial_state(
         return Ok((checkpoint, Origin::InitialParams));
     }
     let Some(spec) = config.spec.clone() else {
-        bail!("no model to train: give --inputs and --classes (or --initial-params), or a data dir with a checkpoint");
+        bail!(
+            "no model to train: give --inputs and --classes (or --vector-len, or --initial-params), or a data dir \
+             with a checkpoint"
+        );
     };
-    let model = HbpModel::new(spec.clone(), &device.device).context("building the initial model")?;
-    let params = model.to_parameters().context("exporting the initial model")?;
+    spec.validate().context("model flags")?;
+    let params = match &spec {
+        ModelSpec::Hbp(hbp) => HbpModel::new(hbp.clone(), &device.device)
+            .context("building the initial model")?
+            .to_parameters()
+            .context("exporting the initial model")?,
+        ModelSpec::Vector { len } => {
+            let zeros = vec![0.0; usize::try_from(*len).context("--vector-len does not fit this machine")?];
+            ParameterVector::new(&spec.layout(), zeros).context("building the initial vector")?
+        }
+    };
     Ok((Checkpoint { round: 0, model_version: 0, spec, params }, Origin::Fresh))
 }
 
 /// Reads `--initial-params`: a checkpoint, or a bincode `ParameterVector` for `spec`.
-fn initial_params(path: &Path, spec: Option<&HbpConfig>) -> anyhow::Result<Checkpoint> {
+fn initial_params(path: &Path, spec: Option<&ModelSpec>) -> anyhow::Result<Checkpoint> {
     let bytes = std::fs::read(path).with_context(|| format!("reading --initial-params {}", path.display()))?;
     if bytes.starts_with(&CHECKPOINT_MAGIC) {
         return Checkpoint::decode(&bytes).with_context(|| format!("checkpoint {} is unusable", path.display()));
     }
     let Some(spec) = spec else {
-        bail!("{} holds a bare parameter vector: give --inputs and --classes to describe it", path.display());
+        bail!(
+            "{} holds a bare parameter vector: give --inputs and --classes (or --vector-len) to describe it",
+            path.display()
+        );
     };
     let params: ParameterVector = decode_message(&bytes)
         .with_context(|| format!("{} is neither a checkpoint nor a bincode ParameterVector", path.display()))?;
@@ -64,11 +80,11 @@ fn initial_params(path: &Path, spec: Option<&HbpConfig>) -> anyhow::Result<Check
 }
 
 /// Checks the state's parameters against its spec, and its spec against the flags' one.
-fn check(checkpoint: &Checkpoint, flags: Option<&HbpConfig>, source: &Path) -> anyhow::Result<()> {
+fn check(checkpoint: &Checkpoint, flags: Option<&ModelSpec>, source: &Path) -> anyhow::Result<()> {
     checkpoint.spec.validate().with_context(|| format!("model spec in {}", source.display()))?;
     checkpoint
         .params
-        .check(&layout(&checkpoint.spec))
+        .check(&checkpoint.spec.layout())
         .with_context(|| format!("parameters in {} do not fit their spec", source.display()))?;
     if let Some(flags) = flags
         && flags != &checkpoint.spec

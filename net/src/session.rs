@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use flotilla::hbp::HbpConfig;
+use flotilla::model::ModelSpec;
 use flotilla::params::{Fingerprint, ParameterVector};
 use flotilla::protocol::framing::FrameLimit;
 use flotilla::protocol::{ALPN, ErrorCode, LocalMetrics};
@@ -34,7 +34,7 @@ pub enum LearnerRequest {
     /// (Re)connected and welcomed: the model to train has this shape and layout.
     Welcome {
         /// Shape and hyper-parameters of the model.
-        spec: HbpConfig,
+        spec: ModelSpec,
         /// Fingerprint of its parameter layout.
         fingerprint: Fingerprint,
     },

@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::hbp::HbpConfig;
+use crate::model::ModelSpec;
 use crate::params::{ParameterError, ParameterVector};
 use crate::protocol::framing::{FramingError, decode_bounded};
 
@@ -27,7 +27,7 @@ use crate::protocol::framing::{FramingError, decode_bounded};
 pub const CHECKPOINT_MAGIC: [u8; 8] = *b"FLOTCKPT";
 
 /// Version of the checkpoint format written by this build.
-pub const CHECKPOINT_FORMAT_VERSION: u16 = 1;
+pub const CHECKPOINT_FORMAT_VERSION: u16 = 2;
 
 const HEADER_LEN: usize = 8 + 2 + 8;
 const CHECKSUM_LEN: usize = 32;
@@ -40,7 +40,7 @@ pub struct Checkpoint {
     /// Version of `params` (number of committed rounds).
     pub model_version: u64,
     /// Shape and hyper-parameters of the model.
-    pub spec: HbpConfig,
+    pub spec: ModelSpec,
     /// The global parameters.
     pub params: ParameterVector,
 }

@@ -4,6 +4,7 @@
 //! - [`hbp`]: the Hedge Backpropagation learner on burn tensors (any backend, chosen by
 //!   `Device`); its configuration is the model spec a coordinator announces.
 //! - [`compute`]: picking the device: burn-wgpu on Vulkan, or burn's flex CPU backend.
+//! - [`model`]: what a federation trains: an HBP network or a bare parameter vector.
 //! - [`params`]: flat, versioned parameter vectors with a layout fingerprint (what crosses
 //!   the wire and what checkpoints hold).
 //! - [`data`]: labelled CSV streams, row by row or whole, with line-numbered errors.
@@ -26,6 +27,7 @@ pub mod data;
 pub mod evaluate;
 pub mod hbp;
 pub mod local;
+pub mod model;
 pub mod params;
 pub mod prequential;
 pub mod protocol;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Version of the flat parameter format; bumped whenever its meaning changes.
-pub const PARAMETER_FORMAT_VERSION: u16 = 1;
+pub const PARAMETER_FORMAT_VERSION: u16 = 2;
 
 /// A stable 64-bit hash of a [`Layout`]'s names and shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -139,7 +139,9 @@ pub struct ParameterVector {
     pub format_version: u16,
     /// Fingerprint of the writer's [`Layout`].
     pub fingerprint: Fingerprint,
-    /// The values, concatenated row-major in layout order.
+    /// The values, concatenated row-major in layout order; on the wire one byte string of
+    /// little-endian `f32`s (see [`f32_bytes`]), not a sequence of separately encoded floats.
+    #[serde(with = "f32_bytes")]
     pub values: Vec<f32>,
 }
 
@@ -194,6 +196,52 @@ impl ParameterVector {
     }
 }
 
+/// Serde of a `Vec<f32>` as one byte string of little-endian values.
+///
+/// Serialising a sequence costs one serializer call per float and, for bincode's
+/// variable-length integers, a pass over every value; a byte string is one length and one
+/// `memcpy`-like copy each way, which matters for multi-megabyte models sent every round.
+pub mod f32_bytes {
+    use serde::de::{Error, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    /// Serialises `values` as a byte string of little-endian `f32`s.
+    pub fn serialize<S: Serializer>(values: &[f32], serializer: S) -> Result<S::Ok, S::Error> {
+        let mut bytes = Vec::with_capacity(values.len() * 4);
+        for value in values {
+            bytes.extend_from_slice(&value.to_le_bytes());
+        }
+        serializer.serialize_bytes(&bytes)
+    }
+
+    /// Reads a byte string whose length is a multiple of four back into `f32`s.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<f32>, D::Error> {
+        deserializer.deserialize_bytes(F32Bytes)
+    }
+
+    struct F32Bytes;
+
+    impl<'de> Visitor<'de> for F32Bytes {
+        type Value = Vec<f32>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a byte string of little-endian f32 values")
+        }
+
+        fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Vec<f32>, E> {
+            let (chunks, rest) = bytes.as_chunks::<4>();
+            if !rest.is_empty() {
+                return Err(E::invalid_length(bytes.len(), &"a multiple of 4 bytes"));
+            }
+            Ok(chunks.iter().map(|chunk| f32::from_le_bytes(*chunk)).collect())
+        }
+
+        fn visit_byte_buf<E: Error>(self, bytes: Vec<u8>) -> Result<Vec<f32>, E> {
+            self.visit_bytes(&bytes)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,6 +279,23 @@ mod tests {
         vector.values[4] = 0.0;
         vector.format_version = 99;
         assert!(matches!(vector.check(&layout(vec![2, 3])), Err(ParameterError::UnsupportedVersion { found: 99, .. })));
+    }
+
+    #[test]
+    fn values_travel_as_one_byte_string() {
+        let l = layout(vec![2, 3]);
+        let vector = ParameterVector::new(&l, (0..9).map(|v| v as f32 - 4.5).collect()).unwrap();
+        let bytes = bincode::serde::encode_to_vec(&vector, bincode::config::standard()).unwrap();
+        // Version (1 byte), fingerprint (a varint, at most 9), length (1) and the 36 value bytes.
+        assert!(bytes.len() <= 1 + 9 + 1 + 36, "{} bytes", bytes.len());
+        let (back, _): (ParameterVector, usize) =
+            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
+        assert_eq!(back, vector);
+        // The same shape of payload with 35 value bytes: not a whole number of floats.
+        let ragged =
+            bincode::serde::encode_to_vec((2u16, vector.fingerprint, vec![0u8; 35]), bincode::config::standard())
+                .unwrap();
+        assert!(bincode::serde::decode_from_slice::<ParameterVector, _>(&ragged, bincode::config::standard()).is_err());
     }
 
     #[test]

@@ -43,7 +43,7 @@ fn a_client_sends_parameters_and_counts_never_samples() {
         CoordinatorMessage::Welcome {
             client_id: 7,
             protocol_version: PROTOCOL_VERSION,
-            spec,
+            spec: spec.into(),
             fingerprint,
             round: 0,
             model_version: 0,

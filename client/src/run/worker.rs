@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use burn::tensor::Device;
-use flotilla::hbp::model::layout;
 use flotilla::local::{ClientState, Counts, LocalLearner};
+use flotilla::model::ModelSpec;
 use flotilla_net::{LearnerRequest, LocalUpdate};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio_util::sync::CancellationToken;
@@ -194,9 +194,12 @@ pub fn answer(
 ) -> anyhow::Result<Answer> {
     match request {
         LearnerRequest::Welcome { spec, fingerprint } => {
-            if layout(&spec).fingerprint() != fingerprint {
+            if spec.validate().is_err() || spec.layout().fingerprint() != fingerprint {
                 bail!("the coordinator's model layout ({fingerprint}) does not match its spec in this build");
             }
+            let ModelSpec::Hbp(spec) = spec else {
+                bail!("the coordinator trains a {spec}; flotilla-client learns HBP models only");
+            };
             if learner.as_ref().is_some_and(|l| *l.spec() == spec) {
                 return Ok(Answer::Nothing);
             }

@@ -40,6 +40,7 @@ fn flags_override_the_file_and_defaults_fill_the_rest() {
     assert_eq!(config.rounds.round_deadline, Duration::from_secs(3));
     assert_eq!(config.rounds.round_interval, Duration::ZERO);
     let spec = config.spec.unwrap();
+    let spec = spec.hbp().unwrap();
     assert_eq!((spec.inputs, spec.classes, spec.width, spec.hidden_layers, spec.input_head), (4, 3, 16, 19, false));
     assert_eq!(config.max_frame, FrameLimit::new(64 << 20));
     assert_eq!(config.tls, TlsSource::Dev { extra_names: vec![] });

@@ -108,7 +108,9 @@ pub fn fake_learner_after(step: f32, samples: u64, delay: Duration) -> (mpsc::Se
         let mut shape: Option<(HbpConfig, Fingerprint)> = None;
         while let Some(request) = rx.recv().await {
             match request {
-                LearnerRequest::Welcome { spec, fingerprint } => shape = Some((spec, fingerprint)),
+                LearnerRequest::Welcome { spec, fingerprint } => {
+                    shape = spec.hbp().cloned().map(|spec| (spec, fingerprint))
+                }
                 LearnerRequest::Adopt { .. } => {}
                 LearnerRequest::Update { reply, .. } => {
                     let (spec, _) = shape.as_ref().unwrap();

@@ -1,11 +1,12 @@
 use super::*;
+use crate::hbp::HbpConfig;
 use crate::params::{Fingerprint, PARAMETER_FORMAT_VERSION};
 
 fn checkpoint() -> Checkpoint {
     Checkpoint {
         round: 12,
         model_version: 9,
-        spec: HbpConfig::new(4, 3),
+        spec: HbpConfig::new(4, 3).into(),
         params: ParameterVector {
             format_version: PARAMETER_FORMAT_VERSION,
             fingerprint: Fingerprint(0xfeed),
@@ -54,8 +55,12 @@ fn every_flipped_byte_is_detected() {
 fn bad_magic_and_future_version_are_refused() {
     assert_eq!(Checkpoint::decode(b"PK\x03\x04 not a checkpoint at all"), Err(CheckpointError::BadMagic));
     let mut bytes = checkpoint().encode().unwrap();
-    bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
-    assert_eq!(Checkpoint::decode(&bytes), Err(CheckpointError::UnsupportedVersion { found: 2, supported: 1 }));
+    bytes[8..10].copy_from_slice(&(CHECKPOINT_FORMAT_VERSION + 1).to_le_bytes());
+    let supported = CHECKPOINT_FORMAT_VERSION;
+    assert_eq!(
+        Checkpoint::decode(&bytes),
+        Err(CheckpointError::UnsupportedVersion { found: supported + 1, supported })
+    );
 }
 
 #[test]

@@ -24,11 +24,11 @@ pub mod framing;
 
 use serde::{Deserialize, Serialize};
 
-use crate::hbp::HbpConfig;
+use crate::model::ModelSpec;
 use crate::params::{Fingerprint, ParameterVector};
 
 /// Version of the message set below; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// QUIC application protocol name (ALPN) of this protocol version.
 pub const ALPN: &[u8] = b"flotilla/1";
@@ -73,7 +73,7 @@ pub enum CoordinatorMessage {
         /// [`PROTOCOL_VERSION`] of the coordinator.
         protocol_version: u16,
         /// Shape and hyper-parameters of the model.
-        spec: HbpConfig,
+        spec: ModelSpec,
         /// Fingerprint of the model's parameter layout.
         fingerprint: Fingerprint,
         /// Latest round the coordinator has started (0 before the first).

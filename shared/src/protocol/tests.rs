@@ -1,9 +1,15 @@
+use crate::hbp::HbpConfig;
+use crate::model::ModelSpec;
 use proptest::prelude::*;
 
 use super::framing::{FrameDecoder, FrameLimit, decode_message, encode_frame};
 use super::*;
 
-fn spec() -> impl Strategy<Value = HbpConfig> {
+fn spec() -> impl Strategy<Value = ModelSpec> {
+    prop_oneof![hbp_spec().prop_map(ModelSpec::Hbp), any::<u64>().prop_map(|len| ModelSpec::Vector { len })]
+}
+
+fn hbp_spec() -> impl Strategy<Value = HbpConfig> {
     (1usize..64, 2usize..10, 0usize..20, 1usize..200, any::<bool>(), any::<u32>()).prop_map(
         |(inputs, classes, hidden_layers, width, input_head, seed)| HbpConfig {
             hidden_layers,

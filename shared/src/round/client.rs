@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::CloseReason;
 use crate::aggregate::check_delta;
-use crate::hbp::HbpConfig;
+use crate::model::ModelSpec;
 use crate::params::{Fingerprint, ParameterError, ParameterVector};
 use crate::protocol::framing::decode_message;
 use crate::protocol::{ClientMessage, CoordinatorMessage, ErrorCode, LocalMetrics, PROTOCOL_VERSION, Update};
@@ -34,7 +34,7 @@ pub enum ClientEvent {
         /// Identifier the coordinator gave this client.
         client_id: u64,
         /// Shape and hyper-parameters of the model to train.
-        spec: HbpConfig,
+        spec: ModelSpec,
         /// Fingerprint of the model's parameter layout.
         fingerprint: Fingerprint,
         /// Latest round the coordinator has started.

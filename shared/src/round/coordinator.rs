@@ -16,7 +16,7 @@ use super::events::{CoordinatorEvent, RoundFailure};
 use super::{CloseReason, ConfigError, ConnectionId, CoordinatorConfig};
 use crate::aggregate::Aggregator;
 use crate::checkpoint::Checkpoint;
-use crate::hbp::HbpConfig;
+use crate::model::ModelSpec;
 use crate::params::ParameterVector;
 use crate::protocol::framing::decode_message;
 use crate::protocol::{ClientMessage, CoordinatorMessage, ErrorCode, LocalMetrics, PROTOCOL_VERSION};
@@ -59,7 +59,7 @@ enum Outgoing {
 /// The coordinator: admits clients, runs rounds and holds the global model.
 pub struct Coordinator {
     config: CoordinatorConfig,
-    spec: HbpConfig,
+    spec: ModelSpec,
     params: ParameterVector,
     model_version: u64,
     round: u64,
@@ -79,8 +79,12 @@ pub struct Coordinator {
 impl Coordinator {
     /// A coordinator starting from `params` at model version 0, before round 1, aggregating
     /// with the strategy of `config.aggregation`.
-    pub fn new(config: CoordinatorConfig, spec: HbpConfig, params: ParameterVector) -> Result<Self, ConfigError> {
-        Self::from_checkpoint(config, Checkpoint { round: 0, model_version: 0, spec, params })
+    pub fn new(
+        config: CoordinatorConfig,
+        spec: impl Into<ModelSpec>,
+        params: ParameterVector,
+    ) -> Result<Self, ConfigError> {
+        Self::from_checkpoint(config, Checkpoint { round: 0, model_version: 0, spec: spec.into(), params })
     }
 
     /// A coordinator resuming from a checkpoint; the next round is `checkpoint.round + 1`.

@@ -1,4 +1,5 @@
 use super::*;
+use crate::hbp::HbpConfig;
 use crate::params::PARAMETER_FORMAT_VERSION;
 
 const FINGERPRINT: Fingerprint = Fingerprint(42);
@@ -11,7 +12,7 @@ fn welcome(protocol_version: u16) -> CoordinatorMessage {
     CoordinatorMessage::Welcome {
         client_id: 5,
         protocol_version,
-        spec: HbpConfig::new(4, 2),
+        spec: HbpConfig::new(4, 2).into(),
         fingerprint: FINGERPRINT,
         round: 3,
         model_version: 2,
@@ -40,8 +41,11 @@ fn ready(now: Instant) -> Client {
 fn join_welcome_model_request_update() {
     let t0 = Instant::now();
     let mut client = Client::new("edge-1", Some("token".into()));
-    let join =
-        ClientMessage::Join { protocol_version: 1, client_name: "edge-1".into(), auth_token: Some("token".into()) };
+    let join = ClientMessage::Join {
+        protocol_version: PROTOCOL_VERSION,
+        client_name: "edge-1".into(),
+        auth_token: Some("token".into()),
+    };
     assert_eq!(client.poll_transmit(), Some(join));
     assert_eq!(client.poll_transmit(), None);
     client.handle_message(welcome(PROTOCOL_VERSION), t0);
@@ -53,7 +57,7 @@ fn join_welcome_model_request_update() {
         [
             ClientEvent::Welcomed {
                 client_id: 5,
-                spec: HbpConfig::new(4, 2),
+                spec: HbpConfig::new(4, 2).into(),
                 fingerprint: FINGERPRINT,
                 round: 3,
                 model_version: 2

@@ -1,6 +1,5 @@
 //! Starting, feeding and ending rounds.
 
-use crate::hbp::model::project_alpha;
 use std::time::Instant;
 
 use super::{ActiveRound, Answer, Coordinator, Outgoing, Peer};
@@ -117,7 +116,7 @@ impl Coordinator {
     /// Makes `params` the new global model version and queues it for every joined client.
     /// α is a constrained parameter: it is put back on the floored simplex after any step.
     pub(super) fn publish_model(&mut self, mut params: ParameterVector) {
-        project_alpha(&self.spec, &mut params);
+        self.spec.project(&mut params);
         self.params = params;
         self.model_version += 1;
         let joined: Vec<ConnectionId> =

@@ -1,3 +1,4 @@
+use crate::hbp::HbpConfig;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -97,7 +98,7 @@ fn joining_client_gets_welcome_then_model_and_round_starts_at_quorum() {
     join(&mut coordinator, 7, t0);
     let sent = transmits(&mut coordinator);
     assert!(
-        matches!(&sent[0], (ConnectionId(7), CoordinatorMessage::Welcome { client_id: 1, protocol_version: 1, round: 0, model_version: 0, fingerprint, .. }) if *fingerprint == FINGERPRINT)
+        matches!(&sent[0], (ConnectionId(7), CoordinatorMessage::Welcome { client_id: 1, protocol_version: PROTOCOL_VERSION, round: 0, model_version: 0, fingerprint, .. }) if *fingerprint == FINGERPRINT)
     );
     assert!(
         matches!(&sent[1], (ConnectionId(7), CoordinatorMessage::Model { model_version: 0, params, .. }) if params.values == vec![1.0, 2.0])
@@ -363,7 +364,7 @@ fn round_interval_paces_rounds_and_goodbye_closes() {
 fn resumes_from_a_checkpoint() {
     let t0 = Instant::now();
     let checkpoint =
-        Checkpoint { round: 41, model_version: 17, spec: HbpConfig::new(4, 2), params: vector(vec![0.0, 0.0]) };
+        Checkpoint { round: 41, model_version: 17, spec: HbpConfig::new(4, 2).into(), params: vector(vec![0.0, 0.0]) };
     let mut coordinator = Coordinator::from_checkpoint(config(1), checkpoint.clone()).unwrap();
     assert_eq!(coordinator.checkpoint(), checkpoint);
     join(&mut coordinator, 1, t0);

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::aggregate::{StrategyConfig, StrategyKind};
+use crate::hbp::HbpConfig;
 
 fn with_strategy(min_clients: usize, aggregation: StrategyConfig) -> CoordinatorConfig {
     CoordinatorConfig { aggregation, ..config(min_clients) }
