@@ -2,6 +2,7 @@
 //! Backpropagation; local data never leaves the device.
 
 mod fleet;
+mod fleet_round;
 mod learn;
 mod logging;
 mod model_args;
@@ -28,6 +29,9 @@ enum Command {
     Run(run::RunOptions),
     /// Many virtual clients in one process, each with its own QUIC connection and learner.
     Fleet(fleet::FleetArgs),
+    /// Virtual clients of the `fleet-round` benchmark: the production session, with the
+    /// workload's formula instead of a learner (needs a `--vector-len` coordinator).
+    FleetRound(fleet_round::FleetRoundArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -37,6 +41,7 @@ fn main() -> std::process::ExitCode {
         Command::Learn(args) => learn::run(args).map(|_| ()),
         Command::Run(options) => run::run(options),
         Command::Fleet(args) => fleet::run(args),
+        Command::FleetRound(args) => fleet_round::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

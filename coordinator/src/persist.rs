@@ -60,6 +60,10 @@ pub struct RoundRecord {
     /// Frame bytes queued to all clients during the round (including the new model's broadcast
     /// at the previous commit).
     pub bytes_out: u64,
+    /// UDP payload bytes (QUIC packets: headers, encryption, acknowledgements and
+    /// retransmissions included) sent and received since the previous commit, over the
+    /// connections open at this commit.
+    pub udp_bytes: u64,
     /// Seconds since the Unix epoch at commit.
     pub unix_time: f64,
 }
@@ -148,6 +152,7 @@ mod tests {
             duration_s: 0.25,
             bytes_in: 100,
             bytes_out: 200,
+            udp_bytes: 0,
             unix_time: 1.0,
         };
         append_record(&path, &record).unwrap();

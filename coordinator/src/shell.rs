@@ -35,6 +35,8 @@ pub(crate) struct Shell {
     traffic: Arc<Traffic>,
     round_start: Option<RoundStart>,
     pub(crate) committed: u64,
+    /// UDP bytes over the open connections at the previous commit.
+    udp_at_commit: u64,
     persist: mpsc::UnboundedSender<Committed>,
 }
 
@@ -53,6 +55,7 @@ impl Shell {
             traffic,
             round_start: None,
             committed: 0,
+            udp_at_commit: 0,
             persist,
         }
     }
@@ -177,6 +180,8 @@ impl Shell {
                 let (bytes_in, bytes_out) = self.traffic.snapshot();
                 let start = self.round_start.take().filter(|start| start.round == round);
                 let (at, (in0, out0)) = start.map_or((Instant::now(), (bytes_in, bytes_out)), |s| (s.at, s.traffic));
+                let udp = self.udp_bytes();
+                let udp_bytes = udp.saturating_sub(std::mem::replace(&mut self.udp_at_commit, udp));
                 let record = RoundRecord {
                     round,
                     model_version,
@@ -188,6 +193,7 @@ impl Shell {
                     duration_s: at.elapsed().as_secs_f64(),
                     bytes_in: bytes_in - in0,
                     bytes_out: bytes_out - out0,
+                    udp_bytes,
                     unix_time: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
                 };
                 // The persister only stops when this sender is dropped; a send error means it failed,
@@ -198,6 +204,17 @@ impl Shell {
                 tracing::warn!(round, %reason, "round failed");
             }
         }
+    }
+
+    /// UDP bytes sent and received so far over the open connections.
+    fn udp_bytes(&self) -> u64 {
+        self.links
+            .values()
+            .map(|link| {
+                let stats = link.connection.stats();
+                stats.udp_tx.bytes + stats.udp_rx.bytes
+            })
+            .sum()
     }
 
     /// Drops every outbox (writers finish after their last frame) and the persister's queue.

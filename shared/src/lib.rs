@@ -16,6 +16,7 @@
 //! - [`round`]: the coordinator's round state machine and the client's session state machine.
 //! - [`checkpoint`]: encoding and verification of the coordinator's durable state.
 //! - [`local`]: the client side of a round: local learner, contribution, rebase, durable state.
+//! - [`workload`]: the `fleet-round` benchmark's model and client updates, and its f64 reference.
 //!
 //! Nothing in this crate opens a socket, spawns a task or reads a clock: callers pass time
 //! in as arguments and perform the I/O that the state machines ask for.
@@ -33,3 +34,4 @@ pub mod prequential;
 pub mod protocol;
 pub mod round;
 pub mod standardize;
+pub mod workload;

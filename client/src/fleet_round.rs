@@ -1,0 +1,172 @@
+//! `flotilla-client fleet-round`: virtual clients of the `fleet-round` benchmark. Each has
+//! its own QUIC connection (over one shared UDP endpoint) and runs the production session
+//! (join, receive every model, answer update requests); instead of learning, client c
+//! answers round r with the workload's formula `0.001 · noise((r << 32) | (c + 1), P)`
+//! (see [`flotilla::workload`]). Needs a coordinator training a `--vector-len P` model.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use flotilla::model::ModelSpec;
+use flotilla::params::ParameterVector;
+use flotilla::protocol::LocalMetrics;
+use flotilla::protocol::framing::FrameLimit;
+use flotilla::workload;
+use flotilla_net::{
+    ClientSessionConfig, LearnerRequest, LocalUpdate, SessionStats, client_endpoint, run_client_session,
+};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Options of `flotilla-client fleet-round`.
+#[derive(Debug, clap::Args)]
+pub struct FleetRoundArgs {
+    /// Coordinator address.
+    #[arg(long, value_name = "IP:PORT")]
+    pub coordinator: SocketAddr,
+    /// Name the coordinator's certificate must carry.
+    #[arg(long, value_name = "NAME", default_value = "localhost")]
+    pub server_name: String,
+    /// CA certificate to trust (the coordinator's `pki/ca.pem` in development).
+    #[arg(long, value_name = "FILE")]
+    pub ca: PathBuf,
+    /// File holding the auth token, when the coordinator requires one.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Number of virtual clients in this process.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub clients: u32,
+    /// Index of this process's first client (client c uses the workload seed of index c).
+    #[arg(long, default_value_t = 0)]
+    pub first_client: u64,
+    /// Worker threads of the async runtime.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
+    /// Stop after this long [default: until SIGINT/SIGTERM or the coordinator's goodbye].
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<f64>,
+    /// Largest frame accepted from the coordinator, MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    pub max_frame_mib: u32,
+    /// Also write the exit report (JSON) to this file.
+    #[arg(long, value_name = "FILE.json")]
+    pub report: Option<PathBuf>,
+}
+
+/// The exit report.
+#[derive(Debug, Serialize)]
+struct Report {
+    clients: u32,
+    updates_sent: u64,
+    bytes_sent: u64,
+    bytes_received: u64,
+    connections: u64,
+    seconds: f64,
+}
+
+/// Runs the virtual clients until every session ends, `--duration` passes or a signal.
+pub fn run(args: FleetRoundArgs) -> anyhow::Result<()> {
+    let token = match &args.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?.trim().to_string(),
+        ),
+        None => None,
+    };
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(usize::from(args.threads)).enable_all().build()?;
+    let started = Instant::now();
+    let stats = Arc::new(SessionStats::default());
+    runtime.block_on(drive(&args, token, stats.clone()))?;
+    let report = Report {
+        clients: args.clients,
+        updates_sent: stats.updates_sent(),
+        bytes_sent: stats.bytes_sent(),
+        bytes_received: stats.bytes_received(),
+        connections: stats.connections(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let json = serde_json::to_string(&report)?;
+    println!("{json}");
+    if let Some(path) = &args.report {
+        std::fs::write(path, format!("{json}\n")).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn drive(args: &FleetRoundArgs, token: Option<String>, stats: Arc<SessionStats>) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let mut base = ClientSessionConfig::new(args.coordinator, &args.server_name, args.ca.clone(), "");
+    base.auth_token = token;
+    base.stats = stats;
+    base.max_frame = FrameLimit::new(args.max_frame_mib.saturating_mul(1 << 20));
+    // Handshakes of thousands of clients queue behind each other on one coordinator.
+    base.connect_timeout = Duration::from_secs(60);
+    let endpoint = client_endpoint(&base.tls, args.coordinator)?;
+    base.endpoint = Some(endpoint.clone());
+    let tracker = tokio_util::task::TaskTracker::new();
+    for offset in 0..u64::from(args.clients) {
+        let index = args.first_client + offset;
+        let (requests, inbox) = mpsc::channel(4);
+        let session = ClientSessionConfig { client_name: format!("fleet-round-{index}"), ..base.clone() };
+        tracker.spawn(async move {
+            if let Err(error) = respond(index, inbox).await {
+                tracing::error!(client = index, "{error:#}");
+            }
+        });
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            if let Err(error) = run_client_session(session, requests, shutdown).await {
+                tracing::warn!(client = index, "{error:#}");
+            }
+        });
+    }
+    tracker.close();
+    let deadline = async {
+        match args.duration {
+            Some(seconds) => tokio::time::sleep(Duration::from_secs_f64(seconds)).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = tracker.wait() => {}
+        () = crate::run::stop_on_signal(shutdown.clone()) => {}
+        () = deadline => tracing::info!("--duration reached; stopping"),
+    }
+    shutdown.cancel();
+    tracker.wait().await;
+    endpoint.close(flotilla_net::close::GOODBYE, b"fleet leaving");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    Ok(())
+}
+
+/// Client `index`'s "learner": answers every update request with the workload's step.
+async fn respond(index: u64, mut inbox: mpsc::Receiver<LearnerRequest>) -> anyhow::Result<()> {
+    let mut layout = None;
+    while let Some(request) = inbox.recv().await {
+        match request {
+            LearnerRequest::Welcome { spec, fingerprint } => {
+                let ModelSpec::Vector { .. } = spec else {
+                    bail!("the coordinator trains a {spec}; fleet-round needs a --vector-len model");
+                };
+                if spec.validate().is_err() || spec.layout().fingerprint() != fingerprint {
+                    bail!("the coordinator's vector layout ({fingerprint}) does not match its spec");
+                }
+                layout = Some(spec.layout());
+            }
+            // The model is received and decoded by the session (the production path) and
+            // not needed here: the step does not depend on it.
+            LearnerRequest::Adopt { .. } => {}
+            LearnerRequest::Update { round, reply, .. } => {
+                let Some(layout) = &layout else { continue };
+                let delta = ParameterVector::new(layout, workload::client_delta(round, index, layout.len()))?;
+                let metrics = LocalMetrics { samples: workload::SAMPLES, prequential_errors: 0 };
+                let _ = reply.send(LocalUpdate { delta, samples: workload::SAMPLES, metrics });
+            }
+        }
+    }
+    Ok(())
+}

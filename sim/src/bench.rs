@@ -1,0 +1,82 @@
+//! Measuring child processes for benchmarks: peak and current resident memory from
+//! `/proc`, and the CPU time of reaped children.
+
+use std::collections::HashMap;
+
+/// A `VmHWM`/`VmRSS`-style field of `/proc/<pid>/status`, in KiB.
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|line| line.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// User + system CPU seconds of this process's children that have been waited for
+/// (`cutime` + `cstime` of `/proc/self/stat`, in clock ticks of 1/100 s).
+pub fn reaped_children_cpu_s() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces) start at field 3.
+    let after = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // cutime and cstime are fields 16 and 17 (1-based), i.e. 13 and 14 after the name.
+    let ticks: u64 = fields.get(13)?.parse::<u64>().ok()? + fields.get(14)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// Peak resident memory seen per process (from polling `VmHWM`, which only grows).
+#[derive(Debug, Default)]
+pub struct PeakMemory {
+    peaks: HashMap<u32, u64>,
+}
+
+impl PeakMemory {
+    /// Reads the current `VmHWM` of `pid` (a process that already exited keeps its last value).
+    pub fn sample(&mut self, pid: u32) {
+        if let Some(kib) = status_kib(pid, "VmHWM:") {
+            let peak = self.peaks.entry(pid).or_default();
+            *peak = (*peak).max(kib);
+        }
+    }
+
+    /// Peak of one process, MiB.
+    pub fn mib(&self, pid: u32) -> f64 {
+        self.peaks.get(&pid).copied().unwrap_or(0) as f64 / 1024.0
+    }
+
+    /// Sum of the peaks of `pids`, MiB.
+    pub fn total_mib(&self, pids: impl IntoIterator<Item = u32>) -> f64 {
+        pids.into_iter().map(|pid| self.mib(pid)).sum()
+    }
+}
+
+/// The median of `values` (mean of the middle two for an even count; 0 when empty).
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+    }
+
+    #[test]
+    fn own_memory_and_children_cpu_are_readable() {
+        let me = std::process::id();
+        assert!(status_kib(me, "VmRSS:").is_some_and(|kib| kib > 0));
+        let mut peaks = PeakMemory::default();
+        peaks.sample(me);
+        assert!(peaks.mib(me) > 0.0);
+        assert!(reaped_children_cpu_s().is_some());
+    }
+}

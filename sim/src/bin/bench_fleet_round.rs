@@ -1,0 +1,319 @@
+//! `flotilla-bench-fleet-round`: the `fleet-round` benchmark (see `flotilla::workload`).
+//!
+//! Starts the real coordinator on a `--vector-len P` model initialised to
+//! `noise(0x5EED, P)`, then N real client connections over QUIC with TLS on loopback (one
+//! `flotilla-client fleet-round` process holding N virtual clients, or N processes of one),
+//! runs one warm-up round and R measured rounds, and prints one JSON line: round times
+//! (commit to commit), peak memory, bytes on the wire, CPU time and the final model's
+//! summary checked against the float64 reference.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use flotilla::checkpoint::Checkpoint;
+use flotilla::model::ModelSpec;
+use flotilla::params::ParameterVector;
+use flotilla::workload::{self, ModelSummary};
+use flotilla_sim::bench::{PeakMemory, median, reaped_children_cpu_s, status_kib};
+use flotilla_sim::fleet::{free_udp_port, read_rounds};
+use flotilla_sim::procs::{Interrupt, Proc};
+use serde_json::json;
+
+/// Run the fleet-round benchmark and print one JSON line of figures.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Number of clients (each with its own QUIC connection).
+    #[arg(long, default_value_t = 10)]
+    clients: u32,
+    /// Parameters of the model (f32).
+    #[arg(long, default_value_t = 1_000_000)]
+    params: u64,
+    /// Measured rounds, after one warm-up round.
+    #[arg(long, default_value_t = 5)]
+    rounds: u64,
+    /// One client process per client (default: one process holding every client).
+    #[arg(long, conflicts_with = "virtual_clients")]
+    processes: bool,
+    /// One process holding every client, each with its own connection (the default).
+    #[arg(long = "virtual")]
+    virtual_clients: bool,
+    /// Only connect the clients and measure the coordinator's memory per idle connection
+    /// (no rounds).
+    #[arg(long)]
+    idle: bool,
+    /// Worker threads of the virtual clients' process.
+    #[arg(long, default_value_t = 1)]
+    client_threads: u16,
+    /// Directory holding flotilla-coordinator and flotilla-client [default: this binary's].
+    #[arg(long, value_name = "DIR")]
+    bin_dir: Option<PathBuf>,
+    /// Keep the working directory (logs, checkpoint, rounds.jsonl) and print its path.
+    #[arg(long)]
+    keep: bool,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    timeout_s: u64,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(line) => {
+            println!("{line}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+struct Setup {
+    work: PathBuf,
+    bin: PathBuf,
+    port: u16,
+}
+
+fn run(args: &Args) -> anyhow::Result<String> {
+    if args.clients == 0 || args.params == 0 {
+        bail!("--clients and --params must be at least 1");
+    }
+    let interrupt = Interrupt::install()?;
+    let bin = match &args.bin_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()?.parent().context("locating the binaries")?.to_path_buf(),
+    };
+    let work = std::env::temp_dir().join(format!("flotilla-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let setup = Setup { work: work.clone(), bin, port: free_udp_port()? };
+    let result = measure(args, &setup, &interrupt);
+    if args.keep {
+        eprintln!("working directory kept: {}", work.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    result
+}
+
+fn measure(args: &Args, setup: &Setup, interrupt: &Interrupt) -> anyhow::Result<String> {
+    let len = usize::try_from(args.params).context("--params does not fit this machine")?;
+    let total_rounds = args.rounds + 1;
+    let initial = setup.work.join("initial.bin");
+    let spec = ModelSpec::Vector { len: args.params };
+    let vector = ParameterVector::new(&spec.layout(), workload::initial_model(len))?;
+    let bytes = bincode::serde::encode_to_vec(&vector, bincode::config::standard())?;
+    std::fs::write(&initial, bytes).with_context(|| format!("writing {}", initial.display()))?;
+    let model_mib = (args.params * 4).div_ceil(1 << 20);
+    let data_dir = setup.work.join("coordinator");
+    let quorum = if args.idle { args.clients + 1 } else { args.clients };
+    let coordinator_args: Vec<String> = [
+        "--listen",
+        &format!("127.0.0.1:{}", setup.port),
+        "--data-dir",
+        &data_dir.display().to_string(),
+        "--vector-len",
+        &args.params.to_string(),
+        "--initial-params",
+        &initial.display().to_string(),
+        "--min-clients",
+        &quorum.to_string(),
+        "--sample-fraction",
+        "1",
+        "--rounds",
+        &total_rounds.to_string(),
+        "--round-deadline",
+        "300s",
+        "--round-interval",
+        "0s",
+        "--join-timeout",
+        "120s",
+        "--max-frame-mib",
+        &(model_mib + 1).to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut coordinator = start(setup, "coordinator", "flotilla-coordinator", &coordinator_args)?;
+    let coordinator_pid = coordinator.pid().context("coordinator not running")?;
+    let ca = data_dir.join("pki").join("ca.pem");
+    wait_for(|| ca.exists(), Duration::from_secs(60), &mut coordinator, interrupt)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let baseline_kib = status_kib(coordinator_pid, "VmRSS:").unwrap_or(0);
+    let started = Instant::now();
+    let mut clients = start_clients(args, setup, &ca, model_mib)?;
+    let mut peaks = PeakMemory::default();
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
+    let client_pids: Vec<u32> = clients.iter().filter_map(Proc::pid).collect();
+    let mut idle_kib = None;
+    loop {
+        interrupt.check()?;
+        peaks.sample(coordinator_pid);
+        client_pids.iter().for_each(|pid| peaks.sample(*pid));
+        if let Some(success) = coordinator.exited() {
+            if !success {
+                bail!("the coordinator failed:\n{}", coordinator.log_tail(20));
+            }
+            break;
+        }
+        for client in &mut clients {
+            if client.exited() == Some(false) {
+                bail!("{} failed:\n{}", client.name, client.log_tail(20));
+            }
+        }
+        if args.idle && connected(&clients) >= u64::from(args.clients) {
+            std::thread::sleep(Duration::from_secs(2));
+            idle_kib = status_kib(coordinator_pid, "VmRSS:");
+            coordinator.terminate(Duration::from_secs(10));
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("no result within {} s:\n{}", args.timeout_s, coordinator.log_tail(20));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let wall_s = started.elapsed().as_secs_f64();
+    for client in &mut clients {
+        client.signal_term();
+    }
+    for client in &mut clients {
+        client.terminate(Duration::from_secs(10));
+    }
+    let cpu_s = reaped_children_cpu_s().unwrap_or(f64::NAN);
+    let coordinator_mib = peaks.mib(coordinator_pid);
+    let clients_mib = peaks.total_mib(client_pids);
+    if let Some(idle) = idle_kib {
+        let per_connection_kib = (idle as f64 - baseline_kib as f64) / f64::from(args.clients);
+        return Ok(json!({
+            "workload": "fleet-round", "mode": mode(args), "clients": args.clients, "params": args.params,
+            "idle": true, "coordinator_rss_before_mib": baseline_kib as f64 / 1024.0,
+            "coordinator_rss_connected_mib": idle as f64 / 1024.0,
+            "coordinator_kib_per_connection": per_connection_kib,
+            "clients_peak_rss_mib": clients_mib, "connect_s": wall_s,
+        })
+        .to_string());
+    }
+    report(args, &data_dir, cpu_s, coordinator_mib, clients_mib, baseline_kib)
+}
+
+/// Connections the client processes have logged as established.
+fn connected(clients: &[Proc]) -> u64 {
+    clients
+        .iter()
+        .map(|c| std::fs::read_to_string(&c.log).map_or(0, |text| text.matches("connected to the coordinator").count()))
+        .sum::<usize>() as u64
+}
+
+fn mode(args: &Args) -> &'static str {
+    if args.processes { "processes" } else { "virtual" }
+}
+
+fn start(setup: &Setup, name: &str, binary: &str, args: &[String]) -> anyhow::Result<Proc> {
+    let path = setup.bin.join(binary);
+    if !path.exists() {
+        bail!("{} not found: build with `cargo build --release --workspace`, or give --bin-dir", path.display());
+    }
+    let out = setup.work.join(format!("{name}.out"));
+    let log = setup.work.join(format!("{name}.log"));
+    Proc::start(name, &path, args, &out, &log)
+}
+
+fn start_clients(args: &Args, setup: &Setup, ca: &Path, model_mib: u64) -> anyhow::Result<Vec<Proc>> {
+    let common = |clients: u32, first: u32| -> Vec<String> {
+        vec![
+            "fleet-round".into(),
+            "--coordinator".into(),
+            format!("127.0.0.1:{}", setup.port),
+            "--ca".into(),
+            ca.display().to_string(),
+            "--clients".into(),
+            clients.to_string(),
+            "--first-client".into(),
+            first.to_string(),
+            "--threads".into(),
+            args.client_threads.to_string(),
+            "--max-frame-mib".into(),
+            (model_mib + 1).to_string(),
+        ]
+    };
+    if args.processes {
+        (0..args.clients).map(|c| start(setup, &format!("client-{c}"), "flotilla-client", &common(1, c))).collect()
+    } else {
+        Ok(vec![start(setup, "clients", "flotilla-client", &common(args.clients, 0))?])
+    }
+}
+
+fn wait_for(
+    mut ready: impl FnMut() -> bool,
+    limit: Duration,
+    process: &mut Proc,
+    interrupt: &Interrupt,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        interrupt.check()?;
+        if process.exited().is_some() {
+            bail!("{} stopped early:\n{}", process.name, process.log_tail(20));
+        }
+        if Instant::now() > deadline {
+            bail!("{} not ready within {} s", process.name, limit.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn report(
+    args: &Args,
+    data_dir: &Path,
+    cpu_s: f64,
+    coordinator_mib: f64,
+    clients_mib: f64,
+    baseline_kib: u64,
+) -> anyhow::Result<String> {
+    let records = read_rounds(data_dir);
+    if records.len() as u64 != args.rounds + 1 {
+        bail!("{} rounds recorded, {} expected", records.len(), args.rounds + 1);
+    }
+    let field = |record: &serde_json::Value, name: &str| record[name].as_f64().unwrap_or(f64::NAN);
+    let times: Vec<f64> = records.iter().map(|r| field(r, "unix_time")).collect();
+    let round_s: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    let participants: Vec<f64> = records.iter().map(|r| field(r, "participants")).collect();
+    if participants.iter().any(|p| *p != f64::from(args.clients)) {
+        bail!("not every client took part in every round: {participants:?}");
+    }
+    let measured = &records[1..];
+    let udp: Vec<f64> = measured.iter().map(|r| field(r, "udp_bytes")).collect();
+    let frames: Vec<f64> = measured.iter().map(|r| field(r, "bytes_in") + field(r, "bytes_out")).collect();
+    let bytes = std::fs::read(data_dir.join("checkpoint.bin")).context("reading the final checkpoint")?;
+    let checkpoint = Checkpoint::decode(&bytes).context("decoding the final checkpoint")?;
+    let len = usize::try_from(args.params)?;
+    let summary = ModelSummary::of(&checkpoint.params.values);
+    let reference = workload::reference(len, u64::from(args.clients), args.rounds + 1);
+    let difference = summary.max_relative_difference(&reference);
+    let model_mib = args.params as f64 * 4.0 / (1 << 20) as f64;
+    Ok(json!({
+        "workload": "fleet-round",
+        "mode": mode(args),
+        "clients": args.clients,
+        "params": args.params,
+        "rounds": args.rounds,
+        "round_s": round_s,
+        "round_s_median": median(&round_s),
+        "warmup_round_s": field(&records[0], "duration_s"),
+        "coordinator_peak_rss_mib": coordinator_mib,
+        "coordinator_rss_before_clients_mib": baseline_kib as f64 / 1024.0,
+        "coordinator_rss_budget_mib": 3.0 * model_mib + 100.0,
+        "clients_peak_rss_mib": clients_mib,
+        "bytes_on_wire_per_round": median(&udp),
+        "frame_bytes_per_round": median(&frames),
+        "cpu_s": cpu_s,
+        "final": summary,
+        "reference": reference,
+        "max_relative_difference": difference,
+        "matches_reference": difference <= 1e-3,
+    })
+    .to_string())
+}
