@@ -78,7 +78,7 @@ pub fn run(args: FleetArgs) -> anyhow::Result<()> {
     base.auth_token = config.token.clone();
     base.tls.identity = identity;
     base.stats = stats.clone();
-    let endpoint = runtime.block_on(async { client_endpoint(&base.tls, config.coordinator) })?;
+    let endpoint = runtime.block_on(async { client_endpoint(&base.tls, config.coordinator, &base.tuning) })?;
     base.endpoint = Some(endpoint.clone());
     let mut clients = Vec::with_capacity(streams.len());
     let mut sessions = Vec::with_capacity(streams.len());

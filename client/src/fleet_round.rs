@@ -52,6 +52,9 @@ pub struct FleetRoundArgs {
     /// Largest frame accepted from the coordinator, MiB.
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     pub max_frame_mib: u32,
+    /// Ceiling of QUIC's MTU discovery, UDP payload bytes (1200–65000; e.g. 65000 on loopback).
+    #[arg(long, value_name = "BYTES", default_value_t = flotilla_net::transport::ETHERNET_UDP_PAYLOAD)]
+    pub max_udp_payload: u16,
     /// Also write the exit report (JSON) to this file.
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
@@ -103,9 +106,10 @@ async fn drive(args: &FleetRoundArgs, token: Option<String>, stats: Arc<SessionS
     base.auth_token = token;
     base.stats = stats;
     base.max_frame = FrameLimit::new(args.max_frame_mib.saturating_mul(1 << 20));
+    base.tuning = base.tuning.with_max_udp_payload(args.max_udp_payload);
     // Handshakes of thousands of clients queue behind each other on one coordinator.
     base.connect_timeout = Duration::from_secs(60);
-    let endpoint = client_endpoint(&base.tls, args.coordinator)?;
+    let endpoint = client_endpoint(&base.tls, args.coordinator, &base.tuning)?;
     base.endpoint = Some(endpoint.clone());
     let tracker = tokio_util::task::TaskTracker::new();
     for offset in 0..u64::from(args.clients) {

@@ -16,6 +16,7 @@ use flotilla::hbp::HbpConfig;
 use flotilla::model::ModelSpec;
 use flotilla::protocol::framing::FrameLimit;
 use flotilla::round::{CoordinatorConfig, Mode};
+use flotilla_net::transport::{ETHERNET_UDP_PAYLOAD, MAX_UDP_PAYLOAD, Tuning};
 
 /// A duration written as `30s`, `500ms`, `2m`, `1h` or a plain number of seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -230,6 +231,23 @@ pub struct Options {
     /// and the client asked again [default: 20].
     #[arg(long, value_name = "S")]
     pub max_staleness: Option<u64>,
+    /// Updates received at the same time; the others wait in their clients (each connection's
+    /// flow-control window stays at --idle-window-kib until its upload is admitted), so
+    /// memory stays O(model) whatever the number of clients [default: 4].
+    #[arg(long, value_name = "N")]
+    pub concurrent_uploads: Option<usize>,
+    /// Receive window of a connection outside an admitted upload, KiB: what each client may
+    /// have in flight towards the coordinator before it is admitted [default: 32].
+    #[arg(long, value_name = "KIB")]
+    pub idle_window_kib: Option<u32>,
+    /// Receive window of a connection while its upload is admitted, KiB [default: 4096].
+    #[arg(long, value_name = "KIB")]
+    pub upload_window_kib: Option<u32>,
+    /// Ceiling of QUIC's MTU discovery, in UDP payload bytes (1200–65000). The default suits
+    /// Ethernet; on loopback or jumbo-frame links a larger one (e.g. 65000) sends large models
+    /// in far fewer packets [default: 1452].
+    #[arg(long, value_name = "BYTES")]
+    pub max_udp_payload: Option<u16>,
 }
 
 /// Where the server certificate comes from.
@@ -274,6 +292,10 @@ pub struct Config {
     pub max_frame: FrameLimit,
     /// Held-out evaluation CSV.
     pub eval_data: Option<PathBuf>,
+    /// Updates received at the same time.
+    pub concurrent_uploads: usize,
+    /// Flow-control windows and MTU ceiling (`receive_window` is the idle window).
+    pub tuning: Tuning,
 }
 
 macro_rules! prefer {
@@ -292,7 +314,8 @@ impl Options {
             hidden_layers, width, lr, beta, smoothing, seed, initial_params, min_clients, sample_fraction,
             round_deadline, round_interval, join_timeout, rounds, vector_len, max_frame_mib, eval_data, strategy, server_lr,
             beta1, beta2, tau, trim_fraction, byzantine, multi_krum_m, clip_norm, outlier_norm, max_held_updates,
-            mode, buffer_size, max_staleness);
+            mode, buffer_size, max_staleness, concurrent_uploads, idle_window_kib, upload_window_kib,
+            max_udp_payload);
         Options { no_input_head, dev_cert_names, ..merged }
     }
 
@@ -368,6 +391,22 @@ impl Options {
             Some(bytes) if mib > 0 => FrameLimit::new(bytes),
             _ => bail!("--max-frame-mib must be in 1..=4095, got {mib}"),
         };
+        let concurrent_uploads = self.concurrent_uploads.unwrap_or(4);
+        if concurrent_uploads == 0 {
+            bail!("--concurrent-uploads must be at least 1");
+        }
+        let kib = |value: Option<u32>, default: u32, flag: &str| -> anyhow::Result<u32> {
+            match value.unwrap_or(default).checked_mul(1024) {
+                Some(bytes) if bytes >= 4096 => Ok(bytes),
+                _ => bail!("{flag} must be in 4..=4194303 KiB"),
+            }
+        };
+        let idle_window = kib(self.idle_window_kib, 32, "--idle-window-kib")?;
+        let upload_window = kib(self.upload_window_kib, 4096, "--upload-window-kib")?.max(idle_window);
+        let max_udp_payload = self.max_udp_payload.unwrap_or(ETHERNET_UDP_PAYLOAD);
+        if !(1200..=MAX_UDP_PAYLOAD).contains(&max_udp_payload) {
+            bail!("--max-udp-payload must be in 1200..={MAX_UDP_PAYLOAD}, got {max_udp_payload}");
+        }
         Ok(Config {
             listen: self.listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 4433))),
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("flotilla-data")),
@@ -380,6 +419,8 @@ impl Options {
             max_rounds: self.rounds,
             max_frame,
             eval_data: self.eval_data,
+            concurrent_uploads,
+            tuning: Tuning::coordinator(idle_window, upload_window, max_udp_payload),
         })
     }
 }

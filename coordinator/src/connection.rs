@@ -1,5 +1,15 @@
 //! One client connection: handshake, then a reader forwarding frames to the round task and
 //! a writer sending what the round task queues for this connection.
+//!
+//! # Upload admission
+//!
+//! Every connection's receive window is small (the idle window) except while one of
+//! [`Uploads`]' permits is held: a reader that sees the header of a large frame (an update)
+//! waits for a permit, opens its connection's window, reads the frame, closes the window
+//! again and hands the frame to the round task together with the permit, which is released
+//! once the frame has been folded. Clients waiting for a permit simply stay blocked on flow
+//! control, so the coordinator holds at most `permits` updates plus one idle window per
+//! connection, whatever the number of clients.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,8 +22,8 @@ use flotilla::protocol::framing::FrameLimit;
 use flotilla::round::{CloseReason, ConnectionId};
 use flotilla_net::close::{close_code, error_close_code};
 use flotilla_net::framed::{FrameReader, FramedError, send_frame};
-use quinn::{Connection, ConnectionError, Incoming, ReadError, RecvStream, SendStream};
-use tokio::sync::mpsc;
+use quinn::{Connection, ConnectionError, Incoming, ReadError, RecvStream, SendStream, VarInt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// Frames queued for one connection before it counts as too slow and is dropped.
@@ -40,8 +50,8 @@ impl Traffic {
 pub(crate) enum Inbound {
     /// A client opened its stream.
     Connected { conn: ConnectionId, link: Link },
-    /// A frame payload arrived.
-    Frame { conn: ConnectionId, payload: Vec<u8> },
+    /// A frame payload arrived; a large one comes with its upload permit (dropped after use).
+    Frame { conn: ConnectionId, payload: Bytes, permit: Option<OwnedSemaphorePermit> },
     /// The connection is gone, or its stream ended.
     Disconnected { conn: ConnectionId, reason: String },
 }
@@ -63,6 +73,32 @@ pub(crate) struct Link {
     pub(crate) remote: SocketAddr,
 }
 
+/// The permits of [`Uploads`] and the windows they open and close.
+#[derive(Debug, Clone)]
+pub(crate) struct Uploads {
+    permits: Arc<Semaphore>,
+    idle_window: u32,
+    upload_window: u32,
+}
+
+impl Uploads {
+    /// `concurrent` permits; windows from `tuning` (its connection window is the idle one,
+    /// its stream window the one opened for an admitted upload).
+    pub(crate) fn new(concurrent: usize, tuning: &flotilla_net::transport::Tuning) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(concurrent)),
+            idle_window: tuning.receive_window,
+            upload_window: tuning.stream_receive_window,
+        }
+    }
+
+    /// Whether a frame of `len` payload bytes needs a permit: anything that would not fit
+    /// in half the idle window.
+    fn needs_permit(&self, len: u32) -> bool {
+        len > self.idle_window / 2
+    }
+}
+
 /// Everything a connection task needs.
 #[derive(Clone)]
 pub(crate) struct Context {
@@ -71,6 +107,7 @@ pub(crate) struct Context {
     pub(crate) traffic: Arc<Traffic>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) join_timeout: Duration,
+    pub(crate) uploads: Uploads,
 }
 
 /// Completes the handshake, waits for the client's stream, then relays until the end.
@@ -137,12 +174,12 @@ async fn read_loop(recv: RecvStream, conn: ConnectionId, connection: Connection,
     let mut reader = FrameReader::new(recv, context.limit);
     let mut counted = 0;
     let reason = loop {
-        let next = reader.next_frame().await;
+        let next = next_admitted(&mut reader, &connection, &context.uploads).await;
         context.traffic.bytes_in.fetch_add(reader.bytes_read() - counted, Ordering::Relaxed);
         counted = reader.bytes_read();
         match next {
-            Ok(Some(payload)) => {
-                if context.inbound.send(Inbound::Frame { conn, payload }).await.is_err() {
+            Ok(Some((payload, permit))) => {
+                if context.inbound.send(Inbound::Frame { conn, payload, permit }).await.is_err() {
                     return;
                 }
             }
@@ -158,6 +195,25 @@ async fn read_loop(recv: RecvStream, conn: ConnectionId, connection: Connection,
         }
     };
     let _ = context.inbound.send(Inbound::Disconnected { conn, reason }).await;
+}
+
+/// The next frame; a large one is read only while holding an upload permit, with the
+/// connection's receive window opened for it (see the module docs).
+async fn next_admitted(
+    reader: &mut FrameReader,
+    connection: &Connection,
+    uploads: &Uploads,
+) -> Result<Option<(Bytes, Option<OwnedSemaphorePermit>)>, FramedError> {
+    let Some(len) = reader.next_len().await? else { return Ok(None) };
+    if !uploads.needs_permit(len) {
+        return Ok(reader.next_frame().await?.map(|payload| (payload, None)));
+    }
+    // The semaphore is never closed, so `ok()` only guards a future edit.
+    let permit = uploads.permits.clone().acquire_owned().await.ok();
+    connection.set_receive_window(VarInt::from_u32(uploads.upload_window));
+    let frame = reader.next_frame().await;
+    connection.set_receive_window(VarInt::from_u32(uploads.idle_window));
+    Ok(frame?.map(|payload| (payload, permit)))
 }
 
 fn lost_reason(error: &ConnectionError) -> String {

@@ -86,9 +86,9 @@ pub async fn bind(mut config: Config) -> anyhow::Result<Server> {
         config.rounds.auth_tokens = Some(read_tokens(path)?);
     }
     let (tls, dev_pki) = server_tls(&config)?;
-    let server_config = quic_server_config(&tls, ALPN).context("server TLS configuration")?;
-    let endpoint =
-        Endpoint::server(server_config, config.listen).with_context(|| format!("binding UDP {}", config.listen))?;
+    let server_config = quic_server_config(&tls, ALPN, &config.tuning).context("server TLS configuration")?;
+    let endpoint = flotilla_net::transport::bind_endpoint(config.listen, Some(server_config), &config.tuning)
+        .with_context(|| format!("binding UDP {}", config.listen))?;
     let machine = Coordinator::from_checkpoint(config.rounds.clone(), checkpoint).context("round settings")?;
     tracing::info!(listen = %endpoint.local_addr()?, mtls = config.client_ca.is_some(),
         tokens = config.rounds.auth_tokens.is_some(), "coordinator listening");
@@ -141,6 +141,7 @@ impl Server {
             traffic: traffic.clone(),
             shutdown: handshakes.clone(),
             join_timeout: config.rounds.join_timeout,
+            uploads: connection::Uploads::new(config.concurrent_uploads, &config.tuning),
         };
         let mut shell = Shell::new(machine, config.max_frame, traffic, persist_tx);
         let tracker = TaskTracker::new();

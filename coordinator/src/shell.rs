@@ -68,7 +68,8 @@ impl Shell {
                 self.links.insert(conn, link);
                 self.machine.handle_connect(conn, now);
             }
-            Inbound::Frame { conn, payload } => self.machine.handle_frame(conn, &payload, now),
+            // The permit, if any, is released once the frame has been handled (folded).
+            Inbound::Frame { conn, payload, permit: _permit } => self.machine.handle_frame(conn, &payload, now),
             Inbound::Disconnected { conn, reason } => {
                 if self.links.remove(&conn).is_some() {
                     tracing::info!(%conn, %reason, "connection ended");

@@ -77,10 +77,30 @@ impl FrameReader {
     /// The next frame's payload; `Ok(None)` when the peer finished the stream between frames.
     ///
     /// Cancel-safe: bytes read are kept in the decoder if the future is dropped.
-    pub async fn next_frame(&mut self) -> Result<Option<Vec<u8>>, FramedError> {
+    pub async fn next_frame(&mut self) -> Result<Option<Bytes>, FramedError> {
         loop {
             if let Some(payload) = self.decoder.poll_frame()? {
                 return Ok(Some(payload));
+            }
+            self.decoder.reserve_frame();
+            match self.recv.read_chunk(usize::MAX, true).await? {
+                Some(chunk) => {
+                    self.bytes_read += chunk.bytes.len() as u64;
+                    self.decoder.push(&chunk.bytes);
+                }
+                None if self.decoder.buffered() == 0 => return Ok(None),
+                None => return Err(FramedError::Truncated { buffered: self.decoder.buffered() }),
+            }
+        }
+    }
+
+    /// Reads until the next frame's header has arrived and returns its payload length;
+    /// `Ok(None)` when the peer finished the stream between frames. The caller can then decide
+    /// whether (and when) to read the payload with [`Self::next_frame`].
+    pub async fn next_len(&mut self) -> Result<Option<u32>, FramedError> {
+        loop {
+            if let Some(len) = self.decoder.next_len()? {
+                return Ok(Some(len));
             }
             match self.recv.read_chunk(usize::MAX, true).await? {
                 Some(chunk) => {

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::tls::{self, ClientTls};
+use crate::transport::Tuning;
 
 mod connection;
 
@@ -129,6 +130,8 @@ pub struct ClientSessionConfig {
     /// An endpoint shared by many sessions (a virtual fleet: one UDP socket for all, made by
     /// [`client_endpoint`]); `None` gives the session an endpoint of its own.
     pub endpoint: Option<Endpoint>,
+    /// Flow-control windows and MTU ceiling of the session's own endpoint.
+    pub tuning: Tuning,
 }
 
 impl ClientSessionConfig {
@@ -150,6 +153,7 @@ impl ClientSessionConfig {
             connect_timeout: Duration::from_secs(10),
             stats: Arc::default(),
             endpoint: None,
+            tuning: Tuning::CLIENT,
         }
     }
 }
@@ -186,7 +190,7 @@ pub async fn run_client_session(
 ) -> anyhow::Result<()> {
     let (endpoint, owned) = match &config.endpoint {
         Some(shared) => (shared.clone(), false),
-        None => (client_endpoint(&config.tls, config.server_addr)?, true),
+        None => (client_endpoint(&config.tls, config.server_addr, &config.tuning)?, true),
     };
     let mut failures = 0u32;
     let result = loop {
@@ -217,12 +221,14 @@ pub async fn run_client_session(
     result
 }
 
-/// A client endpoint on an ephemeral UDP port of `server`'s address family, trusting `tls`.
-pub fn client_endpoint(tls: &ClientTls, server: SocketAddr) -> anyhow::Result<Endpoint> {
-    let client_config = tls::quic_client_config(tls, ALPN).context("client TLS configuration")?;
+/// A client endpoint on an ephemeral UDP port of `server`'s address family, trusting `tls`,
+/// with the transport settings of `tuning`.
+pub fn client_endpoint(tls: &ClientTls, server: SocketAddr, tuning: &Tuning) -> anyhow::Result<Endpoint> {
+    let client_config = tls::quic_client_config(tls, ALPN, tuning).context("client TLS configuration")?;
     let bind: SocketAddr =
         if server.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
-    let mut endpoint = Endpoint::client(bind).with_context(|| format!("binding a UDP socket on {bind}"))?;
+    let mut endpoint = crate::transport::bind_endpoint(bind, None, tuning)
+        .with_context(|| format!("binding a UDP socket on {bind}"))?;
     endpoint.set_default_client_config(client_config);
     Ok(endpoint)
 }

@@ -6,6 +6,7 @@
 //! meant for tests and trials: clients trust `ca.pem` (compare its SHA-256 fingerprint out
 //! of band), and production deployments pass their own certificate and key instead.
 
+use crate::transport::Tuning;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -293,21 +294,21 @@ pub fn client_crypto(tls: &ClientTls, alpn: &[u8]) -> Result<rustls::ClientConfi
     Ok(config)
 }
 
-/// A quinn server configuration from [`server_crypto`] and the shared transport settings.
-pub fn quic_server_config(tls: &ServerTls, alpn: &[u8]) -> Result<quinn::ServerConfig, TlsError> {
+/// A quinn server configuration from [`server_crypto`] and the transport settings of `tuning`.
+pub fn quic_server_config(tls: &ServerTls, alpn: &[u8], tuning: &Tuning) -> Result<quinn::ServerConfig, TlsError> {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(server_crypto(tls, alpn)?)
         .map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(crate::transport::transport_config()));
+    config.transport_config(Arc::new(crate::transport::transport_config(tuning)));
     Ok(config)
 }
 
-/// A quinn client configuration from [`client_crypto`] and the shared transport settings.
-pub fn quic_client_config(tls: &ClientTls, alpn: &[u8]) -> Result<quinn::ClientConfig, TlsError> {
+/// A quinn client configuration from [`client_crypto`] and the transport settings of `tuning`.
+pub fn quic_client_config(tls: &ClientTls, alpn: &[u8], tuning: &Tuning) -> Result<quinn::ClientConfig, TlsError> {
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(client_crypto(tls, alpn)?)
         .map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(crate::transport::transport_config()));
+    config.transport_config(Arc::new(crate::transport::transport_config(tuning)));
     Ok(config)
 }
 

@@ -190,7 +190,7 @@ pub struct RawPeer {
 impl RawPeer {
     pub async fn connect(addr: SocketAddr, tls: &ClientTls) -> anyhow::Result<Self> {
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-        endpoint.set_default_client_config(quic_client_config(tls, ALPN)?);
+        endpoint.set_default_client_config(quic_client_config(tls, ALPN, &flotilla_net::transport::Tuning::CLIENT)?);
         let connection = endpoint.connect(addr, "localhost")?.await?;
         let (send, recv) = connection.open_bi().await?;
         Ok(Self { endpoint, connection, send, reader: FrameReader::new(recv, FrameLimit::DEFAULT) })

@@ -1,4 +1,5 @@
 use super::*;
+use crate::transport::Tuning;
 
 #[test]
 fn dev_pki_is_created_once_then_reused() {
@@ -26,11 +27,11 @@ fn server_and_client_configs_build_with_and_without_mtls() {
     let pki = DevPki::load_or_create(dir.path(), &[]).unwrap();
     let client_cert = pki.issue_client_cert("edge-1").unwrap();
     let server = ServerTls { cert: pki.server_cert.clone(), key: pki.server_key.clone(), client_ca: None };
-    assert!(quic_server_config(&server, b"x").is_ok());
+    assert!(quic_server_config(&server, b"x", &Tuning::default()).is_ok());
     let mtls = ServerTls { client_ca: Some(pki.ca_cert.clone()), ..server };
-    assert!(quic_server_config(&mtls, b"x").is_ok());
+    assert!(quic_server_config(&mtls, b"x", &Tuning::default()).is_ok());
     let client = ClientTls { ca: pki.ca_cert.clone(), identity: Some(client_cert) };
-    assert!(quic_client_config(&client, b"x").is_ok());
+    assert!(quic_client_config(&client, b"x", &Tuning::default()).is_ok());
 }
 
 #[test]

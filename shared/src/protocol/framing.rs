@@ -7,6 +7,7 @@
 //! any buffer of that size exists, and decoding bounds bincode's allocations by the size of
 //! the bytes actually received.
 
+use bytes::{Buf, Bytes, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -118,7 +119,7 @@ pub(crate) fn decode_bounded<M: DeserializeOwned>(bytes: &[u8]) -> Result<(M, us
 /// decoder keeps answering that error and the caller should close the connection.
 #[derive(Debug)]
 pub struct FrameDecoder {
-    buffer: Vec<u8>,
+    buffer: BytesMut,
     limit: FrameLimit,
     failed: Option<u64>,
 }
@@ -126,7 +127,7 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     /// An empty decoder refusing payloads over `limit`.
     pub fn new(limit: FrameLimit) -> Self {
-        Self { buffer: Vec::new(), limit, failed: None }
+        Self { buffer: BytesMut::new(), limit, failed: None }
     }
 
     /// Appends bytes read from the stream.
@@ -136,13 +137,26 @@ impl FrameDecoder {
         }
     }
 
+    /// Once the next frame's header is known (and within the limit), reserves room for the
+    /// whole frame at once, so that a large payload is copied in once instead of regrown.
+    pub fn reserve_frame(&mut self) {
+        if let Some(header) = self.buffer.first_chunk::<HEADER_LEN>() {
+            let announced = u32::from_le_bytes(*header);
+            if self.failed.is_none() && announced <= self.limit.bytes() {
+                let end = HEADER_LEN + announced as usize;
+                self.buffer.reserve(end.saturating_sub(self.buffer.len()));
+            }
+        }
+    }
+
     /// Bytes received but not yet returned as part of a frame.
     pub fn buffered(&self) -> usize {
         self.buffer.len()
     }
 
-    /// The next complete payload, `None` if more bytes are needed.
-    pub fn poll_frame(&mut self) -> Result<Option<Vec<u8>>, FramingError> {
+    /// The payload length of the next frame once its header has arrived (`None` before);
+    /// a length over the limit is refused here already.
+    pub fn next_len(&mut self) -> Result<Option<u32>, FramingError> {
         let limit = self.limit.bytes();
         if let Some(announced) = self.failed {
             return Err(FramingError::FrameTooLarge { announced, limit });
@@ -153,16 +167,28 @@ impl FrameDecoder {
         let announced = u32::from_le_bytes(*header);
         if announced > limit {
             self.failed = Some(u64::from(announced));
-            self.buffer = Vec::new();
+            self.buffer = BytesMut::new();
             return Err(FramingError::FrameTooLarge { announced: u64::from(announced), limit });
         }
+        Ok(Some(announced))
+    }
+
+    /// The next complete payload, `None` if more bytes are needed. The payload is split off
+    /// the buffer without copying.
+    pub fn poll_frame(&mut self) -> Result<Option<Bytes>, FramingError> {
+        let Some(announced) = self.next_len()? else {
+            return Ok(None);
+        };
         let end = HEADER_LEN + announced as usize;
         if self.buffer.len() < end {
             return Ok(None);
         }
-        let payload = self.buffer[HEADER_LEN..end].to_vec();
-        self.buffer.drain(..end);
-        Ok(Some(payload))
+        let mut frame = self.buffer.split_to(end);
+        frame.advance(HEADER_LEN);
+        // What is left still points into the frame's allocation and would keep it alive as
+        // long as the connection: start a fresh buffer with any bytes of the next frame.
+        self.buffer = BytesMut::from(&self.buffer[..]);
+        Ok(Some(frame.freeze()))
     }
 
     /// The next complete message, `None` if more bytes are needed.

@@ -44,6 +44,13 @@ struct Args {
     /// (no rounds).
     #[arg(long)]
     idle: bool,
+    /// Ceiling of QUIC's MTU discovery on both sides, UDP payload bytes (loopback's MTU is
+    /// 64 KiB; 1452 is the Ethernet default of the binaries).
+    #[arg(long, default_value_t = 65_000)]
+    max_udp_payload: u16,
+    /// Updates the coordinator receives at the same time (its --concurrent-uploads).
+    #[arg(long, default_value_t = 4)]
+    concurrent_uploads: usize,
     /// Worker threads of the virtual clients' process.
     #[arg(long, default_value_t = 1)]
     client_threads: u16,
@@ -133,6 +140,10 @@ fn measure(args: &Args, setup: &Setup, interrupt: &Interrupt) -> anyhow::Result<
         "120s",
         "--max-frame-mib",
         &(model_mib + 1).to_string(),
+        "--max-udp-payload",
+        &args.max_udp_payload.to_string(),
+        "--concurrent-uploads",
+        &args.concurrent_uploads.to_string(),
     ]
     .map(String::from)
     .to_vec();
@@ -236,6 +247,8 @@ fn start_clients(args: &Args, setup: &Setup, ca: &Path, model_mib: u64) -> anyho
             args.client_threads.to_string(),
             "--max-frame-mib".into(),
             (model_mib + 1).to_string(),
+            "--max-udp-payload".into(),
+            args.max_udp_payload.to_string(),
         ]
     };
     if args.processes {
@@ -300,6 +313,8 @@ fn report(
         "clients": args.clients,
         "params": args.params,
         "rounds": args.rounds,
+        "max_udp_payload": args.max_udp_payload,
+        "concurrent_uploads": args.concurrent_uploads,
         "round_s": round_s,
         "round_s_median": median(&round_s),
         "warmup_round_s": field(&records[0], "duration_s"),
