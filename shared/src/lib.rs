@@ -13,6 +13,10 @@
 //! - [`prequential`]: test-then-train scoring and the one-pass runner.
 //! - [`protocol`]: wire messages, protocol version, ALPN and length-prefixed framing.
 //! - [`aggregate`]: streaming aggregation of client updates (sample-weighted FedAvg).
+//! - [`compress`]: update compression (int8 quantisation, top-k with error feedback) and its
+//!   wire type.
+//! - [`privacy`]: client-level differential privacy: clipping (fixed or adaptive), Gaussian
+//!   noise (central or distributed) and an RDP accountant.
 //! - [`round`]: the coordinator's round state machine and the client's session state machine.
 //! - [`checkpoint`]: encoding and verification of the coordinator's durable state.
 //! - [`local`]: the client side of a round: local learner, contribution, rebase, durable state.
@@ -23,6 +27,7 @@
 
 pub mod aggregate;
 pub mod checkpoint;
+pub mod compress;
 pub mod compute;
 pub mod data;
 pub mod evaluate;
@@ -31,6 +36,7 @@ pub mod local;
 pub mod model;
 pub mod params;
 pub mod prequential;
+pub mod privacy;
 pub mod protocol;
 pub mod round;
 pub mod standardize;
