@@ -15,6 +15,7 @@
 //! - [`round`]: the coordinator's round state machine and the client's session state machine.
 //! - [`checkpoint`]: encoding and verification of the coordinator's durable state.
 //! - [`local`]: the client side of a round: local learner, contribution, rebase, durable state.
+//! - [`secagg`]: secure aggregation (pairwise masking, SecAgg+): client and server state machines.
 //!
 //! Nothing in this crate opens a socket, spawns a task or reads a clock: callers pass time
 //! in as arguments and perform the I/O that the state machines ask for.
@@ -30,4 +31,5 @@ pub mod params;
 pub mod prequential;
 pub mod protocol;
 pub mod round;
+pub mod secagg;
 pub mod standardize;
