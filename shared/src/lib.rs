@@ -21,6 +21,7 @@
 //! - [`checkpoint`]: encoding and verification of the coordinator's durable state.
 //! - [`local`]: the client side of a round: local learner, contribution, rebase, durable state.
 //! - [`workload`]: the `fleet-round` benchmark's model and client updates, and its f64 reference.
+//! - [`secagg`]: secure aggregation (pairwise masking, SecAgg+): client and server state machines.
 //!
 //! Nothing in this crate opens a socket, spawns a task or reads a clock: callers pass time
 //! in as arguments and perform the I/O that the state machines ask for.
@@ -39,5 +40,6 @@ pub mod prequential;
 pub mod privacy;
 pub mod protocol;
 pub mod round;
+pub mod secagg;
 pub mod standardize;
 pub mod workload;

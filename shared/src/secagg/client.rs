@@ -1,0 +1,308 @@
+//! The client's side of a session.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use chacha20::ChaCha20Rng;
+use chacha20::rand_core::{Rng, SeedableRng};
+use x25519_dalek::{PublicKey, StaticSecret};
+
+use super::messages::{
+    AdvertiseKeys, ClientMessage, ForwardedShares, KeyDirectory, MaskedInput, PublicKeys, RevealedShare, Sealed,
+    ServerMessage, ShareKeys, UnmaskRequest, UnmaskingShares,
+};
+use super::shamir::{self, Share};
+use super::{NeighbourGraph, SEED_LEN, SecAggError, SessionSetup, prg};
+
+/// Where a client stands in its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientPhase {
+    /// Created: call [`SecAggClient::advertise_keys`].
+    AdvertiseKeys,
+    /// Keys sent: waiting for the [`KeyDirectory`].
+    AwaitingKeys,
+    /// Shares sent: waiting for the [`ForwardedShares`].
+    AwaitingShares,
+    /// Shares held: call [`SecAggClient::masked_input`] once the update is ready.
+    ReadyForInput,
+    /// Masked input sent: waiting for the [`UnmaskRequest`].
+    AwaitingUnmask,
+    /// Unmasking shares sent; the session is over for this client.
+    Done,
+}
+
+impl ClientPhase {
+    /// The phase's name, for errors and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::AdvertiseKeys => "AdvertiseKeys",
+            Self::AwaitingKeys => "AwaitingKeys",
+            Self::AwaitingShares => "AwaitingShares",
+            Self::ReadyForInput => "ReadyForInput",
+            Self::AwaitingUnmask => "AwaitingUnmask",
+            Self::Done => "Done",
+        }
+    }
+}
+
+/// One client's state machine for one session.
+///
+/// Each `handle_*` either refuses its input with a [`SecAggError`], leaving the client as it
+/// was, or moves to the next [`ClientPhase`] and returns the answer to send to the server.
+pub struct SecAggClient {
+    id: u64,
+    setup: SessionSetup,
+    graph: NeighbourGraph,
+    phase: ClientPhase,
+    rng: ChaCha20Rng,
+    cipher_secret: StaticSecret,
+    mask_secret: StaticSecret,
+    self_seed: [u8; SEED_LEN],
+    /// Neighbours whose keys arrived (the client's share holders) with their pairwise mask seeds.
+    directory: BTreeMap<u64, (PublicKeys, [u8; 32])>,
+    /// Neighbours whose shares arrived: (share of `b_v`, share of `s_sk_v`).
+    held: BTreeMap<u64, (Share, Share)>,
+}
+
+impl fmt::Debug for SecAggClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecAggClient")
+            .field("id", &self.id)
+            .field("phase", &self.phase)
+            .field("directory", &self.directory.keys().collect::<Vec<_>>())
+            .field("held", &self.held.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SecAggClient {
+    /// Joins the session `setup` as client `id`. All secrets (key pairs, self-mask seed, share
+    /// polynomials) are drawn from ChaCha20 seeded with `rng_seed`, which the caller takes from
+    /// a CSPRNG and never reuses.
+    pub fn new(id: u64, setup: SessionSetup, rng_seed: [u8; SEED_LEN]) -> Result<Self, SecAggError> {
+        setup.validate()?;
+        if setup.cohort.binary_search(&id).is_err() {
+            return Err(SecAggError::NotInCohort { id });
+        }
+        let graph = setup.graph()?;
+        let mut rng = ChaCha20Rng::from_seed(rng_seed);
+        let mut draw = || {
+            let mut bytes = [0u8; SEED_LEN];
+            rng.fill_bytes(&mut bytes);
+            bytes
+        };
+        let cipher_secret = StaticSecret::from(draw());
+        let mask_secret = StaticSecret::from(draw());
+        let self_seed = draw();
+        Ok(Self {
+            id,
+            setup,
+            graph,
+            phase: ClientPhase::AdvertiseKeys,
+            rng,
+            cipher_secret,
+            mask_secret,
+            self_seed,
+            directory: BTreeMap::new(),
+            held: BTreeMap::new(),
+        })
+    }
+
+    /// The client's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> ClientPhase {
+        self.phase
+    }
+
+    /// The session.
+    pub fn setup(&self) -> &SessionSetup {
+        &self.setup
+    }
+
+    /// The client's neighbours in the session's graph, ascending.
+    pub fn neighbours(&self) -> &[u64] {
+        self.graph.neighbours(self.id).unwrap_or(&[])
+    }
+
+    fn require(&self, phase: ClientPhase, message: &'static str) -> Result<(), SecAggError> {
+        if self.phase == phase {
+            Ok(())
+        } else {
+            Err(SecAggError::UnexpectedMessage { message, phase: self.phase.name() })
+        }
+    }
+
+    /// Phase 1: the public keys to send.
+    pub fn advertise_keys(&mut self) -> Result<AdvertiseKeys, SecAggError> {
+        self.require(ClientPhase::AdvertiseKeys, "advertise_keys")?;
+        self.phase = ClientPhase::AwaitingKeys;
+        Ok(AdvertiseKeys {
+            keys: PublicKeys {
+                cipher_key: PublicKey::from(&self.cipher_secret).to_bytes(),
+                mask_key: PublicKey::from(&self.mask_secret).to_bytes(),
+            },
+        })
+    }
+
+    /// Phase 2: shares the self-mask seed and the mask key among the neighbours of the
+    /// directory and seals each neighbour's pair.
+    pub fn handle_key_directory(&mut self, msg: &KeyDirectory) -> Result<ShareKeys, SecAggError> {
+        self.require(ClientPhase::AwaitingKeys, "KeyDirectory")?;
+        let session = self.setup.session_id;
+        let t = self.setup.params.threshold;
+        let mut directory = BTreeMap::new();
+        let mut ciphers = Vec::with_capacity(msg.keys.len());
+        for &(peer, keys) in &msg.keys {
+            if peer == self.id || !self.graph.are_neighbours(self.id, peer) {
+                return Err(SecAggError::NotANeighbour { peer });
+            }
+            if directory.contains_key(&peer) {
+                return Err(SecAggError::DuplicatePeer { peer });
+            }
+            let weak = SecAggError::WeakKey { peer };
+            let pairwise = prg::pairwise_seed(&session, &self.mask_secret, &keys.mask_key, self.id, peer)?
+                .ok_or_else(|| weak.clone())?;
+            let cipher =
+                prg::share_cipher(&session, &self.cipher_secret, &keys.cipher_key, self.id, peer)?.ok_or(weak)?;
+            directory.insert(peer, (keys, pairwise));
+            ciphers.push((peer, cipher));
+        }
+        if directory.len() < t {
+            return Err(SecAggError::TooFewNeighbours { have: directory.len(), need: t });
+        }
+        ciphers.sort_by_key(|&(peer, _)| peer);
+        let xs = ciphers
+            .iter()
+            .map(|&(peer, _)| self.graph.share_index(self.id, peer).ok_or(SecAggError::NotANeighbour { peer }))
+            .collect::<Result<Vec<_>, _>>()?;
+        let b_shares = shamir::split(&self.self_seed, t, &xs, &mut self.rng)?;
+        let s_shares = shamir::split(self.mask_secret.as_bytes(), t, &xs, &mut self.rng)?;
+        let sealed = ciphers
+            .iter()
+            .zip(b_shares.iter().zip(&s_shares))
+            .map(|((peer, cipher), (b, s))| {
+                Ok(Sealed { peer: *peer, ciphertext: prg::seal(cipher, &session, self.id, *peer, (b, s))? })
+            })
+            .collect::<Result<Vec<_>, SecAggError>>()?;
+        self.directory = directory;
+        self.phase = ClientPhase::AwaitingShares;
+        Ok(ShareKeys { sealed })
+    }
+
+    /// Phase 2, end: opens and keeps the shares the neighbours sent.
+    pub fn handle_forwarded_shares(&mut self, msg: &ForwardedShares) -> Result<(), SecAggError> {
+        self.require(ClientPhase::AwaitingShares, "ForwardedShares")?;
+        let session = self.setup.session_id;
+        let t = self.setup.params.threshold;
+        let mut held = BTreeMap::new();
+        for sealed in &msg.sealed {
+            let peer = sealed.peer;
+            let (keys, _) = self.directory.get(&peer).ok_or(SecAggError::NotANeighbour { peer })?;
+            if held.contains_key(&peer) {
+                return Err(SecAggError::DuplicatePeer { peer });
+            }
+            let cipher = prg::share_cipher(&session, &self.cipher_secret, &keys.cipher_key, peer, self.id)?
+                .ok_or(SecAggError::WeakKey { peer })?;
+            let (b, s) = prg::open(&cipher, &session, peer, self.id, &sealed.ciphertext)?;
+            if Some(b.x) != self.graph.share_index(peer, self.id) {
+                return Err(SecAggError::MalformedShare { peer });
+            }
+            held.insert(peer, (b, s));
+        }
+        if held.len() < t {
+            return Err(SecAggError::TooFewNeighbours { have: held.len(), need: t });
+        }
+        self.held = held;
+        self.phase = ClientPhase::ReadyForInput;
+        Ok(())
+    }
+
+    /// Phase 3: masks an encoded update (see [`super::FixedPoint`]) of the session's length.
+    pub fn masked_input(&mut self, encoded: &[u32]) -> Result<MaskedInput, SecAggError> {
+        self.require(ClientPhase::ReadyForInput, "masked_input")?;
+        if encoded.len() != self.setup.vector_len {
+            return Err(SecAggError::WrongLength { expected: self.setup.vector_len, got: encoded.len() });
+        }
+        let mut masked = encoded.to_vec();
+        let seed = prg::self_mask_seed(&self.setup.session_id, self.id, &self.self_seed)?;
+        prg::apply_mask(&mut masked, &seed, false);
+        for peer in self.held.keys() {
+            let (_, pairwise) = self.directory.get(peer).ok_or(SecAggError::NotANeighbour { peer: *peer })?;
+            // + towards larger ids, − towards smaller: the two sides cancel.
+            prg::apply_mask(&mut masked, pairwise, self.id > *peer);
+        }
+        self.phase = ClientPhase::AwaitingUnmask;
+        Ok(MaskedInput { masked })
+    }
+
+    /// Phase 3 from f32 values: encodes `weight · values` (clipped, rounded to nearest) with the
+    /// session's parameters and masks them.
+    pub fn masked_update(&mut self, values: &[f32], weight: f32) -> Result<MaskedInput, SecAggError> {
+        self.require(ClientPhase::ReadyForInput, "masked_update")?;
+        let encoded = self.setup.params.fixed_point()?.encode(values, weight)?;
+        self.masked_input(&encoded)
+    }
+
+    /// Phase 4: reveals the shares of the surviving neighbours' self masks and of the dropped
+    /// neighbours' mask keys, never both for one peer.
+    pub fn handle_unmask_request(&mut self, msg: &UnmaskRequest) -> Result<UnmaskingShares, SecAggError> {
+        self.require(ClientPhase::AwaitingUnmask, "UnmaskRequest")?;
+        let t = self.setup.params.threshold;
+        let mut survivors = BTreeSet::new();
+        for &peer in &msg.survivors {
+            if !self.held.contains_key(&peer) {
+                return Err(SecAggError::UnmaskMismatch { peer });
+            }
+            if !survivors.insert(peer) {
+                return Err(SecAggError::DuplicatePeer { peer });
+            }
+        }
+        let mut dropped = BTreeSet::new();
+        for &peer in &msg.dropped {
+            if survivors.contains(&peer) {
+                return Err(SecAggError::RevealBoth { peer });
+            }
+            if !self.held.contains_key(&peer) {
+                return Err(SecAggError::UnmaskMismatch { peer });
+            }
+            if !dropped.insert(peer) {
+                return Err(SecAggError::DuplicatePeer { peer });
+            }
+        }
+        if let Some(&peer) = self.held.keys().find(|p| !survivors.contains(*p) && !dropped.contains(*p)) {
+            return Err(SecAggError::UnmaskMismatch { peer });
+        }
+        if survivors.len() < t {
+            return Err(SecAggError::TooFewSurvivors { have: survivors.len(), need: t });
+        }
+        let reveal = |owners: &BTreeSet<u64>, pick: fn(&(Share, Share)) -> Share| {
+            owners
+                .iter()
+                .filter_map(|&owner| self.held.get(&owner).map(|pair| RevealedShare { owner, share: pick(pair) }))
+                .collect()
+        };
+        let answer = UnmaskingShares { self_mask: reveal(&survivors, |p| p.0), mask_key: reveal(&dropped, |p| p.1) };
+        self.phase = ClientPhase::Done;
+        Ok(answer)
+    }
+
+    /// Dispatches a server message: the answer to send, if it calls for one right away
+    /// ([`ServerMessage::ForwardedShares`] is answered later by [`Self::masked_input`]).
+    /// [`ServerMessage::Setup`] is refused: a client is built from it ([`Self::new`]).
+    pub fn handle(&mut self, msg: &ServerMessage) -> Result<Option<ClientMessage>, SecAggError> {
+        match msg {
+            ServerMessage::Setup(_) => {
+                Err(SecAggError::UnexpectedMessage { message: msg.kind(), phase: self.phase.name() })
+            }
+            ServerMessage::KeyDirectory(m) => self.handle_key_directory(m).map(|a| Some(ClientMessage::ShareKeys(a))),
+            ServerMessage::ForwardedShares(m) => self.handle_forwarded_shares(m).map(|()| None),
+            ServerMessage::UnmaskRequest(m) => {
+                self.handle_unmask_request(m).map(|a| Some(ClientMessage::UnmaskingShares(a)))
+            }
+        }
+    }
+}

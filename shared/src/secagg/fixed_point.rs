@@ -1,0 +1,152 @@
+//! Fixed-point encoding of f32 updates into `Z/2^32` and back (see the module docs of
+//! [`crate::secagg`] for the clipping range, precision and headroom).
+
+use chacha20::rand_core::Rng;
+
+/// How a scaled value is rounded to an integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rounding {
+    /// To the nearest integer (ties away from zero): error at most half a step per value.
+    Nearest,
+    /// Up with probability equal to the fractional part: unbiased, error below one step.
+    Stochastic,
+}
+
+/// Encodes clipped, scaled f32 values as 32-bit two's-complement integers, whose wrapping sums
+/// decode back to the sum of the values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FixedPoint {
+    clip: f32,
+    scale_bits: u32,
+}
+
+/// Why values could not be encoded or a sum decoded.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FixedPointError {
+    /// The clipping range is not a positive finite number.
+    #[error("clipping range {0} is not positive and finite")]
+    BadClipRange(f32),
+    /// The scale leaves no room for one clipped value in an `i32`.
+    #[error("2^{scale_bits} × clip range {clip} does not fit in an i32")]
+    BadScale {
+        /// `scale_bits`.
+        scale_bits: u32,
+        /// `c`.
+        clip: f32,
+    },
+    /// A value or the weight is NaN or infinite.
+    #[error("value {index} is not finite")]
+    NotFinite {
+        /// Position of the value (`usize::MAX` for the weight).
+        index: usize,
+    },
+    /// More summands than the headroom allows: the sum may have wrapped around.
+    #[error("a sum of {summands} values may have wrapped (at most {max})")]
+    TooManySummands {
+        /// Summands claimed.
+        summands: usize,
+        /// [`FixedPoint::max_summands`].
+        max: usize,
+    },
+}
+
+impl FixedPoint {
+    /// Clips to `[−clip, clip]` and scales by `2^scale_bits`.
+    pub fn new(clip: f32, scale_bits: u32) -> Result<Self, FixedPointError> {
+        if !(clip.is_finite() && clip > 0.0) {
+            return Err(FixedPointError::BadClipRange(clip));
+        }
+        let fixed = Self { clip, scale_bits };
+        if scale_bits > 62 || fixed.max_magnitude() > f64::from(i32::MAX) {
+            return Err(FixedPointError::BadScale { scale_bits, clip });
+        }
+        Ok(fixed)
+    }
+
+    /// The clipping range `c`.
+    pub fn clip_range(&self) -> f32 {
+        self.clip
+    }
+
+    /// The scale, `2^scale_bits`: one integer step is `1 / scale`.
+    pub fn scale(&self) -> f64 {
+        (1u64 << self.scale_bits) as f64
+    }
+
+    /// The largest magnitude of one encoded value, `⌈c · scale⌉`.
+    fn max_magnitude(&self) -> f64 {
+        (f64::from(self.clip) * (1u64 << self.scale_bits.min(62)) as f64).ceil()
+    }
+
+    /// The most encoded values whose sum still decodes exactly: `⌊(2^31 − 1) / ⌈c·scale⌉⌋`.
+    pub fn max_summands(&self) -> usize {
+        (f64::from(i32::MAX) / self.max_magnitude()).floor() as usize
+    }
+
+    /// Bound on the error per coordinate of a decoded sum of `summands` values within the
+    /// clipping range, before the final f32 rounding (relative 2^−24).
+    pub fn max_error(&self, summands: usize, rounding: Rounding) -> f64 {
+        let per_value = match rounding {
+            Rounding::Nearest => 0.5,
+            Rounding::Stochastic => 1.0,
+        };
+        summands as f64 * per_value / self.scale()
+    }
+
+    /// Encodes `weight · values`, clipped, rounded to the nearest step.
+    pub fn encode(&self, values: &[f32], weight: f32) -> Result<Vec<u32>, FixedPointError> {
+        self.encode_with(values, weight, |scaled| scaled.round())
+    }
+
+    /// Encodes `weight · values`, clipped, rounded stochastically with `rng` (unbiased).
+    pub fn encode_stochastic<R: Rng + ?Sized>(
+        &self,
+        values: &[f32],
+        weight: f32,
+        rng: &mut R,
+    ) -> Result<Vec<u32>, FixedPointError> {
+        self.encode_with(values, weight, |scaled| {
+            let floor = scaled.floor();
+            // 53 random bits: a uniform draw in [0, 1).
+            let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+            if u < scaled - floor { floor + 1.0 } else { floor }
+        })
+    }
+
+    fn encode_with(
+        &self,
+        values: &[f32],
+        weight: f32,
+        mut round: impl FnMut(f64) -> f64,
+    ) -> Result<Vec<u32>, FixedPointError> {
+        if !weight.is_finite() {
+            return Err(FixedPointError::NotFinite { index: usize::MAX });
+        }
+        let clip = f64::from(self.clip);
+        let scale = self.scale();
+        let weight = f64::from(weight);
+        values
+            .iter()
+            .enumerate()
+            .map(|(index, &v)| {
+                if !v.is_finite() {
+                    return Err(FixedPointError::NotFinite { index });
+                }
+                let scaled = (f64::from(v) * weight).clamp(-clip, clip) * scale;
+                // |round(scaled)| ≤ ⌈c·scale⌉ ≤ i32::MAX, checked in `new`.
+                Ok(round(scaled) as i32 as u32)
+            })
+            .collect()
+    }
+
+    /// Decodes a wrapping sum of `summands` encoded vectors (two's complement, then divided by
+    /// the scale).
+    pub fn decode(&self, sum: &[u32], summands: usize) -> Result<Vec<f32>, FixedPointError> {
+        let max = self.max_summands();
+        if summands > max {
+            return Err(FixedPointError::TooManySummands { summands, max });
+        }
+        let scale = self.scale();
+        Ok(sum.iter().map(|&s| (f64::from(s as i32) / scale) as f32).collect())
+    }
+}

@@ -1,0 +1,140 @@
+//! The messages of a secure-aggregation session, serde-serialisable (bincode on the wire).
+//!
+//! Client ids are the cohort's `u64` ids; every message names its sender implicitly (the
+//! connection it arrives on) and the server addresses each of its messages to one client.
+
+use serde::{Deserialize, Serialize};
+
+use super::SessionSetup;
+use super::shamir::Share;
+
+/// A client's two X25519 public keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicKeys {
+    /// `c_pk`: agrees the keys that seal the shares sent to this client.
+    pub cipher_key: [u8; 32],
+    /// `s_pk`: agrees the pairwise mask seeds with this client.
+    pub mask_key: [u8; 32],
+}
+
+/// Phase 1, client → server: the client's public keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdvertiseKeys {
+    /// The keys.
+    pub keys: PublicKeys,
+}
+
+/// Phase 1, server → client: the keys of the recipient's neighbours that advertised them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyDirectory {
+    /// `(neighbour id, its keys)`, ascending by id.
+    pub keys: Vec<(u64, PublicKeys)>,
+}
+
+/// Sealed shares between two clients, relayed by the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealed {
+    /// The recipient in [`ShareKeys`], the sender in [`ForwardedShares`].
+    pub peer: u64,
+    /// ChaCha20-Poly1305 ciphertext of the two shares and its tag.
+    pub ciphertext: Vec<u8>,
+}
+
+/// Phase 2, client → server: the client's shares for each neighbour of its directory, sealed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareKeys {
+    /// One entry per neighbour, addressed by [`Sealed::peer`].
+    pub sealed: Vec<Sealed>,
+}
+
+/// Phase 2, server → client: the sealed shares the recipient's live neighbours sent it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardedShares {
+    /// One entry per sender ([`Sealed::peer`]).
+    pub sealed: Vec<Sealed>,
+}
+
+/// Phase 3, client → server: the masked, fixed-point update.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaskedInput {
+    /// `x_u + PRG(b_u) + Σ ±PRG(s_uv) mod 2^32`, one word per coordinate.
+    pub masked: Vec<u32>,
+}
+
+/// Phase 4, server → client: which of the recipient's neighbours (those whose shares it holds)
+/// sent their masked input and which did not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnmaskRequest {
+    /// Neighbours whose input was folded: reveal their self-mask shares.
+    pub survivors: Vec<u64>,
+    /// Neighbours whose input is missing: reveal their mask-key shares.
+    pub dropped: Vec<u64>,
+}
+
+/// One revealed share of a peer's secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevealedShare {
+    /// The owner of the secret.
+    pub owner: u64,
+    /// The share.
+    pub share: Share,
+}
+
+/// Phase 4, client → server: the shares asked for by an [`UnmaskRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnmaskingShares {
+    /// Shares of the self-mask seeds `b_v` of the surviving neighbours.
+    pub self_mask: Vec<RevealedShare>,
+    /// Shares of the mask keys `s_sk_v` of the dropped neighbours.
+    pub mask_key: Vec<RevealedShare>,
+}
+
+/// Any message from a client to the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientMessage {
+    /// Phase 1.
+    AdvertiseKeys(AdvertiseKeys),
+    /// Phase 2.
+    ShareKeys(ShareKeys),
+    /// Phase 3.
+    MaskedInput(MaskedInput),
+    /// Phase 4.
+    UnmaskingShares(UnmaskingShares),
+}
+
+/// Any message from the server to a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ServerMessage {
+    /// Opens the session: build a [`super::SecAggClient`] from it.
+    Setup(SessionSetup),
+    /// End of phase 1.
+    KeyDirectory(KeyDirectory),
+    /// End of phase 2.
+    ForwardedShares(ForwardedShares),
+    /// End of phase 3.
+    UnmaskRequest(UnmaskRequest),
+}
+
+impl ClientMessage {
+    /// The message's kind, for errors and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::AdvertiseKeys(_) => "AdvertiseKeys",
+            Self::ShareKeys(_) => "ShareKeys",
+            Self::MaskedInput(_) => "MaskedInput",
+            Self::UnmaskingShares(_) => "UnmaskingShares",
+        }
+    }
+}
+
+impl ServerMessage {
+    /// The message's kind, for errors and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Setup(_) => "Setup",
+            Self::KeyDirectory(_) => "KeyDirectory",
+            Self::ForwardedShares(_) => "ForwardedShares",
+            Self::UnmaskRequest(_) => "UnmaskRequest",
+        }
+    }
+}
