@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use flotilla::aggregate::{StrategyConfig, StrategyKind};
+use flotilla::compress::Compression;
 use flotilla::hbp::HbpConfig;
 use flotilla::model::ModelSpec;
 use flotilla::protocol::framing::FrameLimit;
+use flotilla::round::config::{NoisePlacement, PrivacyConfig, SecureConfig};
 use flotilla::round::{CoordinatorConfig, Mode};
 use flotilla_net::transport::{ETHERNET_UDP_PAYLOAD, MAX_UDP_PAYLOAD, Tuning};
 
@@ -248,6 +250,55 @@ pub struct Options {
     /// in far fewer packets [default: 1452].
     #[arg(long, value_name = "BYTES")]
     pub max_udp_payload: Option<u16>,
+    /// How clients compress updates: `none`, `int8` (per-chunk scale, stochastic rounding:
+    /// ~0.25× the bytes), `int8:<chunk>`, `topk:<fraction>` or `topk:<fraction>+int8` (top-k
+    /// with error feedback, e.g. `topk:0.01+int8`) [default: none].
+    #[arg(long, value_name = "SCHEME")]
+    pub compression: Option<String>,
+    /// Client-level differential privacy: noise multiplier z (noise std z·C on the sum of
+    /// updates clipped to --dp-clip; every update weighs the same). ε is logged per round.
+    #[arg(long, value_name = "Z", requires = "dp_clip")]
+    pub dp_noise_multiplier: Option<f64>,
+    /// L2 bound C each update is clipped to under differential privacy.
+    #[arg(long, value_name = "C", requires = "dp_noise_multiplier")]
+    pub dp_clip: Option<f32>,
+    /// Where DP noise is added: `central` (coordinator) or `distributed` (each client adds
+    /// z·C/√min-clients; needed with --secure-aggregation) [default: distributed with secure
+    /// aggregation, else central].
+    #[arg(long, value_name = "WHERE")]
+    pub dp_noise: Option<NoiseWhere>,
+    /// δ of the (ε, δ) reported [default: 1e-5].
+    #[arg(long, value_name = "DELTA")]
+    pub dp_delta: Option<f64>,
+    /// Secure aggregation (SecAgg+): the coordinator only sees masked updates and their sum.
+    #[arg(long)]
+    #[serde(default)]
+    pub secure_aggregation: bool,
+    /// Neighbours each client masks with (k); 0 = the whole cohort [default: 0].
+    #[arg(long, value_name = "K")]
+    pub secagg_neighbours: Option<usize>,
+    /// Shares needed to unmask a dropped client (t > k/2); 0 = the smallest valid [default: 0].
+    #[arg(long, value_name = "T")]
+    pub secagg_threshold: Option<usize>,
+    /// Coordinates are clipped to [−c, c] before fixed-point encoding [default: 1].
+    #[arg(long, value_name = "C")]
+    pub secagg_clip_range: Option<f32>,
+    /// Fixed-point precision bits (values scaled by 2^bits) [default: 16].
+    #[arg(long, value_name = "BITS")]
+    pub secagg_scale_bits: Option<u32>,
+    /// How long each secure-aggregation phase waits for answers [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub secagg_phase_timeout: Option<HumanDuration>,
+}
+
+/// Where differential-privacy noise is added (flag values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NoiseWhere {
+    /// The coordinator noises the sum.
+    Central,
+    /// Each client adds its share.
+    Distributed,
 }
 
 /// Where the server certificate comes from.
@@ -315,8 +366,10 @@ impl Options {
             round_deadline, round_interval, join_timeout, rounds, vector_len, max_frame_mib, eval_data, strategy, server_lr,
             beta1, beta2, tau, trim_fraction, byzantine, multi_krum_m, clip_norm, outlier_norm, max_held_updates,
             mode, buffer_size, max_staleness, concurrent_uploads, idle_window_kib, upload_window_kib,
-            max_udp_payload);
-        Options { no_input_head, dev_cert_names, ..merged }
+            max_udp_payload, compression, dp_noise_multiplier, dp_clip, dp_noise, dp_delta, secagg_neighbours,
+            secagg_threshold, secagg_clip_range, secagg_scale_bits, secagg_phase_timeout);
+        let secure_aggregation = self.secure_aggregation || file.secure_aggregation;
+        Options { no_input_head, dev_cert_names, secure_aggregation, ..merged }
     }
 
     /// Reads `--config` (if any), merges it under these options and applies the defaults.
@@ -374,6 +427,32 @@ impl Options {
             },
         };
         let duration = |value: Option<HumanDuration>, default: Duration| value.map_or(default, |d| d.0);
+        let compression: Compression = match &self.compression {
+            Some(text) => text.parse().map_err(|e| anyhow::anyhow!("--compression {text}: {e}"))?,
+            None => Compression::None,
+        };
+        let privacy = match (self.dp_noise_multiplier, self.dp_clip) {
+            (Some(noise_multiplier), Some(clip)) => Some(PrivacyConfig {
+                noise_multiplier,
+                clip,
+                placement: match self.dp_noise {
+                    Some(NoiseWhere::Central) => NoisePlacement::Central,
+                    Some(NoiseWhere::Distributed) => NoisePlacement::Distributed,
+                    None if self.secure_aggregation => NoisePlacement::Distributed,
+                    None => NoisePlacement::Central,
+                },
+                delta: self.dp_delta.unwrap_or(1e-5),
+            }),
+            (None, None) => None,
+            _ => bail!("--dp-noise-multiplier and --dp-clip go together"),
+        };
+        let secure = self.secure_aggregation.then(|| SecureConfig {
+            neighbours: self.secagg_neighbours.unwrap_or(0),
+            threshold: self.secagg_threshold.unwrap_or(0),
+            clip_range: self.secagg_clip_range.unwrap_or(1.0),
+            scale_bits: self.secagg_scale_bits.unwrap_or(16),
+            phase_timeout: self.secagg_phase_timeout.map_or(Duration::from_secs(10), |d| d.0),
+        });
         let rounds = CoordinatorConfig {
             min_clients: self.min_clients.unwrap_or(2),
             sample_fraction: self.sample_fraction.unwrap_or(1.0),
@@ -383,6 +462,9 @@ impl Options {
             seed: u64::from(self.seed.unwrap_or(0)),
             aggregation,
             mode,
+            compression,
+            privacy,
+            secure,
             ..CoordinatorConfig::default()
         };
         rounds.validate().context("invalid round settings")?;
@@ -454,6 +536,7 @@ impl Options {
             clip_norm: self.clip_norm,
             outlier_norm: self.outlier_norm,
             max_held_updates: self.max_held_updates.unwrap_or(defaults.max_held_updates),
+            ..defaults
         })
     }
 }

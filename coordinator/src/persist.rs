@@ -64,6 +64,8 @@ pub struct RoundRecord {
     /// retransmissions included) sent and received since the previous commit, over the
     /// connections open at this commit.
     pub udp_bytes: u64,
+    /// Differential privacy spent so far (ε at the configured δ), when DP is on.
+    pub epsilon: Option<f64>,
     /// Seconds since the Unix epoch at commit.
     pub unix_time: f64,
 }
@@ -153,6 +155,7 @@ mod tests {
             bytes_in: 100,
             bytes_out: 200,
             udp_bytes: 0,
+            epsilon: None,
             unix_time: 1.0,
         };
         append_record(&path, &record).unwrap();

@@ -176,7 +176,14 @@ impl Shell {
             CoordinatorEvent::UpdateRefused { conn, reason } => {
                 tracing::debug!(%conn, %reason, "update refused");
             }
-            CoordinatorEvent::RoundCommitted { round, model_version, participants, samples, mean_local_error } => {
+            CoordinatorEvent::RoundCommitted {
+                round,
+                model_version,
+                participants,
+                samples,
+                mean_local_error,
+                epsilon,
+            } => {
                 self.committed += 1;
                 let (bytes_in, bytes_out) = self.traffic.snapshot();
                 let start = self.round_start.take().filter(|start| start.round == round);
@@ -195,6 +202,7 @@ impl Shell {
                     bytes_in: bytes_in - in0,
                     bytes_out: bytes_out - out0,
                     udp_bytes,
+                    epsilon,
                     unix_time: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
                 };
                 // The persister only stops when this sender is dropped; a send error means it failed,

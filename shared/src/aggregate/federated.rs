@@ -25,6 +25,11 @@ pub struct Hygiene {
     pub clip_norm: Option<f64>,
     /// Deltas whose L2 norm (before clipping) exceeds this are flagged as outliers, not refused.
     pub outlier_norm: Option<f64>,
+    /// Standard deviation of the Gaussian noise added to the sum of the (clipped) updates
+    /// before the mean is taken: central differential privacy.
+    pub noise_std: Option<f64>,
+    /// Seed of that noise (combined with the number of rounds aggregated).
+    pub noise_seed: u64,
 }
 
 /// What the hygiene found about an accepted update.
@@ -66,6 +71,8 @@ pub struct Federated<R, O> {
     expected: Option<Expected>,
     updates: usize,
     samples: u64,
+    /// Rounds begun, which seeds each round's noise.
+    rounds: u64,
 }
 
 /// Sample-weighted federated averaging (McMahan et al., 2017): `base + η_s·Σ nᵢ·Δᵢ / Σ nᵢ`,
@@ -88,7 +95,7 @@ impl Default for FedAvg {
 impl<R: Reducer, O: ServerOptimizer + Clone> Federated<R, O> {
     /// An aggregator of `reducer` and `optimizer` with server learning rate `server_lr`.
     pub fn with(reducer: R, optimizer: O, server_lr: f64, hygiene: Hygiene) -> Self {
-        Self { reducer, optimizer, server_lr, hygiene, expected: None, updates: 0, samples: 0 }
+        Self { reducer, optimizer, server_lr, hygiene, expected: None, updates: 0, samples: 0, rounds: 0 }
     }
 
     /// The server optimiser (and its state).
@@ -104,6 +111,7 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Aggregator for Federated<R, O> {
         self.reducer.begin(len);
         self.updates = 0;
         self.samples = 0;
+        self.rounds += 1;
     }
 
     fn fold(&mut self, delta: &ParameterVector, samples: u64) -> Result<Folded, AggregateError> {
@@ -137,6 +145,9 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Aggregator for Federated<R, O> {
             return Err(AggregateError::BaseChanged);
         }
         let mut step = self.reducer.reduce()?;
+        if let Some(std) = self.hygiene.noise_std {
+            add_noise_to_mean(&mut step, std, self.updates, self.hygiene.noise_seed, self.rounds);
+        }
         // A failed round must not move the optimiser's state: step a copy, keep it on success.
         let mut optimizer = self.optimizer.clone();
         optimizer.step(&mut step);
@@ -151,5 +162,19 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Aggregator for Federated<R, O> {
         }
         self.optimizer = optimizer;
         Ok(ParameterVector { format_version: base.format_version, fingerprint: base.fingerprint, values })
+    }
+}
+
+/// Adds N(0, (std/n)²) to each coordinate of a mean of `n` updates: the noise of standard
+/// deviation `std` on their sum, divided like the sum.
+fn add_noise_to_mean(mean: &mut [f64], std: f64, n: usize, seed: u64, round: u64) {
+    use rand_core::SeedableRng;
+    use rand_distr::Distribution;
+    let mut rng =
+        chacha20::ChaCha20Rng::seed_from_u64(crate::workload::splitmix64(seed ^ crate::workload::splitmix64(round)));
+    let scale = std / n.max(1) as f64;
+    for value in mean.iter_mut() {
+        let z: f64 = rand_distr::StandardNormal.sample(&mut rng);
+        *value += scale * z;
     }
 }

@@ -128,6 +128,10 @@ pub struct StrategyConfig {
     pub outlier_norm: Option<f64>,
     /// Most updates a robust strategy holds per round; memory is this × model × 4 bytes.
     pub max_held_updates: usize,
+    /// Standard deviation of Gaussian noise added to the sum of clipped updates (central DP).
+    pub noise_std: Option<f64>,
+    /// Seed of that noise.
+    pub noise_seed: u64,
 }
 
 impl Default for StrategyConfig {
@@ -144,6 +148,8 @@ impl Default for StrategyConfig {
             clip_norm: None,
             outlier_norm: None,
             max_held_updates: 256,
+            noise_std: None,
+            noise_seed: 0,
         }
     }
 }
@@ -211,7 +217,12 @@ impl StrategyConfig {
 
     /// The aggregator (call [`StrategyConfig::validate`] first).
     pub fn build(&self) -> Box<dyn Aggregator + Send> {
-        let hygiene = Hygiene { clip_norm: self.clip_norm, outlier_norm: self.outlier_norm };
+        let hygiene = Hygiene {
+            clip_norm: self.clip_norm,
+            outlier_norm: self.outlier_norm,
+            noise_std: self.noise_std,
+            noise_seed: self.noise_seed,
+        };
         let (lr, cap) = (self.server_lr, self.max_held_updates);
         let (beta1, beta2, tau) = (self.beta1, self.beta2, self.tau);
         let mean = WeightedMean::default();
@@ -264,7 +275,12 @@ impl StrategyConfig {
     /// A FedBuff buffer of `buffer_size` updates with this strategy's server optimiser, learning
     /// rate and hygiene; `None` for a robust strategy (it needs every update of a round at once).
     pub fn build_buffered(&self, buffer_size: usize, max_staleness: u64) -> Option<Buffered<ServerStep>> {
-        let hygiene = Hygiene { clip_norm: self.clip_norm, outlier_norm: self.outlier_norm };
+        let hygiene = Hygiene {
+            clip_norm: self.clip_norm,
+            outlier_norm: self.outlier_norm,
+            noise_std: self.noise_std,
+            noise_seed: self.noise_seed,
+        };
         let (beta1, beta2, tau) = (self.beta1, self.beta2, self.tau);
         let optimizer = match self.kind {
             StrategyKind::FedAvg => ServerStep::Sgd(Sgd),

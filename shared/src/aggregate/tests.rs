@@ -87,7 +87,7 @@ proptest! {
 
 #[test]
 fn deltas_above_the_clip_norm_are_scaled_down_and_outliers_flagged() {
-    let hygiene = Hygiene { clip_norm: Some(5.0), outlier_norm: Some(7.0) };
+    let hygiene = Hygiene { clip_norm: Some(5.0), outlier_norm: Some(7.0), ..Hygiene::default() };
     let mut aggregator = Federated::with(WeightedMean::default(), Sgd, 1.0, hygiene);
     let base = vector(vec![0.0, 0.0]);
     aggregator.begin(&base);

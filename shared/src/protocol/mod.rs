@@ -24,8 +24,10 @@ pub mod framing;
 
 use serde::{Deserialize, Serialize};
 
+use crate::compress::{CompressedDelta, Compression};
 use crate::model::ModelSpec;
 use crate::params::{Fingerprint, ParameterVector};
+use crate::secagg;
 
 /// Version of the message set below; bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u16 = 2;
@@ -61,6 +63,56 @@ pub enum ClientMessage {
         /// Human-readable reason.
         reason: String,
     },
+    /// The answer to an `UpdateRequest` when the [`UpdateRules`] ask for compression.
+    CompressedUpdate(CompressedUpdate),
+    /// A secure-aggregation message of `round` (the update itself travels masked, in
+    /// [`secagg::ClientMessage::MaskedInput`]).
+    SecAgg {
+        /// The round whose session this belongs to.
+        round: u64,
+        /// The message.
+        message: secagg::ClientMessage,
+    },
+}
+
+/// How clients must prepare their updates; sent after `Welcome`, before the first model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateRules {
+    /// Clip each delta to this L2 norm before anything else (client-level DP, SecAgg range).
+    pub clip_norm: Option<f32>,
+    /// Standard deviation of the Gaussian noise each client adds to its clipped delta
+    /// (distributed differential privacy; the sum over n clients carries √n times it).
+    pub noise_std: Option<f32>,
+    /// How deltas are compressed on the wire.
+    pub compression: Compression,
+    /// Whether rounds run secure aggregation: the delta is sent masked in the round's
+    /// `SecAgg` session, never as an `Update`.
+    pub secure: bool,
+}
+
+impl Default for UpdateRules {
+    fn default() -> Self {
+        Self { clip_norm: None, noise_std: None, compression: Compression::None, secure: false }
+    }
+}
+
+/// A client's contribution to one round, compressed (see [`crate::compress`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompressedUpdate {
+    /// The round this update answers.
+    pub round: u64,
+    /// The global model version the delta was computed from.
+    pub base_version: u64,
+    /// [`crate::params::PARAMETER_FORMAT_VERSION`] of the writer.
+    pub format_version: u16,
+    /// Fingerprint of the delta's layout.
+    pub fingerprint: Fingerprint,
+    /// The compressed delta.
+    pub delta: CompressedDelta,
+    /// Number of samples behind it.
+    pub samples: u64,
+    /// Aggregate prequential metrics over those samples.
+    pub metrics: LocalMetrics,
 }
 
 /// A message from the coordinator to a client daemon.
@@ -112,6 +164,15 @@ pub enum CoordinatorMessage {
     Goodbye {
         /// Human-readable reason.
         reason: String,
+    },
+    /// How to prepare updates (sent after `Welcome`).
+    Rules(UpdateRules),
+    /// A secure-aggregation message of `round`'s session.
+    SecAgg {
+        /// The round whose session this belongs to.
+        round: u64,
+        /// The message.
+        message: secagg::ServerMessage,
     },
 }
 

@@ -13,10 +13,17 @@ use std::time::{Duration, Instant};
 
 use super::CloseReason;
 use crate::aggregate::check_delta;
+use crate::compress::CompressError;
 use crate::model::ModelSpec;
 use crate::params::{Fingerprint, ParameterError, ParameterVector};
+use crate::privacy::PrivacyError;
 use crate::protocol::framing::decode_message;
-use crate::protocol::{ClientMessage, CoordinatorMessage, ErrorCode, LocalMetrics, PROTOCOL_VERSION, Update};
+use crate::protocol::{
+    ClientMessage, CompressedUpdate, CoordinatorMessage, ErrorCode, LocalMetrics, PROTOCOL_VERSION, Update,
+};
+use crate::secagg::{SecAggError, ServerMessage as SecAggServerMessage};
+
+mod prepare;
 
 /// The `model_version` of an `UpdateRequest` asking for an update resting on whatever model the
 /// client holds (asynchronous mode). Such a *standing* request does not lapse when a newer
@@ -97,6 +104,18 @@ pub enum SubmitError {
     /// The delta does not fit the announced layout, or is not finite.
     #[error("delta refused: {0}")]
     Parameters(#[from] ParameterError),
+    /// Clipping or noising the delta failed (bad rules from the coordinator).
+    #[error("privacy rules could not be applied: {0}")]
+    Privacy(#[from] PrivacyError),
+    /// Compressing the delta failed.
+    #[error("compression failed: {0}")]
+    Compression(#[from] CompressError),
+    /// Masking the delta failed.
+    #[error("secure aggregation failed: {0}")]
+    Secure(#[from] SecAggError),
+    /// The rules ask for secure aggregation but this round's session was not opened.
+    #[error("no secure-aggregation session is open for round {0}")]
+    NoSecureSession(u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +144,7 @@ pub struct Client {
     transmits: VecDeque<ClientMessage>,
     events: VecDeque<ClientEvent>,
     close: Option<CloseReason>,
+    preparer: prepare::Preparer,
 }
 
 impl Client {
@@ -139,7 +159,16 @@ impl Client {
             transmits: VecDeque::from([join]),
             events: VecDeque::new(),
             close: None,
+            preparer: prepare::Preparer::new([0; 32]),
         }
+    }
+
+    /// Seeds the randomness of noise, stochastic rounding and secure-aggregation keys. The
+    /// shell must call this with 32 bytes from the operating system's generator: without it
+    /// the seed is fixed (fine for tests, not for privacy).
+    pub fn with_entropy(mut self, seed: [u8; 32]) -> Self {
+        self.preparer = prepare::Preparer::new(seed);
+        self
     }
 
     /// Identifier given by the coordinator, once welcomed.
@@ -219,6 +248,13 @@ impl Client {
             (Session::Ready { .. }, CoordinatorMessage::Error { code, message }) => {
                 self.events.push_back(ClientEvent::Refused { code, message });
             }
+            (Session::Ready { .. }, CoordinatorMessage::Rules(rules)) => {
+                tracing::debug!(?rules, "update rules received");
+                self.preparer.set_rules(rules);
+            }
+            (Session::Ready { client_id, .. }, CoordinatorMessage::SecAgg { round, message }) => {
+                self.handle_secure(client_id, round, message);
+            }
             (_, CoordinatorMessage::Goodbye { reason }) => self.end(CloseReason::Goodbye, reason),
             (Session::Joining, _) => self.violation(ErrorCode::UnexpectedMessage, "message before Welcome".into()),
             (Session::Ready { .. }, CoordinatorMessage::Welcome { .. }) => {
@@ -254,10 +290,51 @@ impl Client {
             return Err(SubmitError::InconsistentMetrics);
         }
         check_delta(&delta, fingerprint, len)?;
+        let ParameterVector { format_version, fingerprint, mut values } = delta;
+        self.preparer.privatise(&mut values)?;
+        let (round, base_version) = (request.round, request.model_version);
+        if self.preparer.rules.secure {
+            let messages = self.preparer.submit_secure(round, values)?.ok_or(SubmitError::NoSecureSession(round))?;
+            self.request = None;
+            self.transmits.extend(messages);
+            return Ok(());
+        }
+        let message = match self.preparer.compress(&values) {
+            Some(compressed) => ClientMessage::CompressedUpdate(CompressedUpdate {
+                round,
+                base_version,
+                format_version,
+                fingerprint,
+                delta: compressed?,
+                samples,
+                metrics,
+            }),
+            None => {
+                let delta = ParameterVector { format_version, fingerprint, values };
+                ClientMessage::Update(Update { round, base_version, delta, samples, metrics })
+            }
+        };
         self.request = None;
-        let update = Update { round: request.round, base_version: request.model_version, delta, samples, metrics };
-        self.transmits.push_back(ClientMessage::Update(update));
+        self.transmits.push_back(message);
         Ok(())
+    }
+
+    /// A secure-aggregation message: opens the round's session or moves it on. A session
+    /// that fails only costs this round (the coordinator proceeds without this client).
+    fn handle_secure(&mut self, client_id: u64, round: u64, message: SecAggServerMessage) {
+        if !self.preparer.rules.secure {
+            return self.violation(ErrorCode::UnexpectedMessage, "secure aggregation was not announced".into());
+        }
+        let result = match message {
+            SecAggServerMessage::Setup(setup) => {
+                self.preparer.open_session(round, client_id, setup).map(|message| vec![message])
+            }
+            other => self.preparer.handle_session(round, &other),
+        };
+        match result {
+            Ok(messages) => self.transmits.extend(messages),
+            Err(error) => tracing::warn!(round, %error, "secure-aggregation session refused a message"),
+        }
     }
 
     /// Whether a standing request (asked with [`ANY_MODEL_VERSION`]) is pending.

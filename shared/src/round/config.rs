@@ -4,6 +4,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::aggregate::{StrategyConfig, StrategyError};
+use crate::compress::Compression;
+use crate::protocol::UpdateRules;
+use crate::secagg::{ParamsError, SecAggParams};
 
 /// Longest duration accepted in a [`CoordinatorConfig`]: a year.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -58,6 +61,66 @@ pub struct CoordinatorConfig {
     pub aggregation: StrategyConfig,
     /// Synchronous rounds or asynchronous buffered aggregation.
     pub mode: Mode,
+    /// How clients compress their updates.
+    pub compression: Compression,
+    /// Client-level differential privacy, if any.
+    pub privacy: Option<PrivacyConfig>,
+    /// Secure aggregation, if any.
+    pub secure: Option<SecureConfig>,
+}
+
+/// Client-level differential privacy (DP-FedAvg, McMahan et al. 2018): every update is
+/// clipped to `clip` and weighs the same; Gaussian noise of standard deviation
+/// `noise_multiplier · clip` is added to the sum, by the coordinator (central) or split over
+/// the clients (distributed, for secure aggregation: each adds `z·C/√min_clients`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PrivacyConfig {
+    /// Noise multiplier z.
+    pub noise_multiplier: f64,
+    /// L2 clipping bound C of each update.
+    pub clip: f32,
+    /// Where the noise is added.
+    pub placement: NoisePlacement,
+    /// δ of the (ε, δ) reported after each round.
+    pub delta: f64,
+}
+
+/// Where differential-privacy noise is added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoisePlacement {
+    /// The coordinator adds it to the sum of clipped updates.
+    Central,
+    /// Each client adds its share before sending (needed with secure aggregation).
+    Distributed,
+}
+
+/// Secure aggregation (SecAgg+): every sampled client masks its clipped update with `neighbours`
+/// others; a dropped client's masks are removed when `threshold` of its neighbours survive.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SecureConfig {
+    /// Neighbours k of each client; 0 means all the cohort (the original protocol).
+    pub neighbours: usize,
+    /// Shares t needed to unmask; 0 means the smallest value above half the degree.
+    pub threshold: usize,
+    /// Every coordinate is clipped to [−c, c] before fixed-point encoding.
+    pub clip_range: f32,
+    /// Fixed-point precision: values are scaled by 2^scale_bits.
+    pub scale_bits: u32,
+    /// How long each phase of the protocol waits for answers (the masked-input phase waits
+    /// until the round deadline: learners need time).
+    pub phase_timeout: Duration,
+}
+
+impl SecureConfig {
+    /// The session parameters for a cohort of `cohort` clients.
+    pub fn params(&self, cohort: usize) -> SecAggParams {
+        let k =
+            if self.neighbours == 0 { cohort.saturating_sub(1) } else { self.neighbours.min(cohort.saturating_sub(1)) };
+        let base =
+            SecAggParams { neighbours: k, threshold: 0, clip_range: self.clip_range, scale_bits: self.scale_bits };
+        let threshold = if self.threshold == 0 { base.degree(cohort) / 2 + 1 } else { self.threshold };
+        SecAggParams { threshold, ..base }
+    }
 }
 
 impl Default for CoordinatorConfig {
@@ -73,6 +136,9 @@ impl Default for CoordinatorConfig {
             auth_tokens: None,
             aggregation: StrategyConfig::default(),
             mode: Mode::Sync,
+            compression: Compression::None,
+            privacy: None,
+            secure: None,
         }
     }
 }
@@ -109,6 +175,15 @@ pub enum ConfigError {
     /// Asynchronous aggregation folds updates as they come; a robust strategy needs them all.
     #[error("strategy {0} holds every update of a round; asynchronous mode needs a mean-based strategy")]
     AsyncRobust(crate::aggregate::StrategyKind),
+    /// The secure-aggregation parameters give no privacy or cannot work.
+    #[error("secure aggregation: {0}")]
+    Secure(#[from] ParamsError),
+    /// A combination that cannot work, with the reason.
+    #[error("{0}")]
+    Incompatible(&'static str),
+    /// The differential-privacy settings are out of range.
+    #[error("differential privacy: noise multiplier must be ≥ 0 and finite, clip > 0, δ in (0, 1)")]
+    Privacy,
 }
 
 impl CoordinatorConfig {
@@ -132,6 +207,7 @@ impl CoordinatorConfig {
                 return Err(ConfigError::AsyncRobust(self.aggregation.kind));
             }
         }
+        self.validate_privacy_and_security()?;
         let cap = self.aggregation.max_held_updates;
         if self.mode == Mode::Sync && self.aggregation.kind.is_robust() && cap < self.min_clients {
             return Err(ConfigError::HeldCapBelowQuorum { cap, min_clients: self.min_clients });
@@ -145,6 +221,75 @@ impl CoordinatorConfig {
             Some((name, _)) => Err(ConfigError::TooLong(name)),
             None => Ok(()),
         }
+    }
+
+    fn validate_privacy_and_security(&self) -> Result<(), ConfigError> {
+        if let Some(p) = &self.privacy
+            && !(p.noise_multiplier.is_finite()
+                && p.noise_multiplier >= 0.0
+                && p.clip.is_finite()
+                && p.clip > 0.0
+                && p.delta > 0.0
+                && p.delta < 1.0)
+        {
+            return Err(ConfigError::Privacy);
+        }
+        let Some(secure) = &self.secure else {
+            if self.privacy.is_some_and(|p| p.placement == NoisePlacement::Distributed) {
+                return Err(ConfigError::Incompatible(
+                    "distributed DP noise protects only a secure sum; use central noise without secure aggregation",
+                ));
+            }
+            return Ok(());
+        };
+        if self.mode != Mode::Sync {
+            return Err(ConfigError::Incompatible(
+                "secure aggregation needs a cohort fixed before anyone masks (keys, shares, unmasking), while \
+                 asynchronous mode weighs each update by a staleness known only when it arrives: use --mode sync",
+            ));
+        }
+        if self.aggregation.kind.is_robust() {
+            return Err(ConfigError::Incompatible(
+                "robust strategies need each update; secure aggregation reveals only the sum: use a mean-based strategy",
+            ));
+        }
+        if self.compression != Compression::None {
+            return Err(ConfigError::Incompatible(
+                "pairwise masks cancel only on identical, full-length vectors: secure aggregation already sends \
+                 fixed-point words, and int8 or top-k compression cannot be masked",
+            ));
+        }
+        if self.privacy.is_some_and(|p| p.placement == NoisePlacement::Central) {
+            return Err(ConfigError::Incompatible(
+                "with secure aggregation the coordinator sees no single update: use distributed DP noise",
+            ));
+        }
+        // Explicit neighbours/threshold are checked on the smallest cohort a round can have.
+        let cohort = self.min_clients.max(2);
+        if secure.neighbours != 0 || secure.threshold != 0 {
+            let params = secure.params(cohort.max(secure.neighbours + 1));
+            params.validate(cohort.max(secure.neighbours + 1))?;
+        } else {
+            secure.params(cohort).validate(cohort)?;
+        }
+        Ok(())
+    }
+
+    /// What clients are told to do with their updates.
+    pub fn update_rules(&self) -> UpdateRules {
+        let (clip_norm, noise_std) = match &self.privacy {
+            Some(p) if p.placement == NoisePlacement::Distributed => {
+                let n = self.min_clients.max(1) as f64;
+                (Some(p.clip), Some((p.noise_multiplier * f64::from(p.clip) / n.sqrt()) as f32))
+            }
+            // Central DP: the coordinator clips; a client-side clip would only hide its norm.
+            _ => (None, None),
+        };
+        let clip_norm = match &self.secure {
+            Some(_) => clip_norm.or(self.aggregation.clip_norm.map(|c| c as f32)),
+            None => clip_norm,
+        };
+        UpdateRules { clip_norm, noise_std, compression: self.compression, secure: self.secure.is_some() }
     }
 
     /// Number of clients to sample among `joined` (0 if fewer than the quorum are joined).

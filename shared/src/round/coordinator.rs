@@ -18,8 +18,13 @@ use crate::aggregate::Aggregator;
 use crate::checkpoint::Checkpoint;
 use crate::model::ModelSpec;
 use crate::params::ParameterVector;
+use crate::privacy::RdpAccountant;
 use crate::protocol::framing::decode_message;
-use crate::protocol::{ClientMessage, CoordinatorMessage, ErrorCode, LocalMetrics, PROTOCOL_VERSION};
+use crate::protocol::{
+    ClientMessage, CompressedUpdate, CoordinatorMessage, ErrorCode, LocalMetrics, PROTOCOL_VERSION, Update,
+};
+use crate::round::config::NoisePlacement;
+use crate::round::events::UpdateRefusal;
 
 /// What the coordinator knows of one connection.
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +51,8 @@ struct ActiveRound {
     deadline: Instant,
     answers: BTreeMap<ConnectionId, Answer>,
     metrics: LocalMetrics,
+    /// The round's secure-aggregation session, when rounds are secure.
+    secure: Option<secure::SecureRound>,
 }
 
 /// A queued transmission; the model is cloned only when polled, so at most one copy of
@@ -71,6 +78,8 @@ pub struct Coordinator {
     /// Asynchronous mode's buffer and requests; `None` in synchronous mode.
     buffered: Option<asynchronous::AsyncState>,
     shutting_down: bool,
+    /// Privacy spent so far, when differential privacy is on.
+    accountant: Option<RdpAccountant>,
     transmits: VecDeque<Outgoing>,
     closes: VecDeque<(ConnectionId, CloseReason)>,
     events: VecDeque<CoordinatorEvent>,
@@ -90,7 +99,15 @@ impl Coordinator {
     /// A coordinator resuming from a checkpoint; the next round is `checkpoint.round + 1`.
     pub fn from_checkpoint(config: CoordinatorConfig, checkpoint: Checkpoint) -> Result<Self, ConfigError> {
         config.validate()?;
-        let aggregator = config.aggregation.build();
+        let mut strategy = config.aggregation.clone();
+        if let Some(privacy) = config.privacy.filter(|p| p.placement == NoisePlacement::Central) {
+            // Central DP: the coordinator clips every update and noises their sum.
+            strategy.clip_norm = Some(f64::from(privacy.clip));
+            strategy.noise_std = Some(privacy.noise_multiplier * f64::from(privacy.clip));
+            strategy.noise_seed = config.seed;
+        }
+        let aggregator = strategy.build();
+        let accountant = config.privacy.is_some().then(RdpAccountant::default);
         let buffered = asynchronous::AsyncState::new(&config)?;
         Ok(Self {
             config,
@@ -105,6 +122,7 @@ impl Coordinator {
             next_round_at: None,
             buffered,
             shutting_down: false,
+            accountant,
             transmits: VecDeque::new(),
             closes: VecDeque::new(),
             events: VecDeque::new(),
@@ -179,6 +197,17 @@ impl Coordinator {
                 self.handle_async_update(conn, update, now);
             }
             (Peer::Joined { .. }, ClientMessage::Update(update)) => self.handle_update(conn, update, now),
+            (Peer::Joined { .. }, ClientMessage::CompressedUpdate(compressed)) => match self.decompress(compressed) {
+                Ok(update) if self.buffered.is_some() => self.handle_async_update(conn, update, now),
+                Ok(update) => self.handle_update(conn, update, now),
+                Err(refusal) => {
+                    self.refuse_update(conn, refusal);
+                    self.record_answer(conn, Answer::Refused, now);
+                }
+            },
+            (Peer::Joined { client_id }, ClientMessage::SecAgg { round, message }) => {
+                self.handle_secure_message(conn, client_id, round, message, now);
+            }
             (_, ClientMessage::Heartbeat) => {}
             (_, ClientMessage::Error { code, message }) => {
                 self.events.push_back(CoordinatorEvent::ClientError { conn, code, message });
@@ -233,7 +262,8 @@ impl Coordinator {
         for conn in late {
             self.violation(conn, ErrorCode::Timeout, "did not join in time".into(), now);
         }
-        if self.active.as_ref().is_some_and(|round| round.deadline <= now) {
+        self.secure_deadline(now);
+        if self.active.as_ref().is_some_and(|round| round.deadline <= now && round.secure.is_none()) {
             self.end_round(now);
         }
         self.reask_lapsed(now);
@@ -276,6 +306,7 @@ impl Coordinator {
             Peer::Joined { .. } => None,
         });
         let round = match &self.active {
+            Some(ActiveRound { secure: Some(secure), .. }) => Some(secure.deadline()),
             Some(active) => Some(active.deadline),
             None if self.joined() >= self.config.min_clients => self.next_round_at,
             None => None,
@@ -309,6 +340,7 @@ impl Coordinator {
             model_version: self.model_version,
         };
         self.transmits.push_back(Outgoing::Message(conn, welcome));
+        self.transmits.push_back(Outgoing::Message(conn, CoordinatorMessage::Rules(self.config.update_rules())));
         self.transmits.push_back(Outgoing::LatestModel(conn));
         self.events.push_back(CoordinatorEvent::ClientJoined { conn, client_id, client_name: name });
         if self.buffered.is_some() {
@@ -350,6 +382,19 @@ impl Coordinator {
         self.record_answer(conn, Answer::Gone, now);
     }
 
+    /// A compressed update, checked and expanded to the dense form the aggregators fold.
+    fn decompress(&self, compressed: CompressedUpdate) -> Result<Update, UpdateRefusal> {
+        let expected = self.params.values.len();
+        if compressed.delta.len() != expected {
+            let found = compressed.delta.len();
+            return Err(UpdateRefusal::Compressed(format!("{found} values, the model has {expected}")));
+        }
+        let values = compressed.delta.to_dense().map_err(|e| UpdateRefusal::Compressed(e.to_string()))?;
+        let CompressedUpdate { round, base_version, format_version, fingerprint, samples, metrics, .. } = compressed;
+        let delta = ParameterVector { format_version, fingerprint, values };
+        Ok(Update { round, base_version, delta, samples, metrics })
+    }
+
     /// Records a sampled client's answer if it had none; ends the round once all have
     /// answered, or as soon as the quorum is out of reach.
     fn record_answer(&mut self, conn: ConnectionId, answer: Answer, now: Instant) {
@@ -367,6 +412,7 @@ impl Coordinator {
 
 mod asynchronous;
 mod rounds;
+mod secure;
 
 #[cfg(test)]
 mod tests;

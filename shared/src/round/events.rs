@@ -85,6 +85,8 @@ pub enum CoordinatorEvent {
         samples: u64,
         /// Prequential error rate over the participants' samples, if they had any.
         mean_local_error: Option<f64>,
+        /// Differential privacy spent so far (ε at the configured δ), when DP is on.
+        epsilon: Option<f64>,
     },
     /// A round ended without a new model; the next one starts when possible.
     RoundFailed {
@@ -134,6 +136,12 @@ pub enum UpdateRefusal {
     /// The aggregator refused the delta (NaN, layout, zero samples…).
     #[error(transparent)]
     Invalid(#[from] AggregateError),
+    /// Rounds run secure aggregation: updates must come masked, in the round's session.
+    #[error("this coordinator runs secure aggregation: send the update masked, not in the clear")]
+    MaskedExpected,
+    /// A compressed update could not be read.
+    #[error("compressed update refused: {0}")]
+    Compressed(String),
 }
 
 impl UpdateRefusal {
@@ -143,7 +151,8 @@ impl UpdateRefusal {
             Self::Invalid(AggregateError::TooStale { .. } | AggregateError::FutureBase { .. }) => {
                 ErrorCode::StaleUpdate
             }
-            Self::InconsistentMetrics { .. } | Self::Invalid(_) => ErrorCode::InvalidUpdate,
+            Self::InconsistentMetrics { .. } | Self::Invalid(_) | Self::Compressed(_) => ErrorCode::InvalidUpdate,
+            Self::MaskedExpected => ErrorCode::UnexpectedMessage,
             Self::NotSampled | Self::Duplicate => ErrorCode::UnexpectedMessage,
             Self::NoRoundInProgress | Self::WrongRound { .. } | Self::StaleBase { .. } => ErrorCode::StaleUpdate,
         }
@@ -167,4 +176,7 @@ pub enum RoundFailure {
     /// The coordinator shut down during the round.
     #[error("coordinator shutting down")]
     ShuttingDown,
+    /// The secure-aggregation session failed (too few survivors, unreadable shares…).
+    #[error("secure aggregation failed: {0}")]
+    Secure(String),
 }

@@ -40,3 +40,6 @@ pub enum CloseReason {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod rules_tests;

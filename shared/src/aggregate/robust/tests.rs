@@ -85,7 +85,7 @@ fn updates_past_the_cap_are_refused_and_the_round_still_commits() {
 
 #[test]
 fn robust_strategies_hold_the_clipped_deltas() {
-    let hygiene = Hygiene { clip_norm: Some(1.0), outlier_norm: None };
+    let hygiene = Hygiene { clip_norm: Some(1.0), outlier_norm: None, ..Hygiene::default() };
     let mut aggregator = Federated::with(Median::new(4), Sgd, 1.0, hygiene);
     let base = vector(vec![0.0, 0.0]);
     aggregator.begin(&base);

@@ -141,6 +141,7 @@ impl Coordinator {
                     participants,
                     samples,
                     mean_local_error,
+                    epsilon: None,
                 });
             }
             Err(error) => {

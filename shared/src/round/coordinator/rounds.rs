@@ -41,13 +41,17 @@ impl Coordinator {
             deadline: now + self.config.round_deadline,
             answers: sampled.iter().map(|conn| (*conn, Answer::Pending)).collect(),
             metrics: LocalMetrics::default(),
+            secure: None,
         });
         tracing::info!(round = self.round, sampled = sampled.len(), "round started");
         self.events.push_back(CoordinatorEvent::RoundStarted {
             round: self.round,
             model_version: self.model_version,
-            sampled,
+            sampled: sampled.clone(),
         });
+        if self.config.secure.is_some() {
+            self.open_secure_round(&sampled, now);
+        }
     }
 
     /// Validates an update and folds it into the round's aggregate.
@@ -55,8 +59,10 @@ impl Coordinator {
         if let Err(refusal) = self.route_update(conn, &update) {
             return self.refuse_update(conn, refusal);
         }
+        // Under differential privacy every (clipped) update weighs the same.
+        let weight = if self.config.privacy.is_some() { 1 } else { update.samples };
         let folded = if update.metrics.is_consistent() {
-            self.aggregator.fold(&update.delta, update.samples).map_err(UpdateRefusal::from)
+            self.aggregator.fold(&update.delta, weight).map_err(UpdateRefusal::from)
         } else {
             let LocalMetrics { samples, prequential_errors: errors } = update.metrics;
             Err(UpdateRefusal::InconsistentMetrics { errors, samples })
@@ -88,6 +94,9 @@ impl Coordinator {
 
     /// Checks that the update answers a pending request of the current round and model.
     fn route_update(&self, conn: ConnectionId, update: &Update) -> Result<(), UpdateRefusal> {
+        if self.config.secure.is_some() {
+            return Err(UpdateRefusal::MaskedExpected);
+        }
         let active = self.active.as_ref().ok_or(UpdateRefusal::NoRoundInProgress)?;
         match self.config.staleness {
             StalenessPolicy::CurrentOnly => {
@@ -124,6 +133,15 @@ impl Coordinator {
         self.transmits.extend(joined.into_iter().map(Outgoing::LatestModel));
     }
 
+    /// Accounts one more round of the DP mechanism; ε spent so far at the configured δ.
+    fn spend_privacy(&mut self) -> Option<f64> {
+        let (privacy, accountant) = (self.config.privacy?, self.accountant.as_mut()?);
+        accountant.step(privacy.noise_multiplier, self.config.sample_fraction).ok()?;
+        let (epsilon, _) = accountant.epsilon(privacy.delta).ok()?;
+        tracing::info!(epsilon, delta = privacy.delta, "privacy spent");
+        Some(epsilon)
+    }
+
     /// Commits the round if it reached the quorum, fails it otherwise; then tries the next.
     pub(super) fn end_round(&mut self, now: Instant) {
         let Some(active) = self.active.take() else { return };
@@ -140,6 +158,7 @@ impl Coordinator {
                 self.publish_model(params);
                 let LocalMetrics { samples, prequential_errors } = active.metrics;
                 let mean_local_error = (samples > 0).then(|| prequential_errors as f64 / samples as f64);
+                let epsilon = self.spend_privacy();
                 tracing::info!(round, model_version = self.model_version, accepted, "round committed");
                 self.events.push_back(CoordinatorEvent::RoundCommitted {
                     round,
@@ -147,6 +166,7 @@ impl Coordinator {
                     participants: accepted,
                     samples: samples_folded,
                     mean_local_error,
+                    epsilon,
                 });
             }
             Err(reason) => {

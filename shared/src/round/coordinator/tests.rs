@@ -1,4 +1,5 @@
 use crate::hbp::HbpConfig;
+use crate::protocol::UpdateRules;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -100,10 +101,11 @@ fn joining_client_gets_welcome_then_model_and_round_starts_at_quorum() {
     assert!(
         matches!(&sent[0], (ConnectionId(7), CoordinatorMessage::Welcome { client_id: 1, protocol_version: PROTOCOL_VERSION, round: 0, model_version: 0, fingerprint, .. }) if *fingerprint == FINGERPRINT)
     );
+    assert_eq!(sent[1], (ConnectionId(7), CoordinatorMessage::Rules(UpdateRules::default())));
     assert!(
-        matches!(&sent[1], (ConnectionId(7), CoordinatorMessage::Model { model_version: 0, params, .. }) if params.values == vec![1.0, 2.0])
+        matches!(&sent[2], (ConnectionId(7), CoordinatorMessage::Model { model_version: 0, params, .. }) if params.values == vec![1.0, 2.0])
     );
-    assert_eq!(sent.len(), 2, "no round below the quorum");
+    assert_eq!(sent.len(), 3, "no round below the quorum");
     assert_eq!(coordinator.poll_timeout(), None);
     join(&mut coordinator, 8, t0);
     let requests: Vec<_> = transmits(&mut coordinator)
@@ -140,6 +142,7 @@ fn full_round_with_three_clients_commits_the_sample_weighted_mean() {
         participants: 3,
         samples: 8,
         mean_local_error: Some(0.25),
+        epsilon: None,
     };
     assert_eq!(events[3], committed);
     assert_eq!(events[4], started(2, 1, &[1, 2, 3]), "the next round starts right away");
@@ -369,7 +372,7 @@ fn resumes_from_a_checkpoint() {
     assert_eq!(coordinator.checkpoint(), checkpoint);
     join(&mut coordinator, 1, t0);
     assert!(matches!(
-        transmits(&mut coordinator)[2],
+        transmits(&mut coordinator)[3],
         (_, CoordinatorMessage::UpdateRequest { round: 42, model_version: 17, .. })
     ));
     coordinator.handle_message(ConnectionId(1), update(42, 17, vec![1.0, -1.0], 1, 0), t0);

@@ -1,5 +1,6 @@
 //! Asynchronous mode, driven by hand with fixed instants; the numbers are worked out by hand.
 
+use crate::protocol::UpdateRules;
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -52,6 +53,7 @@ fn sent(coordinator: &mut Coordinator) -> Vec<(u64, String)> {
                     format!("request r{round}")
                 }
                 CoordinatorMessage::Error { code, .. } => format!("error {code:?}"),
+                CoordinatorMessage::Rules(rules) if rules == UpdateRules::default() => "rules".to_string(),
                 other => format!("{other:?}"),
             };
             (conn.0, text)
@@ -79,7 +81,9 @@ fn clients_are_asked_on_joining_and_again_once_folded_without_any_round() {
     let t0 = Instant::now();
     let mut coordinator = joined(config(2, 3), 2, t0);
     assert!(!coordinator.round_in_progress());
-    let each = |conn| [(conn, "welcome".into()), (conn, "model v0".into()), (conn, "request r1".into())];
+    let each = |conn| {
+        [(conn, "welcome".into()), (conn, "rules".into()), (conn, "model v0".into()), (conn, "request r1".into())]
+    };
     assert_eq!(sent(&mut coordinator), [each(1), each(2)].concat());
     // Both requests lapse together, ten seconds after the joins.
     assert_eq!(coordinator.poll_timeout(), Some(t0 + DEADLINE));

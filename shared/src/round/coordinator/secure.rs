@@ -1,0 +1,193 @@
+//! Rounds under secure aggregation: the round's sampled clients form a SecAgg+ cohort and
+//! the coordinator relays the protocol's messages; it only ever holds masked vectors and,
+//! at the end, their sum, whose mean is folded into the aggregator as one update.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use super::{Answer, Coordinator, Outgoing, Peer};
+use crate::params::ParameterVector;
+use crate::protocol::CoordinatorMessage;
+use crate::round::ConnectionId;
+use crate::round::events::{CoordinatorEvent, RoundFailure};
+use crate::secagg::{self, SecAggServer, ServerPhase, SessionSetup};
+use crate::workload::splitmix64;
+
+/// The secure session of the running round.
+pub(super) struct SecureRound {
+    server: SecAggServer,
+    /// Client id → connection, for the cohort.
+    connections: BTreeMap<u64, ConnectionId>,
+    phase: ServerPhase,
+    phase_deadline: Instant,
+}
+
+impl std::fmt::Debug for SecureRound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecureRound").field("phase", &self.phase).field("cohort", &self.connections.len()).finish()
+    }
+}
+
+impl SecureRound {
+    /// When the current phase stops waiting.
+    pub(super) fn deadline(&self) -> Instant {
+        self.phase_deadline
+    }
+}
+
+/// A public, per-round session id derived from the coordinator's seed (it seeds the
+/// neighbour graph; secrecy comes from the clients' own keys).
+fn session_id(seed: u64, round: u64) -> [u8; secagg::SEED_LEN] {
+    let mut id = [0u8; secagg::SEED_LEN];
+    let mut state = splitmix64(seed ^ splitmix64(round));
+    for chunk in id.chunks_mut(8) {
+        state = splitmix64(state);
+        chunk.copy_from_slice(&state.to_le_bytes());
+    }
+    id
+}
+
+impl Coordinator {
+    /// Opens the round's secure session over `sampled` (called right after the round started).
+    pub(super) fn open_secure_round(&mut self, sampled: &[ConnectionId], now: Instant) {
+        let Some(config) = self.config.secure else { return };
+        let connections: BTreeMap<u64, ConnectionId> = sampled
+            .iter()
+            .filter_map(|conn| match self.peers.get(conn) {
+                Some(Peer::Joined { client_id }) => Some((*client_id, *conn)),
+                _ => None,
+            })
+            .collect();
+        let cohort: Vec<u64> = connections.keys().copied().collect();
+        let setup = SessionSetup {
+            session_id: session_id(self.config.seed, self.round),
+            params: config.params(cohort.len()),
+            vector_len: self.params.values.len(),
+            cohort,
+        };
+        let min_survivors = self.config.min_clients.clamp(2, connections.len().max(2));
+        match SecAggServer::new(setup, min_survivors) {
+            Ok(server) => {
+                let phase = server.phase();
+                let deadline = now + config.phase_timeout;
+                if let Some(active) = &mut self.active {
+                    active.secure = Some(SecureRound { server, connections, phase, phase_deadline: deadline });
+                }
+                self.pump_secure(now);
+            }
+            Err(error) => {
+                tracing::warn!(round = self.round, %error, "secure aggregation could not start");
+                self.fail_round(RoundFailure::Secure(error.to_string()), now);
+            }
+        }
+    }
+
+    /// A secure-aggregation message from `conn` (client `client_id`).
+    pub(super) fn handle_secure_message(
+        &mut self,
+        conn: ConnectionId,
+        client_id: u64,
+        round: u64,
+        message: secagg::ClientMessage,
+        now: Instant,
+    ) {
+        let Some(active) = self.active.as_mut().filter(|a| a.number == round) else {
+            return tracing::debug!(%conn, round, "secure message for no running session; ignored");
+        };
+        let Some(secure) = active.secure.as_mut() else {
+            return self.violation(conn, crate::protocol::ErrorCode::UnexpectedMessage, "no secure round".into(), now);
+        };
+        if secure.connections.get(&client_id) != Some(&conn) {
+            return tracing::warn!(%conn, client_id, "secure message from outside the cohort; ignored");
+        }
+        let kind = message.kind();
+        if let Err(error) = secure.server.handle(client_id, message) {
+            tracing::warn!(%conn, client_id, kind, %error, "secure-aggregation message refused");
+        }
+        self.pump_secure(now);
+    }
+
+    /// The phase deadline passed: proceed with the clients that answered.
+    pub(super) fn secure_deadline(&mut self, now: Instant) {
+        let Some(secure) = self.active.as_mut().and_then(|a| a.secure.as_mut()) else { return };
+        if secure.phase_deadline > now {
+            return;
+        }
+        tracing::info!(round = self.round, phase = secure.phase.name(), "secure-aggregation phase deadline");
+        if let Err(error) = secure.server.handle_deadline() {
+            tracing::warn!(round = self.round, %error, "secure-aggregation deadline");
+        }
+        self.pump_secure(now);
+    }
+
+    /// Relays the session's outgoing messages, follows its phase and ends the round once
+    /// the sum is known or the session failed.
+    fn pump_secure(&mut self, now: Instant) {
+        let (round, round_deadline, phase_timeout) = match (&self.active, &self.config.secure) {
+            (Some(active), Some(config)) => (active.number, active.deadline, config.phase_timeout),
+            _ => return,
+        };
+        let Some(secure) = self.active.as_mut().and_then(|a| a.secure.as_mut()) else { return };
+        while let Some((client_id, message)) = secure.server.poll_message() {
+            if let Some(conn) = secure.connections.get(&client_id) {
+                self.transmits.push_back(Outgoing::Message(*conn, CoordinatorMessage::SecAgg { round, message }));
+            }
+        }
+        let phase = secure.server.phase();
+        if phase != secure.phase {
+            tracing::debug!(round, from = secure.phase.name(), to = phase.name(), "secure-aggregation phase");
+            secure.phase = phase;
+            // Learners need the round's time to produce the update that is masked.
+            secure.phase_deadline =
+                if phase == ServerPhase::MaskedInput { round_deadline } else { now + phase_timeout };
+        }
+        match phase {
+            ServerPhase::Done => self.finish_secure(now),
+            ServerPhase::Failed => {
+                let reason = secure.server.failure().map_or_else(|| "unknown".into(), ToString::to_string);
+                self.fail_round(RoundFailure::Secure(reason), now);
+            }
+            _ => {}
+        }
+    }
+
+    /// Folds the mean of the survivors' updates (uniform weights) and commits the round.
+    fn finish_secure(&mut self, now: Instant) {
+        let Some(mut secure) = self.active.as_mut().and_then(|a| a.secure.take()) else { return };
+        let Some(output) = secure.server.take_output() else { return };
+        let survivors: Vec<ConnectionId> =
+            output.survivors.iter().filter_map(|id| secure.connections.get(id).copied()).collect();
+        let sum = match output.decode(secure.server.setup()) {
+            Ok(sum) => sum,
+            Err(error) => return self.fail_round(RoundFailure::Secure(error.to_string()), now),
+        };
+        let n = survivors.len().max(1) as f32;
+        let mean = ParameterVector {
+            format_version: self.params.format_version,
+            fingerprint: self.params.fingerprint,
+            values: sum.into_iter().map(|v| v / n).collect(),
+        };
+        if let Err(error) = self.aggregator.fold(&mean, survivors.len() as u64) {
+            return self.fail_round(RoundFailure::Aggregation(error), now);
+        }
+        tracing::info!(round = self.round, survivors = survivors.len(), "secure sum unmasked");
+        if let Some(active) = &mut self.active {
+            for answer in active.answers.values_mut() {
+                *answer = Answer::Gone;
+            }
+            for conn in &survivors {
+                active.answers.insert(*conn, Answer::Accepted);
+            }
+        }
+        self.end_round(now);
+    }
+
+    /// Ends the running round without a model; the next starts after the usual pause (at
+    /// least a second, so that a session failing at once does not spin).
+    pub(super) fn fail_round(&mut self, reason: RoundFailure, now: Instant) {
+        let Some(active) = self.active.take() else { return };
+        tracing::warn!(round = active.number, %reason, "round failed");
+        self.events.push_back(CoordinatorEvent::RoundFailed { round: active.number, reason });
+        self.next_round_at = Some(now + self.config.round_interval.max(std::time::Duration::from_secs(1)));
+    }
+}

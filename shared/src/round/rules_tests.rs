@@ -1,0 +1,305 @@
+//! End to end without sockets: secure aggregation (with dropouts), compressed updates and
+//! differential privacy through the real coordinator and client state machines.
+
+use std::time::{Duration, Instant};
+
+use super::config::{NoisePlacement, PrivacyConfig, SecureConfig};
+use super::*;
+use crate::compress::Compression;
+use crate::hbp::HbpConfig;
+use crate::params::{Fingerprint, PARAMETER_FORMAT_VERSION, ParameterVector};
+use crate::protocol::framing::{FrameDecoder, FrameLimit, encode_frame};
+use crate::protocol::{ClientMessage, LocalMetrics};
+use crate::secagg;
+
+const LEN: usize = 64;
+const DEADLINE: Duration = Duration::from_secs(30);
+const PHASE: Duration = Duration::from_secs(5);
+
+/// When a client stops answering.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Drop {
+    Never,
+    /// Never answers the update request (so never sends a masked input).
+    BeforeMasking,
+    /// Goes silent right after sending its masked input.
+    AfterMasking,
+}
+
+struct Edge {
+    conn: ConnectionId,
+    client: Client,
+    inbound: FrameDecoder,
+    outbound: FrameDecoder,
+    delta: Vec<f32>,
+    drop: Drop,
+    silent: bool,
+}
+
+fn delta(i: usize) -> Vec<f32> {
+    (0..LEN).map(|j| ((i * 31 + j * 7) % 23) as f32 / 23.0 - 0.5).collect()
+}
+
+fn edges(drops: &[Drop]) -> Vec<Edge> {
+    drops
+        .iter()
+        .enumerate()
+        .map(|(i, drop)| Edge {
+            conn: ConnectionId(i as u64),
+            client: Client::new(format!("edge-{i}"), None).with_entropy([i as u8 + 1; 32]),
+            inbound: FrameDecoder::new(FrameLimit::DEFAULT),
+            outbound: FrameDecoder::new(FrameLimit::DEFAULT),
+            delta: delta(i),
+            drop: *drop,
+            silent: false,
+        })
+        .collect()
+}
+
+fn coordinator(config: CoordinatorConfig) -> Coordinator {
+    let initial = ParameterVector {
+        format_version: PARAMETER_FORMAT_VERSION,
+        fingerprint: Fingerprint(9),
+        values: vec![0.0; LEN],
+    };
+    Coordinator::new(config, HbpConfig::new(2, 2), initial).unwrap()
+}
+
+/// Moves messages until both sides are quiet; clients answer round 1 only.
+fn pump(coordinator: &mut Coordinator, edges: &mut [Edge], now: Instant) {
+    loop {
+        let mut moved = false;
+        for edge in edges.iter_mut().filter(|e| !e.silent) {
+            while let Some(message) = edge.client.poll_transmit() {
+                let masked =
+                    matches!(message, ClientMessage::SecAgg { message: secagg::ClientMessage::MaskedInput(_), .. });
+                edge.outbound.push(&encode_frame(&message, FrameLimit::DEFAULT).unwrap());
+                moved = true;
+                if masked && edge.drop == Drop::AfterMasking {
+                    edge.silent = true;
+                    break;
+                }
+            }
+            while let Some(payload) = edge.outbound.poll_frame().unwrap() {
+                coordinator.handle_frame(edge.conn, &payload, now);
+            }
+        }
+        while let Some((conn, message)) = coordinator.poll_transmit() {
+            let edge = edges.iter_mut().find(|e| e.conn == conn).unwrap();
+            if !edge.silent {
+                edge.inbound.push(&encode_frame(&message, FrameLimit::DEFAULT).unwrap());
+                moved = true;
+            }
+        }
+        for edge in edges.iter_mut().filter(|e| !e.silent) {
+            while let Some(payload) = edge.inbound.poll_frame().unwrap() {
+                edge.client.handle_frame(&payload, now);
+            }
+            while let Some(event) = edge.client.poll_event() {
+                if let ClientEvent::UpdateRequested { round: 1, .. } = event
+                    && edge.drop != Drop::BeforeMasking
+                {
+                    let delta = ParameterVector {
+                        format_version: PARAMETER_FORMAT_VERSION,
+                        fingerprint: Fingerprint(9),
+                        values: edge.delta.clone(),
+                    };
+                    edge.client.submit_update(delta, 10, LocalMetrics { samples: 10, prequential_errors: 1 }).unwrap();
+                }
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+fn commits(coordinator: &mut Coordinator) -> Vec<(usize, Option<f64>)> {
+    std::iter::from_fn(|| coordinator.poll_event())
+        .filter_map(|e| match e {
+            CoordinatorEvent::RoundCommitted { participants, epsilon, .. } => Some((participants, epsilon)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn mean_of(edges: &[Edge], included: impl Fn(&Edge) -> bool) -> Vec<f32> {
+    let chosen: Vec<&Edge> = edges.iter().filter(|e| included(e)).collect();
+    (0..LEN).map(|j| chosen.iter().map(|e| e.delta[j]).sum::<f32>() / chosen.len() as f32).collect()
+}
+
+fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn secure_config(min_clients: usize, neighbours: usize) -> CoordinatorConfig {
+    CoordinatorConfig {
+        min_clients,
+        round_deadline: DEADLINE,
+        // Everyone joins before the round starts.
+        round_interval: Duration::from_secs(1),
+        secure: Some(SecureConfig { neighbours, threshold: 0, clip_range: 1.0, scale_bits: 16, phase_timeout: PHASE }),
+        ..CoordinatorConfig::default()
+    }
+}
+
+/// Runs round 1 of a secure fleet; returns the committed rounds and the coordinator.
+fn secure_round(
+    drops: &[Drop],
+    neighbours: usize,
+    min_clients: usize,
+) -> (Vec<(usize, Option<f64>)>, Coordinator, Vec<Edge>) {
+    let t0 = Instant::now();
+    let mut coordinator = coordinator(secure_config(min_clients, neighbours));
+    let mut edges = edges(drops);
+    for edge in &edges {
+        coordinator.handle_connect(edge.conn, t0);
+    }
+    pump(&mut coordinator, &mut edges, t0);
+    // Let every phase deadline pass in turn (dropped clients never answer).
+    let mut now = t0;
+    for _ in 0..8 {
+        if coordinator.model_version() > 0 {
+            break;
+        }
+        now = coordinator.poll_timeout().unwrap_or(now).max(now);
+        coordinator.handle_timeout(now);
+        pump(&mut coordinator, &mut edges, now);
+    }
+    (commits(&mut coordinator), coordinator, edges)
+}
+
+#[test]
+fn secure_round_equals_the_plain_mean_without_dropouts() {
+    for neighbours in [0, 4] {
+        let (commits, coordinator, edges) = secure_round(&[Drop::Never; 7], neighbours, 7);
+        assert_eq!(commits, [(7, None)], "k = {neighbours}");
+        let expected = mean_of(&edges, |_| true);
+        // Fixed point: 2^-16 per coordinate and client before the mean.
+        assert!(max_difference(&coordinator.params().values, &expected) < 1e-4, "k = {neighbours}");
+    }
+}
+
+#[test]
+fn secure_round_survives_a_dropout_after_masking() {
+    let mut drops = [Drop::Never; 7];
+    drops[2] = Drop::AfterMasking;
+    let (commits, coordinator, edges) = secure_round(&drops, 0, 7);
+    // Its masked input arrived: its update is in the sum, its self-mask removed by the others.
+    assert_eq!(commits, [(7, None)]);
+    assert!(max_difference(&coordinator.params().values, &mean_of(&edges, |_| true)) < 1e-4);
+}
+
+#[test]
+fn secure_round_removes_the_masks_of_clients_dropped_before_masking() {
+    let mut drops = [Drop::Never; 8];
+    drops[1] = Drop::BeforeMasking;
+    drops[5] = Drop::BeforeMasking;
+    let (commits, coordinator, edges) = secure_round(&drops, 6, 6);
+    assert_eq!(commits.len(), 1);
+    assert_eq!(commits[0].0, 6, "six survivors");
+    let expected = mean_of(&edges, |e| e.drop == Drop::Never);
+    assert!(max_difference(&coordinator.params().values, &expected) < 1e-4);
+}
+
+#[test]
+fn plain_updates_are_refused_by_a_secure_coordinator() {
+    let t0 = Instant::now();
+    let mut coordinator = coordinator(secure_config(2, 0));
+    for conn in [ConnectionId(1), ConnectionId(2)] {
+        coordinator.handle_connect(conn, t0);
+        coordinator.handle_message(
+            conn,
+            ClientMessage::Join {
+                protocol_version: crate::protocol::PROTOCOL_VERSION,
+                client_name: "x".into(),
+                auth_token: None,
+            },
+            t0,
+        );
+    }
+    let delta = ParameterVector {
+        format_version: PARAMETER_FORMAT_VERSION,
+        fingerprint: Fingerprint(9),
+        values: vec![0.0; LEN],
+    };
+    let update =
+        crate::protocol::Update { round: 1, base_version: 0, delta, samples: 1, metrics: LocalMetrics::default() };
+    coordinator.handle_message(ConnectionId(1), ClientMessage::Update(update), t0);
+    let refused = std::iter::from_fn(|| coordinator.poll_event())
+        .any(|e| matches!(e, CoordinatorEvent::UpdateRefused { reason: UpdateRefusal::MaskedExpected, .. }));
+    assert!(refused);
+}
+
+#[test]
+fn secure_configurations_without_privacy_or_that_cannot_work_are_refused() {
+    let weak = CoordinatorConfig {
+        min_clients: 8,
+        secure: Some(SecureConfig {
+            neighbours: 4,
+            threshold: 2,
+            clip_range: 1.0,
+            scale_bits: 16,
+            phase_timeout: PHASE,
+        }),
+        ..CoordinatorConfig::default()
+    };
+    assert!(matches!(weak.validate(), Err(ConfigError::Secure(_))), "t = k/2 gives no privacy");
+    let asynchronous =
+        CoordinatorConfig { mode: Mode::Async { buffer_size: 4, max_staleness: 2 }, ..secure_config(4, 0) };
+    assert!(matches!(asynchronous.validate(), Err(ConfigError::Incompatible(_))));
+    let compressed = CoordinatorConfig {
+        compression: Compression::Int8 { chunk: crate::compress::DEFAULT_CHUNK },
+        ..secure_config(4, 0)
+    };
+    assert!(matches!(compressed.validate(), Err(ConfigError::Incompatible(_))));
+    assert_eq!(secure_config(4, 0).validate(), Ok(()));
+}
+
+/// Runs one plain round of three clients under `config`.
+fn plain_round(config: CoordinatorConfig) -> (Vec<(usize, Option<f64>)>, Coordinator, Vec<Edge>) {
+    let t0 = Instant::now();
+    let mut coordinator = coordinator(CoordinatorConfig { min_clients: 3, round_deadline: DEADLINE, ..config });
+    let mut edges = edges(&[Drop::Never; 3]);
+    for edge in &edges {
+        coordinator.handle_connect(edge.conn, t0);
+    }
+    pump(&mut coordinator, &mut edges, t0);
+    (commits(&mut coordinator), coordinator, edges)
+}
+
+#[test]
+fn int8_compressed_updates_are_folded_within_quantisation_error() {
+    let int8 = Compression::Int8 { chunk: crate::compress::DEFAULT_CHUNK };
+    let (commits, coordinator, edges) = plain_round(CoordinatorConfig { compression: int8, ..Default::default() });
+    assert_eq!(commits, [(3, None)]);
+    // Stochastic rounding moves each value by less than one step, max |x| / 127 ≤ 0.5 / 127.
+    let difference = max_difference(&coordinator.params().values, &mean_of(&edges, |_| true));
+    assert!(difference > 0.0 && difference < 0.5 / 127.0, "{difference}");
+}
+
+#[test]
+fn top_k_updates_send_only_their_largest_values() {
+    let top = Compression::TopK { fraction: crate::compress::KeepFraction::new(0.25).unwrap(), int8: false };
+    let (commits, coordinator, _) = plain_round(CoordinatorConfig { compression: top, ..Default::default() });
+    assert_eq!(commits, [(3, None)]);
+    let nonzero = coordinator.params().values.iter().filter(|v| **v != 0.0).count();
+    assert!(nonzero > 0 && nonzero <= 3 * LEN / 4, "{nonzero} coordinates moved");
+}
+
+#[test]
+fn central_privacy_clips_noises_and_reports_epsilon() {
+    let privacy = PrivacyConfig { noise_multiplier: 1.0, clip: 0.5, placement: NoisePlacement::Central, delta: 1e-5 };
+    let (commits, coordinator, edges) = plain_round(CoordinatorConfig { privacy: Some(privacy), ..Default::default() });
+    assert_eq!(commits.len(), 1);
+    let epsilon = commits[0].1.expect("ε is reported");
+    assert!(epsilon > 0.0 && epsilon.is_finite(), "{epsilon}");
+    // Noise of std z·C/n = 1/6 per coordinate moves the model well away from the clipped mean.
+    let difference = max_difference(&coordinator.params().values, &mean_of(&edges, |_| true));
+    assert!(difference > 0.05, "{difference}");
+    let distributed = CoordinatorConfig {
+        privacy: Some(PrivacyConfig { placement: NoisePlacement::Distributed, ..privacy }),
+        ..Default::default()
+    };
+    assert!(matches!(distributed.validate(), Err(ConfigError::Incompatible(_))), "distributed noise needs SecAgg");
+}
