@@ -4,6 +4,7 @@
 //! [`HbpModel::learn`] and together with [`BatchedHbp::step`]; their predictions must be equal
 //! and their parameters agree to 1e-4 (relative, f32). The wgpu variant is skipped when no
 //! Vulkan adapter exists, unless `FLOTILLA_REQUIRE_GPU=1` (as CI sets it).
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a failure here is a test failure")]
 
 use burn::tensor::Device;
 use flotilla::compute::{self, BackendChoice};

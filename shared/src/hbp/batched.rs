@@ -265,8 +265,8 @@ impl BatchedHbp {
         let forward = self.forward(batch.features);
         let predicted = self.mixture(&forward).argmax(2);
         let losses = self.head_losses(&forward, &batch.targets);
-        let gradients = self.gradients(&forward, &batch.targets);
-        self.apply(gradients, self.config.learning_rate);
+        let steps = self.gradients(&forward, &batch.targets, self.config.learning_rate);
+        self.apply(steps);
         self.hedge(losses);
         let [c, b, _] = predicted.dims();
         predicted.reshape([c, b])

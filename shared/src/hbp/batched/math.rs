@@ -25,7 +25,11 @@ pub(super) struct Forward {
     probabilities: Tensor<4>,
 }
 
-/// A gradient with the shapes of [`BatchedHbp`]'s trainable tensors (α excluded).
+/// A gradient times the learning rate, with the shapes of [`BatchedHbp`]'s trainable tensors (α excluded).
+///
+/// The backward pass is linear in the logits' gradient, so η is folded into its per-head
+/// scale `α_l / b`: the SGD step is then one subtraction per tensor, not a scaling pass too
+/// over every weight (the batched step is bound by memory traffic on the CPU).
 pub(super) struct Gradients {
     hidden_weights: Vec<Tensor<3>>,
     hidden_biases: Vec<Tensor<3>>,
@@ -66,13 +70,14 @@ impl BatchedHbp {
         (log_p * targets.clone().unsqueeze_dim(1)).sum_dim(3).mean_dim(2).reshape([c, k]).neg()
     }
 
-    /// The analytic gradient of every client's `J = Σ_l α_l · CE_l` (see `super::super::math`).
-    pub(super) fn gradients(&self, forward: &Forward, targets: &Tensor<3>) -> Gradients {
+    /// `learning_rate` times the analytic gradient of every client's `J = Σ_l α_l · CE_l`
+    /// (see `super::super::math`).
+    pub(super) fn gradients(&self, forward: &Forward, targets: &Tensor<3>, learning_rate: f32) -> Gradients {
         let layers = self.config.hidden_layers;
         let [c, k, b, classes] = forward.probabilities.dims();
         let width = self.config.width;
-        // ∂(α_l · mean CE_l)/∂logits_l = α_l (p_l − y) / b, per client
-        let scale = self.alpha.clone().reshape([c, k, 1, 1]).div_scalar(b as f32);
+        // η · ∂(α_l · mean CE_l)/∂logits_l = η α_l (p_l − y) / b, per client
+        let scale = self.alpha.clone().reshape([c, k, 1, 1]).mul_scalar(learning_rate / b as f32);
         let logit_grads = (forward.probabilities.clone() - targets.clone().unsqueeze_dim(1)) * scale;
         let hidden_grads = logit_grads.clone().narrow(1, k - layers, layers);
         let input_head = self.input_head.as_ref().map(|_| {
@@ -107,21 +112,21 @@ impl BatchedHbp {
         Gradients { hidden_weights, hidden_biases, input_head, head_weights, head_biases }
     }
 
-    /// One SGD step for every client: each trainable tensor moves by `−learning_rate · gradient`.
-    pub(super) fn apply(&mut self, gradients: Gradients, learning_rate: f32) {
-        for (param, grad) in self.hidden_weights.iter_mut().zip(gradients.hidden_weights) {
-            *param = param.clone() - grad.mul_scalar(learning_rate);
+    /// One SGD step for every client: each trainable tensor moves by `−learning_rate · gradient`
+    /// (already scaled, see [`Gradients`]).
+    pub(super) fn apply(&mut self, steps: Gradients) {
+        for (param, step) in self.hidden_weights.iter_mut().zip(steps.hidden_weights) {
+            *param = param.clone() - step;
         }
-        for (param, grad) in self.hidden_biases.iter_mut().zip(gradients.hidden_biases) {
-            *param = param.clone() - grad.mul_scalar(learning_rate);
+        for (param, step) in self.hidden_biases.iter_mut().zip(steps.hidden_biases) {
+            *param = param.clone() - step;
         }
-        if let (Some((weight, bias)), Some((grad_weight, grad_bias))) = (self.input_head.as_mut(), gradients.input_head)
-        {
-            *weight = weight.clone() - grad_weight.mul_scalar(learning_rate);
-            *bias = bias.clone() - grad_bias.mul_scalar(learning_rate);
+        if let (Some((weight, bias)), Some((step_weight, step_bias))) = (self.input_head.as_mut(), steps.input_head) {
+            *weight = weight.clone() - step_weight;
+            *bias = bias.clone() - step_bias;
         }
-        self.head_weights = self.head_weights.clone() - gradients.head_weights.mul_scalar(learning_rate);
-        self.head_biases = self.head_biases.clone() - gradients.head_biases.mul_scalar(learning_rate);
+        self.head_weights = self.head_weights.clone() - steps.head_weights;
+        self.head_biases = self.head_biases.clone() - steps.head_biases;
     }
 
     /// Every client's hedge update: `α ← α · β^loss`, floored at `s / L`, normalised per client.
