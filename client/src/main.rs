@@ -1,6 +1,7 @@
 //! `flotilla-client`: the edge daemon. It learns online from a local stream with Hedge
 //! Backpropagation; local data never leaves the device.
 
+mod bench_batched;
 mod fleet;
 mod fleet_round;
 mod learn;
@@ -32,6 +33,9 @@ enum Command {
     /// Virtual clients of the `fleet-round` benchmark: the production session, with the
     /// workload's formula instead of a learner (needs a `--vector-len` coordinator).
     FleetRound(fleet_round::FleetRoundArgs),
+    /// Throughput of C clients' HBP learners stepped together as one batched learner versus
+    /// one by one, on synthetic rows; prints a JSON line.
+    BenchBatched(bench_batched::BenchBatchedArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +46,7 @@ fn main() -> std::process::ExitCode {
         Command::Run(options) => run::run(options),
         Command::Fleet(args) => fleet::run(args),
         Command::FleetRound(args) => fleet_round::run(args),
+        Command::BenchBatched(args) => bench_batched::run(args).map(|_| ()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -5,11 +5,13 @@
 //! - [`model`]: the tensors, their flat layout, export and import.
 //! - `math`: forward pass, per-head losses, the analytic backward pass, the hedge update.
 //! - `learner`: predict-then-update on a micro-batch.
+//! - [`batched`]: many clients' networks stacked on a leading dimension, stepped together.
 //!
 //! Form implemented: the paper's, with a head on the input too (optional); the prediction
 //! mixes the heads' softmax *probabilities* with weights α; one backward pass of
 //! `Σ_l α_l · CE_l` gives every update; α floored at `s / L` and renormalised after each step.
 
+pub mod batched;
 pub mod config;
 mod init;
 mod learner;
