@@ -43,6 +43,11 @@ pub struct FleetRoundArgs {
     /// Index of this process's first client (client c uses the workload seed of index c).
     #[arg(long, default_value_t = 0)]
     pub first_client: u64,
+    /// Most connections being established at once: sessions start in waves of this many, the
+    /// next wave once the previous one connected (thousands of simultaneous TLS handshakes
+    /// would time out against one coordinator).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ramp: u32,
     /// Worker threads of the async runtime.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: u16,
@@ -114,6 +119,9 @@ async fn drive(args: &FleetRoundArgs, token: Option<String>, stats: Arc<SessionS
     let tracker = tokio_util::task::TaskTracker::new();
     for offset in 0..u64::from(args.clients) {
         let index = args.first_client + offset;
+        if offset > 0 && offset % u64::from(args.ramp) == 0 {
+            wait_for_wave(&base.stats, offset, &shutdown).await;
+        }
         let (requests, inbox) = mpsc::channel(4);
         let session = ClientSessionConfig { client_name: format!("fleet-round-{index}"), ..base.clone() };
         tracker.spawn(async move {
@@ -145,6 +153,14 @@ async fn drive(args: &FleetRoundArgs, token: Option<String>, stats: Arc<SessionS
     endpoint.close(flotilla_net::close::GOODBYE, b"fleet leaving");
     let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     Ok(())
+}
+
+/// Waits until `started` sessions have connected (or a minute passed, or shutdown).
+async fn wait_for_wave(stats: &SessionStats, started: u64, shutdown: &CancellationToken) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while stats.connections() < started && tokio::time::Instant::now() < deadline && !shutdown.is_cancelled() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Client `index`'s "learner": answers every update request with the workload's step.

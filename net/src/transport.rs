@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quinn::{Endpoint, EndpointConfig, IdleTimeout, MtuDiscoveryConfig, ServerConfig, TransportConfig, VarInt};
+use quinn::{
+    AsyncUdpSocket, Endpoint, EndpointConfig, IdleTimeout, MtuDiscoveryConfig, ServerConfig, TransportConfig, VarInt,
+};
 
 /// Per-connection send window: 32 MiB (what may be unacknowledged; the data itself is the
 /// shared model frame, not a copy per connection).
@@ -26,6 +28,8 @@ pub const ETHERNET_UDP_PAYLOAD: u16 = 1452;
 /// Largest UDP payload for which segmentation offload stays on: quinn hands the kernel up to
 /// ten equal datagrams per send, and one send must stay under 64 KiB.
 pub const GSO_UDP_PAYLOAD_LIMIT: u16 = 6_500;
+/// quinn's own cap on datagrams per segmentation-offload send.
+pub const MAX_GSO_SEGMENTS: usize = 10;
 /// Largest UDP payload accepted at all (IPv4's limit on a 64 KiB-MTU loopback).
 pub const MAX_UDP_PAYLOAD: u16 = 65_000;
 /// Kernel buffer sizes asked for the endpoint's UDP socket (send and receive): 4 MiB.
@@ -49,17 +53,31 @@ pub struct Tuning {
     /// links one large datagram per send beats batches of small ones; on Ethernet keep the
     /// default.
     pub max_udp_payload: u16,
+    /// Most datagrams handed to the kernel per send with segmentation offload (1–10). quinn
+    /// keeps a transmit buffer of this many datagrams per connection for the connection's
+    /// life, so a coordinator holding thousands of connections trades a little throughput
+    /// for memory with a smaller value.
+    pub gso_segments: usize,
 }
 
 impl Tuning {
     /// A client: 16 MiB windows (a 4 MB model in flight on a 100 ms, 300 Mbit/s path).
-    pub const CLIENT: Tuning =
-        Tuning { receive_window: 16 << 20, stream_receive_window: 16 << 20, max_udp_payload: ETHERNET_UDP_PAYLOAD };
+    pub const CLIENT: Tuning = Tuning {
+        receive_window: 16 << 20,
+        stream_receive_window: 16 << 20,
+        max_udp_payload: ETHERNET_UDP_PAYLOAD,
+        gso_segments: MAX_GSO_SEGMENTS,
+    };
 
     /// The coordinator: `idle_window` per connection (enough for control messages and small
     /// updates); admitted uploads are opened to `upload_window` on the fly.
-    pub fn coordinator(idle_window: u32, upload_window: u32, max_udp_payload: u16) -> Tuning {
-        Tuning { receive_window: idle_window, stream_receive_window: upload_window, max_udp_payload }
+    pub fn coordinator(idle_window: u32, upload_window: u32, max_udp_payload: u16, gso_segments: usize) -> Tuning {
+        Tuning {
+            receive_window: idle_window,
+            stream_receive_window: upload_window,
+            max_udp_payload,
+            gso_segments: gso_segments.clamp(1, MAX_GSO_SEGMENTS),
+        }
     }
 
     /// This tuning with another MTU ceiling (clamped to 1200..=[`MAX_UDP_PAYLOAD`]).
@@ -123,7 +141,51 @@ pub fn bind_endpoint(addr: SocketAddr, server: Option<ServerConfig>, tuning: &Tu
     // Within quinn's accepted range (1200..=65527); quinn's default is 1472.
     let _ = config.max_udp_payload_size(tuning.max_udp_payload.clamp(1200, MAX_UDP_PAYLOAD).max(1472));
     let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
-    Endpoint::new(config, server, socket, runtime)
+    let socket = Arc::new(FewerSegments { inner: runtime.wrap_udp_socket(socket)?, segments: tuning.gso_segments });
+    Endpoint::new_with_abstract_socket(config, server, socket, runtime)
+}
+
+/// quinn's tokio UDP socket, announcing at most `segments` datagrams per send (see
+/// [`Tuning::gso_segments`]); everything else is the inner socket's.
+#[derive(Debug)]
+struct FewerSegments {
+    inner: Arc<dyn AsyncUdpSocket>,
+    segments: usize,
+}
+
+impl AsyncUdpSocket for FewerSegments {
+    fn create_io_poller(self: Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &quinn::udp::Transmit<'_>) -> std::io::Result<()> {
+        self.inner.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        bufs: &mut [std::io::IoSliceMut<'_>],
+        meta: &mut [quinn::udp::RecvMeta],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.inner.poll_recv(cx, bufs, meta)
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments().min(self.segments.max(1))
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
 }
 
 #[cfg(test)]
@@ -136,6 +198,7 @@ mod tests {
         assert_eq!(Tuning::CLIENT.with_max_udp_payload(60_000).max_udp_payload, 60_000);
         assert_eq!(Tuning::CLIENT.with_max_udp_payload(100).max_udp_payload, 1200);
         assert_eq!(Tuning::CLIENT.with_max_udp_payload(u16::MAX).max_udp_payload, MAX_UDP_PAYLOAD);
-        let _ = transport_config(&Tuning::coordinator(32 << 10, 4 << 20, 65_000));
+        assert_eq!(Tuning::coordinator(32 << 10, 4 << 20, 65_000, 0).gso_segments, 1);
+        assert_eq!(Tuning::coordinator(32 << 10, 4 << 20, 65_000, 99).gso_segments, MAX_GSO_SEGMENTS);
     }
 }

@@ -51,6 +51,9 @@ struct Args {
     /// Updates the coordinator receives at the same time (its --concurrent-uploads).
     #[arg(long, default_value_t = 4)]
     concurrent_uploads: usize,
+    /// Extra coordinator flag (repeatable), e.g. `--coordinator-arg=--secure-aggregation`.
+    #[arg(long = "coordinator-arg", value_name = "ARG", allow_hyphen_values = true)]
+    coordinator_args: Vec<String>,
     /// Worker threads of the virtual clients' process.
     #[arg(long, default_value_t = 1)]
     client_threads: u16,
@@ -146,7 +149,9 @@ fn measure(args: &Args, setup: &Setup, interrupt: &Interrupt) -> anyhow::Result<
         &args.concurrent_uploads.to_string(),
     ]
     .map(String::from)
-    .to_vec();
+    .into_iter()
+    .chain(args.coordinator_args.iter().cloned())
+    .collect();
     let mut coordinator = start(setup, "coordinator", "flotilla-coordinator", &coordinator_args)?;
     let coordinator_pid = coordinator.pid().context("coordinator not running")?;
     let ca = data_dir.join("pki").join("ca.pem");
@@ -315,6 +320,7 @@ fn report(
         "rounds": args.rounds,
         "max_udp_payload": args.max_udp_payload,
         "concurrent_uploads": args.concurrent_uploads,
+        "coordinator_args": args.coordinator_args,
         "round_s": round_s,
         "round_s_median": median(&round_s),
         "warmup_round_s": field(&records[0], "duration_s"),
