@@ -242,6 +242,46 @@ pub mod f32_bytes {
     }
 }
 
+/// Serde of a `Vec<u32>` as one byte string of little-endian words (uniformly random words,
+/// such as masked secure-aggregation inputs, would take five bytes each as varints).
+pub mod u32_bytes {
+    use serde::de::{Error, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    /// Serialises `values` as a byte string of little-endian `u32`s.
+    pub fn serialize<S: Serializer>(values: &[u32], serializer: S) -> Result<S::Ok, S::Error> {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        serializer.serialize_bytes(&bytes)
+    }
+
+    /// Reads a byte string whose length is a multiple of four back into `u32`s.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u32>, D::Error> {
+        deserializer.deserialize_bytes(U32Bytes)
+    }
+
+    struct U32Bytes;
+
+    impl<'de> Visitor<'de> for U32Bytes {
+        type Value = Vec<u32>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a byte string of little-endian u32 values")
+        }
+
+        fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Vec<u32>, E> {
+            let (chunks, rest) = bytes.as_chunks::<4>();
+            if !rest.is_empty() {
+                return Err(E::invalid_length(bytes.len(), &"a multiple of 4 bytes"));
+            }
+            Ok(chunks.iter().map(|chunk| u32::from_le_bytes(*chunk)).collect())
+        }
+
+        fn visit_byte_buf<E: Error>(self, bytes: Vec<u8>) -> Result<Vec<u32>, E> {
+            self.visit_bytes(&bytes)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -113,9 +113,6 @@ pub enum SubmitError {
     /// Masking the delta failed.
     #[error("secure aggregation failed: {0}")]
     Secure(#[from] SecAggError),
-    /// The rules ask for secure aggregation but this round's session was not opened.
-    #[error("no secure-aggregation session is open for round {0}")]
-    NoSecureSession(u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -294,7 +291,7 @@ impl Client {
         self.preparer.privatise(&mut values)?;
         let (round, base_version) = (request.round, request.model_version);
         if self.preparer.rules.secure {
-            let messages = self.preparer.submit_secure(round, values)?.ok_or(SubmitError::NoSecureSession(round))?;
+            let messages = self.preparer.submit_secure(round, values)?;
             self.request = None;
             self.transmits.extend(messages);
             return Ok(());

@@ -57,7 +57,9 @@ pub struct ForwardedShares {
 /// Phase 3, client → server: the masked, fixed-point update.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MaskedInput {
-    /// `x_u + PRG(b_u) + Σ ±PRG(s_uv) mod 2^32`, one word per coordinate.
+    /// `x_u + PRG(b_u) + Σ ±PRG(s_uv) mod 2^32`, one word per coordinate (on the wire: one
+    /// byte string, four bytes per word).
+    #[serde(with = "crate::params::u32_bytes")]
     pub masked: Vec<u32>,
 }
 

@@ -61,11 +61,20 @@ pub(crate) fn pairwise_seed(
 
 /// Adds (`subtract == false`) or subtracts the PRG stream of `seed` to `acc`, mod 2^32.
 pub(crate) fn apply_mask(acc: &mut [u32], seed: &[u8; 32], subtract: bool) {
+    // The keystream is drawn in 4 KiB blocks (the cipher's vectorised path) rather than word
+    // by word; the words are the same little-endian sequence either way.
+    const WORDS: usize = 1024;
     let mut rng = ChaCha20Rng::from_seed(*seed);
-    if subtract {
-        acc.iter_mut().for_each(|a| *a = a.wrapping_sub(rng.next_u32()));
-    } else {
-        acc.iter_mut().for_each(|a| *a = a.wrapping_add(rng.next_u32()));
+    let mut stream = [0u8; WORDS * 4];
+    for chunk in acc.chunks_mut(WORDS) {
+        let bytes = &mut stream[..chunk.len() * 4];
+        rng.fill_bytes(bytes);
+        let (words, _) = bytes.as_chunks::<4>();
+        if subtract {
+            chunk.iter_mut().zip(words).for_each(|(a, w)| *a = a.wrapping_sub(u32::from_le_bytes(*w)));
+        } else {
+            chunk.iter_mut().zip(words).for_each(|(a, w)| *a = a.wrapping_add(u32::from_le_bytes(*w)));
+        }
     }
 }
 

@@ -19,6 +19,9 @@ pub(super) struct Preparer {
     compressor: Option<Compressor>,
     rng: ChaCha20Rng,
     secure: Option<SecureRound>,
+    /// A delta prepared for a round whose session has not been opened yet (the learner
+    /// answered before the coordinator's `Setup` arrived).
+    early: Option<(u64, Vec<f32>)>,
 }
 
 /// One round's secure-aggregation session on the client side.
@@ -33,7 +36,13 @@ struct SecureRound {
 impl Preparer {
     /// Default rules (plain updates), randomness from `seed`.
     pub(super) fn new(seed: [u8; 32]) -> Self {
-        Self { rules: UpdateRules::default(), compressor: None, rng: ChaCha20Rng::from_seed(seed), secure: None }
+        Self {
+            rules: UpdateRules::default(),
+            compressor: None,
+            rng: ChaCha20Rng::from_seed(seed),
+            secure: None,
+            early: None,
+        }
     }
 
     /// Adopts new rules (a compressor's residual restarts).
@@ -73,7 +82,8 @@ impl Preparer {
         rand_core::Rng::fill_bytes(&mut self.rng, &mut seed);
         let mut client = SecAggClient::new(id, setup, seed)?;
         let keys = client.advertise_keys()?;
-        self.secure = Some(SecureRound { round, client, pending: None });
+        let pending = self.early.take().filter(|(r, _)| *r == round).map(|(_, values)| values);
+        self.secure = Some(SecureRound { round, client, pending });
         Ok(ClientMessage::SecAgg { round, message: secagg::ClientMessage::AdvertiseKeys(keys) })
     }
 
@@ -95,15 +105,18 @@ impl Preparer {
     }
 
     /// Hands the prepared delta to `round`'s session; returns the masked input once the
-    /// session is ready for it. `Ok(None)` when there is no such session.
+    /// session is ready for it. Before the session opens, the delta waits for it.
     pub(super) fn submit_secure(
         &mut self,
         round: u64,
         values: Vec<f32>,
-    ) -> Result<Option<Vec<ClientMessage>>, secagg::SecAggError> {
-        let Some(session) = self.secure.as_mut().filter(|s| s.round == round) else { return Ok(None) };
+    ) -> Result<Vec<ClientMessage>, secagg::SecAggError> {
+        let Some(session) = self.secure.as_mut().filter(|s| s.round == round) else {
+            self.early = Some((round, values));
+            return Ok(Vec::new());
+        };
         session.pending = Some(values);
-        Ok(Some(self.flush_masked()?.into_iter().collect()))
+        Ok(self.flush_masked()?.into_iter().collect())
     }
 
     /// The masked input, when a delta is pending and the session has reached that phase.
