@@ -83,13 +83,8 @@ impl FrameReader {
                 return Ok(Some(payload));
             }
             self.decoder.reserve_frame();
-            match self.recv.read_chunk(usize::MAX, true).await? {
-                Some(chunk) => {
-                    self.bytes_read += chunk.bytes.len() as u64;
-                    self.decoder.push(&chunk.bytes);
-                }
-                None if self.decoder.buffered() == 0 => return Ok(None),
-                None => return Err(FramedError::Truncated { buffered: self.decoder.buffered() }),
+            if !self.read_more().await? {
+                return Ok(None);
             }
         }
     }
@@ -102,14 +97,23 @@ impl FrameReader {
             if let Some(len) = self.decoder.next_len()? {
                 return Ok(Some(len));
             }
-            match self.recv.read_chunk(usize::MAX, true).await? {
-                Some(chunk) => {
-                    self.bytes_read += chunk.bytes.len() as u64;
-                    self.decoder.push(&chunk.bytes);
-                }
-                None if self.decoder.buffered() == 0 => return Ok(None),
-                None => return Err(FramedError::Truncated { buffered: self.decoder.buffered() }),
+            if !self.read_more().await? {
+                return Ok(None);
             }
+        }
+    }
+
+    /// Reads one more chunk into the decoder; `false` when the stream finished between frames,
+    /// an error when it finished inside one. Cancel-safe: a chunk read is kept.
+    async fn read_more(&mut self) -> Result<bool, FramedError> {
+        match self.recv.read_chunk(usize::MAX, true).await? {
+            Some(chunk) => {
+                self.bytes_read += chunk.bytes.len() as u64;
+                self.decoder.push(&chunk.bytes);
+                Ok(true)
+            }
+            None if self.decoder.buffered() == 0 => Ok(false),
+            None => Err(FramedError::Truncated { buffered: self.decoder.buffered() }),
         }
     }
 

@@ -140,8 +140,8 @@ pub struct ParameterVector {
     /// Fingerprint of the writer's [`Layout`].
     pub fingerprint: Fingerprint,
     /// The values, concatenated row-major in layout order; on the wire one byte string of
-    /// little-endian `f32`s (see [`f32_bytes`]), not a sequence of separately encoded floats.
-    #[serde(with = "f32_bytes")]
+    /// little-endian `f32`s (see [`le_words`]), not a sequence of separately encoded floats.
+    #[serde(with = "le_words")]
     pub values: Vec<f32>,
 }
 
@@ -196,87 +196,73 @@ impl ParameterVector {
     }
 }
 
-/// Serde of a `Vec<f32>` as one byte string of little-endian values.
+/// Serde of a `Vec<f32>` or `Vec<u32>` as one byte string of little-endian words.
 ///
-/// Serialising a sequence costs one serializer call per float and, for bincode's
-/// variable-length integers, a pass over every value; a byte string is one length and one
-/// `memcpy`-like copy each way, which matters for multi-megabyte models sent every round.
-pub mod f32_bytes {
+/// Serialising a sequence costs one serializer call per value and, for bincode's
+/// variable-length integers, five bytes per uniformly random word (masked secure-aggregation
+/// inputs); a byte string is one length and one copy each way, which matters for
+/// multi-megabyte vectors sent every round.
+pub mod le_words {
+    use std::marker::PhantomData;
+
     use serde::de::{Error, Visitor};
     use serde::{Deserializer, Serializer};
 
-    /// Serialises `values` as a byte string of little-endian `f32`s.
-    pub fn serialize<S: Serializer>(values: &[f32], serializer: S) -> Result<S::Ok, S::Error> {
-        let mut bytes = Vec::with_capacity(values.len() * 4);
-        for value in values {
-            bytes.extend_from_slice(&value.to_le_bytes());
+    /// A four-byte value stored little-endian.
+    pub trait Word: Copy {
+        /// The value from its little-endian bytes.
+        fn from_le(bytes: [u8; 4]) -> Self;
+        /// The value's little-endian bytes.
+        fn to_le(self) -> [u8; 4];
+    }
+
+    impl Word for f32 {
+        fn from_le(bytes: [u8; 4]) -> Self {
+            f32::from_le_bytes(bytes)
         }
+        fn to_le(self) -> [u8; 4] {
+            self.to_le_bytes()
+        }
+    }
+
+    impl Word for u32 {
+        fn from_le(bytes: [u8; 4]) -> Self {
+            u32::from_le_bytes(bytes)
+        }
+        fn to_le(self) -> [u8; 4] {
+            self.to_le_bytes()
+        }
+    }
+
+    /// Serialises `values` as one byte string of little-endian words.
+    pub fn serialize<S: Serializer, T: Word>(values: &[T], serializer: S) -> Result<S::Ok, S::Error> {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le()).collect();
         serializer.serialize_bytes(&bytes)
     }
 
-    /// Reads a byte string whose length is a multiple of four back into `f32`s.
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<f32>, D::Error> {
-        deserializer.deserialize_bytes(F32Bytes)
+    /// Reads a byte string whose length is a multiple of four back into words.
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Word>(deserializer: D) -> Result<Vec<T>, D::Error> {
+        deserializer.deserialize_bytes(Words(PhantomData))
     }
 
-    struct F32Bytes;
+    struct Words<T>(PhantomData<T>);
 
-    impl<'de> Visitor<'de> for F32Bytes {
-        type Value = Vec<f32>;
+    impl<'de, T: Word> Visitor<'de> for Words<T> {
+        type Value = Vec<T>;
 
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a byte string of little-endian f32 values")
+            f.write_str("a byte string of little-endian 4-byte words")
         }
 
-        fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Vec<f32>, E> {
+        fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Vec<T>, E> {
             let (chunks, rest) = bytes.as_chunks::<4>();
             if !rest.is_empty() {
                 return Err(E::invalid_length(bytes.len(), &"a multiple of 4 bytes"));
             }
-            Ok(chunks.iter().map(|chunk| f32::from_le_bytes(*chunk)).collect())
+            Ok(chunks.iter().map(|chunk| T::from_le(*chunk)).collect())
         }
 
-        fn visit_byte_buf<E: Error>(self, bytes: Vec<u8>) -> Result<Vec<f32>, E> {
-            self.visit_bytes(&bytes)
-        }
-    }
-}
-
-/// Serde of a `Vec<u32>` as one byte string of little-endian words (uniformly random words,
-/// such as masked secure-aggregation inputs, would take five bytes each as varints).
-pub mod u32_bytes {
-    use serde::de::{Error, Visitor};
-    use serde::{Deserializer, Serializer};
-
-    /// Serialises `values` as a byte string of little-endian `u32`s.
-    pub fn serialize<S: Serializer>(values: &[u32], serializer: S) -> Result<S::Ok, S::Error> {
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        serializer.serialize_bytes(&bytes)
-    }
-
-    /// Reads a byte string whose length is a multiple of four back into `u32`s.
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u32>, D::Error> {
-        deserializer.deserialize_bytes(U32Bytes)
-    }
-
-    struct U32Bytes;
-
-    impl<'de> Visitor<'de> for U32Bytes {
-        type Value = Vec<u32>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a byte string of little-endian u32 values")
-        }
-
-        fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Vec<u32>, E> {
-            let (chunks, rest) = bytes.as_chunks::<4>();
-            if !rest.is_empty() {
-                return Err(E::invalid_length(bytes.len(), &"a multiple of 4 bytes"));
-            }
-            Ok(chunks.iter().map(|chunk| u32::from_le_bytes(*chunk)).collect())
-        }
-
-        fn visit_byte_buf<E: Error>(self, bytes: Vec<u8>) -> Result<Vec<u32>, E> {
+        fn visit_byte_buf<E: Error>(self, bytes: Vec<u8>) -> Result<Vec<T>, E> {
             self.visit_bytes(&bytes)
         }
     }

@@ -59,7 +59,7 @@ pub struct ForwardedShares {
 pub struct MaskedInput {
     /// `x_u + PRG(b_u) + Σ ±PRG(s_uv) mod 2^32`, one word per coordinate (on the wire: one
     /// byte string, four bytes per word).
-    #[serde(with = "crate::params::u32_bytes")]
+    #[serde(with = "crate::params::le_words")]
     pub masked: Vec<u32>,
 }
 
