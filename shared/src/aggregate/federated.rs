@@ -43,10 +43,25 @@ pub struct Folded {
     pub outlier: bool,
 }
 
+/// The L2 norm in f64, summed in eight independent lanes: one running sum is a chain of
+/// dependent additions (~4 cycles each), eight let the CPU vectorise and pipeline them — a
+/// few milliseconds saved per million-parameter update on the coordinator's round task.
+fn l2_norm(values: &[f32]) -> f64 {
+    let (chunks, rest) = values.as_chunks::<8>();
+    let mut lanes = [0.0f64; 8];
+    for chunk in chunks {
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            *lane += f64::from(*v) * f64::from(*v);
+        }
+    }
+    let tail: f64 = rest.iter().map(|v| f64::from(*v) * f64::from(*v)).sum();
+    (lanes.iter().sum::<f64>() + tail).sqrt()
+}
+
 impl Hygiene {
     /// Inspects finite `values`: what to report and the factor to scale them by.
     pub fn inspect(&self, values: &[f32]) -> (Folded, f64) {
-        let norm = values.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+        let norm = l2_norm(values);
         let outlier = self.outlier_norm.is_some_and(|bound| norm > bound);
         let (clipped, scale) = match self.clip_norm {
             Some(clip) if norm > clip => (true, clip / norm),
