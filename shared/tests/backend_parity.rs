@@ -3,21 +3,15 @@
 //! CI installs Mesa's software Vulkan driver (llvmpipe) and sets `FLOTILLA_REQUIRE_GPU=1`,
 //! so there this test fails rather than skips when no adapter is found.
 
+mod common;
+
 use flotilla::compute::{self, BackendChoice};
 use flotilla::hbp::{HbpConfig, HbpModel};
 use flotilla::prequential::read_labels;
 
 #[test]
 fn gpu_and_cpu_agree_on_predictions_and_updates() {
-    let gpu = match compute::select(BackendChoice::Gpu) {
-        Ok(gpu) => gpu,
-        Err(error) if std::env::var_os("FLOTILLA_REQUIRE_GPU").is_none() => {
-            eprintln!("skipped: {error} (set FLOTILLA_REQUIRE_GPU=1 to make this a failure)");
-            return;
-        }
-        Err(error) => panic!("FLOTILLA_REQUIRE_GPU is set but {error}"),
-    };
-    eprintln!("GPU adapter: {}", gpu.description);
+    let Some(gpu) = common::gpu_or_skip() else { return };
     let cpu = compute::select(BackendChoice::Cpu).unwrap();
     let config = HbpConfig { hidden_layers: 6, width: 32, ..HbpConfig::new(5, 3) };
     let start = HbpModel::new(config.clone(), &cpu.device).unwrap().to_parameters().unwrap();

@@ -6,8 +6,9 @@
 //! Vulkan adapter exists, unless `FLOTILLA_REQUIRE_GPU=1` (as CI sets it).
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a failure here is a test failure")]
 
+mod common;
+
 use burn::tensor::Device;
-use flotilla::compute::{self, BackendChoice};
 use flotilla::hbp::batched::{BatchedError, BatchedHbp, read_predictions};
 use flotilla::hbp::{HbpConfig, HbpModel};
 use flotilla::prequential::read_labels;
@@ -86,15 +87,7 @@ fn batched_matches_individual_learners_without_input_head() {
 
 #[test]
 fn batched_matches_individual_learners_on_gpu() {
-    let gpu = match compute::select(BackendChoice::Gpu) {
-        Ok(gpu) => gpu,
-        Err(error) if std::env::var_os("FLOTILLA_REQUIRE_GPU").is_none() => {
-            eprintln!("skipped: {error} (set FLOTILLA_REQUIRE_GPU=1 to make this a failure)");
-            return;
-        }
-        Err(error) => panic!("FLOTILLA_REQUIRE_GPU is set but {error}"),
-    };
-    eprintln!("GPU adapter: {}", gpu.description);
+    let Some(gpu) = common::gpu_or_skip() else { return };
     let config = HbpConfig { hidden_layers: 4, width: 16, seed: 2, ..HbpConfig::new(5, 3) };
     let worst = run_both(&config, &gpu.device, 24);
     assert!(worst < 1e-4, "batched and individual learners diverged: {worst}");
