@@ -2,8 +2,7 @@
 //! Tolerant Gradient Descent", NeurIPS 2017).
 
 use super::AggregateError;
-use super::federated::Reducer;
-use super::robust::HeldUpdates;
+use super::robust::{HeldUpdates, HoldingReducer};
 
 /// Krum: with n deltas of which at most f are Byzantine, each delta's score is the sum of its
 /// squared distances to its n − f − 2 nearest others; Krum keeps the best-scored delta,
@@ -25,17 +24,12 @@ impl Krum {
     }
 }
 
-impl Reducer for Krum {
-    fn begin(&mut self, _len: usize) {
-        self.held.clear();
+impl HoldingReducer for Krum {
+    fn held(&mut self) -> &mut HeldUpdates {
+        &mut self.held
     }
 
-    fn add(&mut self, values: &[f32], scale: f64, _samples: u64) -> Result<(), AggregateError> {
-        self.held.push(values, scale)
-    }
-
-    fn reduce(&mut self) -> Result<Vec<f64>, AggregateError> {
-        let deltas = self.held.take();
+    fn reduce_held(&mut self, deltas: Vec<Vec<f32>>) -> Result<Vec<f64>, AggregateError> {
         let (n, f) = (deltas.len(), self.byzantine);
         if n <= 2 * f + 2 {
             return Err(AggregateError::TooFewForKrum { updates: n, byzantine: f });

@@ -47,6 +47,31 @@ impl HeldUpdates {
     }
 }
 
+/// A reducer that holds every delta of the round and reduces them all at its end; its
+/// [`Reducer`] methods (clear on `begin`, hold on `add`, take on `reduce`) come from here.
+pub trait HoldingReducer {
+    /// Where the round's deltas are held.
+    fn held(&mut self) -> &mut HeldUpdates;
+
+    /// Reduces the round's held (already scaled) deltas to the pseudo-gradient.
+    fn reduce_held(&mut self, deltas: Vec<Vec<f32>>) -> Result<Vec<f64>, AggregateError>;
+}
+
+impl<T: HoldingReducer> Reducer for T {
+    fn begin(&mut self, _len: usize) {
+        self.held().clear();
+    }
+
+    fn add(&mut self, values: &[f32], scale: f64, _samples: u64) -> Result<(), AggregateError> {
+        self.held().push(values, scale)
+    }
+
+    fn reduce(&mut self) -> Result<Vec<f64>, AggregateError> {
+        let deltas = self.held().take();
+        self.reduce_held(deltas)
+    }
+}
+
 /// Applies `reduce` to the sorted values of each coordinate across `deltas` (at least one).
 fn per_coordinate(deltas: &[Vec<f32>], reduce: impl Fn(&[f32]) -> f64) -> Result<Vec<f64>, AggregateError> {
     let len = deltas.first().ok_or(AggregateError::Empty)?.len();
@@ -75,17 +100,13 @@ impl Median {
     }
 }
 
-impl Reducer for Median {
-    fn begin(&mut self, _len: usize) {
-        self.held.clear();
+impl HoldingReducer for Median {
+    fn held(&mut self) -> &mut HeldUpdates {
+        &mut self.held
     }
 
-    fn add(&mut self, values: &[f32], scale: f64, _samples: u64) -> Result<(), AggregateError> {
-        self.held.push(values, scale)
-    }
-
-    fn reduce(&mut self) -> Result<Vec<f64>, AggregateError> {
-        per_coordinate(&self.held.take(), |sorted| {
+    fn reduce_held(&mut self, deltas: Vec<Vec<f32>>) -> Result<Vec<f64>, AggregateError> {
+        per_coordinate(&deltas, |sorted| {
             let n = sorted.len();
             if n % 2 == 1 {
                 f64::from(sorted[n / 2])
@@ -112,17 +133,12 @@ impl TrimmedMean {
     }
 }
 
-impl Reducer for TrimmedMean {
-    fn begin(&mut self, _len: usize) {
-        self.held.clear();
+impl HoldingReducer for TrimmedMean {
+    fn held(&mut self) -> &mut HeldUpdates {
+        &mut self.held
     }
 
-    fn add(&mut self, values: &[f32], scale: f64, _samples: u64) -> Result<(), AggregateError> {
-        self.held.push(values, scale)
-    }
-
-    fn reduce(&mut self) -> Result<Vec<f64>, AggregateError> {
-        let deltas = self.held.take();
+    fn reduce_held(&mut self, deltas: Vec<Vec<f32>>) -> Result<Vec<f64>, AggregateError> {
         let n = deltas.len();
         // At most (n − 1)/2 on each side, so at least one value remains even if β ≥ 1/2.
         let trim = ((self.trim_fraction * n as f64).floor() as usize).min(n.saturating_sub(1) / 2);
