@@ -54,6 +54,7 @@ struct FleetReport {
     clients: u32,
     samples: u64,
     prequential_error_pct: f64,
+    global_prequential_error_pct: f64,
     updates_sent: u64,
     bytes_sent: u64,
     bytes_received: u64,
@@ -99,7 +100,7 @@ pub fn run(args: FleetArgs) -> anyhow::Result<()> {
     runtime.spawn(stop_after(shutdown.clone(), args.duration.map(Duration::from_secs_f64)));
 
     let started = Instant::now();
-    let learnt = drive(&mut clients, &device.device, config.rate, args.repeat, &shutdown);
+    let learnt = drive(&mut clients, &device.device, config.rate, config.personal, args.repeat, &shutdown);
     shutdown.cancel();
     runtime.block_on(async {
         for session in sessions {
@@ -120,6 +121,7 @@ fn drive(
     clients: &mut [Virtual],
     device: &Device,
     rate: Option<f64>,
+    personal: flotilla::personal::PersonalConfig,
     repeat: bool,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
@@ -131,7 +133,7 @@ fn drive(
                 match client.inbox.try_recv() {
                     Ok(request) => {
                         if matches!(
-                            answer(&mut client.learner, device, request, None)?,
+                            answer(&mut client.learner, device, request, None, personal)?,
                             crate::run::Answer::Contributed
                         ) {
                             client.updates += 1;
@@ -207,19 +209,22 @@ fn report(
     seconds: f64,
     path: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    let (mut samples, mut errors) = (0u64, 0u64);
+    let (mut samples, mut errors, mut global_errors) = (0u64, 0u64, 0u64);
     for client in clients.iter_mut() {
         if let Some(learner) = client.learner.as_mut() {
             let total = learner.total()?;
             samples += total.samples;
             errors += total.errors;
+            global_errors += learner.global_total()?.errors;
         }
     }
-    let pct = if samples == 0 { 0.0 } else { (10_000.0 * errors as f64 / samples as f64).round() / 100.0 };
+    let pct =
+        |errors: u64| if samples == 0 { 0.0 } else { (10_000.0 * errors as f64 / samples as f64).round() / 100.0 };
     let report = FleetReport {
         clients: count,
         samples,
-        prequential_error_pct: pct,
+        prequential_error_pct: pct(errors),
+        global_prequential_error_pct: pct(global_errors),
         updates_sent: clients.iter().map(|c| c.updates).sum(),
         bytes_sent: stats.bytes_sent(),
         bytes_received: stats.bytes_received(),

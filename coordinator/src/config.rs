@@ -183,13 +183,25 @@ pub struct Options {
     pub eval_data: Option<PathBuf>,
     /// Aggregation strategy: fedavg, fedavgm, fedadam, fedyogi, fedadagrad (server optimisers
     /// over the sample-weighted mean of the deltas), median, trimmed-mean, krum, multi-krum
-    /// (robust; they hold every update of a round and ignore sample counts) [default: fedavg].
+    /// (robust; they hold every update of a round and ignore sample counts) [default: fedavgm].
     #[arg(long, value_name = "NAME")]
     pub strategy: Option<StrategyKind>,
-    /// Server learning rate η_s: the model moves by η_s times the round's step [default: 1].
+    /// Server learning rate η_s: the model moves by η_s · g times the round's step, g set by
+    /// --server-step [default: 1].
     #[arg(long, value_name = "ETA")]
     pub server_lr: Option<f64>,
-    /// Momentum decay β1 of fedavgm, fedadam, fedyogi [default: 0.9].
+    /// Server step scaling g: `participants` (g = updates in the step: the fleet moves as far
+    /// as all its clients' local steps together, as one learner on all their samples would),
+    /// `fedexp` (FedExP's adaptive extrapolation, 1 ≤ g ≤ n/2), or `fixed` (g = 1, textbook
+    /// FedAvg) [default: participants].
+    #[arg(long, value_name = "KIND")]
+    pub server_step: Option<flotilla::aggregate::StepSize>,
+    /// Iterate averaging ρ in [0, 1): the served model (evaluated, checkpointed) is
+    /// ρ·served + (1 − ρ)·latest after each commit; clients train on the latest; 0 serves
+    /// the latest [default: 0.7].
+    #[arg(long, value_name = "RHO")]
+    pub serve_average: Option<f64>,
+    /// Momentum decay β1 of fedavgm (default 0.5), fedadam, fedyogi (default 0.9).
     #[arg(long)]
     pub beta1: Option<f64>,
     /// Second-moment decay β2 of fedadam, fedyogi [default: 0.99].
@@ -368,7 +380,7 @@ impl Options {
             if self.dev_cert_names.is_empty() { file.dev_cert_names.clone() } else { self.dev_cert_names.clone() };
         let merged = prefer!(self, file; listen, data_dir, cert, key, client_ca, tokens_file, inputs, classes,
             hidden_layers, width, lr, beta, smoothing, seed, initial_params, min_clients, sample_fraction,
-            round_deadline, round_interval, join_timeout, rounds, vector_len, max_frame_mib, eval_data, strategy, server_lr,
+            round_deadline, round_interval, join_timeout, rounds, vector_len, max_frame_mib, eval_data, strategy, server_lr, server_step, serve_average,
             beta1, beta2, tau, trim_fraction, byzantine, multi_krum_m, clip_norm, outlier_norm, max_held_updates,
             mode, buffer_size, max_staleness, concurrent_uploads, idle_window_kib, upload_window_kib,
             max_udp_payload, gso_segments, compression, dp_noise_multiplier, dp_clip, dp_noise, dp_delta, secagg_neighbours,
@@ -520,7 +532,8 @@ impl Options {
 impl Options {
     /// The aggregation strategy; an option that the chosen strategy does not use is an error.
     fn aggregation(&self) -> anyhow::Result<StrategyConfig> {
-        let kind = self.strategy.unwrap_or_default();
+        let defaults = StrategyConfig::recommended();
+        let kind = self.strategy.unwrap_or(defaults.kind);
         let applies = [
             ("--beta1", self.beta1.is_some(), kind.uses_beta1()),
             ("--beta2", self.beta2.is_some(), kind.uses_beta2()),
@@ -533,11 +546,12 @@ impl Options {
         if let Some((flag, ..)) = applies.iter().find(|(_, given, used)| *given && !*used) {
             bail!("{flag} does not apply to --strategy {kind}");
         }
-        let defaults = StrategyConfig::default();
         Ok(StrategyConfig {
             kind,
             server_lr: self.server_lr.unwrap_or(defaults.server_lr),
-            beta1: self.beta1.unwrap_or(defaults.beta1),
+            step_size: self.server_step.unwrap_or(defaults.step_size),
+            serve_average: self.serve_average.unwrap_or(defaults.serve_average),
+            beta1: self.beta1.unwrap_or(kind.default_beta1()),
             beta2: self.beta2.unwrap_or(defaults.beta2),
             tau: self.tau.unwrap_or(defaults.tau),
             trim_fraction: self.trim_fraction.unwrap_or(defaults.trim_fraction),

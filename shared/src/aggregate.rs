@@ -15,7 +15,9 @@
 //!   [`TrimmedMean`], [`Krum`]; memory `cap × model × 4` bytes);
 //! - a [`ServerOptimizer`] (Reddi et al., "Adaptive Federated Optimization", ICLR 2021)
 //!   turning Δ into the step `d`, applied as `x ← x + η_s·d`: [`Sgd`] (FedAvg), [`Momentum`]
-//!   (FedAvgM), [`Adagrad`], [`Adam`], [`Yogi`]. Their state (m, v) persists across rounds.
+//!   (FedAvgM), [`Adagrad`], [`Adam`], [`Yogi`]. Their state (m, v) persists across rounds;
+//! - a [`StepSize`]: the factor on η_s each round (fixed, the number of participants, or
+//!   FedExP's adaptive extrapolation).
 //!
 //! [`StrategyConfig`] names a strategy and its options and builds the aggregator.
 //! [`Buffered`] is the sans-IO core of asynchronous buffered aggregation (FedBuff), driven by
@@ -29,6 +31,7 @@ mod krum;
 mod mean;
 mod optimizer;
 mod robust;
+mod step_size;
 mod strategy;
 
 pub use buffered::{Buffered, staleness_weight};
@@ -37,6 +40,7 @@ pub use krum::Krum;
 pub use mean::WeightedMean;
 pub use optimizer::{Adagrad, Adam, Momentum, ServerOptimizer, Sgd, Yogi};
 pub use robust::{HeldUpdates, Median, TrimmedMean};
+pub use step_size::{FEDEXP_EPSILON, StepSize, fedexp};
 pub use strategy::{ServerStep, StrategyConfig, StrategyError, StrategyKind};
 
 /// Why an update or a round's aggregate was refused.
@@ -124,6 +128,18 @@ pub trait Aggregator {
     /// A refused update leaves the aggregate unchanged. An accepted one returns what the
     /// hygiene found (norm, clipping, outlier flag).
     fn fold(&mut self, delta: &ParameterVector, samples: u64) -> Result<Folded, AggregateError>;
+
+    /// Folds the mean of `participants` clients' deltas (secure aggregation reveals only
+    /// that), worth `samples`; a per-participant step size counts them all.
+    fn fold_mean(
+        &mut self,
+        mean: &ParameterVector,
+        samples: u64,
+        participants: usize,
+    ) -> Result<Folded, AggregateError> {
+        let _ = participants;
+        self.fold(mean, samples)
+    }
 
     /// Number of updates folded since `begin`.
     fn updates(&self) -> usize;

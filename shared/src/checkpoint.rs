@@ -27,7 +27,7 @@ use crate::protocol::framing::{FramingError, decode_bounded};
 pub const CHECKPOINT_MAGIC: [u8; 8] = *b"FLOTCKPT";
 
 /// Version of the checkpoint format written by this build.
-pub const CHECKPOINT_FORMAT_VERSION: u16 = 2;
+pub const CHECKPOINT_FORMAT_VERSION: u16 = 3;
 
 const HEADER_LEN: usize = 8 + 2 + 8;
 const CHECKSUM_LEN: usize = 32;
@@ -43,6 +43,17 @@ pub struct Checkpoint {
     pub spec: ModelSpec,
     /// The global parameters.
     pub params: ParameterVector,
+    /// The served model (an average of the iterates), when iterate averaging is on.
+    pub served: Option<ParameterVector>,
+}
+
+/// Format 2: the same without the served model (read, never written).
+#[derive(Deserialize)]
+struct CheckpointV2 {
+    round: u64,
+    model_version: u64,
+    spec: ModelSpec,
+    params: ParameterVector,
 }
 
 /// Why bytes were not accepted as a checkpoint.
@@ -90,8 +101,18 @@ impl Checkpoint {
     /// Decodes a checkpoint, refusing truncation, other magic, other versions, trailing
     /// bytes, a checksum mismatch, a malformed payload and non-finite parameters.
     pub fn decode(bytes: &[u8]) -> Result<Self, CheckpointError> {
-        let checkpoint: Checkpoint = open(CHECKPOINT_MAGIC, CHECKPOINT_FORMAT_VERSION, bytes)?;
+        let checkpoint: Checkpoint = match open(CHECKPOINT_MAGIC, CHECKPOINT_FORMAT_VERSION, bytes) {
+            Err(CheckpointError::UnsupportedVersion { found: 2, .. }) => {
+                let v2: CheckpointV2 = open(CHECKPOINT_MAGIC, 2, bytes)?;
+                let CheckpointV2 { round, model_version, spec, params } = v2;
+                Checkpoint { round, model_version, spec, params, served: None }
+            }
+            other => other?,
+        };
         checkpoint.params.check_finite()?;
+        if let Some(served) = &checkpoint.served {
+            served.check_finite()?;
+        }
         Ok(checkpoint)
     }
 }

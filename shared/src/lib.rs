@@ -20,6 +20,8 @@
 //! - [`round`]: the coordinator's round state machine and the client's session state machine.
 //! - [`checkpoint`]: encoding and verification of the coordinator's durable state.
 //! - [`local`]: the client side of a round: local learner, contribution, rebase, durable state.
+//! - [`personal`]: personalised prediction (Hedge over the local, global and prior-adapted
+//!   global models) and FedLC logit calibration settings.
 //! - [`workload`]: the `fleet-round` benchmark's model and client updates, and its f64 reference.
 //! - [`secagg`]: secure aggregation (pairwise masking, SecAgg+): client and server state machines.
 //!
@@ -36,6 +38,7 @@ pub mod hbp;
 pub mod local;
 pub mod model;
 pub mod params;
+pub mod personal;
 pub mod prequential;
 pub mod privacy;
 pub mod protocol;

@@ -10,6 +10,13 @@
 //! parameter (averaged by FedAvg like the weights) and is re-floored and renormalised after
 //! a rebase. The standardisation statistics stay local: they describe this device's stream
 //! and are never sent.
+//!
+//! Personalisation ([`crate::personal`]): beside the shared model the client keeps a purely
+//! local model, never rebased and never sent, and predicts with a Hedge mix of the local
+//! model, the shared model and the shared model adapted to the local label prior. The
+//! prediction it scores (and reports) is the mix's; it also counts the shared model's own
+//! predictions (`global_total`). What it sends stays a delta of the shared model, whose
+//! steps can be calibrated to the local label counts (FedLC).
 
 use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
@@ -17,8 +24,9 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{CheckpointError, open, seal};
 use crate::data::Sample;
 use crate::hbp::model::project_alpha;
-use crate::hbp::{HbpConfig, HbpModel, ModelError};
+use crate::hbp::{Batch, HbpConfig, HbpModel, ModelError};
 use crate::params::{ParameterError, ParameterVector};
+use crate::personal::{EXPERTS, Mixer, PersonalConfig, adapt_to_prior, label_prior};
 use crate::prequential::read_labels;
 use crate::protocol::LocalMetrics;
 use crate::standardize::OnlineStandardizer;
@@ -26,7 +34,7 @@ use crate::standardize::OnlineStandardizer;
 /// Magic bytes of a client state file.
 pub const CLIENT_STATE_MAGIC: [u8; 8] = *b"FLOTCLNT";
 /// Format version of a client state file.
-pub const CLIENT_STATE_FORMAT_VERSION: u16 = 1;
+pub const CLIENT_STATE_FORMAT_VERSION: u16 = 2;
 /// Predictions are read back from the device once per this many samples.
 const READBACK_EVERY: usize = 64;
 
@@ -130,6 +138,16 @@ pub struct ClientState {
     pub total: Counts,
     /// Rows of the source consumed (a restarted daemon skips that many).
     pub rows_consumed: u64,
+    /// How predictions are personalised.
+    pub personal: PersonalConfig,
+    /// The purely local model's parameters (personalisation on).
+    pub local: Option<ParameterVector>,
+    /// The Hedge weights over [`EXPERTS`].
+    pub mix: Vec<f32>,
+    /// Labels seen so far, per class.
+    pub class_counts: Vec<u64>,
+    /// The shared model's own prequential counters, since the daemon first started.
+    pub global_total: Counts,
 }
 
 impl ClientState {
@@ -147,6 +165,12 @@ impl ClientState {
 /// The local learner of a client daemon (sans-IO: samples and messages are passed in).
 pub struct LocalLearner {
     model: HbpModel,
+    personal: PersonalConfig,
+    /// The purely local model and the mixer, when personalisation is on.
+    local: Option<(HbpModel, Mixer)>,
+    class_counts: Vec<u64>,
+    global_total: Counts,
+    pending_global: Vec<Tensor<1, Int>>,
     base: Option<Base>,
     snapshot: Option<Snapshot>,
     standardizer: OnlineStandardizer,
@@ -159,19 +183,62 @@ pub struct LocalLearner {
 }
 
 impl LocalLearner {
-    /// A fresh learner of `spec` on `device` (weights as [`HbpModel::new`] makes them).
+    /// A fresh learner of `spec` on `device` (weights as [`HbpModel::new`] makes them),
+    /// personalised as [`PersonalConfig::default`] says.
     pub fn new(spec: HbpConfig, device: &Device) -> Result<Self, LocalError> {
         let model = HbpModel::new(spec, device)?;
-        Ok(Self::with_model(model, None, None, Counts::default(), Counts::default(), 0))
+        let mut learner = Self::with_model(model, None, None, Counts::default(), Counts::default(), 0);
+        learner.set_personal(PersonalConfig::default())?;
+        Ok(learner)
     }
 
-    /// A learner resumed from a saved state.
+    /// A learner resumed from a saved state (its personalisation included).
     pub fn from_state(state: ClientState, device: &Device) -> Result<Self, LocalError> {
-        let model = HbpModel::from_parameters(state.spec, &state.params, device)?;
+        let model = HbpModel::from_parameters(state.spec.clone(), &state.params, device)?;
         let mut learner = Self::with_model(model, state.base, state.snapshot, state.unreported, state.total, 0);
         learner.standardizer = state.standardizer;
         learner.rows_consumed = state.rows_consumed;
+        learner.global_total = state.global_total;
+        if state.class_counts.len() == state.spec.classes {
+            learner.class_counts = state.class_counts;
+        }
+        learner.personal = state.personal;
+        if let (true, Some(local)) = (state.personal.enabled, state.local) {
+            let local = HbpModel::from_parameters(state.spec, &local, device)?;
+            let mixer = if state.mix.len() == EXPERTS.len() {
+                Mixer::from_weights(&state.mix, &state.personal, device)
+            } else {
+                Mixer::new(EXPERTS.len(), &state.personal, device)
+            };
+            learner.local = Some((local, mixer));
+        }
         Ok(learner)
+    }
+
+    /// Turns personalisation on or off, or changes its settings. Turning it on starts a
+    /// fresh local model (initialised as the shared one was) with uniform mixing weights;
+    /// turning it off drops the local model.
+    pub fn set_personal(&mut self, config: PersonalConfig) -> Result<(), LocalError> {
+        let device = self.model.device().clone();
+        self.local = match (config.enabled, self.local.take()) {
+            (false, _) => None,
+            (true, Some((local, mixer))) if config == self.personal => Some((local, mixer)),
+            (true, Some((local, mixer))) => {
+                let weights = mixer.weights()?;
+                Some((local, Mixer::from_weights(&weights, &config, &device)))
+            }
+            (true, None) => {
+                let local = HbpModel::new(self.model.config().clone(), &device)?;
+                Some((local, Mixer::new(EXPERTS.len(), &config, &device)))
+            }
+        };
+        self.personal = config;
+        Ok(())
+    }
+
+    /// The current mixing weights over [`EXPERTS`] (`None` without personalisation).
+    pub fn mix_weights(&self) -> Result<Option<Vec<f32>>, LocalError> {
+        Ok(self.local.as_ref().map(|(_, mixer)| mixer.weights()).transpose()?)
     }
 
     fn with_model(
@@ -183,7 +250,13 @@ impl LocalLearner {
         rows_consumed: u64,
     ) -> Self {
         let inputs = model.config().inputs;
+        let classes = model.config().classes;
         Self {
+            personal: PersonalConfig { enabled: false, ..PersonalConfig::default() },
+            local: None,
+            class_counts: vec![0; classes],
+            global_total: Counts::default(),
+            pending_global: Vec::new(),
             standardizer: OnlineStandardizer::new(inputs),
             z: vec![0.0; inputs],
             model,
@@ -207,10 +280,17 @@ impl LocalLearner {
         self.base.as_ref().map(|b| b.version)
     }
 
-    /// Counters since the daemon first started (flushes pending predictions first).
+    /// Counters of the predictions it emits (personalised when personalisation is on)
+    /// since the daemon first started (flushes pending predictions first).
     pub fn total(&mut self) -> Result<Counts, LocalError> {
         self.flush()?;
         Ok(self.total)
+    }
+
+    /// Counters of the shared (global) model's own predictions since the daemon first started.
+    pub fn global_total(&mut self) -> Result<Counts, LocalError> {
+        self.flush()?;
+        Ok(self.global_total)
     }
 
     /// Rows of the source consumed so far.
@@ -235,8 +315,28 @@ impl LocalLearner {
             return Err(LocalError::LabelOutOfRange { line: sample.line, label: sample.label, classes });
         }
         self.standardizer.standardize(&sample.features, &mut self.z);
-        let batch = self.model.batch(&self.z, &[sample.label]);
-        self.pending.push(self.model.learn(batch));
+        let Batch { features, targets } = self.model.batch(&self.z, &[sample.label]);
+        let device = self.model.device().clone();
+        let classes = config.classes;
+        let row =
+            |values: Vec<f32>| Tensor::<2>::from_data(burn::tensor::TensorData::new(values, [1, classes]), &device);
+        // The prior the prediction may use is the one before this label (test, then train).
+        let prior = label_prior(&self.class_counts);
+        if let Some(count) = self.class_counts.get_mut(sample.label as usize) {
+            *count += 1;
+        }
+        let offset = self.personal.calibration_offset(&self.class_counts).map(row);
+        let shared = self.model.learn_proba(Batch { features: features.clone(), targets: targets.clone() }, offset);
+        self.pending_global.push(shared.clone().argmax(1).reshape([1]));
+        let predicted = match self.local.as_mut() {
+            Some((local, mixer)) => {
+                let own = local.learn_proba(Batch { features, targets: targets.clone() }, None);
+                let adapted = adapt_to_prior(shared.clone(), row(prior));
+                mixer.predict_and_update(Tensor::stack(vec![own, shared, adapted], 0), &targets).argmax(1).reshape([1])
+            }
+            None => shared.argmax(1).reshape([1]),
+        };
+        self.pending.push(predicted);
         self.pending_labels.push(sample.label);
         self.rows_consumed += 1;
         if self.pending.len() >= READBACK_EVERY {
@@ -248,9 +348,11 @@ impl LocalLearner {
     /// Reads pending predictions back and counts them.
     fn flush(&mut self) -> Result<(), LocalError> {
         let predicted = read_labels(std::mem::take(&mut self.pending))?;
-        for (p, y) in predicted.iter().zip(self.pending_labels.drain(..)) {
+        let global = read_labels(std::mem::take(&mut self.pending_global))?;
+        for ((p, g), y) in predicted.iter().zip(&global).zip(self.pending_labels.drain(..)) {
             self.unreported.add(*p != y);
             self.total.add(*p != y);
+            self.global_total.add(*g != y);
         }
         Ok(())
     }
@@ -311,6 +413,11 @@ impl LocalLearner {
             unreported: self.unreported,
             total: self.total,
             rows_consumed: self.rows_consumed,
+            personal: self.personal,
+            local: self.local.as_ref().map(|(local, _)| local.to_parameters()).transpose()?,
+            mix: self.mix_weights()?.unwrap_or_default(),
+            class_counts: self.class_counts.clone(),
+            global_total: self.global_total,
         })
     }
 }

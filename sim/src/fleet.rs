@@ -95,8 +95,12 @@ pub struct ClientOutcome {
     pub unexpected_exits: u32,
     /// Samples learnt (over restarts, from the last report).
     pub samples: u64,
-    /// Prequential error over those samples, percent (from the last report).
+    /// Prequential error of its personalised predictions (its own model mixed with the global
+    /// one) over those samples, percent (from the last report).
     pub prequential_error_pct: Option<f64>,
+    /// Prequential error of the plain global model's own predictions on the same samples,
+    /// percent (from the last report; `None` for reports that lack it).
+    pub global_prequential_error_pct: Option<f64>,
     /// Updates sent, summed over its processes.
     pub updates_sent: u64,
     /// Bytes sent, summed over its processes (a SIGKILLed process's are lost).
@@ -526,6 +530,7 @@ pub fn run(config: &FleetConfig, interrupt: &Interrupt) -> anyhow::Result<FleetO
                 unexpected_exits: slot.unexpected_exits,
                 samples: last.and_then(|r| r["samples"].as_u64()).unwrap_or(0),
                 prequential_error_pct: last.and_then(|r| r["prequential_error_pct"].as_f64()),
+                global_prequential_error_pct: last.and_then(|r| r["global_prequential_error_pct"].as_f64()),
                 updates_sent: sum("updates_sent"),
                 bytes_sent: sum("bytes_sent"),
                 bytes_received: sum("bytes_received"),

@@ -50,8 +50,9 @@ struct Args {
     /// Units per hidden layer.
     #[arg(long, default_value_t = 32)]
     width: usize,
-    /// Rounds to commit.
-    #[arg(long, default_value_t = 10)]
+    /// Rounds to commit (each client's stream is spread over them: enough rounds for the
+    /// fleet to learn, each round a few dozen samples per client at most).
+    #[arg(long, default_value_t = 40)]
     rounds: usize,
     /// Joined clients needed to start a round and updates to commit it [default: the clients
     /// expected online at once, less those churn takes away]
@@ -355,6 +356,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             label_counts: label_counts(stream, data.classes),
             federated_samples: c.samples,
             federated_error_pct: c.prequential_error_pct,
+            federated_global_error_pct: c.global_prequential_error_pct,
             alone_samples: alone["samples"].as_u64(),
             alone_error_pct: alone["prequential_error_pct"].as_f64(),
             alone_heldback_error_pct: alone["eval_error_pct"].as_f64(),
@@ -431,23 +433,39 @@ fn write_plots(out: &Path, report: &Report) -> anyhow::Result<()> {
     let names: Vec<String> = report.clients.iter().map(|c| c.name.trim_start_matches("client").to_string()).collect();
     plot::grouped_bars(
         &out.join("client_error.png"),
-        "Per-client prequential error: federated vs alone",
+        "Per-client prequential error: federated (personalised, global model) vs alone",
         "error (%)",
         &names,
         &[
-            ("federated".to_string(), report.clients.iter().map(|c| c.federated_error_pct).collect(), COLOURS[0]),
+            (
+                "federated (personalised)".to_string(),
+                report.clients.iter().map(|c| c.federated_error_pct).collect(),
+                COLOURS[0],
+            ),
+            (
+                "federated (global model)".to_string(),
+                report.clients.iter().map(|c| c.federated_global_error_pct).collect(),
+                plot::GLOBAL_MODEL_COLOUR,
+            ),
             ("alone".to_string(), report.clients.iter().map(|c| c.alone_error_pct).collect(), COLOURS[1]),
         ],
     )?;
+    // Both measures, all three lines: per-client prequential error (federated = personalised) and
+    // error on the held-back rows (federated = final global model; alone = mean of the clients'
+    // final models; centralised = its final model).
     plot::grouped_bars(
         &out.join("comparison.png"),
-        "Mean per-client prequential error (and global model on held-back rows)",
+        "Mean per-client prequential error and error on the held-back rows",
         "error (%)",
         &["per-client prequential".to_string(), "held-back rows".to_string()],
         &[
-            ("federated".to_string(), vec![s.federated_mean_client_error_pct, s.final_global_error_pct], COLOURS[0]),
-            ("alone".to_string(), vec![s.alone_mean_client_error_pct, None], COLOURS[1]),
-            ("centralised".to_string(), vec![s.centralised_error_pct, None], COLOURS[2]),
+            (
+                "federated (personalised / global model)".to_string(),
+                vec![s.federated_mean_client_error_pct, s.final_global_error_pct],
+                COLOURS[0],
+            ),
+            ("alone".to_string(), vec![s.alone_mean_client_error_pct, s.alone_mean_heldback_error_pct], COLOURS[1]),
+            ("centralised".to_string(), vec![s.centralised_error_pct, s.centralised_heldback_error_pct], COLOURS[2]),
         ],
     )
 }

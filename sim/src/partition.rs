@@ -18,7 +18,8 @@ use crate::dataset::{Dataset, Row};
 pub enum Scheme {
     /// Rows shuffled, then dealt round-robin: every client sees the same label mix.
     Iid,
-    /// Each client draws a label distribution from Dirichlet(α) and its rows follow it.
+    /// Each client draws a label distribution from Dirichlet(α) and its rows follow it; each
+    /// stream is then shuffled, so its label mix is the same throughout (skew, not drift).
     LabelSkew,
     /// File order kept (temporal data stays temporal), rows dealt round-robin; after
     /// `drift_at` of each client's stream its labels are permuted (the concept changes).
@@ -108,8 +109,26 @@ pub fn dirichlet(alpha: f64, k: usize, rng: &mut StdRng) -> anyhow::Result<Vec<f
 
 /// Label skew with equal stream lengths: client c draws pᶜ ~ Dir(α); then, one row per
 /// client in turn until all rows are dealt, it takes a row of a label drawn from pᶜ
-/// restricted to the labels that still have rows.
+/// restricted to the labels that still have rows ([`deal_label_skew`]). Dealt in that order,
+/// every stream would end with the labels left over once the popular ones ran out: a label
+/// drift at the end of every stream at once, which is not label skew. So each client's stream
+/// is then shuffled (same seeded `rng`): its label mix is stationary over the stream, while
+/// stream lengths and per-client label counts are exactly those dealt.
 fn label_skew(
+    rows: &[&Row],
+    classes: u32,
+    config: &PartitionConfig,
+    rng: &mut StdRng,
+) -> anyhow::Result<Vec<Vec<Row>>> {
+    let mut clients = deal_label_skew(rows, classes, config, rng)?;
+    for stream in &mut clients {
+        stream.shuffle(rng);
+    }
+    Ok(clients)
+}
+
+/// The dealing of [`label_skew`], in dealing order (each stream ends with leftover labels).
+fn deal_label_skew(
     rows: &[&Row],
     classes: u32,
     config: &PartitionConfig,

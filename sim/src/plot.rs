@@ -15,6 +15,8 @@ const WIDTH: u32 = 900;
 const HEIGHT: u32 = 520;
 /// Federated, alone, centralised.
 pub const COLOURS: [RGBColor; 3] = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44)];
+/// The federated line's plain global model, next to its personalised predictions (a lighter blue).
+pub const GLOBAL_MODEL_COLOUR: RGBColor = RGBColor(140, 190, 230);
 
 fn register_font() {
     static ONCE: Once = Once::new();
@@ -168,7 +170,8 @@ pub fn grouped_bars(
     render(path, |root| {
         let n = categories.len().max(1);
         let k = series.len().max(1);
-        let y_max = upper(series.iter().flat_map(|(_, v, _)| v.iter().flatten().copied()));
+        // Extra headroom: the legend sits in the upper right corner, above the bars.
+        let y_max = upper(series.iter().flat_map(|(_, v, _)| v.iter().flatten().copied())) * (1.0 + 0.07 * k as f64);
         let mut chart = ChartBuilder::on(root)
             .caption(title, ("sans-serif", 22))
             .margin(16)

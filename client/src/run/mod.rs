@@ -27,8 +27,11 @@ pub struct RunReport {
     pub samples: u64,
     /// Samples learnt by this process.
     pub samples_this_run: u64,
-    /// Prequential error over `samples`, in percent.
+    /// Prequential error over `samples` of the predictions this device emitted
+    /// (personalised unless `--no-personalise`), in percent.
     pub prequential_error_pct: f64,
+    /// Prequential error over the same samples of the shared (global) model's own predictions, in percent.
+    pub global_prequential_error_pct: f64,
     /// Updates sent to the coordinator.
     pub updates_sent: u64,
     /// Version of the last global model adopted.
@@ -74,6 +77,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         samples: summary.total.samples,
         samples_this_run: summary.samples_this_run,
         prequential_error_pct: (summary.total.error_pct() * 100.0).round() / 100.0,
+        global_prequential_error_pct: (summary.global_total.error_pct() * 100.0).round() / 100.0,
         updates_sent: summary.contributions,
         model_version: summary.base_version,
         bytes_sent: stats.bytes_sent(),

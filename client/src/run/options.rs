@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use flotilla::personal::PersonalConfig;
 
 use crate::learn::BackendChoiceArg;
 
@@ -66,6 +67,19 @@ pub struct RunOptions {
     /// Write a JSON summary (samples, error, bytes on the wire) here on exit.
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
+    /// Predict with the shared (global) model alone, without a local model mixed in
+    /// [default: personalised: a Hedge mix of this device's own model, the global model and
+    /// the global model adapted to the local label mix].
+    #[arg(long)]
+    #[serde(default)]
+    pub no_personalise: bool,
+    /// Hedge discount β of the personalised mix's weights, in (0, 1); smaller adapts faster [default: 0.9].
+    #[arg(long, value_name = "BETA")]
+    pub mix_beta: Option<f32>,
+    /// FedLC logit calibration τ of the shared model's steps against this device's label
+    /// skew (softmax(z − τ·n_c^(−1/4)) with running class counts n_c); 0 turns it off [default: 1].
+    #[arg(long, value_name = "TAU")]
+    pub calibration_tau: Option<f32>,
 }
 
 /// How a Byzantine test client corrupts its updates.
@@ -117,6 +131,7 @@ pub struct RunConfig {
     pub backend: BackendChoiceArg,
     pub report: Option<PathBuf>,
     pub attack: Option<Attack>,
+    pub personal: PersonalConfig,
 }
 
 impl RunOptions {
@@ -139,7 +154,16 @@ impl RunOptions {
         if o.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
             bail!("--rate must be a positive number of samples per second");
         }
+        let defaults = PersonalConfig::default();
+        let personal = PersonalConfig {
+            enabled: !o.no_personalise,
+            beta: o.mix_beta.unwrap_or(defaults.beta),
+            floor: defaults.floor,
+            calibration_tau: o.calibration_tau.unwrap_or(defaults.calibration_tau),
+        };
+        personal.validate().context("--mix-beta / --calibration-tau")?;
         Ok(RunConfig {
+            personal,
             coordinator,
             server_name,
             ca: o.ca.context("--ca FILE is required (the coordinator's CA certificate)")?,
@@ -175,6 +199,9 @@ impl RunOptions {
             backend: self.backend.or(file.backend),
             report: self.report.or(file.report),
             attack: self.attack.or(file.attack),
+            no_personalise: self.no_personalise || file.no_personalise,
+            mix_beta: self.mix_beta.or(file.mix_beta),
+            calibration_tau: self.calibration_tau.or(file.calibration_tau),
         }
     }
 }

@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use burn::tensor::Device;
 use flotilla::local::{ClientState, Counts, LocalLearner};
 use flotilla::model::ModelSpec;
+use flotilla::personal::PersonalConfig;
 use flotilla_net::{LearnerRequest, LocalUpdate};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio_util::sync::CancellationToken;
@@ -24,8 +25,11 @@ const POLL: Duration = Duration::from_millis(10);
 
 /// What the learner did, for the exit report.
 pub struct WorkerSummary {
-    /// Samples learnt since the daemon first started (over restarts).
+    /// Samples learnt since the daemon first started (over restarts), scored on the
+    /// predictions it emitted (personalised when personalisation is on).
     pub total: Counts,
+    /// The same samples scored on the shared (global) model's own predictions.
+    pub global_total: Counts,
     /// Samples learnt by this process.
     pub samples_this_run: u64,
     /// Version of the global model last adopted.
@@ -76,12 +80,13 @@ pub fn run(
         }
     }
     result?;
-    let total = match worker.learner.as_mut() {
-        Some(learner) => learner.total()?,
-        None => Counts::default(),
+    let (total, global_total) = match worker.learner.as_mut() {
+        Some(learner) => (learner.total()?, learner.global_total()?),
+        None => (Counts::default(), Counts::default()),
     };
     Ok(WorkerSummary {
         total,
+        global_total,
         samples_this_run: worker.learnt,
         base_version: worker.learner.as_ref().and_then(LocalLearner::base_version),
         contributions: worker.contributions,
@@ -145,7 +150,7 @@ impl Worker {
     }
 
     fn handle(&mut self, request: LearnerRequest) -> anyhow::Result<()> {
-        match answer(&mut self.learner, &self.device, request, self.config.attack)? {
+        match answer(&mut self.learner, &self.device, request, self.config.attack, self.config.personal)? {
             Answer::NewLearner => self.rows = None,
             Answer::Adopted => {
                 let version = self.learner.as_ref().and_then(LocalLearner::base_version);
@@ -191,6 +196,7 @@ pub fn answer(
     device: &Device,
     request: LearnerRequest,
     attack: Option<Attack>,
+    personal: PersonalConfig,
 ) -> anyhow::Result<Answer> {
     match request {
         LearnerRequest::Welcome { spec, fingerprint } => {
@@ -212,7 +218,9 @@ pub fn answer(
                 layers = spec.hidden_layers,
                 "model spec received"
             );
-            *learner = Some(LocalLearner::new(spec, device)?);
+            let mut fresh = LocalLearner::new(spec, device)?;
+            fresh.set_personal(personal)?;
+            *learner = Some(fresh);
             Ok(Answer::NewLearner)
         }
         LearnerRequest::Adopt { model_version, round, params } => {
@@ -254,5 +262,7 @@ fn load_state(config: &RunConfig, device: &Device) -> anyhow::Result<Option<Loca
     let state = ClientState::decode(&bytes)
         .with_context(|| format!("{} is not a valid client state; move it away to start afresh", path.display()))?;
     tracing::info!(path = %path.display(), rows = state.rows_consumed, "resuming from the saved client state");
-    Ok(Some(LocalLearner::from_state(state, device)?))
+    let mut learner = LocalLearner::from_state(state, device)?;
+    learner.set_personal(config.personal)?;
+    Ok(Some(learner))
 }

@@ -87,13 +87,24 @@ fn strategy_flags_and_keys_select_and_configure_the_aggregation() {
     let aggregation = options.resolve().unwrap().rounds.aggregation;
     assert_eq!(aggregation.kind, StrategyKind::MultiKrum);
     assert_eq!((aggregation.byzantine, aggregation.multi_krum_m, aggregation.max_held_updates), (1, Some(3), 64));
-    assert_eq!(parse(&[]).into_config().unwrap().rounds.aggregation.kind, StrategyKind::FedAvg);
+    // Nothing named: the recommended defaults, from the one place that holds them.
+    let defaults = parse(&[]).into_config().unwrap().rounds.aggregation;
+    assert_eq!(defaults, flotilla::aggregate::StrategyConfig::recommended());
+    assert_eq!((defaults.kind, defaults.beta1), (StrategyKind::FedAvgM, 0.5));
+    let config =
+        parse(&["--server-step", "fedexp", "--serve-average", "0", "--strategy", "fedavg"]).into_config().unwrap();
+    let aggregation = config.rounds.aggregation;
+    assert_eq!((aggregation.step_size, aggregation.serve_average), (flotilla::aggregate::StepSize::FedExp, 0.0));
+    let error = format!("{:#}", parse(&["--serve-average", "1"]).into_config().unwrap_err());
+    assert!(error.contains("serve_average"), "{error}");
+    let unknown = Cli::try_parse_from(["coordinator", "--server-step", "huge"]).unwrap_err().to_string();
+    assert!(unknown.contains("unknown server step"), "{unknown}");
 }
 
 #[test]
 fn strategy_options_are_checked_against_the_strategy_and_their_ranges() {
     let error = |args: &[&str]| format!("{:#}", parse(args).into_config().unwrap_err());
-    assert!(error(&["--trim-fraction", "0.2"]).contains("--trim-fraction does not apply to --strategy fedavg"));
+    assert!(error(&["--trim-fraction", "0.2"]).contains("--trim-fraction does not apply to --strategy fedavgm"));
     assert!(error(&["--strategy", "krum", "--multi-krum-m", "2"]).contains("--multi-krum-m"));
     assert!(error(&["--strategy", "fedavgm", "--beta2", "0.9"]).contains("--beta2"));
     assert!(error(&["--strategy", "trimmed-mean", "--trim-fraction", "0.5"]).contains("trim_fraction"));

@@ -11,6 +11,7 @@
 
 use super::federated::{Folded, Hygiene};
 use super::optimizer::ServerOptimizer;
+use super::step_size::StepSize;
 use super::{AggregateError, check_delta};
 use crate::params::ParameterVector;
 
@@ -21,8 +22,11 @@ pub struct Buffered<O> {
     max_staleness: u64,
     optimizer: O,
     server_lr: f64,
+    step_size: StepSize,
     hygiene: Hygiene,
     sum: Vec<f64>,
+    /// `Σ ‖wᵢΔᵢ‖²` of the buffered updates (FedExP's numerator, times K).
+    sq_norms: f64,
     buffered: usize,
 }
 
@@ -34,7 +38,25 @@ pub fn staleness_weight(staleness: u64) -> f64 {
 impl<O: ServerOptimizer + Clone> Buffered<O> {
     /// A buffer of `buffer_size` (≥ 1) updates, refusing those staler than `max_staleness`.
     pub fn new(buffer_size: usize, max_staleness: u64, optimizer: O, server_lr: f64, hygiene: Hygiene) -> Self {
-        Self { buffer_size, max_staleness, optimizer, server_lr, hygiene, sum: Vec::new(), buffered: 0 }
+        let step_size = StepSize::Fixed;
+        Self {
+            buffer_size,
+            max_staleness,
+            optimizer,
+            server_lr,
+            step_size,
+            hygiene,
+            sum: Vec::new(),
+            sq_norms: 0.0,
+            buffered: 0,
+        }
+    }
+
+    /// Sets how η_s is scaled at each apply (default [`StepSize::Fixed`]; `Participants`
+    /// scales by the buffer size K).
+    pub fn with_step_size(mut self, step_size: StepSize) -> Self {
+        self.step_size = step_size;
+        self
     }
 
     /// Buffers `delta`, computed from version `base_version`, while the global model is
@@ -64,6 +86,7 @@ impl<O: ServerOptimizer + Clone> Buffered<O> {
         for (sum, value) in self.sum.iter_mut().zip(&delta.values) {
             *sum += weight * f64::from(*value);
         }
+        self.sq_norms += (weight * folded.norm).powi(2);
         self.buffered += 1;
         Ok(folded)
     }
@@ -81,6 +104,7 @@ impl<O: ServerOptimizer + Clone> Buffered<O> {
     /// Discards what is buffered (after an apply that failed); the optimiser state is kept.
     pub fn clear(&mut self) {
         self.sum.iter_mut().for_each(|sum| *sum = 0.0);
+        self.sq_norms = 0.0;
         self.buffered = 0;
     }
 
@@ -94,15 +118,17 @@ impl<O: ServerOptimizer + Clone> Buffered<O> {
         }
         let k = self.buffer_size as f64;
         let mut step: Vec<f64> = self.sum.iter().map(|sum| sum / k).collect();
+        let factor = self.step_size.factor(self.buffer_size, self.sq_norms / k, &step);
         let mut optimizer = self.optimizer.clone();
         optimizer.step(&mut step);
-        let values: Vec<f32> =
-            current.values.iter().zip(&step).map(|(x, d)| (f64::from(*x) + self.server_lr * d) as f32).collect();
+        let lr = self.server_lr * factor;
+        let values: Vec<f32> = current.values.iter().zip(&step).map(|(x, d)| (f64::from(*x) + lr * d) as f32).collect();
         if let Some(index) = values.iter().position(|v| !v.is_finite()) {
             return Err(AggregateError::ResultNotFinite { index });
         }
         self.optimizer = optimizer;
         self.sum.iter_mut().for_each(|sum| *sum = 0.0);
+        self.sq_norms = 0.0;
         self.buffered = 0;
         Ok(ParameterVector { format_version: current.format_version, fingerprint: current.fingerprint, values })
     }

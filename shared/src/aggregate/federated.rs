@@ -2,6 +2,7 @@
 
 use super::mean::WeightedMean;
 use super::optimizer::{ServerOptimizer, Sgd};
+use super::step_size::StepSize;
 use super::{AggregateError, Aggregator, Expected, check_delta};
 use crate::params::ParameterVector;
 
@@ -82,9 +83,15 @@ pub struct Federated<R, O> {
     reducer: R,
     optimizer: O,
     server_lr: f64,
+    step_size: StepSize,
     hygiene: Hygiene,
     expected: Option<Expected>,
     updates: usize,
+    /// Clients behind the updates folded (a secure round's mean counts all its survivors).
+    participants: usize,
+    /// `Σ nᵢ·‖sᵢΔᵢ‖²` over the folded updates, and `Σ nᵢ`: FedExP's numerator.
+    weighted_sq_norms: f64,
+    weight: f64,
     samples: u64,
     /// Rounds begun, which seeds each round's noise.
     rounds: u64,
@@ -110,7 +117,49 @@ impl Default for FedAvg {
 impl<R: Reducer, O: ServerOptimizer + Clone> Federated<R, O> {
     /// An aggregator of `reducer` and `optimizer` with server learning rate `server_lr`.
     pub fn with(reducer: R, optimizer: O, server_lr: f64, hygiene: Hygiene) -> Self {
-        Self { reducer, optimizer, server_lr, hygiene, expected: None, updates: 0, samples: 0, rounds: 0 }
+        Self {
+            reducer,
+            optimizer,
+            server_lr,
+            step_size: StepSize::Fixed,
+            hygiene,
+            expected: None,
+            updates: 0,
+            participants: 0,
+            weighted_sq_norms: 0.0,
+            weight: 0.0,
+            samples: 0,
+            rounds: 0,
+        }
+    }
+
+    /// Sets how η_s is scaled each round (default [`StepSize::Fixed`]).
+    pub fn with_step_size(mut self, step_size: StepSize) -> Self {
+        self.step_size = step_size;
+        self
+    }
+
+    fn fold_weighted(
+        &mut self,
+        delta: &ParameterVector,
+        samples: u64,
+        participants: usize,
+    ) -> Result<Folded, AggregateError> {
+        let expected = self.expected.ok_or(AggregateError::NotStarted)?;
+        if samples == 0 {
+            return Err(AggregateError::ZeroSamples);
+        }
+        check_delta(delta, expected.fingerprint, expected.len)?;
+        let total = self.samples.checked_add(samples).ok_or(AggregateError::SampleOverflow)?;
+        let (folded, scale) = self.hygiene.inspect(&delta.values);
+        self.reducer.add(&delta.values, scale, samples)?;
+        self.samples = total;
+        self.updates += 1;
+        self.participants += participants;
+        let norm = folded.norm * scale;
+        self.weighted_sq_norms += samples as f64 * norm * norm;
+        self.weight += samples as f64;
+        Ok(folded)
     }
 
     /// The server optimiser (and its state).
@@ -125,22 +174,24 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Aggregator for Federated<R, O> {
         self.expected = Some(Expected { fingerprint: base.fingerprint, len });
         self.reducer.begin(len);
         self.updates = 0;
+        self.participants = 0;
+        self.weighted_sq_norms = 0.0;
+        self.weight = 0.0;
         self.samples = 0;
         self.rounds += 1;
     }
 
     fn fold(&mut self, delta: &ParameterVector, samples: u64) -> Result<Folded, AggregateError> {
-        let expected = self.expected.ok_or(AggregateError::NotStarted)?;
-        if samples == 0 {
-            return Err(AggregateError::ZeroSamples);
-        }
-        check_delta(delta, expected.fingerprint, expected.len)?;
-        let total = self.samples.checked_add(samples).ok_or(AggregateError::SampleOverflow)?;
-        let (folded, scale) = self.hygiene.inspect(&delta.values);
-        self.reducer.add(&delta.values, scale, samples)?;
-        self.samples = total;
-        self.updates += 1;
-        Ok(folded)
+        self.fold_weighted(delta, samples, 1)
+    }
+
+    fn fold_mean(
+        &mut self,
+        mean: &ParameterVector,
+        samples: u64,
+        participants: usize,
+    ) -> Result<Folded, AggregateError> {
+        self.fold_weighted(mean, samples, participants.max(1))
     }
 
     fn updates(&self) -> usize {
@@ -160,6 +211,9 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Aggregator for Federated<R, O> {
             return Err(AggregateError::BaseChanged);
         }
         let mut step = self.reducer.reduce()?;
+        let mean_sq_norm = if self.weight > 0.0 { self.weighted_sq_norms / self.weight } else { 0.0 };
+        let factor = self.step_size.factor(self.participants, mean_sq_norm, &step);
+        tracing::debug!(step_size = %self.step_size, factor, "server step");
         if let Some(std) = self.hygiene.noise_std {
             add_noise_to_mean(&mut step, std, self.updates, self.hygiene.noise_seed, self.rounds);
         }
@@ -170,7 +224,7 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Aggregator for Federated<R, O> {
             .values
             .iter()
             .zip(&step)
-            .map(|(base, step)| (f64::from(*base) + self.server_lr * step) as f32)
+            .map(|(base, step)| (f64::from(*base) + self.server_lr * factor * step) as f32)
             .collect();
         if let Some(index) = values.iter().position(|v| !v.is_finite()) {
             return Err(AggregateError::ResultNotFinite { index });

@@ -7,6 +7,7 @@ use super::krum::Krum;
 use super::mean::WeightedMean;
 use super::optimizer::{Adagrad, Adam, Momentum, ServerOptimizer, Sgd, Yogi};
 use super::robust::{Median, TrimmedMean};
+use super::step_size::StepSize;
 
 /// The aggregation strategies, by their command-line names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -60,6 +61,12 @@ impl StrategyKind {
     /// Whether it uses β1 (momentum).
     pub fn uses_beta1(self) -> bool {
         matches!(self, Self::FedAvgM | Self::FedAdam | Self::FedYogi)
+    }
+
+    /// β1 when none is given: 0.5 for FedAvgM (its step is already scaled by the number of
+    /// participants: heavier momentum overshoots), 0.9 for FedAdam and FedYogi.
+    pub fn default_beta1(self) -> f64 {
+        if self == Self::FedAvgM { 0.5 } else { 0.9 }
     }
 
     /// Whether it uses β2 (second-moment decay).
@@ -132,6 +139,12 @@ pub struct StrategyConfig {
     pub noise_std: Option<f64>,
     /// Seed of that noise.
     pub noise_seed: u64,
+    /// How η_s is scaled each round.
+    pub step_size: StepSize,
+    /// Iterate averaging of the served model: after each commit the served (evaluated,
+    /// checkpointed) model becomes `ρ·served + (1 − ρ)·latest`; 0 serves the latest model.
+    /// Clients keep training on the latest.
+    pub serve_average: f64,
 }
 
 impl Default for StrategyConfig {
@@ -150,6 +163,24 @@ impl Default for StrategyConfig {
             max_held_updates: 256,
             noise_std: None,
             noise_seed: 0,
+            step_size: StepSize::Fixed,
+            serve_average: 0.0,
+        }
+    }
+}
+
+impl StrategyConfig {
+    /// What the binaries use when the user names nothing: FedAvgM (β1 0.5) whose step is
+    /// scaled by the number of participants, serving an average of the iterates (ρ 0.7).
+    /// Chosen from measurements on label-skewed online fleets (README, "Defaults"):
+    /// `Default` stays textbook FedAvg (η_s 1, no averaging), the form the unit tests pin.
+    pub fn recommended() -> Self {
+        Self {
+            kind: StrategyKind::FedAvgM,
+            beta1: StrategyKind::FedAvgM.default_beta1(),
+            step_size: StepSize::Participants,
+            serve_average: 0.7,
+            ..Self::default()
         }
     }
 }
@@ -203,6 +234,9 @@ impl StrategyConfig {
                 return Err(StrategyError::Decay { name, value });
             }
         }
+        if !(0.0..1.0).contains(&self.serve_average) {
+            return Err(StrategyError::Decay { name: "serve_average", value: self.serve_average });
+        }
         if !(0.0..0.5).contains(&self.trim_fraction) {
             return Err(StrategyError::TrimFraction(self.trim_fraction));
         }
@@ -223,23 +257,34 @@ impl StrategyConfig {
             noise_std: self.noise_std,
             noise_seed: self.noise_seed,
         };
-        let (lr, cap) = (self.server_lr, self.max_held_updates);
+        let (lr, cap, step) = (self.server_lr, self.max_held_updates, self.step_size);
         let (beta1, beta2, tau) = (self.beta1, self.beta2, self.tau);
         let mean = WeightedMean::default();
         match self.kind {
-            StrategyKind::FedAvg => Box::new(Federated::with(mean, Sgd, lr, hygiene)),
-            StrategyKind::FedAvgM => Box::new(Federated::with(mean, Momentum::new(beta1), lr, hygiene)),
-            StrategyKind::FedAdam => Box::new(Federated::with(mean, Adam::new(beta1, beta2, tau), lr, hygiene)),
-            StrategyKind::FedYogi => Box::new(Federated::with(mean, Yogi::new(beta1, beta2, tau), lr, hygiene)),
-            StrategyKind::FedAdagrad => Box::new(Federated::with(mean, Adagrad::new(tau), lr, hygiene)),
-            StrategyKind::Median => Box::new(Federated::with(Median::new(cap), Sgd, lr, hygiene)),
-            StrategyKind::TrimmedMean => {
-                Box::new(Federated::with(TrimmedMean::new(self.trim_fraction, cap), Sgd, lr, hygiene))
+            StrategyKind::FedAvg => Box::new(Federated::with(mean, Sgd, lr, hygiene).with_step_size(step)),
+            StrategyKind::FedAvgM => {
+                Box::new(Federated::with(mean, Momentum::new(beta1), lr, hygiene).with_step_size(step))
             }
-            StrategyKind::Krum => Box::new(Federated::with(Krum::new(self.byzantine, Some(1), cap), Sgd, lr, hygiene)),
-            StrategyKind::MultiKrum => {
-                Box::new(Federated::with(Krum::new(self.byzantine, self.multi_krum_m, cap), Sgd, lr, hygiene))
+            StrategyKind::FedAdam => {
+                Box::new(Federated::with(mean, Adam::new(beta1, beta2, tau), lr, hygiene).with_step_size(step))
             }
+            StrategyKind::FedYogi => {
+                Box::new(Federated::with(mean, Yogi::new(beta1, beta2, tau), lr, hygiene).with_step_size(step))
+            }
+            StrategyKind::FedAdagrad => {
+                Box::new(Federated::with(mean, Adagrad::new(tau), lr, hygiene).with_step_size(step))
+            }
+            StrategyKind::Median => Box::new(Federated::with(Median::new(cap), Sgd, lr, hygiene).with_step_size(step)),
+            StrategyKind::TrimmedMean => Box::new(
+                Federated::with(TrimmedMean::new(self.trim_fraction, cap), Sgd, lr, hygiene).with_step_size(step),
+            ),
+            StrategyKind::Krum => Box::new(
+                Federated::with(Krum::new(self.byzantine, Some(1), cap), Sgd, lr, hygiene).with_step_size(step),
+            ),
+            StrategyKind::MultiKrum => Box::new(
+                Federated::with(Krum::new(self.byzantine, self.multi_krum_m, cap), Sgd, lr, hygiene)
+                    .with_step_size(step),
+            ),
         }
     }
 }
@@ -292,6 +337,9 @@ impl StrategyConfig {
                 return None;
             }
         };
-        Some(Buffered::new(buffer_size, max_staleness, optimizer, self.server_lr, hygiene))
+        Some(
+            Buffered::new(buffer_size, max_staleness, optimizer, self.server_lr, hygiene)
+                .with_step_size(self.step_size),
+        )
     }
 }

@@ -12,7 +12,29 @@ fn checkpoint() -> Checkpoint {
             fingerprint: Fingerprint(0xfeed),
             values: vec![0.5, -1.25, 3.0, 0.0],
         },
+        served: None,
     }
+}
+
+#[test]
+fn served_model_round_trips_and_format_2_is_still_read() {
+    let mut with_served = checkpoint();
+    with_served.served = Some(ParameterVector { values: vec![0.25, -1.0, 2.0, 0.5], ..with_served.params.clone() });
+    assert_eq!(Checkpoint::decode(&with_served.encode().unwrap()).unwrap(), with_served);
+    // A format-2 file (no served model) written by an older build.
+    #[derive(serde::Serialize)]
+    struct V2<'a> {
+        round: u64,
+        model_version: u64,
+        spec: &'a ModelSpec,
+        params: &'a ParameterVector,
+    }
+    let old = checkpoint();
+    let v2 = V2 { round: old.round, model_version: old.model_version, spec: &old.spec, params: &old.params };
+    let bytes = seal(CHECKPOINT_MAGIC, 2, &v2).unwrap();
+    assert_eq!(Checkpoint::decode(&bytes).unwrap(), old);
+    let bytes = seal(CHECKPOINT_MAGIC, 1, &v2).unwrap();
+    assert!(matches!(Checkpoint::decode(&bytes), Err(CheckpointError::UnsupportedVersion { found: 1, .. })));
 }
 
 #[test]

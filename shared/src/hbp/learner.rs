@@ -36,14 +36,27 @@ impl HbpModel {
     /// Returns the predicted class of every row, made *before* the update (prequential).
     /// The result stays on the device; read it back in bulk to avoid a sync per step.
     pub fn learn(&mut self, batch: Batch) -> Tensor<1, Int> {
-        let forward = self.forward(batch.features);
-        let predicted = self.mixture(&forward).argmax(1);
+        let predicted = self.learn_proba(batch, None).argmax(1);
+        let b = predicted.dims()[0];
+        predicted.reshape([b])
+    }
+
+    /// Predicts the batch, then takes one HBP step on it, as [`Self::learn`]; returns the
+    /// mixture's class probabilities `[b, C]` made *before* the update.
+    ///
+    /// With `offset` (`[1, C]`), the step is taken on calibrated logits `z + offset` (FedLC
+    /// logit calibration): loss, gradient and hedge losses; the prediction is on the raw `z`.
+    pub fn learn_proba(&mut self, batch: Batch, offset: Option<Tensor<2>>) -> Tensor<2> {
+        let mut forward = self.forward(batch.features);
+        let probabilities = self.mixture(&forward);
+        if let Some(offset) = offset {
+            Self::calibrate(&mut forward, offset);
+        }
         let losses = self.head_losses(&forward, &batch.targets);
         let gradients = self.gradients(&forward, &batch.targets);
         self.apply(gradients, self.config.learning_rate);
         self.hedge(losses);
-        let b = predicted.dims()[0];
-        predicted.reshape([b])
+        probabilities
     }
 
     /// Class probabilities `[b, C]` of the hedged mixture, without learning.

@@ -21,8 +21,13 @@ pub(crate) struct Forward {
     hidden: Vec<Tensor<2>>,
     /// The same activations stacked `[L, b, width]`.
     stacked: Tensor<3>,
+    /// Every head's logits `[K, b, C]`, input head first when present.
+    logits: Tensor<3>,
     /// Every head's class probabilities `[K, b, C]`, input head first when present.
     pub(crate) probabilities: Tensor<3>,
+    /// The probabilities the loss and the gradient are taken on: `probabilities`, or
+    /// `softmax(logits + offset)` after [`HbpModel::calibrate`].
+    training: Tensor<3>,
 }
 
 /// A gradient with the shapes of [`HbpModel`]'s trainable tensors (α excluded).
@@ -44,13 +49,21 @@ impl HbpModel {
             hidden.push(h.clone());
         }
         let stacked: Tensor<3> = Tensor::stack(hidden.clone(), 0);
-        let logits = stacked.clone().matmul(self.head_weights.clone()) + self.head_biases.clone();
-        let mut probabilities = softmax(logits, 2);
+        let mut logits = stacked.clone().matmul(self.head_weights.clone()) + self.head_biases.clone();
         if let Some((weight, bias)) = &self.input_head {
-            let input_probabilities = softmax(x.clone().matmul(weight.clone()) + bias.clone(), 1);
-            probabilities = Tensor::cat(vec![input_probabilities.unsqueeze_dim(0), probabilities], 0);
+            let input_logits: Tensor<2> = x.clone().matmul(weight.clone()) + bias.clone();
+            logits = Tensor::cat(vec![input_logits.unsqueeze_dim(0), logits], 0);
         }
-        Forward { inputs: x, hidden, stacked, probabilities }
+        let probabilities = softmax(logits.clone(), 2);
+        Forward { inputs: x, hidden, stacked, logits, training: probabilities.clone(), probabilities }
+    }
+
+    /// Logit calibration (FedLC, Zhang et al., ICML 2022): the loss, its gradient and the
+    /// hedge losses of this step are taken on `softmax(z + offset)` for every head, where
+    /// `offset` is `[1, C]` (FedLC: `−τ·n_c^{−1/4}` from the running local class counts);
+    /// the prediction stays on the raw logits `z`.
+    pub(crate) fn calibrate(forward: &mut Forward, offset: Tensor<2>) {
+        forward.training = softmax(forward.logits.clone() + offset.unsqueeze_dim(0), 2);
     }
 
     /// The hedged prediction `F(x) = Σ_l α_l · softmax(head_l)`, shape `[b, C]`.
@@ -63,14 +76,18 @@ impl HbpModel {
     /// Each head's cross-entropy averaged over the batch, shape `[K]`; `targets` is one-hot `[b, C]`.
     pub(crate) fn head_losses(&self, forward: &Forward, targets: &Tensor<2>) -> Tensor<1> {
         let k = self.config.heads();
-        let log_p = forward.probabilities.clone().clamp_min(PROBABILITY_FLOOR).log();
+        let log_p = forward.training.clone().clamp_min(PROBABILITY_FLOOR).log();
         (log_p * targets.clone().unsqueeze_dim(0)).sum_dim(2).mean_dim(1).reshape([k]).neg()
     }
 
-    /// The objective `J = Σ_l α_l · CE_l` whose gradient [`Self::gradients`] computes.
+    /// The objective `J = Σ_l α_l · CE_l` whose gradient [`Self::gradients`] computes
+    /// (on calibrated logits `z + offset` when an offset is given).
     #[cfg(test)]
-    pub(crate) fn objective(&self, x: Tensor<2>, targets: &Tensor<2>) -> f32 {
-        let forward = self.forward(x);
+    pub(crate) fn objective(&self, x: Tensor<2>, targets: &Tensor<2>, offset: Option<Tensor<2>>) -> f32 {
+        let mut forward = self.forward(x);
+        if let Some(offset) = offset {
+            Self::calibrate(&mut forward, offset);
+        }
         let losses = self.head_losses(&forward, targets);
         (losses * self.alpha.clone()).sum().into_scalar::<f32>()
     }
@@ -83,7 +100,7 @@ impl HbpModel {
         let width = self.config.width;
         // ∂(α_l · mean CE_l)/∂logits_l = α_l (p_l − y) / b
         let scale = self.alpha.clone().reshape([k, 1, 1]).div_scalar(b as f32);
-        let logit_grads = (forward.probabilities.clone() - targets.clone().unsqueeze_dim(0)) * scale;
+        let logit_grads = (forward.training.clone() - targets.clone().unsqueeze_dim(0)) * scale;
         let first = k - layers;
         let hidden_grads = logit_grads.clone().narrow(0, first, layers);
         let input_head = self.input_head.as_ref().map(|_| {

@@ -39,12 +39,18 @@ fn flatten(gradients: math::Gradients) -> Vec<f32> {
     flat
 }
 
-#[test]
-fn analytic_gradient_matches_finite_differences() {
+/// Checks the analytic gradient against central finite differences of the objective, on
+/// raw logits or on calibrated logits `z + offset`.
+fn check_gradient(offset: Option<Vec<f32>>) {
     let device = Device::flex();
     let model = tiny_model(&device);
     let batch = tiny_batch(&model);
-    let forward = model.forward(batch.features.clone());
+    let classes = model.config().classes;
+    let offset_tensor = || offset.clone().map(|o| Tensor::<2>::from_data(TensorData::new(o, [1, classes]), &device));
+    let mut forward = model.forward(batch.features.clone());
+    if let Some(o) = offset_tensor() {
+        HbpModel::calibrate(&mut forward, o);
+    }
     let analytic = flatten(model.gradients(&forward, &batch.targets));
     let base = model.to_parameters().unwrap();
     let trainable = base.values.len() - model.config().heads();
@@ -54,7 +60,7 @@ fn analytic_gradient_matches_finite_differences() {
         values[index] += delta;
         let shifted = ParameterVector { values, ..base.clone() };
         let m = HbpModel::from_parameters(model.config().clone(), &shifted, &device).unwrap();
-        m.objective(batch.features.clone(), &batch.targets)
+        m.objective(batch.features.clone(), &batch.targets, offset_tensor())
     };
     let eps = 1e-3;
     let mut worst = 0.0f32;
@@ -66,6 +72,44 @@ fn analytic_gradient_matches_finite_differences() {
     }
     assert!(analytic.iter().any(|g| g.abs() > 1e-3), "gradient is all zero");
     eprintln!("worst relative gradient error {worst:e}");
+}
+
+#[test]
+fn analytic_gradient_matches_finite_differences() {
+    check_gradient(None);
+}
+
+#[test]
+fn calibrated_gradient_matches_finite_differences() {
+    // FedLC offsets −τ·n_c^(−1/4) for class counts (1, 16, 81): τ = 1.
+    let counts = [1.0f32, 16.0, 81.0];
+    let classes = tiny_model(&Device::flex()).config().classes;
+    let offset: Vec<f32> = (0..classes).map(|c| -counts[c % counts.len()].powf(-0.25)).collect();
+    check_gradient(Some(offset));
+}
+
+#[test]
+fn calibration_changes_the_step_not_the_prediction() {
+    let device = Device::flex();
+    let mut plain = tiny_model(&device);
+    let mut calibrated = plain.clone();
+    let classes = plain.config().classes;
+    let offset = Tensor::<2>::from_data(
+        TensorData::new(
+            vec![-2.0f32; classes]
+                .into_iter()
+                .enumerate()
+                .map(|(c, v)| if c == 0 { 0.0 } else { v })
+                .collect::<Vec<_>>(),
+            [1, classes],
+        ),
+        &device,
+    );
+    let batch = tiny_batch(&plain);
+    let before_plain = read(plain.learn_proba(tiny_batch(&plain), None)).unwrap();
+    let before_calibrated = read(calibrated.learn_proba(batch, Some(offset))).unwrap();
+    assert_eq!(before_plain, before_calibrated, "the prediction is made on raw logits");
+    assert_ne!(plain.to_parameters().unwrap(), calibrated.to_parameters().unwrap(), "the step differs");
 }
 
 #[test]
@@ -115,13 +159,13 @@ fn learning_reduces_the_loss_on_a_separable_stream() {
     };
     let test = model
         .batch(&(0..20).flat_map(|i| point(i).0).collect::<Vec<_>>(), &(0..20).map(|i| point(i).1).collect::<Vec<_>>());
-    let before = model.objective(test.features.clone(), &test.targets);
+    let before = model.objective(test.features.clone(), &test.targets, None);
     for i in 0..2000 {
         let (x, y) = point(i);
         let batch = model.batch(&x, &[y]);
         model.learn(batch);
     }
-    let after = model.objective(test.features.clone(), &test.targets);
+    let after = model.objective(test.features.clone(), &test.targets, None);
     assert!(after < 0.5 * before, "loss {before} -> {after}");
 }
 

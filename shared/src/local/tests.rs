@@ -110,3 +110,40 @@ fn samples_of_another_shape_are_refused() {
     let bad_label = Sample { features: vec![0.0; 3], label: 5, line: 8 };
     assert!(learner.learn(&bad_label).unwrap_err().to_string().contains("out of range"));
 }
+
+#[test]
+fn the_local_model_survives_adoption_and_both_predictions_are_scored() {
+    let (mut learner, global) = learner_with_base();
+    assert!(learner.mix_weights().unwrap().is_some(), "personalisation is on by default");
+    for i in 0..40 {
+        learner.learn(&sample(i)).unwrap();
+    }
+    let before = learner.state().unwrap();
+    let local_before = before.local.clone().expect("a local model is kept");
+    assert_eq!(before.class_counts.iter().sum::<u64>(), 40);
+    learner.contribute(1).unwrap().unwrap();
+    learner.adopt(2, global).unwrap();
+    let after = learner.state().unwrap();
+    assert_eq!(after.local, Some(local_before), "adopting a global model never touches the local one");
+    assert_ne!(after.params, before.params, "the shared model is rebased");
+    assert_eq!(learner.total().unwrap().samples, 40);
+    assert_eq!(learner.global_total().unwrap().samples, 40);
+    let weights = learner.mix_weights().unwrap().unwrap();
+    assert_eq!(weights.len(), crate::personal::EXPERTS.len());
+    assert!((weights.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{weights:?}");
+}
+
+#[test]
+fn personalisation_can_be_turned_off_and_on() {
+    let (mut learner, _) = learner_with_base();
+    let off = PersonalConfig { enabled: false, ..PersonalConfig::default() };
+    learner.set_personal(off).unwrap();
+    for i in 0..10 {
+        learner.learn(&sample(i)).unwrap();
+    }
+    assert_eq!(learner.total().unwrap(), learner.global_total().unwrap(), "without a mix, one prediction");
+    let state = learner.state().unwrap();
+    assert!(state.local.is_none() && state.mix.is_empty());
+    learner.set_personal(PersonalConfig::default()).unwrap();
+    assert!(learner.state().unwrap().local.is_some());
+}

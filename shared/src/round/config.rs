@@ -253,6 +253,12 @@ impl CoordinatorConfig {
                 "robust strategies need each update; secure aggregation reveals only the sum: use a mean-based strategy",
             ));
         }
+        if self.aggregation.step_size == crate::aggregate::StepSize::FedExp {
+            return Err(ConfigError::Incompatible(
+                "FedExP's step needs each update's norm; secure aggregation reveals only the sum: use \
+                 --server-step participants or fixed",
+            ));
+        }
         if self.compression != Compression::None {
             return Err(ConfigError::Incompatible(
                 "pairwise masks cancel only on identical, full-length vectors: secure aggregation already sends \

@@ -68,6 +68,8 @@ pub struct Coordinator {
     config: CoordinatorConfig,
     spec: ModelSpec,
     params: ParameterVector,
+    /// The iterate average served and evaluated (`serve_average` > 0).
+    served: Option<ParameterVector>,
     model_version: u64,
     round: u64,
     aggregator: Box<dyn Aggregator + Send>,
@@ -93,7 +95,10 @@ impl Coordinator {
         spec: impl Into<ModelSpec>,
         params: ParameterVector,
     ) -> Result<Self, ConfigError> {
-        Self::from_checkpoint(config, Checkpoint { round: 0, model_version: 0, spec: spec.into(), params })
+        Self::from_checkpoint(
+            config,
+            Checkpoint { round: 0, model_version: 0, spec: spec.into(), params, served: None },
+        )
     }
 
     /// A coordinator resuming from a checkpoint; the next round is `checkpoint.round + 1`.
@@ -113,6 +118,7 @@ impl Coordinator {
             config,
             spec: checkpoint.spec,
             params: checkpoint.params,
+            served: checkpoint.served,
             model_version: checkpoint.model_version,
             round: checkpoint.round,
             aggregator,
@@ -142,7 +148,14 @@ impl Coordinator {
             model_version: self.model_version,
             spec: self.spec.clone(),
             params: self.params.clone(),
+            served: self.served.clone(),
         }
+    }
+
+    /// The model served to users and evaluated: the iterate average when
+    /// `serve_average` > 0, the latest global parameters otherwise.
+    pub fn served(&self) -> &ParameterVector {
+        self.served.as_ref().unwrap_or(&self.params)
     }
 
     /// The current global parameters.

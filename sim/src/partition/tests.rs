@@ -128,3 +128,45 @@ fn bad_configs_are_errors_not_panics() {
     let p = partition(&data, &PartitionConfig { dirichlet_alpha: 1e-4, ..config(Scheme::LabelSkew) }).unwrap();
     assert_eq!(p.clients.iter().map(Vec::len).sum::<usize>(), 800);
 }
+
+/// How much the share of a stream's most frequent label differs between its two halves.
+fn half_shift(stream: &[Row], classes: u32) -> f64 {
+    let counts = label_counts(stream, classes);
+    let top = (0..counts.len()).max_by_key(|&l| counts[l]).unwrap_or(0) as u32;
+    let half = stream.len() / 2;
+    let share = |rows: &[Row]| rows.iter().filter(|row| row.label == top).count() as f64 / rows.len().max(1) as f64;
+    (share(&stream[..half]) - share(&stream[half..])).abs()
+}
+
+#[test]
+fn label_skew_streams_are_stationary_not_drifting() {
+    // 8,000 rows in label-sorted blocks: 800 rows per client, so sampling noise between halves is small.
+    let mut text = String::from("x,y,label\n");
+    for i in 0..8000 {
+        text.push_str(&format!("{i},{},{}\n", i % 7, i / 2000));
+    }
+    let data = Dataset::parse(&text).unwrap();
+    let config = config(Scheme::LabelSkew);
+    let p = partition(&data, &config).unwrap();
+    // The same dealing, before the shuffle (the path `partition` takes for label skew).
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    let mut order: Vec<usize> = (0..data.rows.len()).collect();
+    order.shuffle(&mut rng);
+    let eval_rows = (data.rows.len() as f64 * config.eval_fraction).round() as usize;
+    let train: Vec<&Row> = order[eval_rows..].iter().map(|&i| &data.rows[i]).collect();
+    let dealt = deal_label_skew(&train, data.classes, &config, &mut rng).unwrap();
+    assert_eq!(dealt.len(), p.clients.len());
+    for (shuffled, dealt) in p.clients.iter().zip(&dealt) {
+        // The shuffle keeps each stream's rows: same length, same label counts.
+        assert_eq!(shuffled.len(), dealt.len());
+        assert_eq!(label_counts(shuffled, 4), label_counts(dealt, 4));
+        let (mut a, mut b) = (indices(shuffled), indices(dealt));
+        a.sort_unstable();
+        b.sort_unstable();
+        assert_eq!(a, b);
+        assert!(half_shift(shuffled, 4) < 0.15, "label mix drifts within a stream: {}", half_shift(shuffled, 4));
+    }
+    // In dealing order the leftover labels pile up at the end of the streams.
+    let worst = dealt.iter().map(|s| half_shift(s, 4)).fold(0.0, f64::max);
+    assert!(worst >= 0.15, "dealing order shows no drift ({worst}): this test would not catch a missing shuffle");
+}

@@ -126,6 +126,20 @@ impl Coordinator {
     /// α is a constrained parameter: it is put back on the floored simplex after any step.
     pub(super) fn publish_model(&mut self, mut params: ParameterVector) {
         self.spec.project(&mut params);
+        let rho = self.config.aggregation.serve_average;
+        self.served = match self.served.take() {
+            _ if rho <= 0.0 => None,
+            Some(mut served)
+                if served.fingerprint == params.fingerprint && served.values.len() == params.values.len() =>
+            {
+                for (s, p) in served.values.iter_mut().zip(&params.values) {
+                    *s = (rho * f64::from(*s) + (1.0 - rho) * f64::from(*p)) as f32;
+                }
+                self.spec.project(&mut served);
+                Some(served)
+            }
+            _ => Some(params.clone()),
+        };
         self.params = params;
         self.model_version += 1;
         let joined: Vec<ConnectionId> =

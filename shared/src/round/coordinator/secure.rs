@@ -167,7 +167,7 @@ impl Coordinator {
             fingerprint: self.params.fingerprint,
             values: sum.into_iter().map(|v| v / n).collect(),
         };
-        if let Err(error) = self.aggregator.fold(&mean, survivors.len() as u64) {
+        if let Err(error) = self.aggregator.fold_mean(&mean, survivors.len() as u64, survivors.len()) {
             return self.fail_round(RoundFailure::Aggregation(error), now);
         }
         tracing::info!(round = self.round, survivors = survivors.len(), "secure sum unmasked");

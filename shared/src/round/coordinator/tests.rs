@@ -158,6 +158,37 @@ fn full_round_with_three_clients_commits_the_sample_weighted_mean() {
 }
 
 #[test]
+fn participant_scaled_step_and_the_served_iterate_average() {
+    use crate::aggregate::{StepSize, StrategyConfig};
+    let t0 = Instant::now();
+    let aggregation =
+        StrategyConfig { step_size: StepSize::Participants, serve_average: 0.5, ..StrategyConfig::default() };
+    let mut coordinator = coordinator(CoordinatorConfig { aggregation, ..config(2) });
+    for conn in 1..=2 {
+        join(&mut coordinator, conn, t0);
+    }
+    transmits(&mut coordinator);
+    events(&mut coordinator);
+    let t1 = t0 + Duration::from_secs(1);
+    coordinator.handle_message(ConnectionId(1), update(1, 0, vec![1.0, 0.0], 1, 0), t1);
+    coordinator.handle_message(ConnectionId(2), update(1, 0, vec![0.0, 1.0], 1, 0), t1);
+    // The mean (½, ½) times 2 participants: the sum of the clients' steps.
+    assert_eq!(coordinator.params().values, vec![2.0, 3.0]);
+    // The first served model is the first committed one.
+    assert_eq!(coordinator.served().values, vec![2.0, 3.0]);
+    transmits(&mut coordinator);
+    coordinator.handle_message(ConnectionId(1), update(2, 1, vec![2.0, 0.0], 1, 0), t1);
+    coordinator.handle_message(ConnectionId(2), update(2, 1, vec![2.0, 0.0], 1, 0), t1);
+    assert_eq!(coordinator.params().values, vec![6.0, 3.0]);
+    // ½·(2, 3) + ½·(6, 3): clients get the latest, users and the evaluation the average.
+    assert_eq!(coordinator.served().values, vec![4.0, 3.0]);
+    let checkpoint = coordinator.checkpoint();
+    assert_eq!(checkpoint.served.as_ref().map(|s| s.values.clone()), Some(vec![4.0, 3.0]));
+    let resumed = Coordinator::from_checkpoint(config(2), checkpoint.clone()).unwrap();
+    assert_eq!(resumed.checkpoint(), checkpoint, "the served average survives a restart");
+}
+
+#[test]
 fn unsupported_protocol_version_is_refused_and_closed() {
     let t0 = Instant::now();
     let mut coordinator = coordinator(config(1));
@@ -366,8 +397,13 @@ fn round_interval_paces_rounds_and_goodbye_closes() {
 #[test]
 fn resumes_from_a_checkpoint() {
     let t0 = Instant::now();
-    let checkpoint =
-        Checkpoint { round: 41, model_version: 17, spec: HbpConfig::new(4, 2).into(), params: vector(vec![0.0, 0.0]) };
+    let checkpoint = Checkpoint {
+        round: 41,
+        model_version: 17,
+        spec: HbpConfig::new(4, 2).into(),
+        params: vector(vec![0.0, 0.0]),
+        served: None,
+    };
     let mut coordinator = Coordinator::from_checkpoint(config(1), checkpoint.clone()).unwrap();
     assert_eq!(coordinator.checkpoint(), checkpoint);
     join(&mut coordinator, 1, t0);
