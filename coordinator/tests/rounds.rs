@@ -17,7 +17,10 @@ async fn three_clients_commit_three_fedavg_rounds() {
     let eval = dir.path().join("eval.csv");
     std::fs::write(&eval, "a,b,c,label\n0,1,2,0\n1,0,2,1\n2,2,0,1\n0,0,1,0\n").unwrap();
     let eval_arg = eval.to_string_lossy().into_owned();
-    let running = start(options(dir.path(), &["--min-clients", "3", "--rounds", "3", "--eval-data", &eval_arg])).await;
+    // Textbook FedAvg (the defaults scale the step and serve an average): the mean is checked exactly.
+    let textbook = ["--strategy", "fedavg", "--server-step", "fixed", "--serve-average", "0"];
+    let args = [&["--min-clients", "3", "--rounds", "3", "--eval-data", &eval_arg][..], &textbook[..]].concat();
+    let running = start(options(dir.path(), &args)).await;
     let clients: Vec<FakeClient> = [(1.0, 1), (2.0, 1), (4.0, 2)]
         .into_iter()
         .enumerate()
