@@ -37,6 +37,8 @@ pub const CLIENT_STATE_MAGIC: [u8; 8] = *b"FLOTCLNT";
 pub const CLIENT_STATE_FORMAT_VERSION: u16 = 2;
 /// Predictions are read back from the device once per this many samples.
 const READBACK_EVERY: usize = 64;
+/// The cumulative counters are marked every this many samples ([`LocalLearner::marks`]).
+pub const MARK_EVERY: u64 = 25;
 
 /// Why the local learner could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +150,8 @@ pub struct ClientState {
     pub class_counts: Vec<u64>,
     /// The shared model's own prequential counters, since the daemon first started.
     pub global_total: Counts,
+    /// `total` every [`MARK_EVERY`] samples.
+    pub marks: Vec<Counts>,
 }
 
 impl ClientState {
@@ -170,6 +174,7 @@ pub struct LocalLearner {
     local: Option<(HbpModel, Mixer)>,
     class_counts: Vec<u64>,
     global_total: Counts,
+    marks: Vec<Counts>,
     pending_global: Vec<Tensor<1, Int>>,
     base: Option<Base>,
     snapshot: Option<Snapshot>,
@@ -199,6 +204,7 @@ impl LocalLearner {
         learner.standardizer = state.standardizer;
         learner.rows_consumed = state.rows_consumed;
         learner.global_total = state.global_total;
+        learner.marks = state.marks;
         if state.class_counts.len() == state.spec.classes {
             learner.class_counts = state.class_counts;
         }
@@ -256,6 +262,7 @@ impl LocalLearner {
             local: None,
             class_counts: vec![0; classes],
             global_total: Counts::default(),
+            marks: Vec::new(),
             pending_global: Vec::new(),
             standardizer: OnlineStandardizer::new(inputs),
             z: vec![0.0; inputs],
@@ -285,6 +292,13 @@ impl LocalLearner {
     pub fn total(&mut self) -> Result<Counts, LocalError> {
         self.flush()?;
         Ok(self.total)
+    }
+
+    /// The counters of [`Self::total`] after every [`MARK_EVERY`] samples: the error over any
+    /// stretch of the stream (e.g. right after a drift) is a difference of two marks.
+    pub fn marks(&mut self) -> Result<&[Counts], LocalError> {
+        self.flush()?;
+        Ok(&self.marks)
     }
 
     /// Counters of the shared (global) model's own predictions since the daemon first started.
@@ -353,6 +367,9 @@ impl LocalLearner {
             self.unreported.add(*p != y);
             self.total.add(*p != y);
             self.global_total.add(*g != y);
+            if self.total.samples.is_multiple_of(MARK_EVERY) {
+                self.marks.push(self.total);
+            }
         }
         Ok(())
     }
@@ -418,6 +435,7 @@ impl LocalLearner {
             mix: self.mix_weights()?.unwrap_or_default(),
             class_counts: self.class_counts.clone(),
             global_total: self.global_total,
+            marks: self.marks.clone(),
         })
     }
 }

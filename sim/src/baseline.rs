@@ -72,6 +72,9 @@ pub fn run_all(
                 dir.join(format!("{}.json", job.name)).display().to_string(),
                 "--eval-data".into(),
                 spec.eval_data.display().to_string(),
+                // Cumulative marks on the fleet clients' grid (drift recovery is read off them).
+                "--mark-every".into(),
+                flotilla::local::MARK_EVERY.to_string(),
             ];
             if let Some(limit) = job.limit {
                 args.extend(["--limit".into(), limit.to_string()]);

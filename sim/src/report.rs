@@ -85,6 +85,35 @@ pub struct Summary {
     /// Two or three sentences: both measures (per-client prequential, held-back rows), each
     /// federated vs alone vs centralised.
     pub verdict: String,
+    /// Drift partition: mean over clients of the prequential error in the stretch right after
+    /// each client's drift point (the first fifth of its stream after it), federated
+    /// (personalised) and alone: how fast each recovers.
+    pub drift_recovery: Option<DriftRecovery>,
+}
+
+/// Errors right after the drift point, percent.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct DriftRecovery {
+    /// Federated (personalised) clients, mean over clients.
+    pub federated_pct: f64,
+    /// The same clients learning alone.
+    pub alone_pct: f64,
+    /// Clients whose window could be measured.
+    pub clients: usize,
+}
+
+/// The error (percent) between samples `from` and `to` of a stream whose cumulative wrong
+/// predictions are `errors_at(k)` after `k` samples (`k` a multiple of `every`): the window is
+/// snapped inward to the marks; `None` when no whole mark interval fits.
+pub fn window_error_pct(errors_at: impl Fn(u64) -> Option<f64>, every: u64, from: u64, to: u64) -> Option<f64> {
+    let every = every.max(1);
+    let start = from.div_ceil(every) * every;
+    let end = to / every * every;
+    if end <= start {
+        return None;
+    }
+    let before = if start == 0 { 0.0 } else { errors_at(start)? };
+    Some(100.0 * (errors_at(end)? - before) / (end - start) as f64)
 }
 
 /// Everything `report.json` holds.
@@ -236,6 +265,7 @@ pub fn summarise(
             .map(|v| (v * 1000.0).round() / 1000.0),
         fleet_wall_s: round2(fleet.wall_s),
         verdict: format!("{per_client} {heldback}"),
+        drift_recovery: None,
     }
 }
 
@@ -308,6 +338,17 @@ pub fn markdown(report: &Report) -> String {
         s.mean_round_duration_s.map_or("–".into(), |v| format!("{v:.3}")),
         s.fleet_wall_s,
     );
+    if let Some(d) = s.drift_recovery {
+        let _ = writeln!(
+            md,
+            "Right after the drift (the first fifth of each stream after its drift point, {} clients): \
+             federated {:.2} %, alone {:.2} %: federated recovers {}.\n",
+            d.clients,
+            d.federated_pct,
+            d.alone_pct,
+            if d.federated_pct <= d.alone_pct { "at least as fast as alone" } else { "more slowly than alone" },
+        );
+    }
     let _ = writeln!(md, "![global error](global_error.png)\n![comparison](comparison.png)\n");
     let _ = writeln!(
         md,
@@ -368,6 +409,22 @@ pub fn markdown(report: &Report) -> String {
          `shards/`, `fleet/logs/`, `baselines/`."
     );
     md
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::window_error_pct;
+
+    #[test]
+    fn window_error_is_a_difference_of_marks_snapped_inward() {
+        // One error per 25 samples up to 100, then 10 per 25.
+        let errors_at = |k: u64| Some(if k <= 100 { (k / 25) as f64 } else { 4.0 + 10.0 * ((k - 100) / 25) as f64 });
+        assert_eq!(window_error_pct(errors_at, 25, 0, 100), Some(4.0));
+        // 101..160 snaps to 125..150: 10 errors in 25 samples.
+        assert_eq!(window_error_pct(errors_at, 25, 101, 160), Some(40.0));
+        assert_eq!(window_error_pct(errors_at, 25, 101, 120), None, "no whole interval");
+        assert_eq!(window_error_pct(|_| None, 25, 0, 100), None);
+    }
 }
 
 #[cfg(test)]

@@ -32,6 +32,11 @@ pub struct RunReport {
     pub prequential_error_pct: f64,
     /// Prequential error over the same samples of the shared (global) model's own predictions, in percent.
     pub global_prequential_error_pct: f64,
+    /// Wrong predictions (personalised) after every `marks_every` samples, cumulative: the
+    /// error over any stretch of the stream is a difference of two entries.
+    pub errors_at_marks: Vec<u64>,
+    /// Samples between two marks.
+    pub marks_every: u64,
     /// Updates sent to the coordinator.
     pub updates_sent: u64,
     /// Version of the last global model adopted.
@@ -78,6 +83,8 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         samples_this_run: summary.samples_this_run,
         prequential_error_pct: (summary.total.error_pct() * 100.0).round() / 100.0,
         global_prequential_error_pct: (summary.global_total.error_pct() * 100.0).round() / 100.0,
+        errors_at_marks: summary.marks.iter().map(|m| m.errors).collect(),
+        marks_every: flotilla::local::MARK_EVERY,
         updates_sent: summary.contributions,
         model_version: summary.base_version,
         bytes_sent: stats.bytes_sent(),

@@ -30,6 +30,8 @@ pub struct WorkerSummary {
     pub total: Counts,
     /// The same samples scored on the shared (global) model's own predictions.
     pub global_total: Counts,
+    /// `total` every `flotilla::local::MARK_EVERY` samples.
+    pub marks: Vec<Counts>,
     /// Samples learnt by this process.
     pub samples_this_run: u64,
     /// Version of the global model last adopted.
@@ -80,13 +82,14 @@ pub fn run(
         }
     }
     result?;
-    let (total, global_total) = match worker.learner.as_mut() {
-        Some(learner) => (learner.total()?, learner.global_total()?),
-        None => (Counts::default(), Counts::default()),
+    let (total, global_total, marks) = match worker.learner.as_mut() {
+        Some(learner) => (learner.total()?, learner.global_total()?, learner.marks()?.to_vec()),
+        None => (Counts::default(), Counts::default(), Vec::new()),
     };
     Ok(WorkerSummary {
         total,
         global_total,
+        marks,
         samples_this_run: worker.learnt,
         base_version: worker.learner.as_ref().and_then(LocalLearner::base_version),
         contributions: worker.contributions,
