@@ -198,7 +198,7 @@ pub struct Options {
     pub server_step: Option<flotilla::aggregate::StepSize>,
     /// Iterate averaging ρ in [0, 1): the served model (evaluated, checkpointed) is
     /// ρ·served + (1 − ρ)·latest after each commit; clients train on the latest; 0 serves
-    /// the latest [default: 0.7].
+    /// the latest [default: 0.85].
     #[arg(long, value_name = "RHO")]
     pub serve_average: Option<f64>,
     /// Momentum decay β1 of fedavgm (default 0.5), fedadam, fedyogi (default 0.9).

@@ -13,7 +13,8 @@
 //!
 //! Personalisation ([`crate::personal`]): beside the shared model the client keeps a purely
 //! local model, never rebased and never sent, and predicts with a Hedge mix of the local
-//! model, the shared model and the shared model adapted to the local label prior. The
+//! model, the shared model, the shared model adapted to the local label prior and the shared
+//! model with a locally learnt class bias (see [`crate::personal::EXPERTS`]). The
 //! prediction it scores (and reports) is the mix's; it also counts the shared model's own
 //! predictions (`global_total`). What it sends stays a delta of the shared model, whose
 //! steps can be calibrated to the local label counts (FedLC).
@@ -26,7 +27,7 @@ use crate::data::Sample;
 use crate::hbp::model::project_alpha;
 use crate::hbp::{Batch, HbpConfig, HbpModel, ModelError};
 use crate::params::{ParameterError, ParameterVector};
-use crate::personal::{EXPERTS, Mixer, PersonalConfig, adapt_to_prior, label_prior};
+use crate::personal::{EXPERTS, LocalBias, Mixer, PersonalConfig, adapt_to_prior, label_prior};
 use crate::prequential::read_labels;
 use crate::protocol::LocalMetrics;
 use crate::standardize::OnlineStandardizer;
@@ -146,6 +147,8 @@ pub struct ClientState {
     pub local: Option<ParameterVector>,
     /// The Hedge weights over [`EXPERTS`].
     pub mix: Vec<f32>,
+    /// The [`LocalBias`] expert's per-class bias.
+    pub bias: Vec<f32>,
     /// Labels seen so far, per class.
     pub class_counts: Vec<u64>,
     /// The shared model's own prequential counters, since the daemon first started.
@@ -166,12 +169,19 @@ impl ClientState {
     }
 }
 
+/// What personalisation keeps on the device beside the shared model.
+struct Personal {
+    model: HbpModel,
+    bias: LocalBias,
+    mixer: Mixer,
+}
+
 /// The local learner of a client daemon (sans-IO: samples and messages are passed in).
 pub struct LocalLearner {
     model: HbpModel,
     personal: PersonalConfig,
-    /// The purely local model and the mixer, when personalisation is on.
-    local: Option<(HbpModel, Mixer)>,
+    /// The purely local model, the local bias and the mixer, when personalisation is on.
+    local: Option<Personal>,
     class_counts: Vec<u64>,
     global_total: Counts,
     marks: Vec<Counts>,
@@ -210,13 +220,19 @@ impl LocalLearner {
         }
         learner.personal = state.personal;
         if let (true, Some(local)) = (state.personal.enabled, state.local) {
-            let local = HbpModel::from_parameters(state.spec, &local, device)?;
+            let classes = state.spec.classes;
+            let model = HbpModel::from_parameters(state.spec, &local, device)?;
             let mixer = if state.mix.len() == EXPERTS.len() {
                 Mixer::from_weights(&state.mix, &state.personal, device)
             } else {
                 Mixer::new(EXPERTS.len(), &state.personal, device)
             };
-            learner.local = Some((local, mixer));
+            let bias = if state.bias.len() == classes {
+                LocalBias::from_values(&state.bias, &state.personal, device)
+            } else {
+                LocalBias::new(classes, &state.personal, device)
+            };
+            learner.local = Some(Personal { model, bias, mixer });
         }
         Ok(learner)
     }
@@ -226,17 +242,20 @@ impl LocalLearner {
     /// turning it off drops the local model.
     pub fn set_personal(&mut self, config: PersonalConfig) -> Result<(), LocalError> {
         let device = self.model.device().clone();
+        let classes = self.model.config().classes;
         self.local = match (config.enabled, self.local.take()) {
             (false, _) => None,
-            (true, Some((local, mixer))) if config == self.personal => Some((local, mixer)),
-            (true, Some((local, mixer))) => {
-                let weights = mixer.weights()?;
-                Some((local, Mixer::from_weights(&weights, &config, &device)))
-            }
-            (true, None) => {
-                let local = HbpModel::new(self.model.config().clone(), &device)?;
-                Some((local, Mixer::new(EXPERTS.len(), &config, &device)))
-            }
+            (true, Some(personal)) if config == self.personal => Some(personal),
+            (true, Some(Personal { model, bias, mixer })) => Some(Personal {
+                model,
+                bias: LocalBias::from_values(&bias.values()?, &config, &device),
+                mixer: Mixer::from_weights(&mixer.weights()?, &config, &device),
+            }),
+            (true, None) => Some(Personal {
+                model: HbpModel::new(self.model.config().clone(), &device)?,
+                bias: LocalBias::new(classes, &config, &device),
+                mixer: Mixer::new(EXPERTS.len(), &config, &device),
+            }),
         };
         self.personal = config;
         Ok(())
@@ -244,7 +263,7 @@ impl LocalLearner {
 
     /// The current mixing weights over [`EXPERTS`] (`None` without personalisation).
     pub fn mix_weights(&self) -> Result<Option<Vec<f32>>, LocalError> {
-        Ok(self.local.as_ref().map(|(_, mixer)| mixer.weights()).transpose()?)
+        Ok(self.local.as_ref().map(|p| p.mixer.weights()).transpose()?)
     }
 
     fn with_model(
@@ -343,10 +362,12 @@ impl LocalLearner {
         let shared = self.model.learn_proba(Batch { features: features.clone(), targets: targets.clone() }, offset);
         self.pending_global.push(shared.clone().argmax(1).reshape([1]));
         let predicted = match self.local.as_mut() {
-            Some((local, mixer)) => {
-                let own = local.learn_proba(Batch { features, targets: targets.clone() }, None);
+            Some(Personal { model, bias, mixer }) => {
+                let own = model.learn_proba(Batch { features, targets: targets.clone() }, None);
                 let adapted = adapt_to_prior(shared.clone(), row(prior));
-                mixer.predict_and_update(Tensor::stack(vec![own, shared, adapted], 0), &targets).argmax(1).reshape([1])
+                let biased = bias.predict_and_update(shared.clone(), &targets);
+                let experts = Tensor::stack(vec![own, shared, adapted, biased], 0);
+                mixer.predict_and_update(experts, &targets).argmax(1).reshape([1])
             }
             None => shared.argmax(1).reshape([1]),
         };
@@ -431,8 +452,9 @@ impl LocalLearner {
             total: self.total,
             rows_consumed: self.rows_consumed,
             personal: self.personal,
-            local: self.local.as_ref().map(|(local, _)| local.to_parameters()).transpose()?,
+            local: self.local.as_ref().map(|p| p.model.to_parameters()).transpose()?,
             mix: self.mix_weights()?.unwrap_or_default(),
+            bias: self.local.as_ref().map(|p| p.bias.values()).transpose()?.unwrap_or_default(),
             class_counts: self.class_counts.clone(),
             global_total: self.global_total,
             marks: self.marks.clone(),

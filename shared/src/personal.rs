@@ -1,6 +1,9 @@
 //! Personalised prediction: a client predicts with a mix of experts — its own purely local
-//! model, the shared (global) model, and the shared model adapted to the local label prior —
-//! whose weights are learnt online by Hedge, exactly as HBP learns its head weights α.
+//! model, the shared (global) model, the shared model adapted to the local label prior, and
+//! the shared model with a per-class bias learnt online on this device ([`LocalBias`], a
+//! one-layer local head on the global model's log-probabilities: under label shift it learns
+//! `log π_local/π_global` without knowing the global prior) — whose weights are learnt online
+//! by Hedge, exactly as HBP learns its head weights α.
 //!
 //! With `E` experts and mixing weights `w` (a distribution), the prediction for a sample is
 //! `p = Σ_e w_e · p_e`; after the label `y` is seen every expert pays its log loss
@@ -22,7 +25,7 @@ use crate::hbp::model::read;
 const PROBABILITY_FLOOR: f32 = 1e-12;
 
 /// The experts of the mix, in the order of the mixing weights.
-pub const EXPERTS: [&str; 3] = ["local", "global", "global×local prior"];
+pub const EXPERTS: [&str; 4] = ["local", "global", "global×local prior", "global+local bias"];
 
 /// How a client personalises its predictions and calibrates its shared model's steps.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -37,11 +40,13 @@ pub struct PersonalConfig {
     /// FedLC logit calibration strength τ ≥ 0 for the shared model's steps: they are taken
     /// on `softmax(z − τ·n_c^{−1/4})` with the running local class counts `n_c`; 0 is off.
     pub calibration_tau: f32,
+    /// Learning rate of the [`LocalBias`] expert, in (0, 10].
+    pub bias_lr: f32,
 }
 
 impl Default for PersonalConfig {
     fn default() -> Self {
-        Self { enabled: true, beta: 0.9, floor: 0.01, calibration_tau: 1.0 }
+        Self { enabled: true, beta: 0.9, floor: 0.01, calibration_tau: 1.0, bias_lr: 0.05 }
     }
 }
 
@@ -63,7 +68,8 @@ impl PersonalConfig {
         let floor_max = 1.0 / EXPERTS.len() as f32;
         let checks = [
             ("the mixing beta", "(0, 1)", self.beta, self.beta > 0.0 && self.beta < 1.0),
-            ("the mixing floor", "[0, 1/3)", self.floor, self.floor >= 0.0 && self.floor < floor_max),
+            ("the mixing floor", "[0, 1/4)", self.floor, self.floor >= 0.0 && self.floor < floor_max),
+            ("the local bias learning rate", "(0, 10]", self.bias_lr, self.bias_lr > 0.0 && self.bias_lr <= 10.0),
             ("the calibration tau", "[0, 100]", self.calibration_tau, (0.0..=100.0).contains(&self.calibration_tau)),
         ];
         match checks.into_iter().find(|(_, _, _, ok)| !ok) {
@@ -140,6 +146,45 @@ impl Mixer {
     /// The current weights (read back from the device).
     pub fn weights(&self) -> Result<Vec<f32>, ModelError> {
         read(self.weights.clone())
+    }
+}
+
+/// A per-class bias `b` on the global model's log-probabilities, learnt online on this
+/// device: the expert predicts `softmax(ln p + b)` and then takes the SGD step
+/// `b ← b − η·mean_rows(softmax(ln p + b) − y)` on its log loss.
+#[derive(Debug, Clone)]
+pub struct LocalBias {
+    values: Tensor<2>,
+    learning_rate: f32,
+}
+
+impl LocalBias {
+    /// Zero bias over `classes` (the expert starts as the global model itself).
+    pub fn new(classes: usize, config: &PersonalConfig, device: &Device) -> Self {
+        Self::from_values(&vec![0.0; classes], config, device)
+    }
+
+    /// Given bias values (a non-finite one counts as 0).
+    pub fn from_values(values: &[f32], config: &PersonalConfig, device: &Device) -> Self {
+        let clean: Vec<f32> = values.iter().map(|v| if v.is_finite() { *v } else { 0.0 }).collect();
+        let len = clean.len();
+        Self { values: Tensor::from_data(TensorData::new(clean, [1, len]), device), learning_rate: config.bias_lr }
+    }
+
+    /// The expert's prediction `softmax(ln p + b)` (`[b, C]`) for `probabilities` (`[b, C]`),
+    /// made before the step; then the step on `targets` (one-hot `[b, C]`).
+    pub fn predict_and_update(&mut self, probabilities: Tensor<2>, targets: &Tensor<2>) -> Tensor<2> {
+        let [rows, _] = probabilities.dims();
+        let logits = probabilities.clamp_min(PROBABILITY_FLOOR).log() + self.values.clone();
+        let predicted = burn::tensor::activation::softmax(logits, 1);
+        let gradient = (predicted.clone() - targets.clone()).sum_dim(0).div_scalar(rows.max(1) as f32);
+        self.values = self.values.clone() - gradient.mul_scalar(self.learning_rate);
+        predicted
+    }
+
+    /// The current bias (read back from the device).
+    pub fn values(&self) -> Result<Vec<f32>, ModelError> {
+        read(self.values.clone())
     }
 }
 

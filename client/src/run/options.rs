@@ -68,8 +68,9 @@ pub struct RunOptions {
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
     /// Predict with the shared (global) model alone, without a local model mixed in
-    /// [default: personalised: a Hedge mix of this device's own model, the global model and
-    /// the global model adapted to the local label mix].
+    /// [default: personalised: a Hedge mix of this device's own model, the global model, the
+    /// global model adapted to the local label mix, and the global model with a class bias
+    /// learnt on this device].
     #[arg(long)]
     #[serde(default)]
     pub no_personalise: bool,
@@ -160,6 +161,7 @@ impl RunOptions {
             beta: o.mix_beta.unwrap_or(defaults.beta),
             floor: defaults.floor,
             calibration_tau: o.calibration_tau.unwrap_or(defaults.calibration_tau),
+            bias_lr: defaults.bias_lr,
         };
         personal.validate().context("--mix-beta / --calibration-tau")?;
         Ok(RunConfig {

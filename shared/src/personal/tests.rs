@@ -84,5 +84,29 @@ fn prior_adaptation_and_calibration_offsets() {
     assert!(PersonalConfig { calibration_tau: 0.0, ..config }.calibration_offset(&[1]).is_none());
     assert!(PersonalConfig { beta: 1.0, ..config }.validate().is_err());
     assert!(PersonalConfig { floor: 0.5, ..config }.validate().is_err());
+    assert!(PersonalConfig { bias_lr: 0.0, ..config }.validate().is_err());
     assert!(config.validate().is_ok());
+}
+
+#[test]
+fn the_local_bias_learns_the_label_shift() {
+    // The global model says 50/50 on every sample; this device's labels are 80 % class 0.
+    let device = Device::flex();
+    let config = PersonalConfig::default();
+    let mut bias = LocalBias::new(2, &config, &device);
+    let uniform = || Tensor::<2>::from_data(TensorData::new(vec![0.5f32, 0.5], [1, 2]), &device);
+    let label = |y: usize| {
+        let mut v = vec![0.0f32; 2];
+        v[y] = 1.0;
+        Tensor::<2>::from_data(TensorData::new(v, [1, 2]), &device)
+    };
+    let first = read(bias.predict_and_update(uniform(), &label(0))).unwrap();
+    assert!((first[0] - 0.5).abs() < 1e-6, "it starts as the global model: {first:?}");
+    for i in 0..4000 {
+        bias.predict_and_update(uniform(), &label(usize::from(i % 5 == 4)));
+    }
+    let p = read(bias.predict_and_update(uniform(), &label(0))).unwrap();
+    assert!((p[0] - 0.8).abs() < 0.05, "softmax(ln ½ + b) tends to the local prior 0.8: {p:?}");
+    let b = bias.values().unwrap();
+    assert!(((b[0] - b[1]) - 4.0f32.ln()).abs() < 0.3, "b₀ − b₁ ≈ ln(0.8/0.2): {b:?}");
 }
