@@ -482,6 +482,8 @@ impl Options {
             compression,
             privacy,
             secure,
+            // Drawn afresh at every start and kept nowhere: central DP noise nobody can replay.
+            noise_key: flotilla_net::tls::os_random().map(flotilla::privacy::NoiseKey),
             ..CoordinatorConfig::default()
         };
         rounds.validate().context("invalid round settings")?;

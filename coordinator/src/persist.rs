@@ -109,7 +109,14 @@ mod tests {
     fn checkpoint(round: u64) -> Checkpoint {
         let layout = Layout::new(vec![Segment { name: "w".into(), shape: vec![3] }]);
         let params = ParameterVector::new(&layout, vec![1.0, 2.0, 3.0]).unwrap();
-        Checkpoint { round, model_version: round, spec: HbpConfig::new(2, 2).into(), params, served: None }
+        Checkpoint {
+            round,
+            model_version: round,
+            spec: HbpConfig::new(2, 2).into(),
+            params,
+            served: None,
+            accountant: None,
+        }
     }
 
     #[test]

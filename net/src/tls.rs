@@ -314,3 +314,11 @@ pub fn quic_client_config(tls: &ClientTls, alpn: &[u8], tuning: &Tuning) -> Resu
 
 #[cfg(test)]
 mod tests;
+
+/// 32 bytes from the operating system's generator (through ring, which TLS already uses), or
+/// `None` when it cannot be read.
+pub fn os_random() -> Option<[u8; 32]> {
+    let mut bytes = [0u8; 32];
+    rustls::crypto::ring::default_provider().secure_random.fill(&mut bytes).ok()?;
+    Some(bytes)
+}

@@ -45,6 +45,9 @@ pub struct Checkpoint {
     pub params: ParameterVector,
     /// The served model (an average of the iterates), when iterate averaging is on.
     pub served: Option<ParameterVector>,
+    /// The privacy accountant (RDP orders and what was spent at each), when DP is on: ε
+    /// keeps growing across restarts instead of starting again from zero.
+    pub accountant: Option<crate::privacy::RdpAccountant>,
 }
 
 /// Format 2: the same without the served model (read, never written).
@@ -87,6 +90,9 @@ pub enum CheckpointError {
     /// The checksum matched but the payload is not a valid state.
     #[error("checkpoint payload is malformed: {0}")]
     Malformed(#[from] FramingError),
+    /// The stored privacy accountant is not a valid one.
+    #[error("checkpoint privacy accountant refused: orders and spent RDP must match, be finite, orders > 1")]
+    Accountant,
     /// The stored parameters are not usable (NaN or ∞).
     #[error("checkpoint parameters refused: {0}")]
     Parameters(#[from] ParameterError),
@@ -105,13 +111,23 @@ impl Checkpoint {
             Err(CheckpointError::UnsupportedVersion { found: 2, .. }) => {
                 let v2: CheckpointV2 = open(CHECKPOINT_MAGIC, 2, bytes)?;
                 let CheckpointV2 { round, model_version, spec, params } = v2;
-                Checkpoint { round, model_version, spec, params, served: None }
+                Checkpoint { round, model_version, spec, params, served: None, accountant: None }
             }
             other => other?,
         };
         checkpoint.params.check_finite()?;
         if let Some(served) = &checkpoint.served {
             served.check_finite()?;
+        }
+        if let Some(accountant) = &checkpoint.accountant {
+            let (orders, rdp) = (accountant.orders(), accountant.rdp());
+            let valid = orders.len() == rdp.len()
+                && !orders.is_empty()
+                && orders.iter().all(|a| a.is_finite() && *a > 1.0)
+                && rdp.iter().all(|r| r.is_finite() && *r >= 0.0);
+            if !valid {
+                return Err(CheckpointError::Accountant);
+            }
         }
         Ok(checkpoint)
     }

@@ -598,3 +598,27 @@ fn log_erfc(x: f64) -> f64 {
 
 #[cfg(test)]
 mod tests;
+
+/// The coordinator's secret key for central DP noise: 32 bytes from the operating system's
+/// generator, drawn at every start and never written anywhere. The noise of round `r` comes
+/// from ChaCha20 keyed with `SHA-256(key ‖ r)`: nobody who knows the public seed, the flags or
+/// the round number can regenerate it. Its `Debug` shows no byte of it.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct NoiseKey(pub [u8; 32]);
+
+impl std::fmt::Debug for NoiseKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NoiseKey(<secret>)")
+    }
+}
+
+impl NoiseKey {
+    /// The seed of round `round`'s noise generator.
+    pub fn round_seed(&self, round: u64) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(self.0);
+        hasher.update(round.to_le_bytes());
+        hasher.finalize().into()
+    }
+}

@@ -19,18 +19,21 @@ pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// (nothing learnt since its last update, or it had moved to a newer model).
 const STANDING_RETRY: Duration = Duration::from_millis(100);
 
-/// 32 bytes from the operating system's generator (through ring, which TLS already uses),
-/// seeding DP noise, stochastic rounding and secure-aggregation keys.
+/// 32 bytes from the operating system's generator, seeding DP noise, stochastic rounding and
+/// secure-aggregation keys.
 fn os_entropy() -> [u8; 32] {
-    let mut seed = [0u8; 32];
-    if rustls::crypto::ring::default_provider().secure_random.fill(&mut seed).is_err() {
-        // Without OS randomness, fall back on the clock and process id: far weaker; say so.
-        tracing::error!("no OS randomness: secure aggregation and DP noise use a weak seed");
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        seed[..16].copy_from_slice(&nanos.to_le_bytes());
-        seed[16..20].copy_from_slice(&std::process::id().to_le_bytes());
+    match crate::tls::os_random() {
+        Some(seed) => seed,
+        None => {
+            // Without OS randomness, fall back on the clock and process id: far weaker; say so.
+            tracing::error!("no OS randomness: secure aggregation and DP noise use a weak seed");
+            let mut seed = [0u8; 32];
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            seed[..16].copy_from_slice(&nanos.to_le_bytes());
+            seed[16..20].copy_from_slice(&std::process::id().to_le_bytes());
+            seed
+        }
     }
-    seed
 }
 
 /// A refusal code that retrying cannot fix.

@@ -29,8 +29,8 @@ pub struct Hygiene {
     /// Standard deviation of the Gaussian noise added to the sum of the (clipped) updates
     /// before the mean is taken: central differential privacy.
     pub noise_std: Option<f64>,
-    /// Seed of that noise (combined with the number of rounds aggregated).
-    pub noise_seed: u64,
+    /// Secret key of that noise (combined with the number of rounds aggregated).
+    pub noise_key: crate::privacy::NoiseKey,
 }
 
 /// What the hygiene found about an accepted update.
@@ -215,7 +215,7 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Aggregator for Federated<R, O> {
         let factor = self.step_size.factor(self.participants, mean_sq_norm, &step);
         tracing::debug!(step_size = %self.step_size, factor, "server step");
         if let Some(std) = self.hygiene.noise_std {
-            add_noise_to_mean(&mut step, std, self.updates, self.hygiene.noise_seed, self.rounds);
+            add_noise_to_mean(&mut step, std, self.updates, &self.hygiene.noise_key, self.rounds);
         }
         // A failed round must not move the optimiser's state: step a copy, keep it on success.
         let mut optimizer = self.optimizer.clone();
@@ -236,11 +236,10 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Aggregator for Federated<R, O> {
 
 /// Adds N(0, (std/n)²) to each coordinate of a mean of `n` updates: the noise of standard
 /// deviation `std` on their sum, divided like the sum.
-fn add_noise_to_mean(mean: &mut [f64], std: f64, n: usize, seed: u64, round: u64) {
+fn add_noise_to_mean(mean: &mut [f64], std: f64, n: usize, key: &crate::privacy::NoiseKey, round: u64) {
     use rand_core::SeedableRng;
     use rand_distr::Distribution;
-    let mut rng =
-        chacha20::ChaCha20Rng::seed_from_u64(crate::workload::splitmix64(seed ^ crate::workload::splitmix64(round)));
+    let mut rng = chacha20::ChaCha20Rng::from_seed(key.round_seed(round));
     let scale = std / n.max(1) as f64;
     for value in mean.iter_mut() {
         let z: f64 = rand_distr::StandardNormal.sample(&mut rng);

@@ -137,8 +137,8 @@ pub struct StrategyConfig {
     pub max_held_updates: usize,
     /// Standard deviation of Gaussian noise added to the sum of clipped updates (central DP).
     pub noise_std: Option<f64>,
-    /// Seed of that noise.
-    pub noise_seed: u64,
+    /// Secret key of that noise (from the OS generator; see [`crate::privacy::NoiseKey`]).
+    pub noise_key: crate::privacy::NoiseKey,
     /// How η_s is scaled each round.
     pub step_size: StepSize,
     /// Iterate averaging of the served model: after each commit the served (evaluated,
@@ -162,7 +162,7 @@ impl Default for StrategyConfig {
             outlier_norm: None,
             max_held_updates: 256,
             noise_std: None,
-            noise_seed: 0,
+            noise_key: crate::privacy::NoiseKey::default(),
             step_size: StepSize::Fixed,
             serve_average: 0.0,
         }
@@ -255,7 +255,7 @@ impl StrategyConfig {
             clip_norm: self.clip_norm,
             outlier_norm: self.outlier_norm,
             noise_std: self.noise_std,
-            noise_seed: self.noise_seed,
+            noise_key: self.noise_key,
         };
         let (lr, cap, step) = (self.server_lr, self.max_held_updates, self.step_size);
         let (beta1, beta2, tau) = (self.beta1, self.beta2, self.tau);
@@ -324,7 +324,7 @@ impl StrategyConfig {
             clip_norm: self.clip_norm,
             outlier_norm: self.outlier_norm,
             noise_std: self.noise_std,
-            noise_seed: self.noise_seed,
+            noise_key: self.noise_key,
         };
         let (beta1, beta2, tau) = (self.beta1, self.beta2, self.tau);
         let optimizer = match self.kind {

@@ -13,6 +13,7 @@ fn checkpoint() -> Checkpoint {
             values: vec![0.5, -1.25, 3.0, 0.0],
         },
         served: None,
+        accountant: None,
     }
 }
 

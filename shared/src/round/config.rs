@@ -67,6 +67,9 @@ pub struct CoordinatorConfig {
     pub privacy: Option<PrivacyConfig>,
     /// Secure aggregation, if any.
     pub secure: Option<SecureConfig>,
+    /// Secret key of central DP noise; central DP is refused without one. The binary draws it
+    /// from the operating system's generator at every start.
+    pub noise_key: Option<crate::privacy::NoiseKey>,
 }
 
 /// Client-level differential privacy (DP-FedAvg, McMahan et al. 2018): every update is
@@ -139,6 +142,7 @@ impl Default for CoordinatorConfig {
             compression: Compression::None,
             privacy: None,
             secure: None,
+            noise_key: None,
         }
     }
 }
@@ -233,6 +237,19 @@ impl CoordinatorConfig {
                 && p.delta < 1.0)
         {
             return Err(ConfigError::Privacy);
+        }
+        if self.privacy.is_some() && matches!(self.mode, Mode::Async { .. }) {
+            return Err(ConfigError::Incompatible(
+                "differential privacy with --mode async is refused: FedBuff applies a buffer of \
+                 staleness-weighted updates whenever K arrive, so neither the noise per release nor \
+                 the sampling rate of the RDP accountant is defined; use --mode sync",
+            ));
+        }
+        if self.privacy.is_some_and(|p| p.placement == NoisePlacement::Central) && self.noise_key.is_none() {
+            return Err(ConfigError::Incompatible(
+                "central DP needs a secret noise key (CoordinatorConfig::noise_key, drawn from the OS \
+                 generator): noise from a public seed can be regenerated and subtracted",
+            ));
         }
         let Some(secure) = &self.secure else {
             if self.privacy.is_some_and(|p| p.placement == NoisePlacement::Distributed) {

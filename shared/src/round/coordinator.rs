@@ -97,7 +97,7 @@ impl Coordinator {
     ) -> Result<Self, ConfigError> {
         Self::from_checkpoint(
             config,
-            Checkpoint { round: 0, model_version: 0, spec: spec.into(), params, served: None },
+            Checkpoint { round: 0, model_version: 0, spec: spec.into(), params, served: None, accountant: None },
         )
     }
 
@@ -109,10 +109,11 @@ impl Coordinator {
             // Central DP: the coordinator clips every update and noises their sum.
             strategy.clip_norm = Some(f64::from(privacy.clip));
             strategy.noise_std = Some(privacy.noise_multiplier * f64::from(privacy.clip));
-            strategy.noise_seed = config.seed;
+            strategy.noise_key = config.noise_key.unwrap_or_default();
         }
         let aggregator = strategy.build();
-        let accountant = config.privacy.is_some().then(RdpAccountant::default);
+        // ε only grows: a restarted coordinator goes on from the spent privacy it checkpointed.
+        let accountant = config.privacy.is_some().then(|| checkpoint.accountant.clone().unwrap_or_default());
         let buffered = asynchronous::AsyncState::new(&config)?;
         Ok(Self {
             config,
@@ -149,6 +150,7 @@ impl Coordinator {
             spec: self.spec.clone(),
             params: self.params.clone(),
             served: self.served.clone(),
+            accountant: self.accountant.clone(),
         }
     }
 

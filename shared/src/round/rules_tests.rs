@@ -8,6 +8,7 @@ use super::*;
 use crate::compress::Compression;
 use crate::hbp::HbpConfig;
 use crate::params::{Fingerprint, PARAMETER_FORMAT_VERSION, ParameterVector};
+use crate::privacy::NoiseKey;
 use crate::protocol::framing::{FrameDecoder, FrameLimit, encode_frame};
 use crate::protocol::{ClientMessage, LocalMetrics};
 use crate::secagg;
@@ -290,7 +291,8 @@ fn top_k_updates_send_only_their_largest_values() {
 #[test]
 fn central_privacy_clips_noises_and_reports_epsilon() {
     let privacy = PrivacyConfig { noise_multiplier: 1.0, clip: 0.5, placement: NoisePlacement::Central, delta: 1e-5 };
-    let (commits, coordinator, edges) = plain_round(CoordinatorConfig { privacy: Some(privacy), ..Default::default() });
+    let keyed = CoordinatorConfig { privacy: Some(privacy), noise_key: Some(NoiseKey([7; 32])), ..Default::default() };
+    let (commits, coordinator, edges) = plain_round(keyed);
     assert_eq!(commits.len(), 1);
     let epsilon = commits[0].1.expect("ε is reported");
     assert!(epsilon > 0.0 && epsilon.is_finite(), "{epsilon}");
@@ -302,4 +304,64 @@ fn central_privacy_clips_noises_and_reports_epsilon() {
         ..Default::default()
     };
     assert!(matches!(distributed.validate(), Err(ConfigError::Incompatible(_))), "distributed noise needs SecAgg");
+    let unkeyed = CoordinatorConfig { privacy: Some(privacy), ..Default::default() };
+    assert!(matches!(unkeyed.validate(), Err(ConfigError::Incompatible(_))), "central noise needs a secret key");
+    let asynchronous = CoordinatorConfig {
+        privacy: Some(privacy),
+        noise_key: Some(NoiseKey([7; 32])),
+        mode: crate::round::Mode::Async { buffer_size: 2, max_staleness: 4 },
+        ..Default::default()
+    };
+    assert!(matches!(asynchronous.validate(), Err(ConfigError::Incompatible(_))), "async + DP is refused");
+}
+
+/// Same flags, same public seed, same updates: two coordinators with their own secret keys
+/// publish different models, and the noise has the configured standard deviation.
+#[test]
+fn central_noise_comes_from_the_secret_key_with_the_configured_deviation() {
+    // A clip far above the deltas: nothing is clipped, the difference to the mean is the noise.
+    let clip = 1000.0f32;
+    let privacy = PrivacyConfig { noise_multiplier: 1.0, clip, placement: NoisePlacement::Central, delta: 1e-5 };
+    let run = |key: u8| {
+        let config =
+            CoordinatorConfig { privacy: Some(privacy), noise_key: Some(NoiseKey([key; 32])), ..Default::default() };
+        let (_, coordinator, edges) = plain_round(config);
+        let mean = mean_of(&edges, |_| true);
+        coordinator.params().values.iter().zip(&mean).map(|(p, m)| f64::from(p - m)).collect::<Vec<f64>>()
+    };
+    let (a, b) = (run(1), run(2));
+    assert_ne!(a, b, "another secret key, other noise");
+    assert_eq!(run(1), a, "the same key and round give the same noise (deterministic given the secret)");
+    // Noise std on the mean of 3 updates: z·C/3.
+    let expected = f64::from(clip) / 3.0;
+    for noise in [&a, &b] {
+        let n = noise.len() as f64;
+        let mean = noise.iter().sum::<f64>() / n;
+        let std = (noise.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+        // 64 draws: the sample deviation is within ±35 % of σ with overwhelming probability
+        // (its own deviation is about σ/√128 ≈ 9 %), the mean within ±0.5σ (σ/8 each way).
+        assert!((std / expected - 1.0).abs() < 0.35, "sample std {std}, configured {expected}");
+        assert!(mean.abs() < 0.5 * expected, "sample mean {mean}");
+    }
+}
+
+/// ε only grows: the accountant rides in the checkpoint, and a coordinator resumed from it
+/// reports more privacy spent after its next round, never the first round's ε again.
+#[test]
+fn epsilon_continues_from_the_checkpoint_after_a_restart() {
+    let privacy = PrivacyConfig { noise_multiplier: 1.0, clip: 0.5, placement: NoisePlacement::Central, delta: 1e-5 };
+    let config = CoordinatorConfig { privacy: Some(privacy), noise_key: Some(NoiseKey([3; 32])), ..Default::default() };
+    let (commits, coordinator, _) = plain_round(config.clone());
+    let first = commits[0].1.expect("ε after round 1");
+    let checkpoint = coordinator.checkpoint();
+    let accountant = checkpoint.accountant.clone().expect("the accountant is checkpointed");
+    assert_eq!(accountant.composed_steps(), 1);
+    let bytes = checkpoint.encode().unwrap();
+    let restored = crate::checkpoint::Checkpoint::decode(&bytes).unwrap();
+    assert_eq!(restored.accountant, Some(accountant.clone()));
+    let resumed = Coordinator::from_checkpoint(config, restored).unwrap();
+    let mut again = resumed.checkpoint().accountant.expect("resumed with the accountant");
+    again.step(privacy.noise_multiplier, 1.0).unwrap();
+    let (second, _) = again.epsilon(privacy.delta).unwrap();
+    assert!(second > first, "ε after the restart's first round ({second}) exceeds round 1's ({first})");
 }

@@ -403,6 +403,7 @@ fn resumes_from_a_checkpoint() {
         spec: HbpConfig::new(4, 2).into(),
         params: vector(vec![0.0, 0.0]),
         served: None,
+        accountant: None,
     };
     let mut coordinator = Coordinator::from_checkpoint(config(1), checkpoint.clone()).unwrap();
     assert_eq!(coordinator.checkpoint(), checkpoint);
