@@ -196,6 +196,11 @@ pub struct Options {
     /// FedAvg) [default: participants].
     #[arg(long, value_name = "KIND")]
     pub server_step: Option<flotilla::aggregate::StepSize>,
+    /// Most samples one update may claim; a larger claim weighs (and counts) as this many, so
+    /// that one client cannot take the model over with a huge count [default: 100 samples/s ×
+    /// (round interval + round deadline), at least 1,000].
+    #[arg(long, value_name = "N")]
+    pub max_samples_per_update: Option<u64>,
     /// Iterate averaging ρ in [0, 1): the served model (evaluated, checkpointed) is
     /// ρ·served + (1 − ρ)·latest after each commit; clients train on the latest; 0 serves
     /// the latest [default: 0.85].
@@ -380,7 +385,7 @@ impl Options {
             if self.dev_cert_names.is_empty() { file.dev_cert_names.clone() } else { self.dev_cert_names.clone() };
         let merged = prefer!(self, file; listen, data_dir, cert, key, client_ca, tokens_file, inputs, classes,
             hidden_layers, width, lr, beta, smoothing, seed, initial_params, min_clients, sample_fraction,
-            round_deadline, round_interval, join_timeout, rounds, vector_len, max_frame_mib, eval_data, strategy, server_lr, server_step, serve_average,
+            round_deadline, round_interval, join_timeout, rounds, vector_len, max_frame_mib, eval_data, strategy, server_lr, server_step, serve_average, max_samples_per_update,
             beta1, beta2, tau, trim_fraction, byzantine, multi_krum_m, clip_norm, outlier_norm, max_held_updates,
             mode, buffer_size, max_staleness, concurrent_uploads, idle_window_kib, upload_window_kib,
             max_udp_payload, gso_segments, compression, dp_noise_multiplier, dp_clip, dp_noise, dp_delta, secagg_neighbours,
@@ -484,6 +489,7 @@ impl Options {
             secure,
             // Drawn afresh at every start and kept nowhere: central DP noise nobody can replay.
             noise_key: flotilla_net::tls::os_random().map(flotilla::privacy::NoiseKey),
+            max_samples_per_update: self.max_samples_per_update,
             ..CoordinatorConfig::default()
         };
         rounds.validate().context("invalid round settings")?;

@@ -205,6 +205,16 @@ impl LocalMetrics {
     pub fn is_consistent(&self) -> bool {
         self.prequential_errors <= self.samples
     }
+
+    /// The counters scaled down to at most `cap` samples (the error rate kept), for a claim
+    /// above the coordinator's sample cap.
+    pub fn capped(&self, cap: u64) -> Self {
+        if self.samples <= cap {
+            return *self;
+        }
+        let rate = self.prequential_errors as f64 / self.samples as f64;
+        Self { samples: cap, prequential_errors: ((rate * cap as f64).round() as u64).min(cap) }
+    }
 }
 
 /// Why a peer refused something; carried by both directions' `Error` messages.

@@ -70,6 +70,25 @@ pub struct CoordinatorConfig {
     /// Secret key of central DP noise; central DP is refused without one. The binary draws it
     /// from the operating system's generator at every start.
     pub noise_key: Option<crate::privacy::NoiseKey>,
+    /// Most samples one update may claim; a larger claim weighs (and counts) as this many.
+    /// `None`: [`CoordinatorConfig::sample_cap`]'s default from the round timing.
+    pub max_samples_per_update: Option<u64>,
+}
+
+/// Samples per second a device is assumed to learn at most, for the default sample cap.
+pub const SANE_SAMPLES_PER_SECOND: u64 = 100;
+
+impl CoordinatorConfig {
+    /// The cap on the samples one update may claim: `max_samples_per_update`, or by default
+    /// [`SANE_SAMPLES_PER_SECOND`] × (round interval + round deadline), at least 1,000. A
+    /// client claiming more weighs as this many in sample-weighted FedAvg: one peer cannot
+    /// take the model over with a huge claim, and the sum cannot overflow.
+    pub fn sample_cap(&self) -> u64 {
+        self.max_samples_per_update.unwrap_or_else(|| {
+            let seconds = (self.round_interval + self.round_deadline).as_secs_f64();
+            ((SANE_SAMPLES_PER_SECOND as f64 * seconds).ceil() as u64).max(1000)
+        })
+    }
 }
 
 /// Client-level differential privacy (DP-FedAvg, McMahan et al. 2018): every update is
@@ -143,6 +162,7 @@ impl Default for CoordinatorConfig {
             privacy: None,
             secure: None,
             noise_key: None,
+            max_samples_per_update: None,
         }
     }
 }
@@ -188,6 +208,9 @@ pub enum ConfigError {
     /// The differential-privacy settings are out of range.
     #[error("differential privacy: noise multiplier must be ≥ 0 and finite, clip > 0, δ in (0, 1)")]
     Privacy,
+    /// The sample cap is zero: every update would weigh nothing.
+    #[error("max_samples_per_update must be at least 1")]
+    ZeroSampleCap,
 }
 
 impl CoordinatorConfig {
@@ -210,6 +233,9 @@ impl CoordinatorConfig {
             if self.aggregation.kind.is_robust() {
                 return Err(ConfigError::AsyncRobust(self.aggregation.kind));
             }
+        }
+        if self.max_samples_per_update == Some(0) {
+            return Err(ConfigError::ZeroSampleCap);
         }
         self.validate_privacy_and_security()?;
         let cap = self.aggregation.max_held_updates;

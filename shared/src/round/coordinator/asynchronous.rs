@@ -9,7 +9,7 @@
 //! round (which counts buffer applications) advance, every joined client is sent the new model,
 //! and `RoundCommitted` is emitted as in synchronous mode.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use super::{Coordinator, Outgoing, Peer};
@@ -29,6 +29,9 @@ pub(super) struct AsyncState {
     metrics: LocalMetrics,
     /// Whether `RoundStarted` was emitted for the buffer being filled.
     started: bool,
+    /// Clients whose update is in the buffer being filled: each is asked again only once the
+    /// buffer is applied, so one client cannot supply every update of a version.
+    contributed: BTreeSet<ConnectionId>,
 }
 
 impl AsyncState {
@@ -39,7 +42,13 @@ impl AsyncState {
             .aggregation
             .build_buffered(buffer_size, max_staleness)
             .ok_or(ConfigError::AsyncRobust(config.aggregation.kind))?;
-        Ok(Some(Self { buffer, asks: BTreeMap::new(), metrics: LocalMetrics::default(), started: false }))
+        Ok(Some(Self {
+            buffer,
+            asks: BTreeMap::new(),
+            metrics: LocalMetrics::default(),
+            started: false,
+            contributed: BTreeSet::new(),
+        }))
     }
 
     /// The earliest deadline of an outstanding request.
@@ -50,6 +59,7 @@ impl AsyncState {
     /// Forgets `conn`'s outstanding request.
     pub(super) fn forget(&mut self, conn: ConnectionId) {
         self.asks.remove(&conn);
+        self.contributed.remove(&conn);
     }
 }
 
@@ -60,6 +70,10 @@ impl Coordinator {
             return;
         }
         let Some(state) = &mut self.buffered else { return };
+        if state.contributed.contains(&conn) {
+            // Asked again when this version's buffer is applied.
+            return;
+        }
         state.asks.insert(conn, now + self.config.round_deadline);
         let round = self.round.saturating_add(1);
         if !state.started {
@@ -100,10 +114,11 @@ impl Coordinator {
         };
         match folded {
             Ok(folded) => {
+                let claimed = update.metrics.capped(self.config.sample_cap());
                 let metrics = &mut state.metrics;
-                metrics.samples = metrics.samples.saturating_add(update.metrics.samples);
-                metrics.prequential_errors =
-                    metrics.prequential_errors.saturating_add(update.metrics.prequential_errors);
+                metrics.samples = metrics.samples.saturating_add(claimed.samples);
+                metrics.prequential_errors = metrics.prequential_errors.saturating_add(claimed.prequential_errors);
+                state.contributed.insert(conn);
                 let ready = state.buffer.ready();
                 if folded.outlier {
                     let bound = self.config.aggregation.outlier_norm;
@@ -114,17 +129,21 @@ impl Coordinator {
                 tracing::debug!(%conn, staleness, base_version = update.base_version, "update buffered");
                 self.events.push_back(CoordinatorEvent::UpdateAccepted { conn, round, samples: update.samples });
                 if ready {
-                    self.apply_buffer();
+                    // Asks every contributor again, this one included.
+                    return self.apply_buffer(now);
                 }
             }
             Err(refusal) => self.refuse_update(conn, refusal),
         }
+        // Refused: asked again at once; buffered: asked again when its version is applied.
         self.ask(conn, now);
     }
 
     /// Turns the full buffer into the next model version and sends it to every joined client.
-    fn apply_buffer(&mut self) {
+    /// Everyone who contributed to it is asked again (on the new version).
+    fn apply_buffer(&mut self, now: Instant) {
         let Some(state) = &mut self.buffered else { return };
+        let contributed = std::mem::take(&mut state.contributed);
         let round = self.round.saturating_add(1);
         let participants = state.buffer.buffered();
         let LocalMetrics { samples, prequential_errors } = std::mem::take(&mut state.metrics);
@@ -150,6 +169,9 @@ impl Coordinator {
                 self.events
                     .push_back(CoordinatorEvent::RoundFailed { round, reason: RoundFailure::Aggregation(error) });
             }
+        }
+        for conn in contributed {
+            self.ask(conn, now);
         }
     }
 }

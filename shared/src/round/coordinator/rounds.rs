@@ -59,8 +59,13 @@ impl Coordinator {
         if let Err(refusal) = self.route_update(conn, &update) {
             return self.refuse_update(conn, refusal);
         }
-        // Under differential privacy every (clipped) update weighs the same.
-        let weight = if self.config.privacy.is_some() { 1 } else { update.samples };
+        // Under differential privacy every (clipped) update weighs the same; otherwise by its
+        // claimed samples, capped so that no single claim can take the model over.
+        let cap = self.config.sample_cap();
+        if update.samples > cap {
+            tracing::debug!(%conn, claimed = update.samples, cap, "sample claim capped");
+        }
+        let weight = if self.config.privacy.is_some() { 1 } else { update.samples.min(cap) };
         let folded = if update.metrics.is_consistent() {
             self.aggregator.fold(&update.delta, weight).map_err(UpdateRefusal::from)
         } else {
@@ -77,9 +82,10 @@ impl Coordinator {
                     tracing::debug!(%conn, norm = folded.norm, "update clipped");
                 }
                 if let Some(active) = &mut self.active {
-                    active.metrics.samples = active.metrics.samples.saturating_add(update.metrics.samples);
+                    let metrics = update.metrics.capped(cap);
+                    active.metrics.samples = active.metrics.samples.saturating_add(metrics.samples);
                     let errors = &mut active.metrics.prequential_errors;
-                    *errors = errors.saturating_add(update.metrics.prequential_errors);
+                    *errors = errors.saturating_add(metrics.prequential_errors);
                 }
                 let (round, samples) = (update.round, update.samples);
                 self.events.push_back(CoordinatorEvent::UpdateAccepted { conn, round, samples });

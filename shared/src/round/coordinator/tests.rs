@@ -189,6 +189,36 @@ fn participant_scaled_step_and_the_served_iterate_average() {
 }
 
 #[test]
+fn an_inflated_sample_claim_is_capped_and_cannot_take_the_model_over() {
+    let t0 = Instant::now();
+    let capped = CoordinatorConfig { max_samples_per_update: Some(10), ..config(3) };
+    let mut coordinator = coordinator(capped);
+    for conn in 1..=3 {
+        join(&mut coordinator, conn, t0);
+    }
+    transmits(&mut coordinator);
+    events(&mut coordinator);
+    let t1 = t0 + Duration::from_secs(1);
+    // Two honest clients with 10 samples each push x by +1; the attacker claims 2^62 (and
+    // then u64::MAX would overflow an uncapped sum) and pushes it by −100.
+    coordinator.handle_message(ConnectionId(1), update(1, 0, vec![1.0, 0.0], 10, 1), t1);
+    coordinator.handle_message(ConnectionId(2), update(1, 0, vec![1.0, 0.0], 10, 1), t1);
+    coordinator.handle_message(ConnectionId(3), update(1, 0, vec![-100.0, 0.0], u64::MAX, 0), t1);
+    // Capped at 10: x = 1 + (10·1 + 10·1 + 10·(−100)) / 30, not ≈ 1 − 100.
+    let x = coordinator.params().values[0];
+    assert!((x - (1.0 + (20.0 - 1000.0) / 30.0)).abs() < 1e-4, "{x}");
+    let committed = events(&mut coordinator).into_iter().find_map(|e| match e {
+        CoordinatorEvent::RoundCommitted { samples, .. } => Some(samples),
+        _ => None,
+    });
+    assert_eq!(committed, Some(30), "the round counts the capped samples");
+    let default_cap = CoordinatorConfig { round_interval: Duration::from_secs(20), ..config(1) }.sample_cap();
+    assert_eq!(default_cap, 100 * 30, "100 samples/s over interval + deadline");
+    assert_eq!(config(1).sample_cap(), 1000, "at least 1,000");
+    assert!(CoordinatorConfig { max_samples_per_update: Some(0), ..config(1) }.validate().is_err());
+}
+
+#[test]
 fn unsupported_protocol_version_is_refused_and_closed() {
     let t0 = Instant::now();
     let mut coordinator = coordinator(config(1));

@@ -77,7 +77,7 @@ fn pair(params: &ParameterVector) -> (f32, f32) {
 }
 
 #[test]
-fn clients_are_asked_on_joining_and_again_once_folded_without_any_round() {
+fn clients_are_asked_on_joining_and_again_once_their_version_is_applied() {
     let t0 = Instant::now();
     let mut coordinator = joined(config(2, 3), 2, t0);
     assert!(!coordinator.round_in_progress());
@@ -89,30 +89,36 @@ fn clients_are_asked_on_joining_and_again_once_folded_without_any_round() {
     assert_eq!(coordinator.poll_timeout(), Some(t0 + DEADLINE));
     let t1 = t0 + Duration::from_secs(1);
     send(&mut coordinator, 1, 0, vec![2.0, 0.0], t1);
-    assert_eq!(sent(&mut coordinator), [(1, "request r1".to_string())]);
+    assert!(sent(&mut coordinator).is_empty(), "one update per client per version: not asked again yet");
     assert!(commits(&mut coordinator).is_empty());
+    // An unrequested second update from the same client is refused, not folded.
+    send(&mut coordinator, 1, 0, vec![2.0, 0.0], t1);
+    assert_eq!(sent(&mut coordinator), [(1, "error UnexpectedMessage".to_string())]);
+    send(&mut coordinator, 2, 0, vec![0.0, 2.0], t1);
+    assert_eq!(commits(&mut coordinator), [(1, 1, 2, 4)]);
+    let expected: Vec<(u64, String)> =
+        vec![(1, "model v1".into()), (2, "model v1".into()), (1, "request r2".into()), (2, "request r2".into())];
+    assert_eq!(sent(&mut coordinator), expected, "both are asked again on the new version");
 }
 
 #[test]
 fn updates_on_different_versions_are_weighted_by_staleness_and_the_buffer_applied_after_k() {
     let t0 = Instant::now();
-    // conn#2 is slow: it answers only once conn#1 has moved the model three versions on.
-    let mut coordinator = joined(config(2, 3), 2, t0);
+    // conn#2 is slow: it answers only once conn#1 and conn#3 have moved the model three
+    // versions on.
+    let mut coordinator = joined(config(2, 3), 3, t0);
     sent(&mut coordinator);
     for version in 0..3u64 {
         // Two fresh updates (weight 1): Δ̄ = ((2, 0) + (0, 2)) / 2 = (1, 1).
         send(&mut coordinator, 1, version, vec![2.0, 0.0], t0);
-        send(&mut coordinator, 1, version, vec![0.0, 2.0], t0);
+        send(&mut coordinator, 3, version, vec![0.0, 2.0], t0);
         let v = version + 1;
         assert_eq!(commits(&mut coordinator), [(v, v, 2, 4)]);
         assert_eq!(pair(coordinator.params()), (v as f32, v as f32));
         let model = format!("model v{v}");
-        let expected: Vec<(u64, String)> = vec![
-            (1, "request r".to_string() + &v.to_string()),
-            (1, model.clone()),
-            (2, model),
-            (1, format!("request r{}", v + 1)),
-        ];
+        let request = format!("request r{}", v + 1);
+        let expected: Vec<(u64, String)> =
+            vec![(1, model.clone()), (2, model.clone()), (3, model), (1, request.clone()), (3, request)];
         assert_eq!(sent(&mut coordinator), expected, "the slow client is sent each model but not asked again");
     }
     // conn#2's update rests on version 0, three behind: weight 1/√(1 + 3) = 1/2. With a fresh
