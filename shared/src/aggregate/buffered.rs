@@ -113,12 +113,25 @@ impl<O: ServerOptimizer + Clone> Buffered<O> {
         if !self.ready() {
             return Err(AggregateError::Empty);
         }
+        self.apply_buffered(current)
+    }
+
+    /// The next model from what is buffered (at least one update), as if K were the number
+    /// buffered: for when every client able to contribute to this version has.
+    pub fn apply_early(&mut self, current: &ParameterVector) -> Result<ParameterVector, AggregateError> {
+        if self.buffered == 0 {
+            return Err(AggregateError::Empty);
+        }
+        self.apply_buffered(current)
+    }
+
+    fn apply_buffered(&mut self, current: &ParameterVector) -> Result<ParameterVector, AggregateError> {
         if current.values.len() != self.sum.len() {
             return Err(AggregateError::BaseChanged);
         }
-        let k = self.buffer_size as f64;
+        let k = self.buffered as f64;
         let mut step: Vec<f64> = self.sum.iter().map(|sum| sum / k).collect();
-        let factor = self.step_size.factor(self.buffer_size, self.sq_norms / k, &step);
+        let factor = self.step_size.factor(self.buffered, self.sq_norms / k, &step);
         let mut optimizer = self.optimizer.clone();
         optimizer.step(&mut step);
         let lr = self.server_lr * factor;

@@ -119,7 +119,13 @@ impl Coordinator {
                 metrics.samples = metrics.samples.saturating_add(claimed.samples);
                 metrics.prequential_errors = metrics.prequential_errors.saturating_add(claimed.prequential_errors);
                 state.contributed.insert(conn);
-                let ready = state.buffer.ready();
+                // Full, or every joined client has given its one update for this version.
+                let everyone = self
+                    .peers
+                    .iter()
+                    .filter(|(_, peer)| matches!(peer, Peer::Joined { .. }))
+                    .all(|(conn, _)| state.contributed.contains(conn));
+                let ready = state.buffer.ready() || everyone;
                 if folded.outlier {
                     let bound = self.config.aggregation.outlier_norm;
                     tracing::warn!(%conn, norm = folded.norm, ?bound, clipped = folded.clipped,
@@ -148,7 +154,7 @@ impl Coordinator {
         let participants = state.buffer.buffered();
         let LocalMetrics { samples, prequential_errors } = std::mem::take(&mut state.metrics);
         state.started = false;
-        match state.buffer.apply(&self.params) {
+        match state.buffer.apply_early(&self.params) {
             Ok(params) => {
                 self.publish_model(params);
                 self.round = round;

@@ -197,3 +197,17 @@ fn asynchronous_mode_needs_a_buffer_and_a_mean_based_strategy() {
     let adam = StrategyConfig { kind: StrategyKind::FedAdam, ..StrategyConfig::default() };
     assert!(make(CoordinatorConfig { aggregation: adam, ..config(2, 1) }).is_none());
 }
+
+#[test]
+fn a_buffer_larger_than_the_fleet_is_applied_once_every_client_has_contributed() {
+    let t0 = Instant::now();
+    // K = 5 with two clients: each gives one update per version, so the version is applied
+    // with the two it can get (Δ̄ over two updates), not left waiting for ever.
+    let mut coordinator = joined(config(5, 3), 2, t0);
+    sent(&mut coordinator);
+    send(&mut coordinator, 1, 0, vec![2.0, 0.0], t0);
+    assert!(commits(&mut coordinator).is_empty());
+    send(&mut coordinator, 2, 0, vec![0.0, 2.0], t0);
+    assert_eq!(commits(&mut coordinator), [(1, 1, 2, 4)]);
+    assert_eq!(pair(coordinator.params()), (1.0, 1.0));
+}
