@@ -116,6 +116,11 @@ pub struct Options {
     /// skipped); clients must present one of them.
     #[arg(long, value_name = "FILE")]
     pub tokens_file: Option<PathBuf>,
+    /// Let any client join on a non-loopback address, without --tokens-file or --client-ca
+    /// (refused otherwise: anyone who can reach the port could join and send updates).
+    #[arg(long)]
+    #[serde(default)]
+    pub allow_anonymous: bool,
     /// Number of input features D of the model (with --classes, unless resuming or
     /// loading a checkpoint with --initial-params).
     #[arg(long, value_name = "D")]
@@ -391,7 +396,8 @@ impl Options {
             max_udp_payload, gso_segments, compression, dp_noise_multiplier, dp_clip, dp_noise, dp_delta, secagg_neighbours,
             secagg_threshold, secagg_clip_range, secagg_scale_bits, secagg_phase_timeout);
         let secure_aggregation = self.secure_aggregation || file.secure_aggregation;
-        Options { no_input_head, dev_cert_names, secure_aggregation, ..merged }
+        let allow_anonymous = self.allow_anonymous || file.allow_anonymous;
+        Options { no_input_head, dev_cert_names, secure_aggregation, allow_anonymous, ..merged }
     }
 
     /// Reads `--config` (if any), merges it under these options and applies the defaults.
@@ -514,8 +520,20 @@ impl Options {
         if !(1200..=MAX_UDP_PAYLOAD).contains(&max_udp_payload) {
             bail!("--max-udp-payload must be in 1200..={MAX_UDP_PAYLOAD}, got {max_udp_payload}");
         }
+        let listen = self.listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 4433)));
+        let authenticated = self.tokens_file.is_some() || self.client_ca.is_some();
+        if !listen.ip().is_loopback() && !authenticated {
+            if !self.allow_anonymous {
+                bail!(
+                    "listening on {listen} with neither --tokens-file nor --client-ca would let anyone who can \
+                     reach the port join and send updates; give one of them, listen on a loopback address, \
+                     or pass --allow-anonymous"
+                );
+            }
+            tracing::warn!(%listen, "--allow-anonymous: any peer that reaches this port can join and send updates");
+        }
         Ok(Config {
-            listen: self.listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 4433))),
+            listen,
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("flotilla-data")),
             tls,
             client_ca: self.client_ca,
@@ -576,6 +594,15 @@ impl Options {
 /// Reads a tokens file: one token per line, blank lines and `#` comments skipped.
 pub fn read_tokens(path: &Path) -> anyhow::Result<BTreeSet<String>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading tokens file {}", path.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            let mode = format!("{:o}", meta.permissions().mode() & 0o777);
+            tracing::warn!(path = %path.display(), mode, "the tokens file is readable by other users: chmod 600 it");
+        }
+    }
     let tokens: BTreeSet<String> = text
         .lines()
         .map(str::trim)

@@ -103,7 +103,9 @@ pub fn transport_config(tuning: &Tuning) -> TransportConfig {
         .send_window(SEND_WINDOW)
         .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
         .max_concurrent_bidi_streams(VarInt::from_u32(1))
-        .max_concurrent_uni_streams(VarInt::from_u32(0));
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        // Flotilla sends no unreliable datagrams: a peer's DATAGRAM frames are refused, never buffered.
+        .datagram_receive_buffer_size(None);
     // 10 s fits in a VarInt of milliseconds; the fallback only guards a future edit.
     let idle = IdleTimeout::try_from(IDLE_TIMEOUT).unwrap_or(IdleTimeout::from(VarInt::from_u32(10_000)));
     config.max_idle_timeout(Some(idle));

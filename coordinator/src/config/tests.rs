@@ -8,8 +8,25 @@ struct Cli {
     options: Options,
 }
 
+/// The options of `args`; `--allow-anonymous` is added so that the default listen address
+/// (all interfaces) passes without tokens or mTLS ([`anonymous_on_a_public_address_is_refused`]
+/// tests that rule itself).
 fn parse(args: &[&str]) -> Options {
-    Cli::try_parse_from(std::iter::once("coordinator").chain(args.iter().copied())).unwrap().options
+    let args = std::iter::once("coordinator").chain(args.iter().copied()).chain(["--allow-anonymous"]);
+    Cli::try_parse_from(args).unwrap().options
+}
+
+#[test]
+fn anonymous_on_a_public_address_is_refused() {
+    let options = |args: &[&str]| {
+        Cli::try_parse_from(std::iter::once("coordinator").chain(args.iter().copied())).unwrap().options
+    };
+    let error = format!("{:#}", options(&[]).into_config().unwrap_err());
+    assert!(error.contains("--allow-anonymous") && error.contains("--tokens-file"), "{error}");
+    assert!(options(&["--listen", "127.0.0.1:4433"]).into_config().is_ok(), "loopback needs no credentials");
+    assert!(options(&["--listen", "[::1]:4433"]).into_config().is_ok());
+    assert!(options(&["--allow-anonymous"]).into_config().is_ok());
+    assert!(options(&["--client-ca", "ca.pem"]).into_config().is_ok(), "mutual TLS is enough");
 }
 
 #[test]

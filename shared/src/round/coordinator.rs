@@ -224,7 +224,8 @@ impl Coordinator {
                 self.handle_secure_message(conn, client_id, round, message, now);
             }
             (_, ClientMessage::Heartbeat) => {}
-            (_, ClientMessage::Error { code, message }) => {
+            (Peer::Joined { .. }, ClientMessage::Error { code, message }) => {
+                let message = sanitize_peer_text(&message);
                 self.events.push_back(CoordinatorEvent::ClientError { conn, code, message });
             }
             (_, ClientMessage::Goodbye { .. }) => {
@@ -339,7 +340,7 @@ impl Coordinator {
             return self.refuse_join(conn, ErrorCode::UnsupportedVersion, reason, now);
         }
         if let Some(accepted) = &self.config.auth_tokens
-            && !token.is_some_and(|token| accepted.contains(&token))
+            && !token.is_some_and(|token| token_accepted(accepted, &token))
         {
             return self.refuse_join(conn, ErrorCode::Unauthorized, "auth token refused".into(), now);
         }
@@ -357,7 +358,8 @@ impl Coordinator {
         self.transmits.push_back(Outgoing::Message(conn, welcome));
         self.transmits.push_back(Outgoing::Message(conn, CoordinatorMessage::Rules(self.config.update_rules())));
         self.transmits.push_back(Outgoing::LatestModel(conn));
-        self.events.push_back(CoordinatorEvent::ClientJoined { conn, client_id, client_name: name });
+        let client_name = sanitize_peer_text(&name);
+        self.events.push_back(CoordinatorEvent::ClientJoined { conn, client_id, client_name });
         if self.buffered.is_some() {
             self.ask(conn, now);
         }
@@ -428,6 +430,38 @@ impl Coordinator {
 mod asynchronous;
 mod rounds;
 mod secure;
+
+/// Whether `token` is one of `accepted`, comparing every accepted token in full whatever
+/// matches (the time taken does not tell how much of a guess was right; only lengths leak).
+fn token_accepted(accepted: &std::collections::BTreeSet<String>, token: &str) -> bool {
+    accepted.iter().fold(false, |found, candidate| found | constant_time_eq(candidate.as_bytes(), token.as_bytes()))
+}
+
+/// Byte equality whose time depends on the lengths only.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(difference) == 0
+}
+
+/// Peer-supplied text made safe to log: control characters (newlines included) escaped, at
+/// most [`PEER_TEXT_MAX`] characters kept, so a peer can neither forge log lines nor flood them.
+pub fn sanitize_peer_text(text: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == PEER_TEXT_MAX {
+            out.push('…');
+            break;
+        }
+        if c.is_control() { out.extend(c.escape_default()) } else { out.push(c) }
+    }
+    out
+}
+
+/// Longest peer-supplied text kept in logs and events, in characters.
+pub const PEER_TEXT_MAX: usize = 128;
 
 #[cfg(test)]
 mod tests;

@@ -219,6 +219,27 @@ fn an_inflated_sample_claim_is_capped_and_cannot_take_the_model_over() {
 }
 
 #[test]
+fn peer_text_is_escaped_and_truncated_and_errors_before_join_are_violations() {
+    let forged = "edge\nINFO round committed round=99";
+    assert_eq!(super::sanitize_peer_text(forged), "edge\\nINFO round committed round=99");
+    let long = "x".repeat(1000);
+    assert_eq!(super::sanitize_peer_text(&long).chars().count(), super::PEER_TEXT_MAX + 1);
+    let t0 = Instant::now();
+    let mut coordinator = coordinator(config(2));
+    coordinator.handle_connect(ConnectionId(1), t0);
+    let error = ClientMessage::Error { code: ErrorCode::Internal, message: "hello\nforged".into() };
+    coordinator.handle_message(ConnectionId(1), error, t0);
+    assert!(
+        events(&mut coordinator).iter().any(|e| matches!(e, CoordinatorEvent::ProtocolViolation { .. })),
+        "an Error before Join is a protocol violation, not a logged message"
+    );
+    assert!(super::constant_time_eq(b"token", b"token"));
+    assert!(!super::constant_time_eq(b"token", b"tokem") && !super::constant_time_eq(b"token", b"tok"));
+    let accepted: BTreeSet<String> = ["a-token".to_string(), "b-token".to_string()].into();
+    assert!(super::token_accepted(&accepted, "b-token") && !super::token_accepted(&accepted, "c-token"));
+}
+
+#[test]
 fn unsupported_protocol_version_is_refused_and_closed() {
     let t0 = Instant::now();
     let mut coordinator = coordinator(config(1));
