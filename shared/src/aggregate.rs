@@ -141,6 +141,14 @@ pub trait Aggregator {
         self.fold(mean, samples)
     }
 
+    /// Differential privacy: the next rounds' mean is the sum of the (weight-1) updates over
+    /// this public `denominator` (the expected cohort size), not over the number that arrived,
+    /// and a participant-scaled step counts it as the participants. `None` restores the
+    /// ordinary mean. Strategies that take no mean ignore it.
+    fn set_fixed_denominator(&mut self, denominator: Option<f64>) {
+        let _ = denominator;
+    }
+
     /// Number of updates folded since `begin`.
     fn updates(&self) -> usize;
 

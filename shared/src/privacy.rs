@@ -615,9 +615,16 @@ impl std::fmt::Debug for NoiseKey {
 impl NoiseKey {
     /// The seed of round `round`'s noise generator.
     pub fn round_seed(&self, round: u64) -> [u8; 32] {
+        self.derive(b"noise", round)
+    }
+
+    /// The seed of round `round`'s generator for `purpose` (`SHA-256(key ‖ purpose ‖ round)`):
+    /// independent streams for the noise and for the secret coins of Poisson sampling.
+    pub fn derive(&self, purpose: &[u8], round: u64) -> [u8; 32] {
         use sha2::{Digest, Sha256};
         let mut hasher = Sha256::new();
         hasher.update(self.0);
+        hasher.update(purpose);
         hasher.update(round.to_le_bytes());
         hasher.finalize().into()
     }

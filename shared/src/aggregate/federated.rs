@@ -92,6 +92,8 @@ pub struct Federated<R, O> {
     /// `Σ nᵢ·‖sᵢΔᵢ‖²` over the folded updates, and `Σ nᵢ`: FedExP's numerator.
     weighted_sq_norms: f64,
     weight: f64,
+    /// The public denominator of the mean under differential privacy.
+    fixed_denominator: Option<f64>,
     samples: u64,
     /// Rounds begun, which seeds each round's noise.
     rounds: u64,
@@ -128,6 +130,7 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Federated<R, O> {
             participants: 0,
             weighted_sq_norms: 0.0,
             weight: 0.0,
+            fixed_denominator: None,
             samples: 0,
             rounds: 0,
         }
@@ -185,6 +188,10 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Aggregator for Federated<R, O> {
         self.fold_weighted(delta, samples, 1)
     }
 
+    fn set_fixed_denominator(&mut self, denominator: Option<f64>) {
+        self.fixed_denominator = denominator.filter(|d| d.is_finite() && *d > 0.0);
+    }
+
     fn fold_mean(
         &mut self,
         mean: &ParameterVector,
@@ -212,10 +219,20 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Aggregator for Federated<R, O> {
         }
         let mut step = self.reducer.reduce()?;
         let mean_sq_norm = if self.weight > 0.0 { self.weighted_sq_norms / self.weight } else { 0.0 };
-        let factor = self.step_size.factor(self.participants, mean_sq_norm, &step);
+        // The reducer's mean is over the weight folded; with a public denominator d it becomes
+        // sum / d, its sensitivity fixed whoever answered.
+        let (participants, denominator) = match self.fixed_denominator {
+            Some(d) => {
+                let rescale = self.weight / d;
+                step.iter_mut().for_each(|v| *v *= rescale);
+                ((d.round() as usize).max(1), d)
+            }
+            None => (self.participants, self.updates.max(1) as f64),
+        };
+        let factor = self.step_size.factor(participants, mean_sq_norm, &step);
         tracing::debug!(step_size = %self.step_size, factor, "server step");
         if let Some(std) = self.hygiene.noise_std {
-            add_noise_to_mean(&mut step, std, self.updates, &self.hygiene.noise_key, self.rounds);
+            add_noise_to_mean(&mut step, std, denominator, &self.hygiene.noise_key, self.rounds);
         }
         // A failed round must not move the optimiser's state: step a copy, keep it on success.
         let mut optimizer = self.optimizer.clone();
@@ -236,11 +253,11 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Aggregator for Federated<R, O> {
 
 /// Adds N(0, (std/n)²) to each coordinate of a mean of `n` updates: the noise of standard
 /// deviation `std` on their sum, divided like the sum.
-fn add_noise_to_mean(mean: &mut [f64], std: f64, n: usize, key: &crate::privacy::NoiseKey, round: u64) {
+fn add_noise_to_mean(mean: &mut [f64], std: f64, n: f64, key: &crate::privacy::NoiseKey, round: u64) {
     use rand_core::SeedableRng;
     use rand_distr::Distribution;
     let mut rng = chacha20::ChaCha20Rng::from_seed(key.round_seed(round));
-    let scale = std / n.max(1) as f64;
+    let scale = std / n.max(1.0);
     for value in mean.iter_mut() {
         let z: f64 = rand_distr::StandardNormal.sample(&mut rng);
         *value += scale * z;

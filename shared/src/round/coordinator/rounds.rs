@@ -28,7 +28,16 @@ impl Coordinator {
         }
         self.next_round_at = None;
         self.round = self.round.saturating_add(1);
-        let sampled = sampling::sample(&candidates, count, self.config.seed, self.round);
+        // Under DP: Poisson sampling at exactly --sample-fraction with secret coins, and the
+        // mean taken over the public expected cohort q·N, not over the updates that arrived.
+        let sampled = match (&self.config.privacy, &self.config.noise_key) {
+            (Some(_), Some(key)) => {
+                let q = self.config.sample_fraction;
+                self.aggregator.set_fixed_denominator(Some((q * candidates.len() as f64).max(1.0)));
+                sampling::poisson(&candidates, q, key, self.round)
+            }
+            _ => sampling::sample(&candidates, count, self.config.seed, self.round),
+        };
         self.aggregator.begin(&self.params);
         let deadline_ms = u64::try_from(self.config.round_deadline.as_millis()).unwrap_or(u64::MAX);
         for conn in &sampled {

@@ -240,6 +240,26 @@ fn peer_text_is_escaped_and_truncated_and_errors_before_join_are_violations() {
 }
 
 #[test]
+fn under_dp_the_mean_divides_by_the_public_expected_cohort_not_by_who_answered() {
+    use crate::privacy::NoiseKey;
+    use crate::round::config::{NoisePlacement, PrivacyConfig};
+    let t0 = Instant::now();
+    // No noise (z = 0) and a clip far above the deltas, to see the denominator exactly.
+    let privacy =
+        PrivacyConfig { noise_multiplier: 0.0, clip: 1000.0, placement: NoisePlacement::Central, delta: 1e-5 };
+    let dp = CoordinatorConfig { privacy: Some(privacy), noise_key: Some(NoiseKey([9; 32])), ..config(3) };
+    let (mut coordinator, sampled) = gathered(dp, 4, t0);
+    assert_eq!(sampled, (1..=4).map(ConnectionId).collect::<Vec<_>>(), "q = 1: Poisson sampling takes everyone");
+    let t1 = t0 + GATHER + Duration::from_secs(1);
+    for conn in 1..=3 {
+        coordinator.handle_message(ConnectionId(conn), update(1, 0, vec![4.0, 0.0], 7, 0), t1);
+    }
+    coordinator.handle_timeout(t0 + GATHER + Duration::from_secs(11));
+    // Three answered, the expected cohort is q·N = 4: x = 1 + 3·4/4 = 4, not 1 + 4 = 5.
+    assert_eq!(coordinator.params().values, vec![4.0, 2.0]);
+}
+
+#[test]
 fn unsupported_protocol_version_is_refused_and_closed() {
     let t0 = Instant::now();
     let mut coordinator = coordinator(config(1));
