@@ -198,7 +198,7 @@ pub struct Options {
     /// Server step scaling g: `participants` (g = updates in the step: the fleet moves as far
     /// as all its clients' local steps together, as one learner on all their samples would),
     /// `fedexp` (FedExP's adaptive extrapolation, 1 ≤ g ≤ n/2), or `fixed` (g = 1, textbook
-    /// FedAvg) [default: participants].
+    /// FedAvg) [default: participants; fixed with --dp-noise-multiplier].
     #[arg(long, value_name = "KIND")]
     pub server_step: Option<flotilla::aggregate::StepSize>,
     /// Most samples one update may claim; a larger claim weighs (and counts) as this many, so
@@ -575,7 +575,13 @@ impl Options {
         Ok(StrategyConfig {
             kind,
             server_lr: self.server_lr.unwrap_or(defaults.server_lr),
-            step_size: self.server_step.unwrap_or(defaults.step_size),
+            // Under DP the participant-scaled step would apply the noise of the whole sum to
+            // the model each round: the textbook step unless one is asked for.
+            step_size: self.server_step.unwrap_or(if self.dp_noise_multiplier.is_some() {
+                flotilla::aggregate::StepSize::Fixed
+            } else {
+                defaults.step_size
+            }),
             serve_average: self.serve_average.unwrap_or(defaults.serve_average),
             beta1: self.beta1.unwrap_or(kind.default_beta1()),
             beta2: self.beta2.unwrap_or(defaults.beta2),
