@@ -148,3 +148,40 @@ fn rounds_survive_a_killed_client_and_a_killed_coordinator() {
     assert!(report["updates_sent"].as_u64().unwrap() >= 3, "{report}");
     assert!(coordinator.terminate(Duration::from_secs(10)), "the coordinator did not exit cleanly on SIGTERM");
 }
+
+/// Differential privacy across a crash: ε is in the checkpoint, so the rounds after a
+/// `kill -9` and restart report more privacy spent than any round before, never round 1's ε.
+#[test]
+fn epsilon_keeps_growing_across_a_killed_and_restarted_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("coordinator");
+    let (shards, eval) = split_phishing(dir.path(), 2, 600);
+    let port = free_udp_port();
+    let dp = ["--min-clients", "2", "--round-interval", "200ms", "--round-deadline", "2s"];
+    let dp = [&dp[..], &["--dp-noise-multiplier", "1.0", "--dp-clip", "1.0"]].concat();
+    let args = coordinator_args(port, &data_dir, &eval, &dp);
+    let mut coordinator = Daemon::start("coordinator", &binary("flotilla-coordinator"), &args, dir.path());
+    wait_for_pki(&data_dir, &coordinator);
+    let clients: Vec<Daemon> = shards
+        .iter()
+        .enumerate()
+        .map(|(i, shard)| {
+            let name = format!("client{i}");
+            let args = client_args(port, &data_dir, shard, &name, "20", &dir.path().join(&name));
+            Daemon::start(&name, &binary("flotilla-client"), &args, dir.path())
+        })
+        .collect();
+    let before = wait_for_rounds(&data_dir, Duration::from_secs(30), "2 rounds", &[&coordinator], |r| r.len() >= 2);
+    coordinator.kill();
+    let spent_before = before.last().and_then(|r| r["epsilon"].as_f64()).expect("ε is reported under DP");
+    let last_round = before.last().and_then(|r| r["round"].as_u64()).unwrap_or(0);
+    let coordinator = Daemon::start("coordinator-restarted", &binary("flotilla-coordinator"), &args, dir.path());
+    let watched = [&coordinator, &clients[0], &clients[1]];
+    let after = wait_for_rounds(&data_dir, Duration::from_secs(40), "a round after the restart", &watched, |r| {
+        r.last().and_then(|x| x["round"].as_u64()).is_some_and(|round| round > last_round)
+    });
+    let epsilons: Vec<f64> = after.iter().filter_map(|r| r["epsilon"].as_f64()).collect();
+    assert!(epsilons.windows(2).all(|w| w[1] > w[0]), "ε went back after the restart: {epsilons:?}");
+    let spent_after = *epsilons.last().unwrap();
+    assert!(spent_after > spent_before, "ε after the restart {spent_after} ≤ before {spent_before}");
+}
