@@ -1,4 +1,5 @@
 //! End-to-end tests of `flotilla-client learn` through the real binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a failure here is a test failure")]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

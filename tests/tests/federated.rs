@@ -1,4 +1,5 @@
 //! End-to-end: the real coordinator and client binaries learn together over QUIC on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code: a failure here is a test failure")]
 
 use std::path::Path;
 use std::time::Duration;

@@ -14,6 +14,9 @@ use crate::protocol::{ClientMessage, LocalMetrics};
 use crate::secagg;
 
 const LEN: usize = 64;
+
+/// What a driven round leaves: (participants, ε) per commit, the coordinator and the clients.
+type RoundOutcome = (Vec<(usize, Option<f64>)>, Coordinator, Vec<Edge>);
 const DEADLINE: Duration = Duration::from_secs(30);
 const PHASE: Duration = Duration::from_secs(5);
 
@@ -145,11 +148,7 @@ fn secure_config(min_clients: usize, neighbours: usize) -> CoordinatorConfig {
 }
 
 /// Runs round 1 of a secure fleet; returns the committed rounds and the coordinator.
-fn secure_round(
-    drops: &[Drop],
-    neighbours: usize,
-    min_clients: usize,
-) -> (Vec<(usize, Option<f64>)>, Coordinator, Vec<Edge>) {
+fn secure_round(drops: &[Drop], neighbours: usize, min_clients: usize) -> RoundOutcome {
     let t0 = Instant::now();
     let mut coordinator = coordinator(secure_config(min_clients, neighbours));
     let mut edges = edges(drops);
@@ -258,7 +257,7 @@ fn secure_configurations_without_privacy_or_that_cannot_work_are_refused() {
 }
 
 /// Runs one plain round of three clients under `config`.
-fn plain_round(config: CoordinatorConfig) -> (Vec<(usize, Option<f64>)>, Coordinator, Vec<Edge>) {
+fn plain_round(config: CoordinatorConfig) -> RoundOutcome {
     let t0 = Instant::now();
     let mut coordinator = coordinator(CoordinatorConfig { min_clients: 3, round_deadline: DEADLINE, ..config });
     let mut edges = edges(&[Drop::Never; 3]);
