@@ -64,6 +64,30 @@ fn wait_for_pki(data_dir: &Path, coordinator: &Daemon) {
     panic!("the coordinator made no dev CA:\n{}", coordinator.log());
 }
 
+/// Starts the coordinator with `args`, waits for its dev CA, then one client per shard
+/// learning at `rate` samples/s (each with its own state folder).
+fn start_fleet(
+    dir: &Path,
+    data_dir: &Path,
+    port: u16,
+    args: &[String],
+    shards: &[std::path::PathBuf],
+    rate: &str,
+) -> (Daemon, Vec<Daemon>) {
+    let coordinator = Daemon::start("coordinator", &binary("flotilla-coordinator"), args, dir);
+    wait_for_pki(data_dir, &coordinator);
+    let clients = shards
+        .iter()
+        .enumerate()
+        .map(|(i, shard)| {
+            let name = format!("client{i}");
+            let args = client_args(port, data_dir, shard, &name, rate, &dir.join(&name));
+            Daemon::start(&name, &binary("flotilla-client"), &args, dir)
+        })
+        .collect();
+    (coordinator, clients)
+}
+
 #[test]
 fn three_clients_learn_together_and_the_global_model_improves() {
     let dir = tempfile::tempdir().unwrap();
@@ -72,17 +96,7 @@ fn three_clients_learn_together_and_the_global_model_improves() {
     let port = free_udp_port();
     let args =
         coordinator_args(port, &data_dir, &eval, &["--min-clients", "3", "--round-interval", "400ms", "--rounds", "5"]);
-    let coordinator = Daemon::start("coordinator", &binary("flotilla-coordinator"), &args, dir.path());
-    wait_for_pki(&data_dir, &coordinator);
-    let clients: Vec<Daemon> = shards
-        .iter()
-        .enumerate()
-        .map(|(i, shard)| {
-            let name = format!("client{i}");
-            let args = client_args(port, &data_dir, shard, &name, "150", &dir.path().join(&name));
-            Daemon::start(&name, &binary("flotilla-client"), &args, dir.path())
-        })
-        .collect();
+    let (coordinator, clients) = start_fleet(dir.path(), &data_dir, port, &args, &shards, "150");
     let mut logs: Vec<&Daemon> = clients.iter().collect();
     logs.push(&coordinator);
     let records = wait_for_rounds(&data_dir, Duration::from_secs(60), "5 committed rounds", &logs, |r| r.len() >= 5);
@@ -105,17 +119,7 @@ fn rounds_survive_a_killed_client_and_a_killed_coordinator() {
         &eval,
         &["--min-clients", "2", "--round-interval", "300ms", "--round-deadline", "2s"],
     );
-    let mut coordinator = Daemon::start("coordinator", &binary("flotilla-coordinator"), &args, dir.path());
-    wait_for_pki(&data_dir, &coordinator);
-    let mut clients: Vec<Daemon> = shards
-        .iter()
-        .enumerate()
-        .map(|(i, shard)| {
-            let name = format!("client{i}");
-            let args = client_args(port, &data_dir, shard, &name, "12", &dir.path().join(&name));
-            Daemon::start(&name, &binary("flotilla-client"), &args, dir.path())
-        })
-        .collect();
+    let (mut coordinator, mut clients) = start_fleet(dir.path(), &data_dir, port, &args, &shards, "12");
     let before = wait_for_rounds(&data_dir, Duration::from_secs(30), "2 rounds", &[&coordinator], |r| r.len() >= 2);
     assert!(before.iter().all(|r| r["participants"] == 3), "{before:?}");
 
@@ -156,29 +160,20 @@ fn rounds_survive_a_killed_client_and_a_killed_coordinator() {
 fn epsilon_keeps_growing_across_a_killed_and_restarted_coordinator() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("coordinator");
-    let (shards, eval) = split_phishing(dir.path(), 2, 600);
+    // Streams long enough (500 rows at 12/s) to outlast the clients' reconnection after the crash.
+    let (shards, eval) = split_phishing(dir.path(), 2, 1000);
     let port = free_udp_port();
     let dp = ["--min-clients", "2", "--round-interval", "200ms", "--round-deadline", "2s"];
     let dp = [&dp[..], &["--dp-noise-multiplier", "1.0", "--dp-clip", "1.0"]].concat();
     let args = coordinator_args(port, &data_dir, &eval, &dp);
-    let mut coordinator = Daemon::start("coordinator", &binary("flotilla-coordinator"), &args, dir.path());
-    wait_for_pki(&data_dir, &coordinator);
-    let clients: Vec<Daemon> = shards
-        .iter()
-        .enumerate()
-        .map(|(i, shard)| {
-            let name = format!("client{i}");
-            let args = client_args(port, &data_dir, shard, &name, "20", &dir.path().join(&name));
-            Daemon::start(&name, &binary("flotilla-client"), &args, dir.path())
-        })
-        .collect();
+    let (mut coordinator, clients) = start_fleet(dir.path(), &data_dir, port, &args, &shards, "12");
     let before = wait_for_rounds(&data_dir, Duration::from_secs(30), "2 rounds", &[&coordinator], |r| r.len() >= 2);
     coordinator.kill();
     let spent_before = before.last().and_then(|r| r["epsilon"].as_f64()).expect("ε is reported under DP");
     let last_round = before.last().and_then(|r| r["round"].as_u64()).unwrap_or(0);
     let coordinator = Daemon::start("coordinator-restarted", &binary("flotilla-coordinator"), &args, dir.path());
     let watched = [&coordinator, &clients[0], &clients[1]];
-    let after = wait_for_rounds(&data_dir, Duration::from_secs(40), "a round after the restart", &watched, |r| {
+    let after = wait_for_rounds(&data_dir, Duration::from_secs(60), "a round after the restart", &watched, |r| {
         r.last().and_then(|x| x["round"].as_u64()).is_some_and(|round| round > last_round)
     });
     let epsilons: Vec<f64> = after.iter().filter_map(|r| r["epsilon"].as_f64()).collect();

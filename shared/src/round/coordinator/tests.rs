@@ -66,6 +66,17 @@ fn refused(events: &[CoordinatorEvent]) -> Vec<&UpdateRefusal> {
         .collect()
 }
 
+/// `clients` joined at `t0` (round 1 started at the quorum), with the queues drained.
+fn joined_quietly(config: CoordinatorConfig, clients: u64, t0: Instant) -> Coordinator {
+    let mut coordinator = coordinator(config);
+    for conn in 1..=clients {
+        join(&mut coordinator, conn, t0);
+    }
+    transmits(&mut coordinator);
+    events(&mut coordinator);
+    coordinator
+}
+
 /// Pause before each round in the tests that let clients gather first.
 const GATHER: Duration = Duration::from_secs(1);
 
@@ -163,12 +174,7 @@ fn participant_scaled_step_and_the_served_iterate_average() {
     let t0 = Instant::now();
     let aggregation =
         StrategyConfig { step_size: StepSize::Participants, serve_average: 0.5, ..StrategyConfig::default() };
-    let mut coordinator = coordinator(CoordinatorConfig { aggregation, ..config(2) });
-    for conn in 1..=2 {
-        join(&mut coordinator, conn, t0);
-    }
-    transmits(&mut coordinator);
-    events(&mut coordinator);
+    let mut coordinator = joined_quietly(CoordinatorConfig { aggregation, ..config(2) }, 2, t0);
     let t1 = t0 + Duration::from_secs(1);
     coordinator.handle_message(ConnectionId(1), update(1, 0, vec![1.0, 0.0], 1, 0), t1);
     coordinator.handle_message(ConnectionId(2), update(1, 0, vec![0.0, 1.0], 1, 0), t1);
@@ -191,13 +197,7 @@ fn participant_scaled_step_and_the_served_iterate_average() {
 #[test]
 fn an_inflated_sample_claim_is_capped_and_cannot_take_the_model_over() {
     let t0 = Instant::now();
-    let capped = CoordinatorConfig { max_samples_per_update: Some(10), ..config(3) };
-    let mut coordinator = coordinator(capped);
-    for conn in 1..=3 {
-        join(&mut coordinator, conn, t0);
-    }
-    transmits(&mut coordinator);
-    events(&mut coordinator);
+    let mut coordinator = joined_quietly(CoordinatorConfig { max_samples_per_update: Some(10), ..config(3) }, 3, t0);
     let t1 = t0 + Duration::from_secs(1);
     // Two honest clients with 10 samples each push x by +1; the attacker claims 2^62 (and
     // then u64::MAX would overflow an uncapped sum) and pushes it by −100.
