@@ -19,10 +19,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::hbp::ModelError;
+use crate::hbp::math::{PROBABILITY_FLOOR, hedge_step};
 use crate::hbp::model::read;
-
-/// Floor on a probability before its logarithm is taken.
-const PROBABILITY_FLOOR: f32 = 1e-12;
 
 /// The experts of the mix, in the order of the mixing weights.
 pub const EXPERTS: [&str; 4] = ["local", "global", "global×local prior", "global+local bias"];
@@ -136,10 +134,7 @@ impl Mixer {
         let mixed = (experts.clone() * self.weights.clone().reshape([e, 1, 1])).sum_dim(0).reshape([b, c]);
         let chosen = (experts * targets.clone().unsqueeze_dim(0)).sum_dim(2).reshape([e, b]);
         let losses = chosen.clamp_min(PROBABILITY_FLOOR).log().neg().mean_dim(1).reshape([e]);
-        let discounted = self.weights.clone() * losses.mul_scalar(self.ln_beta).exp();
-        let floored = discounted.clamp_min(self.floor);
-        let total = floored.clone().sum();
-        self.weights = floored / total;
+        self.weights = hedge_step(self.weights.clone(), losses, self.ln_beta, self.floor);
         mixed
     }
 

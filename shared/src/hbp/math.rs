@@ -11,7 +11,16 @@ use burn::tensor::activation::{relu, softmax};
 use super::model::HbpModel;
 
 /// Floor on a probability before its logarithm is taken.
-const PROBABILITY_FLOOR: f32 = 1e-12;
+pub(crate) const PROBABILITY_FLOOR: f32 = 1e-12;
+
+/// One Hedge step over the last dimension: `w ← w · β^loss` (with `ln β` given), floored at
+/// `floor`, renormalised to sum to one. HBP's head weights α (one network or a stack of them)
+/// and the personalised mix's expert weights all move by it.
+pub(crate) fn hedge_step<const D: usize>(weights: Tensor<D>, losses: Tensor<D>, ln_beta: f32, floor: f32) -> Tensor<D> {
+    let floored = (weights * losses.mul_scalar(ln_beta).exp()).clamp_min(floor);
+    let total = floored.clone().sum_dim(D - 1);
+    floored / total
+}
 
 /// What the backward pass needs from the forward pass.
 pub(crate) struct Forward {
@@ -156,9 +165,6 @@ impl HbpModel {
     pub(crate) fn hedge(&mut self, losses: Tensor<1>) {
         let config = &self.config;
         let floor = config.smoothing / config.hidden_layers as f32;
-        let discounted = self.alpha.clone() * losses.mul_scalar(config.beta.ln()).exp();
-        let floored = discounted.clamp_min(floor);
-        let total = floored.clone().sum();
-        self.alpha = floored / total;
+        self.alpha = hedge_step(self.alpha.clone(), losses, config.beta.ln(), floor);
     }
 }

@@ -15,7 +15,7 @@ pub mod batched;
 pub mod config;
 mod init;
 mod learner;
-mod math;
+pub(crate) mod math;
 pub mod model;
 #[cfg(test)]
 mod tests;

@@ -9,9 +9,7 @@ use burn::tensor::Tensor;
 use burn::tensor::activation::{relu, softmax};
 
 use super::BatchedHbp;
-
-/// Floor on a probability before its logarithm is taken (as in the single-client learner).
-const PROBABILITY_FLOOR: f32 = 1e-12;
+use crate::hbp::math::{PROBABILITY_FLOOR, hedge_step};
 
 /// What the backward pass needs from the forward pass.
 pub(super) struct Forward {
@@ -133,9 +131,6 @@ impl BatchedHbp {
     pub(super) fn hedge(&mut self, losses: Tensor<2>) {
         let config = &self.config;
         let floor = config.smoothing / config.hidden_layers as f32;
-        let discounted = self.alpha.clone() * losses.mul_scalar(config.beta.ln()).exp();
-        let floored = discounted.clamp_min(floor);
-        let total = floored.clone().sum_dim(1);
-        self.alpha = floored / total;
+        self.alpha = hedge_step(self.alpha.clone(), losses, config.beta.ln(), floor);
     }
 }
