@@ -89,9 +89,8 @@ pub struct Federated<R, O> {
     updates: usize,
     /// Clients behind the updates folded (a secure round's mean counts all its survivors).
     participants: usize,
-    /// `Σ nᵢ·‖sᵢΔᵢ‖²` over the folded updates, and `Σ nᵢ`: FedExP's numerator.
+    /// `Σ nᵢ·‖sᵢΔᵢ‖²` over the folded updates (over `samples` = `Σ nᵢ`: FedExP's numerator).
     weighted_sq_norms: f64,
-    weight: f64,
     /// The public denominator of the mean under differential privacy.
     fixed_denominator: Option<f64>,
     samples: u64,
@@ -129,7 +128,6 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Federated<R, O> {
             updates: 0,
             participants: 0,
             weighted_sq_norms: 0.0,
-            weight: 0.0,
             fixed_denominator: None,
             samples: 0,
             rounds: 0,
@@ -161,7 +159,6 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Federated<R, O> {
         self.participants += participants;
         let norm = folded.norm * scale;
         self.weighted_sq_norms += samples as f64 * norm * norm;
-        self.weight += samples as f64;
         Ok(folded)
     }
 
@@ -179,7 +176,6 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Aggregator for Federated<R, O> {
         self.updates = 0;
         self.participants = 0;
         self.weighted_sq_norms = 0.0;
-        self.weight = 0.0;
         self.samples = 0;
         self.rounds += 1;
     }
@@ -218,12 +214,13 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Aggregator for Federated<R, O> {
             return Err(AggregateError::BaseChanged);
         }
         let mut step = self.reducer.reduce()?;
-        let mean_sq_norm = if self.weight > 0.0 { self.weighted_sq_norms / self.weight } else { 0.0 };
+        let weight = self.samples as f64;
+        let mean_sq_norm = if weight > 0.0 { self.weighted_sq_norms / weight } else { 0.0 };
         // The reducer's mean is over the weight folded; with a public denominator d it becomes
         // sum / d, its sensitivity fixed whoever answered.
         let (participants, denominator) = match self.fixed_denominator {
             Some(d) => {
-                let rescale = self.weight / d;
+                let rescale = weight / d;
                 step.iter_mut().for_each(|v| *v *= rescale);
                 ((d.round() as usize).max(1), d)
             }
