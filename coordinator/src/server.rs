@@ -76,7 +76,7 @@ pub async fn bind(mut config: Config) -> anyhow::Result<Server> {
     };
     let start_error = match &eval {
         Some(evaluator) => {
-            let pct = evaluator.error_pct(checkpoint.served.as_ref().unwrap_or(&checkpoint.params))?;
+            let pct = evaluator.error_pct(checkpoint.served_params())?;
             tracing::info!(global_error_pct = pct, model_version = start.1, "starting model evaluated");
             Some(pct)
         }
@@ -215,7 +215,7 @@ fn persist_loop(
         record.start_global_error_pct = previous_error;
         save_checkpoint(&files.checkpoint, &checkpoint)?;
         if let Some(evaluator) = &eval {
-            match evaluator.error_pct(checkpoint.served.as_ref().unwrap_or(&checkpoint.params)) {
+            match evaluator.error_pct(checkpoint.served_params()) {
                 Ok(pct) => record.global_error_pct = Some(pct),
                 Err(error) => tracing::warn!(round = record.round, error = %format!("{error:#}"), "evaluation failed"),
             }

@@ -59,7 +59,7 @@ pub(crate) fn initial_state(
             ParameterVector::new(&spec.layout(), zeros).context("building the initial vector")?
         }
     };
-    Ok((Checkpoint { round: 0, model_version: 0, spec, params, served: None, accountant: None }, Origin::Fresh))
+    Ok((Checkpoint::initial(spec, params), Origin::Fresh))
 }
 
 /// Reads `--initial-params`: a checkpoint, or a bincode `ParameterVector` for `spec`.
@@ -76,7 +76,7 @@ fn initial_params(path: &Path, spec: Option<&ModelSpec>) -> anyhow::Result<Check
     };
     let params: ParameterVector = decode_message(&bytes)
         .with_context(|| format!("{} is neither a checkpoint nor a bincode ParameterVector", path.display()))?;
-    Ok(Checkpoint { round: 0, model_version: 0, spec: spec.clone(), params, served: None, accountant: None })
+    Ok(Checkpoint::initial(spec.clone(), params))
 }
 
 /// Checks the state's parameters against its spec, and its spec against the flags' one.

@@ -99,6 +99,17 @@ pub enum CheckpointError {
 }
 
 impl Checkpoint {
+    /// The state before round 1: version 0 of `params`, nothing served or spent yet.
+    pub fn initial(spec: ModelSpec, params: ParameterVector) -> Self {
+        Self { round: 0, model_version: 0, spec, params, served: None, accountant: None }
+    }
+
+    /// The model served to users and evaluated: the iterate average when there is one, the
+    /// latest global parameters otherwise.
+    pub fn served_params(&self) -> &ParameterVector {
+        self.served.as_ref().unwrap_or(&self.params)
+    }
+
     /// Encodes this checkpoint with magic bytes, format version, length and checksum.
     pub fn encode(&self) -> Result<Vec<u8>, CheckpointError> {
         seal(CHECKPOINT_MAGIC, CHECKPOINT_FORMAT_VERSION, self)

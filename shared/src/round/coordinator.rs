@@ -95,10 +95,7 @@ impl Coordinator {
         spec: impl Into<ModelSpec>,
         params: ParameterVector,
     ) -> Result<Self, ConfigError> {
-        Self::from_checkpoint(
-            config,
-            Checkpoint { round: 0, model_version: 0, spec: spec.into(), params, served: None, accountant: None },
-        )
+        Self::from_checkpoint(config, Checkpoint::initial(spec.into(), params))
     }
 
     /// A coordinator resuming from a checkpoint; the next round is `checkpoint.round + 1`.
