@@ -7,7 +7,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use flotilla::local::MARK_EVERY;
 use flotilla_sim::baseline::{self, Job, LearnSpec};
 use flotilla_sim::dataset::{Dataset, label_counts};
 use flotilla_sim::fleet::{self, FleetConfig};
@@ -115,44 +114,6 @@ struct Args {
     /// No progress bar (one line per round instead).
     #[arg(long)]
     no_progress: bool,
-}
-
-/// The drift partition's recovery figure: per client, the prequential error over the first
-/// fifth of its stream after its drift point, federated (from its exit report's marks) and
-/// alone (from the baseline's cumulative marks); the means over the clients where both fit.
-fn drift_recovery(
-    streams: &[Vec<flotilla_sim::dataset::Row>],
-    consumed: &[usize],
-    fleet: &[fleet::ClientOutcome],
-    alone: &[serde_json::Value],
-    drift_at: f64,
-) -> Option<report::DriftRecovery> {
-    let (mut federated, mut alone_errors) = (Vec::new(), Vec::new());
-    for (((stream, &n), client), alone) in streams.iter().zip(consumed).zip(fleet).zip(alone) {
-        let len = stream.len() as u64;
-        let from = (len as f64 * drift_at).round() as u64;
-        let to = (from + (len / 5).max(MARK_EVERY)).min(n as u64);
-        let Some(report) = client.reports.last() else { continue };
-        let every = report["marks_every"].as_u64().filter(|e| *e == MARK_EVERY);
-        let (Some(every), Some(marks)) = (every, report["errors_at_marks"].as_array()) else { continue };
-        let federated_at = |k: u64| marks.get(usize::try_from(k / every).ok()?.checked_sub(1)?)?.as_f64();
-        let alone_at =
-            |k: u64| alone["error_pct_at"][k.to_string()].as_f64().map(|pct| (pct * k as f64 / 100.0).round());
-        let window = (
-            report::window_error_pct(federated_at, every, from, to),
-            report::window_error_pct(alone_at, every, from, to),
-        );
-        if let (Some(f), Some(a)) = window {
-            federated.push(f);
-            alone_errors.push(a);
-        }
-    }
-    let mean = |v: &[f64]| (v.iter().sum::<f64>() / v.len() as f64 * 100.0).round() / 100.0;
-    (!federated.is_empty()).then(|| report::DriftRecovery {
-        federated_pct: mean(&federated),
-        alone_pct: mean(&alone_errors),
-        clients: federated.len(),
-    })
 }
 
 /// `400ms`, `5s`, `1.5s`, `2m`, or a bare number of seconds.
@@ -408,7 +369,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         .collect();
     let mut summary = report::summarise(&outcome, &clients, centralised_error, centralised_heldback);
     if args.partition == Scheme::Drift {
-        summary.drift_recovery = drift_recovery(&parts.clients, &consumed, &outcome.clients, alone, args.drift_at);
+        summary.drift_recovery =
+            report::drift_recovery(&parts.clients, &consumed, &outcome.clients, alone, args.drift_at);
     }
     let config_json = serde_json::json!({
         "data": data_path.display().to_string(),

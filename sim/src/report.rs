@@ -137,6 +137,41 @@ pub struct Report {
     pub fleet: FleetOutcome,
 }
 
+/// The drift partition's recovery figure: per client, the prequential error over the first
+/// fifth of its stream after its drift point, federated (from its exit report's marks) and
+/// alone (from the baseline's cumulative marks); the means over the clients where both fit.
+pub fn drift_recovery(
+    streams: &[Vec<crate::dataset::Row>],
+    consumed: &[usize],
+    fleet: &[crate::fleet::ClientOutcome],
+    alone: &[serde_json::Value],
+    drift_at: f64,
+) -> Option<DriftRecovery> {
+    let (mut federated, mut alone_errors) = (Vec::new(), Vec::new());
+    for (((stream, &n), client), alone) in streams.iter().zip(consumed).zip(fleet).zip(alone) {
+        let len = stream.len() as u64;
+        let from = (len as f64 * drift_at).round() as u64;
+        let to = (from + (len / 5).max(flotilla::local::MARK_EVERY)).min(n as u64);
+        let Some(report) = client.reports.last() else { continue };
+        let every = report["marks_every"].as_u64().filter(|e| *e == flotilla::local::MARK_EVERY);
+        let (Some(every), Some(marks)) = (every, report["errors_at_marks"].as_array()) else { continue };
+        let federated_at = |k: u64| marks.get(usize::try_from(k / every).ok()?.checked_sub(1)?)?.as_f64();
+        let alone_at =
+            |k: u64| alone["error_pct_at"][k.to_string()].as_f64().map(|pct| (pct * k as f64 / 100.0).round());
+        let window = (window_error_pct(federated_at, every, from, to), window_error_pct(alone_at, every, from, to));
+        if let (Some(f), Some(a)) = window {
+            federated.push(f);
+            alone_errors.push(a);
+        }
+    }
+    let mean_of = |v: &[f64]| mean(v.iter().copied().map(Some)).map(round2);
+    Some(DriftRecovery {
+        federated_pct: mean_of(&federated)?,
+        alone_pct: mean_of(&alone_errors)?,
+        clients: federated.len(),
+    })
+}
+
 /// Mean of the present values.
 pub fn mean(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
     let present: Vec<f64> = values.flatten().filter(|v| v.is_finite()).collect();
