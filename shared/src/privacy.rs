@@ -599,10 +599,11 @@ fn log_erfc(x: f64) -> f64 {
 #[cfg(test)]
 mod tests;
 
-/// The coordinator's secret key for central DP noise: 32 bytes from the operating system's
-/// generator, drawn at every start and never written anywhere. The noise of round `r` comes
-/// from ChaCha20 keyed with `SHA-256(key ‖ r)`: nobody who knows the public seed, the flags or
-/// the round number can regenerate it. Its `Debug` shows no byte of it.
+/// The coordinator's secret key for central DP noise (also keying Poisson sampling and the
+/// secure-aggregation session ids): 32 bytes from the operating system's generator, drawn at
+/// every start and never written anywhere. The noise of round `r` comes from ChaCha20 keyed
+/// with `SHA-256(key ‖ "noise" ‖ r)`: nobody who knows the public seed, the flags or the round
+/// number can regenerate it. Its `Debug` shows no byte of it.
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
 pub struct NoiseKey(pub [u8; 32]);
 
@@ -618,8 +619,15 @@ impl NoiseKey {
         self.derive(b"noise", round)
     }
 
+    /// The id of round `round`'s secure-aggregation session: unpredictable to anyone without
+    /// the key (the public `--seed` and the round number do not determine it).
+    pub fn secagg_session_id(&self, round: u64) -> [u8; 32] {
+        self.derive(b"secagg-session", round)
+    }
+
     /// The seed of round `round`'s generator for `purpose` (`SHA-256(key ‖ purpose ‖ round)`):
-    /// independent streams for the noise and for the secret coins of Poisson sampling.
+    /// independent streams for the noise, the secret coins of Poisson sampling and the
+    /// secure-aggregation session ids.
     pub fn derive(&self, purpose: &[u8], round: u64) -> [u8; 32] {
         use sha2::{Digest, Sha256};
         let mut hasher = Sha256::new();

@@ -16,34 +16,49 @@
 //! # The protocol
 //!
 //! A session is described by a [`SessionSetup`] the server sends to every client of the
-//! cohort ([`ServerMessage::Setup`]): a public 32-byte session id chosen at random by the
-//! server, the [`SecAggParams`], the length of the vectors and the sorted client ids. The
-//! session id seeds the neighbour graph ([`NeighbourGraph`]) and is mixed into every key
-//! derivation and every ciphertext, so nothing of one session can be replayed in another.
+//! cohort ([`ServerMessage::Setup`]): a 32-byte session id the server derives from a secret
+//! key (nobody can predict it before the session opens; it is public once sent), the
+//! [`SecAggParams`], the length of the vectors and the sorted client ids. The session id seeds
+//! the neighbour graph ([`NeighbourGraph`]) and is mixed into every key derivation, commitment
+//! and ciphertext, so nothing of one session can be replayed in another.
 //!
 //! 1. **AdvertiseKeys.** Each client `u` draws two X25519 key pairs, `(c_sk, c_pk)` to encrypt
 //!    the shares it sends to its neighbours and `(s_sk, s_pk)` to agree pairwise mask seeds,
-//!    and sends both public keys ([`AdvertiseKeys`]). When every client has answered, or at
-//!    the deadline, the server sends each client the keys of its neighbours that answered
+//!    and sends both public keys ([`AdvertiseKeys`]). The server drops (from the session, which
+//!    goes on) a client whose keys are not canonical encodings of points of large order, whose
+//!    two keys are equal, or one of whose keys another client advertised too (then all of
+//!    them: see [`SecAggServer::handle_advertise_keys`]). When every client has answered, or
+//!    at the deadline, the server sends each client the keys of its neighbours that answered
 //!    ([`KeyDirectory`]). Clients left with fewer than `t` such neighbours cannot have their
 //!    secrets reconstructed and are left out (repeatedly, until every remaining client has `t`).
 //! 2. **ShareKeys.** Each client draws a self-mask seed `b_u`, splits `b_u` and `s_sk_u` into
 //!    `t`-of-`k` Shamir shares ([`shamir`]), one pair per neighbour, and seals each pair with
 //!    ChaCha20-Poly1305 under a key derived (HKDF-SHA256) from `X25519(c_sk_u, c_pk_v)` and the
-//!    direction `u → v` ([`ShareKeys`]). The server relays to each client the sealed shares
-//!    addressed to it ([`ForwardedShares`]); it cannot open them.
+//!    direction `u → v` ([`ShareKeys`]); it also sends a commitment
+//!    `SHA-256(label ‖ session id ‖ u ‖ b_u)` to its self-mask seed. A neighbour whose keys give
+//!    a non-contributory agreement (or repeat another's) is left out, as if it had dropped.
+//!    The server relays to each client the sealed shares of its *partners*, the neighbours it
+//!    exchanged shares with both ways ([`ForwardedShares`]); it cannot open them. A sealed
+//!    share of the wrong length, addressed to a non-neighbour or repeated only breaks that pair.
+//!    Clients left with fewer than `t` partners are left out as above.
 //! 3. **MaskedInput.** Each client sends `y_u = x_u + PRG(b_u) + Σ_v ±PRG(s_uv) mod 2^32`
 //!    ([`MaskedInput`]), where `x_u` is its fixed-point update ([`FixedPoint`]), `v` runs over
-//!    the neighbours whose shares it received, `s_uv` is derived from `X25519(s_sk_u, s_pk_v)`
-//!    (the same on both sides) and the sign is `+` when `u < v`, `−` otherwise, so the pairwise
-//!    masks cancel in the sum. The server folds each `y_u` into one running sum as it arrives
-//!    (memory O(model), whatever the number of clients).
+//!    its partners, `s_uv` is derived from `X25519(s_sk_u, s_pk_v)` (the same on both sides)
+//!    and the sign is `+` when `u < v`, `−` otherwise, so the pairwise masks cancel in the sum.
+//!    It also lists the partners whose sealed shares did not open: it masks with them all the
+//!    same, but cannot help rebuild their secrets. The server folds each `y_u` into one running
+//!    sum as it arrives (memory O(model), whatever the number of clients).
 //! 4. **Unmasking.** The server tells each client whose input it folded which of its
-//!    neighbours survived and which dropped ([`UnmaskRequest`]). Each answers with its shares
-//!    of `b_v` for the surviving neighbours and of `s_sk_v` for the dropped ones
-//!    ([`UnmaskingShares`]); a client refuses to reveal both for the same peer. With `t` shares
-//!    each, the server rebuilds the seeds, removes the survivors' self masks and the masks
-//!    between survivors and dropped clients, and is left with `Σ x_u` over the survivors
+//!    partners survived and which dropped ([`UnmaskRequest`]). Each answers with the shares it
+//!    holds of `b_v` for the surviving partners and of `s_sk_v` for the dropped ones
+//!    ([`UnmaskingShares`]); a client refuses to reveal both for the same peer. From `t` shares
+//!    each, the server rebuilds the seeds and checks them: each `b_u` against `u`'s commitment,
+//!    each `s_sk_v` against `v`'s advertised `s_pk_v`. When a neighbour revealed a wrong share
+//!    the first `t` do not match; the server then looks for `t` shares that do (and names the
+//!    holders of the others, [`SecAggServer::flagged`]) or fails naming the owner
+//!    ([`SecAggError::CommitmentMismatch`], [`SecAggError::KeyMismatch`]): it never unmasks
+//!    with a wrong secret. It then removes the survivors' self masks and the masks between
+//!    survivors and dropped clients, and is left with `Σ x_u` over the survivors
 //!    ([`SecAggOutput`]).
 //!
 //! A client may drop at any point. If it drops before its masked input, its pairwise masks are
@@ -88,19 +103,33 @@
 //! X25519 (`x25519-dalek`) for both key agreements, HKDF-SHA256 (`hkdf`, `sha2`) to derive the
 //! pairwise mask seeds, the self-mask seeds and the share-encryption keys, the ChaCha20
 //! keystream (`chacha20`'s `ChaCha20Rng`) as the mask PRG, and ChaCha20-Poly1305
-//! (`chacha20poly1305`) to seal the shares. Each share-encryption key is used for exactly one
+//! (`chacha20poly1305`) to seal the shares, SHA-256 (`sha2`) for the commitments to the
+//! self-mask seeds. Each share-encryption key is used for exactly one
 //! message (it is bound to the session and to the ordered pair of ids), so a fixed nonce is
 //! safe. Shamir sharing is a small implementation over the prime field `GF(2^61 − 1)`, see
 //! [`shamir`] for why no crate was used.
 //!
 //! # Threat model and limits
 //!
-//! This is the semi-honest ("honest-but-curious") version: the server follows the protocol but
-//! tries to learn individual updates from what it sees; clients may drop at any time. A server
-//! that lies about who dropped could ask different neighbours for different secrets of one
-//! client; the active-adversary version of Bonawitz et al. (signed messages and a consistency
-//! round) is not implemented. Secrets are not zeroised beyond what `x25519-dalek` does, and the
-//! field arithmetic of [`shamir`] is not constant-time.
+//! This is the semi-honest ("honest-but-curious") server version: the server follows the
+//! protocol but tries to learn individual updates from what it sees; clients may drop at any
+//! time. A server that lies about who dropped could ask different neighbours for different
+//! secrets of one client; the active-adversary version of Bonawitz et al. (signed messages and
+//! a consistency round) is not implemented.
+//!
+//! Against misbehaving *clients* the session is robust as long as the threshold allows: bad
+//! public keys drop their sender, a bad sealed share only breaks one pair, and a wrong revealed
+//! share is caught by the owner's commitment (or public key) and worked around or reported.
+//! A client can still spoil the sum with an arbitrary (in-range) input — secure aggregation
+//! hides inputs, it does not check them — or end the session by withholding shares another
+//! client's unmasking needs.
+//!
+//! Seeds, X25519 secrets (`x25519-dalek`'s `zeroize`), Shamir shares and polynomial
+//! coefficients, derived seeds and keys, opened plaintexts and the mask keystream buffers are
+//! zeroised when dropped (`zeroize`). Beyond that: the ChaCha20 generators are overwritten
+//! rather than zeroised (`chacha20`'s own `zeroize` feature would rebuild the burn stack), HKDF's
+//! internal state and copies the compiler makes on the stack are not wiped, and the field
+//! arithmetic of [`shamir`] is not constant-time.
 
 pub mod fixed_point;
 pub mod graph;
@@ -123,7 +152,7 @@ pub use messages::{
     AdvertiseKeys, ClientMessage, ForwardedShares, KeyDirectory, MaskedInput, PublicKeys, RevealedShare, Sealed,
     ServerMessage, ShareKeys, UnmaskRequest, UnmaskingShares,
 };
-pub use server::{SecAggOutput, SecAggServer, ServerPhase};
+pub use server::{SUBSET_BUDGET, SecAggOutput, SecAggServer, ServerPhase};
 pub use shamir::ShamirError;
 
 /// Length of a session id, of every seed and of every X25519 key, in bytes.
@@ -170,6 +199,9 @@ impl SecAggParams {
         if cohort_size < 2 {
             return Err(ParamsError::CohortTooSmall { cohort: cohort_size });
         }
+        if cohort_size > crate::protocol::bounded::MAX_COHORT {
+            return Err(ParamsError::CohortTooLarge { cohort: cohort_size });
+        }
         if k < 1 {
             return Err(ParamsError::NoNeighbours);
         }
@@ -198,6 +230,12 @@ pub enum ParamsError {
     /// Secure aggregation of fewer than two clients would reveal the one update.
     #[error("a cohort of {cohort} clients is too small for secure aggregation (at least 2)")]
     CohortTooSmall {
+        /// Clients in the cohort.
+        cohort: usize,
+    },
+    /// More clients than any session message may list (see [`crate::protocol::bounded`]).
+    #[error("a cohort of {cohort} clients exceeds the {} a session may hold", crate::protocol::bounded::MAX_COHORT)]
+    CohortTooLarge {
         /// Clients in the cohort.
         cohort: usize,
     },
@@ -253,14 +291,16 @@ pub enum ParamsError {
 /// to each client of the cohort ([`ServerMessage::Setup`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionSetup {
-    /// Public random id of the session chosen by the server: seeds the neighbour graph and binds
-    /// every derived key and ciphertext to this session.
+    /// Id of the session, unpredictable before the server sends it (derived from its secret key):
+    /// seeds the neighbour graph and binds every derived key, commitment and ciphertext to this
+    /// session.
     pub session_id: [u8; SEED_LEN],
     /// Protocol parameters.
     pub params: SecAggParams,
     /// Number of coordinates of every update.
     pub vector_len: usize,
     /// The cohort's client ids, strictly ascending.
+    #[serde(with = "crate::protocol::bounded::cohort")]
     pub cohort: Vec<u64>,
 }
 
@@ -285,9 +325,10 @@ impl SessionSetup {
 
 /// Why a secure-aggregation message, call or session was refused or failed.
 ///
-/// A refused message leaves the state machine as it was; failures of a whole session are the
-/// `TooFew*`, `Reconstruction` and `KeyMismatch` variants, after which the server is
-/// [`ServerPhase::Failed`].
+/// A refused message leaves the state machine as it was, except that a server drops the sender
+/// of refused keys (`WeakKey`, `ReusedKey`, `DuplicateKey`); failures of a whole session are the
+/// `TooFew*`, `Reconstruction`, `CommitmentMismatch` and `KeyMismatch` variants, after which the
+/// server is [`ServerPhase::Failed`].
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SecAggError {
     /// The session's parameters were refused.
@@ -344,11 +385,26 @@ pub enum SecAggError {
         /// The peer.
         peer: u64,
     },
-    /// A peer's public key is a low-order point: the key agreement would not be secret.
+    /// A peer's public key is not the canonical encoding of a point of large order (all-zero,
+    /// a small-order point, ≥ 2^255 − 19): the key agreement would not be secret.
     #[error("the public key of {peer} is not contributory")]
     WeakKey {
         /// The peer.
         peer: u64,
+    },
+    /// A client advertised the same key as its cipher key and its mask key.
+    #[error("client {peer} advertised one key for both purposes")]
+    ReusedKey {
+        /// The client.
+        peer: u64,
+    },
+    /// A client advertised a key another client of the session advertised too: both are dropped.
+    #[error("client {peer} advertised a key of client {other}")]
+    DuplicateKey {
+        /// The client whose message revealed the duplicate.
+        peer: u64,
+        /// The client that advertised the key first.
+        other: u64,
     },
     /// A client has fewer live neighbours than the threshold.
     #[error("{have} live neighbours, at least {need} needed")]
@@ -357,12 +413,6 @@ pub enum SecAggError {
         have: usize,
         /// `t`.
         need: usize,
-    },
-    /// A client's sealed shares are not addressed to exactly the neighbours it was given.
-    #[error("the shares of client {from} are not addressed to exactly its live neighbours")]
-    RecipientsMismatch {
-        /// The sender.
-        from: u64,
     },
     /// Sealed shares of a peer have the wrong length or fail authentication.
     #[error("the sealed shares of {peer} do not open")]
@@ -458,9 +508,17 @@ pub enum SecAggError {
         /// Why.
         source: ShamirError,
     },
-    /// The rebuilt mask key of a dropped client does not match the public key it advertised.
-    #[error("the rebuilt mask key of {owner} does not match its public key")]
+    /// No `t` of the revealed shares of a dropped client's mask key rebuild the key matching
+    /// the public key it advertised: its neighbours revealed wrong shares.
+    #[error("no threshold subset of the revealed mask-key shares of client {owner} matches its public key")]
     KeyMismatch {
+        /// The owner.
+        owner: u64,
+    },
+    /// No `t` of the revealed shares of a survivor's self-mask seed rebuild a seed matching the
+    /// commitment it sent: its neighbours revealed wrong shares.
+    #[error("no threshold subset of the revealed self-mask shares of client {owner} matches its commitment")]
+    CommitmentMismatch {
         /// The owner.
         owner: u64,
     },

@@ -143,6 +143,7 @@ fn secure_config(min_clients: usize, neighbours: usize) -> CoordinatorConfig {
         // Everyone joins before the round starts.
         round_interval: Duration::from_secs(1),
         secure: Some(SecureConfig { neighbours, threshold: 0, clip_range: 1.0, scale_bits: 16, phase_timeout: PHASE }),
+        noise_key: Some(NoiseKey([5; 32])),
         ..CoordinatorConfig::default()
     }
 }
@@ -254,6 +255,52 @@ fn secure_configurations_without_privacy_or_that_cannot_work_are_refused() {
     };
     assert!(matches!(compressed.validate(), Err(ConfigError::Incompatible(_))));
     assert_eq!(secure_config(4, 0).validate(), Ok(()));
+    // Without a secret key the session ids would follow from the public seed.
+    let keyless = CoordinatorConfig { noise_key: None, ..secure_config(4, 0) };
+    assert!(matches!(keyless.validate(), Err(ConfigError::Incompatible(reason)) if reason.contains("secret key")));
+}
+
+/// The session id of round 1's secure session, as the coordinator's `Setup` carries it.
+fn first_session_id(config: CoordinatorConfig) -> [u8; secagg::SEED_LEN] {
+    let t0 = Instant::now();
+    let mut coordinator = coordinator(config);
+    for conn in [ConnectionId(1), ConnectionId(2), ConnectionId(3)] {
+        coordinator.handle_connect(conn, t0);
+        let join = ClientMessage::Join {
+            protocol_version: crate::protocol::PROTOCOL_VERSION,
+            client_name: "x".into(),
+            auth_token: None,
+        };
+        coordinator.handle_message(conn, join, t0);
+    }
+    let mut now = t0;
+    for _ in 0..4 {
+        now = coordinator.poll_timeout().unwrap_or(now).max(now);
+        coordinator.handle_timeout(now);
+        while let Some((_, message)) = coordinator.poll_transmit() {
+            if let crate::protocol::CoordinatorMessage::SecAgg {
+                round: 1,
+                message: secagg::ServerMessage::Setup(setup),
+            } = message
+            {
+                return setup.session_id;
+            }
+        }
+    }
+    panic!("no secure session opened");
+}
+
+#[test]
+fn secure_session_ids_come_from_the_coordinator_key_not_the_seed() {
+    let keyed = |key: u8| CoordinatorConfig { noise_key: Some(NoiseKey([key; 32])), ..secure_config(3, 0) };
+    let a = first_session_id(keyed(1));
+    assert_eq!(a, NoiseKey([1; 32]).secagg_session_id(1));
+    assert_eq!(a, first_session_id(keyed(1)), "one key, one id per round");
+    // Same public seed, another key: another id, so the seed does not determine it.
+    let b = first_session_id(keyed(2));
+    assert_ne!(a, b);
+    let reseeded = CoordinatorConfig { seed: 77, ..keyed(1) };
+    assert_eq!(first_session_id(reseeded), a, "the public seed plays no part");
 }
 
 /// Runs one plain round of three clients under `config`.

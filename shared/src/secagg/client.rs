@@ -6,6 +6,7 @@ use std::fmt;
 use chacha20::ChaCha20Rng;
 use chacha20::rand_core::{Rng, SeedableRng};
 use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroizing;
 
 use super::messages::{
     AdvertiseKeys, ClientMessage, ForwardedShares, KeyDirectory, MaskedInput, PublicKeys, RevealedShare, Sealed,
@@ -49,18 +50,29 @@ impl ClientPhase {
 ///
 /// Each `handle_*` either refuses its input with a [`SecAggError`], leaving the client as it
 /// was, or moves to the next [`ClientPhase`] and returns the answer to send to the server.
+/// A neighbour whose keys are unusable (low-order, repeated) or whose sealed shares do not open
+/// is not an error: only that pair is affected, and the session goes on with the others as long
+/// as the threshold allows.
+///
+/// Secrets are wiped when the client is dropped: the X25519 secrets (`x25519-dalek`'s
+/// `zeroize`), the self-mask seed, the pairwise seeds and the held shares ([`Zeroizing`],
+/// [`Share`]); the generator that drew them is overwritten once its last draw is made.
 pub struct SecAggClient {
     id: u64,
     setup: SessionSetup,
     graph: NeighbourGraph,
     phase: ClientPhase,
+    /// Draws the Shamir coefficients; overwritten once they are drawn, and on drop.
     rng: ChaCha20Rng,
     cipher_secret: StaticSecret,
     mask_secret: StaticSecret,
-    self_seed: [u8; SEED_LEN],
-    /// Neighbours whose keys arrived (the client's share holders) with their pairwise mask seeds.
-    directory: BTreeMap<u64, (PublicKeys, [u8; 32])>,
-    /// Neighbours whose shares arrived: (share of `b_v`, share of `s_sk_v`).
+    self_seed: Zeroizing<[u8; SEED_LEN]>,
+    /// Usable neighbours of the directory (the client's share holders) with their pairwise mask
+    /// seeds.
+    directory: BTreeMap<u64, (PublicKeys, prg::Seed)>,
+    /// Neighbours the server forwarded shares from: the client masks with each of them.
+    partners: BTreeSet<u64>,
+    /// Partners whose shares opened: (share of `b_v`, share of `s_sk_v`).
     held: BTreeMap<u64, (Share, Share)>,
 }
 
@@ -70,8 +82,15 @@ impl fmt::Debug for SecAggClient {
             .field("id", &self.id)
             .field("phase", &self.phase)
             .field("directory", &self.directory.keys().collect::<Vec<_>>())
+            .field("partners", &self.partners)
             .field("held", &self.held.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for SecAggClient {
+    fn drop(&mut self) {
+        prg::wipe_rng(&mut self.rng);
     }
 }
 
@@ -80,19 +99,20 @@ impl SecAggClient {
     /// polynomials) are drawn from ChaCha20 seeded with `rng_seed`, which the caller takes from
     /// a CSPRNG and never reuses.
     pub fn new(id: u64, setup: SessionSetup, rng_seed: [u8; SEED_LEN]) -> Result<Self, SecAggError> {
+        let rng_seed = Zeroizing::new(rng_seed);
         setup.validate()?;
         if setup.cohort.binary_search(&id).is_err() {
             return Err(SecAggError::NotInCohort { id });
         }
         let graph = setup.graph()?;
-        let mut rng = ChaCha20Rng::from_seed(rng_seed);
+        let mut rng = ChaCha20Rng::from_seed(*rng_seed);
         let mut draw = || {
-            let mut bytes = [0u8; SEED_LEN];
-            rng.fill_bytes(&mut bytes);
+            let mut bytes = Zeroizing::new([0u8; SEED_LEN]);
+            rng.fill_bytes(bytes.as_mut_slice());
             bytes
         };
-        let cipher_secret = StaticSecret::from(draw());
-        let mask_secret = StaticSecret::from(draw());
+        let cipher_secret = StaticSecret::from(*draw());
+        let mask_secret = StaticSecret::from(*draw());
         let self_seed = draw();
         Ok(Self {
             id,
@@ -104,6 +124,7 @@ impl SecAggClient {
             mask_secret,
             self_seed,
             directory: BTreeMap::new(),
+            partners: BTreeSet::new(),
             held: BTreeMap::new(),
         })
     }
@@ -128,6 +149,22 @@ impl SecAggClient {
         self.graph.neighbours(self.id).unwrap_or(&[])
     }
 
+    /// The neighbours the client sent its shares to (those of the directory whose keys were
+    /// usable), ascending.
+    pub fn holders(&self) -> impl Iterator<Item = u64> + '_ {
+        self.directory.keys().copied()
+    }
+
+    /// The neighbours the client masks with (the server forwarded their shares), ascending.
+    pub fn partners(&self) -> impl Iterator<Item = u64> + '_ {
+        self.partners.iter().copied()
+    }
+
+    /// The partners whose shares the client holds, ascending.
+    pub fn held(&self) -> impl Iterator<Item = u64> + '_ {
+        self.held.keys().copied()
+    }
+
     fn require(&self, phase: ClientPhase, message: &'static str) -> Result<(), SecAggError> {
         if self.phase == phase {
             Ok(())
@@ -136,38 +173,62 @@ impl SecAggClient {
         }
     }
 
+    fn public_keys(&self) -> PublicKeys {
+        PublicKeys {
+            cipher_key: PublicKey::from(&self.cipher_secret).to_bytes(),
+            mask_key: PublicKey::from(&self.mask_secret).to_bytes(),
+        }
+    }
+
     /// Phase 1: the public keys to send.
     pub fn advertise_keys(&mut self) -> Result<AdvertiseKeys, SecAggError> {
         self.require(ClientPhase::AdvertiseKeys, "advertise_keys")?;
         self.phase = ClientPhase::AwaitingKeys;
-        Ok(AdvertiseKeys {
-            keys: PublicKeys {
-                cipher_key: PublicKey::from(&self.cipher_secret).to_bytes(),
-                mask_key: PublicKey::from(&self.mask_secret).to_bytes(),
-            },
-        })
+        Ok(AdvertiseKeys { keys: self.public_keys() })
     }
 
-    /// Phase 2: shares the self-mask seed and the mask key among the neighbours of the
-    /// directory and seals each neighbour's pair.
+    /// Phase 2: shares the self-mask seed and the mask key among the usable neighbours of the
+    /// directory, seals each neighbour's pair and commits to the self-mask seed.
+    ///
+    /// A neighbour is left out (treated as dropped) when one of its keys is not a valid
+    /// public key or gives a non-contributory agreement, when its two keys are equal, or when
+    /// a key of its equals one of this client's or another neighbour's (all of those are).
     pub fn handle_key_directory(&mut self, msg: &KeyDirectory) -> Result<ShareKeys, SecAggError> {
         self.require(ClientPhase::AwaitingKeys, "KeyDirectory")?;
         let session = self.setup.session_id;
         let t = self.setup.params.threshold;
-        let mut directory = BTreeMap::new();
-        let mut ciphers = Vec::with_capacity(msg.keys.len());
-        for &(peer, keys) in &msg.keys {
+        let mut seen = BTreeSet::new();
+        for &(peer, _) in &msg.keys {
             if peer == self.id || !self.graph.are_neighbours(self.id, peer) {
                 return Err(SecAggError::NotANeighbour { peer });
             }
-            if directory.contains_key(&peer) {
+            if !seen.insert(peer) {
                 return Err(SecAggError::DuplicatePeer { peer });
             }
-            let weak = SecAggError::WeakKey { peer };
-            let pairwise = prg::pairwise_seed(&session, &self.mask_secret, &keys.mask_key, self.id, peer)?
-                .ok_or_else(|| weak.clone())?;
-            let cipher =
-                prg::share_cipher(&session, &self.cipher_secret, &keys.cipher_key, self.id, peer)?.ok_or(weak)?;
+        }
+        // Keys held by more than one party of the directory (this client included).
+        let own = self.public_keys();
+        let mut owners: BTreeMap<[u8; 32], usize> = BTreeMap::new();
+        for keys in msg.keys.iter().map(|(_, k)| k).chain(std::iter::once(&own)) {
+            for key in [keys.cipher_key, keys.mask_key] {
+                *owners.entry(key).or_default() += 1;
+            }
+        }
+        let shared = |key: &[u8; 32]| owners.get(key).is_some_and(|&n| n > 1);
+        let mut directory = BTreeMap::new();
+        let mut ciphers = Vec::with_capacity(msg.keys.len());
+        for &(peer, keys) in &msg.keys {
+            let valid = prg::is_valid_public_key(&keys.cipher_key) && prg::is_valid_public_key(&keys.mask_key);
+            if !valid || keys.cipher_key == keys.mask_key || shared(&keys.cipher_key) || shared(&keys.mask_key) {
+                continue;
+            }
+            let Some(pairwise) = prg::pairwise_seed(&session, &self.mask_secret, &keys.mask_key, self.id, peer)? else {
+                continue;
+            };
+            let Some(cipher) = prg::share_cipher(&session, &self.cipher_secret, &keys.cipher_key, self.id, peer)?
+            else {
+                continue;
+            };
             directory.insert(peer, (keys, pairwise));
             ciphers.push((peer, cipher));
         }
@@ -188,34 +249,48 @@ impl SecAggClient {
                 Ok(Sealed { peer: *peer, ciphertext: prg::seal(cipher, &session, self.id, *peer, (b, s))? })
             })
             .collect::<Result<Vec<_>, SecAggError>>()?;
+        // Every secret is drawn: nothing may regenerate them from the generator's state.
+        prg::wipe_rng(&mut self.rng);
+        let commitment = prg::self_mask_commitment(&session, self.id, &self.self_seed);
         self.directory = directory;
         self.phase = ClientPhase::AwaitingShares;
-        Ok(ShareKeys { sealed })
+        Ok(ShareKeys { sealed, commitment })
     }
 
     /// Phase 2, end: opens and keeps the shares the neighbours sent.
+    ///
+    /// Every neighbour of the directory named once is a partner (the client masks with it, as
+    /// it does with this client); entries naming another peer or naming one twice are ignored.
+    /// A partner whose shares do not open or carry the wrong index is reported
+    /// ([`MaskedInput::missing`]) instead of failing the others. Refused only with fewer than
+    /// `t` partners, which an honest server never sends.
     pub fn handle_forwarded_shares(&mut self, msg: &ForwardedShares) -> Result<(), SecAggError> {
         self.require(ClientPhase::AwaitingShares, "ForwardedShares")?;
         let session = self.setup.session_id;
         let t = self.setup.params.threshold;
-        let mut held = BTreeMap::new();
+        let mut named: BTreeMap<u64, usize> = BTreeMap::new();
         for sealed in &msg.sealed {
+            *named.entry(sealed.peer).or_default() += 1;
+        }
+        let partners: BTreeSet<u64> =
+            named.iter().filter(|&(peer, &n)| n == 1 && self.directory.contains_key(peer)).map(|(&p, _)| p).collect();
+        if partners.len() < t {
+            return Err(SecAggError::TooFewNeighbours { have: partners.len(), need: t });
+        }
+        let mut held = BTreeMap::new();
+        for sealed in msg.sealed.iter().filter(|s| partners.contains(&s.peer)) {
             let peer = sealed.peer;
-            let (keys, _) = self.directory.get(&peer).ok_or(SecAggError::NotANeighbour { peer })?;
-            if held.contains_key(&peer) {
-                return Err(SecAggError::DuplicatePeer { peer });
+            let Some((keys, _)) = self.directory.get(&peer) else { continue };
+            let Some(cipher) = prg::share_cipher(&session, &self.cipher_secret, &keys.cipher_key, peer, self.id)?
+            else {
+                continue;
+            };
+            let Ok((b, s)) = prg::open(&cipher, &session, peer, self.id, &sealed.ciphertext) else { continue };
+            if Some(b.x) == self.graph.share_index(peer, self.id) {
+                held.insert(peer, (b, s));
             }
-            let cipher = prg::share_cipher(&session, &self.cipher_secret, &keys.cipher_key, peer, self.id)?
-                .ok_or(SecAggError::WeakKey { peer })?;
-            let (b, s) = prg::open(&cipher, &session, peer, self.id, &sealed.ciphertext)?;
-            if Some(b.x) != self.graph.share_index(peer, self.id) {
-                return Err(SecAggError::MalformedShare { peer });
-            }
-            held.insert(peer, (b, s));
         }
-        if held.len() < t {
-            return Err(SecAggError::TooFewNeighbours { have: held.len(), need: t });
-        }
+        self.partners = partners;
         self.held = held;
         self.phase = ClientPhase::ReadyForInput;
         Ok(())
@@ -230,13 +305,14 @@ impl SecAggClient {
         let mut masked = encoded.to_vec();
         let seed = prg::self_mask_seed(&self.setup.session_id, self.id, &self.self_seed)?;
         prg::apply_mask(&mut masked, &seed, false);
-        for peer in self.held.keys() {
+        for peer in &self.partners {
             let (_, pairwise) = self.directory.get(peer).ok_or(SecAggError::NotANeighbour { peer: *peer })?;
             // + towards larger ids, − towards smaller: the two sides cancel.
             prg::apply_mask(&mut masked, pairwise, self.id > *peer);
         }
+        let missing = self.partners.iter().copied().filter(|p| !self.held.contains_key(p)).collect();
         self.phase = ClientPhase::AwaitingUnmask;
-        Ok(MaskedInput { masked })
+        Ok(MaskedInput { masked, missing })
     }
 
     /// Phase 3 from f32 values: encodes `weight · values` (clipped, rounded to nearest) with the
@@ -247,14 +323,15 @@ impl SecAggClient {
         self.masked_input(&encoded)
     }
 
-    /// Phase 4: reveals the shares of the surviving neighbours' self masks and of the dropped
-    /// neighbours' mask keys, never both for one peer.
+    /// Phase 4: reveals the shares of the surviving partners' self masks and of the dropped
+    /// partners' mask keys, never both for one peer (and nothing for the partners whose shares
+    /// it does not hold).
     pub fn handle_unmask_request(&mut self, msg: &UnmaskRequest) -> Result<UnmaskingShares, SecAggError> {
         self.require(ClientPhase::AwaitingUnmask, "UnmaskRequest")?;
         let t = self.setup.params.threshold;
         let mut survivors = BTreeSet::new();
         for &peer in &msg.survivors {
-            if !self.held.contains_key(&peer) {
+            if !self.partners.contains(&peer) {
                 return Err(SecAggError::UnmaskMismatch { peer });
             }
             if !survivors.insert(peer) {
@@ -266,14 +343,14 @@ impl SecAggClient {
             if survivors.contains(&peer) {
                 return Err(SecAggError::RevealBoth { peer });
             }
-            if !self.held.contains_key(&peer) {
+            if !self.partners.contains(&peer) {
                 return Err(SecAggError::UnmaskMismatch { peer });
             }
             if !dropped.insert(peer) {
                 return Err(SecAggError::DuplicatePeer { peer });
             }
         }
-        if let Some(&peer) = self.held.keys().find(|p| !survivors.contains(*p) && !dropped.contains(*p)) {
+        if let Some(&peer) = self.partners.iter().find(|p| !survivors.contains(*p) && !dropped.contains(*p)) {
             return Err(SecAggError::UnmaskMismatch { peer });
         }
         if survivors.len() < t {
@@ -285,7 +362,10 @@ impl SecAggClient {
                 .filter_map(|&owner| self.held.get(&owner).map(|pair| RevealedShare { owner, share: pick(pair) }))
                 .collect()
         };
-        let answer = UnmaskingShares { self_mask: reveal(&survivors, |p| p.0), mask_key: reveal(&dropped, |p| p.1) };
+        let answer = UnmaskingShares {
+            self_mask: reveal(&survivors, |p| p.0.clone()),
+            mask_key: reveal(&dropped, |p| p.1.clone()),
+        };
         self.phase = ClientPhase::Done;
         Ok(answer)
     }

@@ -1,5 +1,8 @@
 //! The messages of a secure-aggregation session, serde-serialisable (bincode on the wire).
 //!
+//! Every list is bounded on decoding ([`crate::protocol::bounded`]): at most one entry per
+//! client of the largest session, at most one sealed share pair's bytes per ciphertext.
+//!
 //! Client ids are the cohort's `u64` ids; every message names its sender implicitly (the
 //! connection it arrives on) and the server addresses each of its messages to one client.
 
@@ -28,6 +31,7 @@ pub struct AdvertiseKeys {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyDirectory {
     /// `(neighbour id, its keys)`, ascending by id.
+    #[serde(with = "crate::protocol::bounded::cohort")]
     pub keys: Vec<(u64, PublicKeys)>,
 }
 
@@ -37,20 +41,29 @@ pub struct Sealed {
     /// The recipient in [`ShareKeys`], the sender in [`ForwardedShares`].
     pub peer: u64,
     /// ChaCha20-Poly1305 ciphertext of the two shares and its tag.
+    #[serde(with = "crate::protocol::bounded::sealed_bytes")]
     pub ciphertext: Vec<u8>,
 }
 
-/// Phase 2, client → server: the client's shares for each neighbour of its directory, sealed.
+/// Phase 2, client → server: the client's shares for each usable neighbour of its directory,
+/// sealed, and its commitment to its self-mask seed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShareKeys {
-    /// One entry per neighbour, addressed by [`Sealed::peer`].
+    /// One entry per neighbour, addressed by [`Sealed::peer`]. Neighbours whose keys the client
+    /// found unusable (low-order, repeated) are left out: the pair is treated as dropped.
+    #[serde(with = "crate::protocol::bounded::cohort")]
     pub sealed: Vec<Sealed>,
+    /// `SHA-256(label ‖ session id ‖ client id ‖ b_u)`: the server checks the self-mask seed it
+    /// rebuilds from revealed shares against it.
+    pub commitment: [u8; 32],
 }
 
-/// Phase 2, server → client: the sealed shares the recipient's live neighbours sent it.
+/// Phase 2, server → client: the sealed shares the recipient's live neighbours sent it, one per
+/// neighbour that exchanged shares with it both ways (its *partners*: it masks with each).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForwardedShares {
     /// One entry per sender ([`Sealed::peer`]).
+    #[serde(with = "crate::protocol::bounded::cohort")]
     pub sealed: Vec<Sealed>,
 }
 
@@ -61,20 +74,26 @@ pub struct MaskedInput {
     /// byte string, four bytes per word).
     #[serde(with = "crate::params::le_words")]
     pub masked: Vec<u32>,
+    /// Partners whose sealed shares did not open (or were malformed), ascending: the client
+    /// masked with them but holds none of their shares, so it cannot help rebuild their secrets.
+    #[serde(with = "crate::protocol::bounded::cohort")]
+    pub missing: Vec<u64>,
 }
 
-/// Phase 4, server → client: which of the recipient's neighbours (those whose shares it holds)
-/// sent their masked input and which did not.
+/// Phase 4, server → client: which of the recipient's partners sent their masked input and
+/// which did not.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnmaskRequest {
-    /// Neighbours whose input was folded: reveal their self-mask shares.
+    /// Partners whose input was folded: reveal their self-mask shares (where held).
+    #[serde(with = "crate::protocol::bounded::cohort")]
     pub survivors: Vec<u64>,
-    /// Neighbours whose input is missing: reveal their mask-key shares.
+    /// Partners whose input is missing: reveal their mask-key shares (where held).
+    #[serde(with = "crate::protocol::bounded::cohort")]
     pub dropped: Vec<u64>,
 }
 
 /// One revealed share of a peer's secret.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevealedShare {
     /// The owner of the secret.
     pub owner: u64,
@@ -82,12 +101,15 @@ pub struct RevealedShare {
     pub share: Share,
 }
 
-/// Phase 4, client → server: the shares asked for by an [`UnmaskRequest`].
+/// Phase 4, client → server: the shares asked for by an [`UnmaskRequest`], except those of the
+/// partners the client reported [`MaskedInput::missing`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnmaskingShares {
     /// Shares of the self-mask seeds `b_v` of the surviving neighbours.
+    #[serde(with = "crate::protocol::bounded::cohort")]
     pub self_mask: Vec<RevealedShare>,
     /// Shares of the mask keys `s_sk_v` of the dropped neighbours.
+    #[serde(with = "crate::protocol::bounded::cohort")]
     pub mask_key: Vec<RevealedShare>,
 }
 

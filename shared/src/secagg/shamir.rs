@@ -15,9 +15,12 @@
 //! directly; indices run up to `2^61 − 2`, so any neighbour count works.
 //!
 //! The arithmetic is not constant-time (conditional subtractions); shares are only computed
-//! once per session by their owner and combined by the server.
+//! once per session by their owner and combined by the server. Shares, polynomial
+//! coefficients, limbs and rebuilt secrets are zeroised when dropped ([`Share`] wipes itself,
+//! the rest lives in [`Zeroizing`] buffers).
 
 use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use chacha20::rand_core::Rng;
 
@@ -33,7 +36,9 @@ pub const LIMBS: usize = 5;
 const LIMB_BYTES: usize = 7;
 
 /// One holder's share of a secret: the evaluations of the [`LIMBS`] polynomials at `x`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Not `Copy`, and wiped when dropped: `t` shares are the secret. Its `Debug` shows `x` only.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Share {
     /// The evaluation point, nonzero and below [`P`]; distinct for the holders of one secret.
     pub x: u64,
@@ -47,6 +52,27 @@ impl Share {
         valid_index(self.x) && self.y.iter().all(|&y| y < P)
     }
 }
+
+impl std::fmt::Debug for Share {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Share").field("x", &self.x).finish_non_exhaustive()
+    }
+}
+
+impl Zeroize for Share {
+    fn zeroize(&mut self) {
+        self.x.zeroize();
+        self.y.zeroize();
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        self.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for Share {}
 
 /// Why a secret could not be split or rebuilt.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -111,15 +137,17 @@ pub fn split<R: Rng + ?Sized>(
     check_indices(xs.iter().copied())?;
     let limbs = to_limbs(secret);
     // coefficients[l] = [limb, a_1, …, a_{t−1}] for limb l.
-    let coefficients: Vec<Vec<u64>> = limbs
-        .iter()
-        .map(|&limb| std::iter::once(limb).chain((1..threshold).map(|_| random_element(rng))).collect())
-        .collect();
+    let coefficients: Zeroizing<Vec<Vec<u64>>> = Zeroizing::new(
+        limbs
+            .iter()
+            .map(|&limb| std::iter::once(limb).chain((1..threshold).map(|_| random_element(rng))).collect())
+            .collect(),
+    );
     Ok(xs
         .iter()
         .map(|&x| {
             let mut y = [0; LIMBS];
-            for (yl, coeffs) in y.iter_mut().zip(&coefficients) {
+            for (yl, coeffs) in y.iter_mut().zip(coefficients.iter()) {
                 *yl = coeffs.iter().rev().fold(0, |acc, &c| add(mul(acc, x), c));
             }
             Share { x, y }
@@ -128,7 +156,7 @@ pub fn split<R: Rng + ?Sized>(
 }
 
 /// Rebuilds a secret from at least `threshold` shares (the first `threshold` are used).
-pub fn combine(shares: &[Share], threshold: usize) -> Result<[u8; SECRET_LEN], ShamirError> {
+pub fn combine(shares: &[Share], threshold: usize) -> Result<Zeroizing<[u8; SECRET_LEN]>, ShamirError> {
     if threshold == 0 {
         return Err(ShamirError::ZeroThreshold);
     }
@@ -139,20 +167,27 @@ pub fn combine(shares: &[Share], threshold: usize) -> Result<[u8; SECRET_LEN], S
     if let Some(bad) = shares.iter().find(|s| s.y.iter().any(|&y| y >= P)) {
         return Err(ShamirError::ValueOutOfField { x: bad.x });
     }
-    from_limbs(&interpolate_at_zero(&shares[..threshold]))
+    let first: Vec<&Share> = shares[..threshold].iter().collect();
+    from_limbs(&interpolate_at_zero(&first))
 }
 
 /// Lagrange interpolation at 0 of the polynomials through `shares`, whatever their number
 /// (no validation: indices must be distinct, nonzero field elements).
-pub(crate) fn interpolate_at_zero(shares: &[Share]) -> [u64; LIMBS] {
-    let mut limbs = [0; LIMBS];
+pub(crate) fn interpolate_at_zero(shares: &[&Share]) -> Zeroizing<[u64; LIMBS]> {
+    interpolate_at(shares, 0)
+}
+
+/// Lagrange interpolation at `x` of the polynomials through `shares` (no validation: indices
+/// must be distinct field elements).
+pub(crate) fn interpolate_at(shares: &[&Share], x: u64) -> Zeroizing<[u64; LIMBS]> {
+    let mut limbs = Zeroizing::new([0; LIMBS]);
     for (j, sj) in shares.iter().enumerate() {
-        // λ_j = Π_{m≠j} x_m / (x_m − x_j)
+        // λ_j = Π_{m≠j} (x − x_m) / (x_j − x_m)
         let (mut num, mut den) = (1, 1);
         for (m, sm) in shares.iter().enumerate() {
             if m != j {
-                num = mul(num, sm.x);
-                den = mul(den, sub(sm.x, sj.x));
+                num = mul(num, sub(x, sm.x));
+                den = mul(den, sub(sj.x, sm.x));
             }
         }
         let lambda = mul(num, inverse(den));
@@ -161,6 +196,58 @@ pub(crate) fn interpolate_at_zero(shares: &[Share]) -> [u64; LIMBS] {
         }
     }
     limbs
+}
+
+/// Rebuilds a secret from the `threshold` shares of `subset` (indices into `shares`, already
+/// validated: distinct nonzero indices, values in the field).
+pub(crate) fn combine_subset(shares: &[&Share], subset: &[usize]) -> Result<Zeroizing<[u8; SECRET_LEN]>, ShamirError> {
+    let chosen: Vec<&Share> = subset.iter().filter_map(|&i| shares.get(i).copied()).collect();
+    from_limbs(&interpolate_at_zero(&chosen))
+}
+
+/// Whether `share` lies on the polynomials through the shares `subset` of `shares`.
+pub(crate) fn consistent(shares: &[&Share], subset: &[usize], share: &Share) -> bool {
+    let chosen: Vec<&Share> = subset.iter().filter_map(|&i| shares.get(i).copied()).collect();
+    *interpolate_at(&chosen, share.x) == share.y
+}
+
+/// Calls `accept` on `threshold`-subsets of `0..len` (as sorted index lists), the first
+/// `threshold` indices first, then by increasing largest index (so a subset avoiding one bad
+/// share among the first `threshold + 1` comes within `threshold + 1` tries), until it returns
+/// `true` or `budget` subsets were tried. Returns the accepted subset.
+pub(crate) fn search_subsets(
+    len: usize,
+    threshold: usize,
+    budget: usize,
+    mut accept: impl FnMut(&[usize]) -> bool,
+) -> Option<Vec<usize>> {
+    if threshold == 0 || threshold > len {
+        return None;
+    }
+    let mut tried = 0;
+    // Subsets whose largest index is `last`: every (t − 1)-subset of 0..last, plus `last`.
+    for last in threshold - 1..len {
+        let k = threshold - 1;
+        let mut combo: Vec<usize> = (0..k).collect();
+        loop {
+            if tried == budget {
+                return None;
+            }
+            tried += 1;
+            let mut subset = combo.clone();
+            subset.push(last);
+            if accept(&subset) {
+                return Some(subset);
+            }
+            // Next k-combination of 0..last in lexicographic order.
+            let Some(i) = (0..k).rev().find(|&i| combo[i] < last - k + i) else { break };
+            combo[i] += 1;
+            for j in i + 1..k {
+                combo[j] = combo[j - 1] + 1;
+            }
+        }
+    }
+    None
 }
 
 fn valid_index(x: u64) -> bool {
@@ -180,18 +267,18 @@ fn check_indices(xs: impl Iterator<Item = u64>) -> Result<(), ShamirError> {
     Ok(())
 }
 
-fn to_limbs(secret: &[u8; SECRET_LEN]) -> [u64; LIMBS] {
-    let mut limbs = [0; LIMBS];
+fn to_limbs(secret: &[u8; SECRET_LEN]) -> Zeroizing<[u64; LIMBS]> {
+    let mut limbs = Zeroizing::new([0; LIMBS]);
     for (limb, chunk) in limbs.iter_mut().zip(secret.chunks(LIMB_BYTES)) {
-        let mut bytes = [0u8; 8];
+        let mut bytes = Zeroizing::new([0u8; 8]);
         bytes[..chunk.len()].copy_from_slice(chunk);
-        *limb = u64::from_le_bytes(bytes);
+        *limb = u64::from_le_bytes(*bytes);
     }
     limbs
 }
 
-fn from_limbs(limbs: &[u64; LIMBS]) -> Result<[u8; SECRET_LEN], ShamirError> {
-    let mut secret = [0u8; SECRET_LEN];
+fn from_limbs(limbs: &[u64; LIMBS]) -> Result<Zeroizing<[u8; SECRET_LEN]>, ShamirError> {
+    let mut secret = Zeroizing::new([0u8; SECRET_LEN]);
     for (limb, chunk) in limbs.iter().zip(secret.chunks_mut(LIMB_BYTES)) {
         if limb >> (8 * chunk.len()) != 0 {
             return Err(ShamirError::NotASecret);

@@ -4,3 +4,4 @@ mod harness;
 mod malformed;
 mod primitives;
 mod protocol;
+mod robustness;

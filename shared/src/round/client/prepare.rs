@@ -78,9 +78,9 @@ impl Preparer {
         id: u64,
         setup: SessionSetup,
     ) -> Result<ClientMessage, secagg::SecAggError> {
-        let mut seed = [0u8; 32];
-        rand_core::Rng::fill_bytes(&mut self.rng, &mut seed);
-        let mut client = SecAggClient::new(id, setup, seed)?;
+        let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+        rand_core::Rng::fill_bytes(&mut self.rng, seed.as_mut_slice());
+        let mut client = SecAggClient::new(id, setup, *seed)?;
         let keys = client.advertise_keys()?;
         let pending = self.early.take().filter(|(r, _)| *r == round).map(|(_, values)| values);
         self.secure = Some(SecureRound { round, client, pending });
