@@ -297,6 +297,23 @@ pub struct Options {
     /// δ of the (ε, δ) reported [default: 1e-5].
     #[arg(long, value_name = "DELTA")]
     pub dp_delta: Option<f64>,
+    /// Live sessions per identity (client certificate, else auth token): a new session closes
+    /// the oldest beyond this many, so a device that reconnects replaces its half-dead session
+    /// and one leaked credential cannot open thousands; 0 = no limit (a fleet sharing one
+    /// token) [default: 1].
+    #[arg(long, value_name = "N")]
+    pub sessions_per_identity: Option<usize>,
+    /// Slowest transfer served, KiB/s: a frame must arrive (or be sent) within 10 s plus its
+    /// size at this rate, or the connection is closed — a peer trickling an upload cannot hold
+    /// an upload slot, nor a peer that never reads hold a send [default: 64].
+    #[arg(long, value_name = "KIB_PER_S")]
+    pub min_upload_rate: Option<u32>,
+    /// Most connections open at once, handshakes included; more are refused [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Most connections open at once from one IP address [default: 256].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_address: Option<usize>,
     /// Secure aggregation (SecAgg+): the coordinator only sees masked updates and their sum.
     #[arg(long)]
     #[serde(default)]
@@ -374,6 +391,29 @@ pub struct Config {
     pub concurrent_uploads: usize,
     /// Flow-control windows and MTU ceiling (`receive_window` is the idle window).
     pub tuning: Tuning,
+    /// What one peer may take of the coordinator.
+    pub limits: Limits,
+}
+
+/// Bounds on what peers may take of the coordinator (connections, time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Slowest transfer served, bytes per second.
+    pub min_rate: u32,
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// Connections open at once from one IP address.
+    pub per_address: usize,
+}
+
+impl Limits {
+    /// Grace every frame gets on top of its size at [`Limits::min_rate`].
+    pub const FRAME_GRACE: Duration = Duration::from_secs(10);
+
+    /// Time a frame of `bytes` may take to arrive or leave.
+    pub fn frame_deadline(&self, bytes: usize) -> Duration {
+        Self::FRAME_GRACE + Duration::from_secs_f64(bytes as f64 / f64::from(self.min_rate.max(1)))
+    }
 }
 
 macro_rules! prefer {
@@ -393,7 +433,8 @@ impl Options {
             round_deadline, round_interval, join_timeout, rounds, vector_len, max_frame_mib, eval_data, strategy, server_lr, server_step, serve_average, max_samples_per_update,
             beta1, beta2, tau, trim_fraction, byzantine, multi_krum_m, clip_norm, outlier_norm, max_held_updates,
             mode, buffer_size, max_staleness, concurrent_uploads, idle_window_kib, upload_window_kib,
-            max_udp_payload, gso_segments, compression, dp_noise_multiplier, dp_clip, dp_noise, dp_delta, secagg_neighbours,
+            max_udp_payload, gso_segments, sessions_per_identity, min_upload_rate, max_connections,
+            max_connections_per_address, compression, dp_noise_multiplier, dp_clip, dp_noise, dp_delta, secagg_neighbours,
             secagg_threshold, secagg_clip_range, secagg_scale_bits, secagg_phase_timeout);
         let secure_aggregation = self.secure_aggregation || file.secure_aggregation;
         let allow_anonymous = self.allow_anonymous || file.allow_anonymous;
@@ -496,6 +537,7 @@ impl Options {
             // Drawn afresh at every start and kept nowhere: central DP noise nobody can replay.
             noise_key: flotilla_net::tls::os_random().map(flotilla::privacy::NoiseKey),
             max_samples_per_update: self.max_samples_per_update,
+            sessions_per_identity: self.sessions_per_identity.unwrap_or(1),
             ..CoordinatorConfig::default()
         };
         rounds.validate().context("invalid round settings")?;
@@ -519,6 +561,18 @@ impl Options {
         let max_udp_payload = self.max_udp_payload.unwrap_or(ETHERNET_UDP_PAYLOAD);
         if !(1200..=MAX_UDP_PAYLOAD).contains(&max_udp_payload) {
             bail!("--max-udp-payload must be in 1200..={MAX_UDP_PAYLOAD}, got {max_udp_payload}");
+        }
+        let min_rate = match self.min_upload_rate.unwrap_or(64).checked_mul(1024) {
+            Some(bytes) if bytes > 0 => bytes,
+            _ => bail!("--min-upload-rate must be in 1..=4194303 KiB/s"),
+        };
+        let limits = Limits {
+            min_rate,
+            max_connections: self.max_connections.unwrap_or(10_000),
+            per_address: self.max_connections_per_address.unwrap_or(256),
+        };
+        if limits.max_connections == 0 || limits.per_address == 0 {
+            bail!("--max-connections and --max-connections-per-address must be at least 1");
         }
         let listen = self.listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 4433)));
         let authenticated = self.tokens_file.is_some() || self.client_ca.is_some();
@@ -551,6 +605,7 @@ impl Options {
                 max_udp_payload,
                 self.gso_segments.unwrap_or(flotilla_net::transport::MAX_GSO_SEGMENTS),
             ),
+            limits,
         })
     }
 }

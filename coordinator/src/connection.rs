@@ -1,30 +1,46 @@
 //! One client connection: handshake, then a reader forwarding frames to the round task and
 //! a writer sending what the round task queues for this connection.
 //!
+//! # Admission
+//!
+//! Before its `Join` is accepted a peer may send one frame of at most [`JOIN_FRAME_MAX`]
+//! bytes, within the join timeout; nothing else of it is read until the round task admits it
+//! (its `Join` was welcomed), and a refused peer is closed at once. A frame must then arrive
+//! within [`Limits::frame_deadline`] of its header (and leave within the same time of being
+//! queued), so a peer trickling bytes or never reading holds nothing for long.
+//!
 //! # Upload admission
 //!
 //! Every connection's receive window is small (the idle window) except while one of
 //! [`Uploads`]' permits is held: a reader that sees the header of a large frame (an update)
-//! waits for a permit, opens its connection's window, reads the frame, closes the window
-//! again and hands the frame to the round task together with the permit, which is released
-//! once the frame has been folded. Clients waiting for a permit simply stay blocked on flow
-//! control, so the coordinator holds at most `permits` updates plus one idle window per
-//! connection, whatever the number of clients.
+//! checks that the round task asked this client for one (an upload credit, granted with each
+//! `UpdateRequest` or secure-aggregation message), waits for a permit, opens its connection's
+//! window, reads the frame, closes the window again and hands the frame to the round task
+//! together with the permit, which is released once the frame has been folded. Clients
+//! waiting for a permit simply stay blocked on flow control, so the coordinator holds at most
+//! `permits` updates plus one idle window per connection, whatever the number of clients.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use flotilla::protocol::ErrorCode;
 use flotilla::protocol::framing::FrameLimit;
-use flotilla::round::{CloseReason, ConnectionId};
+use flotilla::round::{CloseReason, ConnectionId, Identity};
 use flotilla_net::close::{close_code, error_close_code};
 use flotilla_net::framed::{FrameReader, FramedError, send_frame};
 use quinn::{Connection, ConnectionError, Incoming, ReadError, RecvStream, SendStream, VarInt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+
+use crate::config::Limits;
+use crate::gate::Ticket;
+use crate::logs::LogBudget;
+
+/// Largest frame a peer may send before its `Join` is accepted: a `Join` (name, token) fits.
+pub(crate) const JOIN_FRAME_MAX: u32 = 4096;
 
 /// Frames queued for one connection before it counts as too slow and is dropped.
 pub(crate) const OUTBOUND_QUEUE: usize = 64;
@@ -48,8 +64,8 @@ impl Traffic {
 /// What a connection task tells the round task.
 #[derive(Debug)]
 pub(crate) enum Inbound {
-    /// A client opened its stream.
-    Connected { conn: ConnectionId, link: Link },
+    /// A client opened its stream; `identity` from its client certificate, if any.
+    Connected { conn: ConnectionId, link: Link, identity: Option<Identity> },
     /// A frame payload arrived; a large one comes with its upload permit (dropped after use).
     Frame { conn: ConnectionId, payload: Bytes, permit: Option<OwnedSemaphorePermit> },
     /// The connection is gone, or its stream ended.
@@ -71,6 +87,43 @@ pub(crate) struct Link {
     pub(crate) outbound: mpsc::Sender<Outbound>,
     pub(crate) connection: Connection,
     pub(crate) remote: SocketAddr,
+    /// Lets the reader go past the `Join` frame; sent when the round task welcomed the client.
+    pub(crate) admit: Option<oneshot::Sender<()>>,
+    /// Large frames the round task asked this client for and has not received yet.
+    pub(crate) upload_credits: Arc<AtomicU32>,
+}
+
+impl Link {
+    /// Lets the reader read past the `Join` frame.
+    pub(crate) fn admit(&mut self) {
+        if let Some(admit) = self.admit.take() {
+            let _ = admit.send(());
+        }
+    }
+
+    /// One more large frame (an update, a secure-aggregation answer) may arrive.
+    pub(crate) fn grant_upload(&self) {
+        let _ = self.upload_credits.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1));
+    }
+
+    /// Closes the connection now (nothing queued is sent): a refused or misbehaving peer
+    /// cannot hold it open by not reading. The reason travels in the close frame.
+    pub(crate) fn close_now(&self, code: ErrorCode, reason: &str) {
+        let reason = truncate_utf8(reason, MAX_CLOSE_REASON);
+        self.connection.close(error_close_code(code), reason.as_bytes());
+    }
+}
+
+/// Longest close reason sent, bytes (it must fit in one packet with the close frame).
+const MAX_CLOSE_REASON: usize = 256;
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn truncate_utf8(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// The permits of [`Uploads`] and the windows they open and close.
@@ -108,112 +161,267 @@ pub(crate) struct Context {
     pub(crate) shutdown: CancellationToken,
     pub(crate) join_timeout: Duration,
     pub(crate) uploads: Uploads,
+    pub(crate) limits: Limits,
+    pub(crate) logs: LogBudget,
 }
 
 /// Completes the handshake, waits for the client's stream, then relays until the end.
-pub(crate) async fn serve(incoming: Incoming, conn: ConnectionId, context: Context) {
+/// `ticket` counts the connection against the limits until this returns.
+pub(crate) async fn serve(incoming: Incoming, conn: ConnectionId, context: Context, ticket: Ticket) {
     let remote = incoming.remote_address();
     let connection = tokio::select! {
         () = context.shutdown.cancelled() => return,
-        result = incoming => match result {
-            Ok(connection) => connection,
-            Err(error) => {
+        result = tokio::time::timeout(context.join_timeout, incoming) => match result {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(error)) => {
                 // Includes clients refused by mutual TLS.
-                tracing::warn!(%conn, %remote, %error, "handshake failed; connection refused");
+                if context.logs.allow(remote.ip()) {
+                    tracing::warn!(%conn, %remote, %error, "handshake failed; connection refused");
+                }
                 return;
             }
+            Err(_) => return,
         },
     };
+    let ticket = ticket.handshake_done();
     let streams = tokio::select! {
         () = context.shutdown.cancelled() => return,
         result = tokio::time::timeout(context.join_timeout, connection.accept_bi()) => result,
     };
     let (send, recv) = match streams {
         Ok(Ok(streams)) => streams,
-        Ok(Err(error)) => return tracing::info!(%conn, %remote, %error, "connection closed before its stream opened"),
+        Ok(Err(error)) => return tracing::debug!(%conn, %remote, %error, "connection closed before its stream opened"),
         Err(_) => {
-            tracing::warn!(%conn, %remote, "no stream opened in time; closing");
+            if context.logs.allow(remote.ip()) {
+                tracing::warn!(%conn, %remote, "no stream opened in time; closing");
+            }
             return connection.close(error_close_code(ErrorCode::Timeout), b"no stream opened in time");
         }
     };
+    let identity = client_certificate(&connection).map(|der| Identity::of_certificate(&der));
     let (outbound, queue) = mpsc::channel(OUTBOUND_QUEUE);
-    let link = Link { outbound, connection: connection.clone(), remote };
-    if context.inbound.send(Inbound::Connected { conn, link }).await.is_err() {
+    let (admit, admitted) = oneshot::channel();
+    let upload_credits = Arc::new(AtomicU32::new(0));
+    let link = Link {
+        outbound,
+        connection: connection.clone(),
+        remote,
+        admit: Some(admit),
+        upload_credits: upload_credits.clone(),
+    };
+    if context.inbound.send(Inbound::Connected { conn, link, identity }).await.is_err() {
         return; // Shutting down.
     }
-    tokio::join!(write_loop(send, queue, connection.clone()), read_loop(recv, conn, connection, &context),);
+    let reader =
+        Reader { conn, connection: connection.clone(), context: &context, upload_credits, counted: AtomicU64::new(0) };
+    tokio::join!(write_loop(send, queue, connection, context.limits), reader.run(recv, admitted));
+    drop(ticket);
 }
 
-/// Sends queued frames in order; closes the connection when asked to.
-async fn write_loop(mut send: SendStream, mut queue: mpsc::Receiver<Outbound>, connection: Connection) {
+/// The DER bytes of the client's certificate, under mutual TLS.
+fn client_certificate(connection: &Connection) -> Option<Vec<u8>> {
+    let identity = connection.peer_identity()?;
+    let chain = identity.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
+    chain.first().map(|cert| cert.as_ref().to_vec())
+}
+
+/// Sends queued frames in order, each within its deadline; closes the connection when asked
+/// to (at once when refusing, after the last frame is acknowledged when saying goodbye).
+async fn write_loop(mut send: SendStream, mut queue: mpsc::Receiver<Outbound>, connection: Connection, limits: Limits) {
     while let Some(outbound) = queue.recv().await {
         match outbound {
             Outbound::Frame(frame) => {
-                if let Err(error) = send_frame(&mut send, frame).await {
-                    tracing::debug!(%error, "write to a client failed");
-                    return;
+                let deadline = limits.frame_deadline(frame.len());
+                match tokio::time::timeout(deadline, send_frame(&mut send, frame)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => return tracing::debug!(%error, "write to a client failed"),
+                    Err(_) => {
+                        tracing::debug!(remote = %connection.remote_address(), "client too slow to read; closing");
+                        connection.close(error_close_code(ErrorCode::Timeout), b"too slow to receive");
+                        return;
+                    }
                 }
             }
-            Outbound::Close(reason) => {
+            Outbound::Close(CloseReason::Goodbye) => {
                 let _ = send.finish();
                 let _ = tokio::time::timeout(CLOSE_GRACE, send.stopped()).await;
-                let text = match &reason {
-                    CloseReason::Goodbye => "goodbye".to_string(),
-                    CloseReason::Error(code) => format!("refused: {code}"),
-                };
-                connection.close(close_code(&reason), text.as_bytes());
+                connection.close(close_code(&CloseReason::Goodbye), b"goodbye");
+                return;
+            }
+            Outbound::Close(reason) => {
+                connection.close(close_code(&reason), b"refused");
                 return;
             }
         }
     }
 }
 
-/// Forwards frames to the round task until the stream or connection ends; unreadable
-/// bytes (a frame over the limit, a stream cut inside a frame) close the connection.
-async fn read_loop(recv: RecvStream, conn: ConnectionId, connection: Connection, context: &Context) {
-    let mut reader = FrameReader::new(recv, context.limit);
-    let mut counted = 0;
-    let reason = loop {
-        let next = next_admitted(&mut reader, &connection, &context.uploads).await;
-        context.traffic.bytes_in.fetch_add(reader.bytes_read() - counted, Ordering::Relaxed);
-        counted = reader.bytes_read();
-        match next {
-            Ok(Some((payload, permit))) => {
-                if context.inbound.send(Inbound::Frame { conn, payload, permit }).await.is_err() {
-                    return;
-                }
-            }
-            Ok(None) => break "client finished its stream".to_string(),
-            Err(FramedError::Read(ReadError::ConnectionLost(error))) => break lost_reason(&error),
-            Err(error) => {
-                let remote = connection.remote_address();
-                tracing::warn!(%conn, %remote, %error, "unreadable data from client; closing");
-                let text = format!("unreadable data: {error}");
-                connection.close(error_close_code(ErrorCode::Malformed), text.as_bytes());
-                break text;
-            }
-        }
-    };
-    let _ = context.inbound.send(Inbound::Disconnected { conn, reason }).await;
+/// The reading half of one connection.
+struct Reader<'a> {
+    conn: ConnectionId,
+    connection: Connection,
+    context: &'a Context,
+    upload_credits: Arc<AtomicU32>,
+    /// Bytes of this connection already added to the traffic counters.
+    counted: AtomicU64,
 }
 
-/// The next frame; a large one is read only while holding an upload permit, with the
-/// connection's receive window opened for it (see the module docs).
-async fn next_admitted(
-    reader: &mut FrameReader,
-    connection: &Connection,
-    uploads: &Uploads,
-) -> Result<Option<(Bytes, Option<OwnedSemaphorePermit>)>, FramedError> {
-    let Some(len) = reader.next_len().await? else { return Ok(None) };
-    if !uploads.needs_permit(len) {
-        return Ok(reader.next_frame().await?.map(|payload| (payload, None)));
+/// Why a reader stopped reading.
+enum Stop {
+    /// Tell the round task, with this reason.
+    Ended(String),
+    /// The round task is gone (shutting down).
+    Shutdown,
+}
+
+impl Reader<'_> {
+    /// Reads the `Join` frame, waits for admission, then forwards frames until the stream or
+    /// the connection ends; a peer over a limit or out of time is closed at once.
+    async fn run(self, recv: RecvStream, admitted: oneshot::Receiver<()>) {
+        let mut reader = FrameReader::new(recv, self.context.limit);
+        let stop = match self.join(&mut reader, admitted).await {
+            Ok(()) => self.relay(&mut reader).await,
+            Err(stop) => stop,
+        };
+        self.count(&reader);
+        if let Stop::Ended(reason) = stop {
+            let _ = self.context.inbound.send(Inbound::Disconnected { conn: self.conn, reason }).await;
+        }
     }
-    // The semaphore is never closed, so `ok()` only guards a future edit.
-    let permit = uploads.permits.clone().acquire_owned().await.ok();
-    connection.set_receive_window(VarInt::from_u32(uploads.upload_window));
-    let frame = reader.next_frame().await;
-    connection.set_receive_window(VarInt::from_u32(uploads.idle_window));
-    Ok(frame?.map(|payload| (payload, permit)))
+
+    /// The first frame (at most [`JOIN_FRAME_MAX`] bytes, within the join timeout), then
+    /// the round task's admission (within the same timeout).
+    async fn join(&self, reader: &mut FrameReader, admitted: oneshot::Receiver<()>) -> Result<(), Stop> {
+        let timeout = self.context.join_timeout;
+        let first = async {
+            match reader.next_len().await? {
+                Some(len) if len > JOIN_FRAME_MAX => {
+                    Err(FramedError::Framing(flotilla::protocol::framing::FramingError::FrameTooLarge {
+                        announced: u64::from(len),
+                        limit: JOIN_FRAME_MAX,
+                    }))
+                }
+                Some(_) => reader.next_frame().await,
+                None => Ok(None),
+            }
+        };
+        let payload = match tokio::time::timeout(timeout, first).await {
+            Ok(Ok(Some(payload))) => payload,
+            Ok(Ok(None)) => return Err(Stop::Ended("client finished its stream before joining".into())),
+            Ok(Err(error)) => return Err(self.unreadable(error, "before joining")),
+            Err(_) => return Err(self.refuse(ErrorCode::Timeout, "did not join in time".into())),
+        };
+        self.count(reader);
+        self.forward(payload, None).await?;
+        match tokio::time::timeout(timeout, admitted).await {
+            Ok(Ok(())) => Ok(()),
+            // The round task refused the peer (and closed it) or is shutting down.
+            Ok(Err(_)) => Err(Stop::Ended("not admitted".into())),
+            Err(_) => Err(self.refuse(ErrorCode::Timeout, "not admitted in time".into())),
+        }
+    }
+
+    /// Forwards frames until the stream or the connection ends.
+    async fn relay(&self, reader: &mut FrameReader) -> Stop {
+        loop {
+            let next = self.next_admitted(reader).await;
+            self.count(reader);
+            match next {
+                Ok(Some((payload, permit))) => {
+                    if let Err(stop) = self.forward(payload, permit).await {
+                        return stop;
+                    }
+                }
+                Ok(None) => return Stop::Ended("client finished its stream".into()),
+                Err(Refusal::Framed(error)) => return self.unreadable(error, "after joining"),
+                Err(Refusal::Refused(code, reason)) => return self.refuse(code, reason),
+            }
+        }
+    }
+
+    /// The next frame within its deadline; a large one is read only when it was asked for and
+    /// while holding an upload permit, with the connection's receive window opened for it
+    /// (see the module docs).
+    async fn next_admitted(
+        &self,
+        reader: &mut FrameReader,
+    ) -> Result<Option<(Bytes, Option<OwnedSemaphorePermit>)>, Refusal> {
+        let Some(len) = reader.next_len().await? else { return Ok(None) };
+        let deadline = self.context.limits.frame_deadline(len as usize);
+        let uploads = &self.context.uploads;
+        if !uploads.needs_permit(len) {
+            return match tokio::time::timeout(deadline, reader.next_frame()).await {
+                Ok(frame) => Ok(frame?.map(|payload| (payload, None))),
+                Err(_) => Err(Refusal::too_slow(len, deadline)),
+            };
+        }
+        let asked = self.upload_credits.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        if asked.is_err() {
+            return Err(Refusal::Refused(
+                ErrorCode::UnexpectedMessage,
+                format!("an upload of {len} bytes not asked for"),
+            ));
+        }
+        // The semaphore is never closed, so `ok()` only guards a future edit.
+        let permit = uploads.permits.clone().acquire_owned().await.ok();
+        self.connection.set_receive_window(VarInt::from_u32(uploads.upload_window));
+        let frame = tokio::time::timeout(deadline, reader.next_frame()).await;
+        self.connection.set_receive_window(VarInt::from_u32(uploads.idle_window));
+        match frame {
+            Ok(frame) => Ok(frame?.map(|payload| (payload, permit))),
+            Err(_) => Err(Refusal::too_slow(len, deadline)),
+        }
+    }
+
+    async fn forward(&self, payload: Bytes, permit: Option<OwnedSemaphorePermit>) -> Result<(), Stop> {
+        let frame = Inbound::Frame { conn: self.conn, payload, permit };
+        self.context.inbound.send(frame).await.map_err(|_| Stop::Shutdown)
+    }
+
+    /// Adds the bytes read since the last call to the traffic counters.
+    fn count(&self, reader: &FrameReader) {
+        let total = reader.bytes_read();
+        let before = self.counted.swap(total, Ordering::Relaxed);
+        self.context.traffic.bytes_in.fetch_add(total.saturating_sub(before), Ordering::Relaxed);
+    }
+
+    /// Closes the connection at once for `code`; logged within the peer's log budget.
+    fn refuse(&self, code: ErrorCode, reason: String) -> Stop {
+        let remote = self.connection.remote_address();
+        if self.context.logs.allow(remote.ip()) {
+            tracing::warn!(conn = %self.conn, %remote, %code, %reason, "closing the connection");
+        }
+        let text = format!("{code}: {reason}");
+        self.connection.close(error_close_code(code), truncate_utf8(&text, MAX_CLOSE_REASON).as_bytes());
+        Stop::Ended(reason)
+    }
+
+    /// A read that failed: a lost connection ends quietly, unreadable bytes close it.
+    fn unreadable(&self, error: FramedError, when: &str) -> Stop {
+        match error {
+            FramedError::Read(ReadError::ConnectionLost(error)) => Stop::Ended(lost_reason(&error)),
+            error => self.refuse(ErrorCode::Malformed, format!("unreadable data {when}: {error}")),
+        }
+    }
+}
+
+/// Why the next frame was not read.
+enum Refusal {
+    Framed(FramedError),
+    Refused(ErrorCode, String),
+}
+
+impl Refusal {
+    fn too_slow(len: u32, deadline: Duration) -> Self {
+        let reason = format!("a frame of {len} bytes did not arrive within {:.0} s", deadline.as_secs_f64());
+        Refusal::Refused(ErrorCode::Timeout, reason)
+    }
+}
+
+impl From<FramedError> for Refusal {
+    fn from(error: FramedError) -> Self {
+        Refusal::Framed(error)
+    }
 }
 
 fn lost_reason(error: &ConnectionError) -> String {

@@ -8,6 +8,8 @@
 pub mod config;
 mod connection;
 pub mod eval;
+mod gate;
+mod logs;
 pub mod persist;
 mod server;
 mod shell;

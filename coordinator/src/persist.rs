@@ -13,6 +13,38 @@ pub const CHECKPOINT_FILE: &str = "checkpoint.bin";
 /// File name of the per-round metrics log inside the data directory.
 pub const ROUNDS_FILE: &str = "rounds.jsonl";
 
+/// File name of the stateless-reset key inside the data directory.
+pub const RESET_KEY_FILE: &str = "reset.key";
+
+/// The 32-byte key of QUIC stateless resets kept at `path` (owner-only), created on first
+/// use: a restarted coordinator resets its predecessor's connections, so clients notice the
+/// crash at their next packet instead of after the idle timeout.
+pub fn load_or_create_reset_key(path: &Path) -> anyhow::Result<[u8; 32]> {
+    match fs::read(path) {
+        Ok(bytes) => {
+            return <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+                anyhow::anyhow!("{} is not a 32-byte reset key; delete it to make a new one", path.display())
+            });
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
+    }
+    let key = flotilla_net::tls::os_random().context("the operating system's random generator failed")?;
+    // Written owner-only from the start, then renamed into place: never readable by others,
+    // never half-written.
+    let temp = path.with_extension("tmp");
+    let write = || -> io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = fs::remove_file(&temp);
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp)?;
+        file.write_all(&key)?;
+        file.sync_all()?;
+        fs::rename(&temp, path)
+    };
+    write().with_context(|| format!("writing {}", path.display()))?;
+    Ok(key)
+}
+
 /// The checkpoint at `path`, `None` if there is none. A file that is not a valid
 /// checkpoint is an error naming it: it is never ignored, and never overwritten by a fresh start.
 pub fn load_checkpoint(path: &Path) -> anyhow::Result<Option<Checkpoint>> {
@@ -90,12 +122,18 @@ pub struct DataFiles {
     pub checkpoint: PathBuf,
     /// `rounds.jsonl`.
     pub rounds: PathBuf,
+    /// `reset.key`.
+    pub reset_key: PathBuf,
 }
 
 impl DataFiles {
     /// The files of `data_dir`.
     pub fn new(data_dir: &Path) -> Self {
-        Self { checkpoint: data_dir.join(CHECKPOINT_FILE), rounds: data_dir.join(ROUNDS_FILE) }
+        Self {
+            checkpoint: data_dir.join(CHECKPOINT_FILE),
+            rounds: data_dir.join(ROUNDS_FILE),
+            reset_key: data_dir.join(RESET_KEY_FILE),
+        }
     }
 }
 
@@ -117,6 +155,19 @@ mod tests {
             served: None,
             accountant: None,
         }
+    }
+
+    #[test]
+    fn the_reset_key_is_kept_owner_only_and_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(RESET_KEY_FILE);
+        let key = load_or_create_reset_key(&path).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(load_or_create_reset_key(&path).unwrap(), key, "a restart keeps the key");
+        fs::write(&path, b"short").unwrap();
+        let error = format!("{:#}", load_or_create_reset_key(&path).unwrap_err());
+        assert!(error.contains("not a 32-byte reset key"), "{error}");
     }
 
     #[test]

@@ -22,6 +22,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, TlsSource, read_tokens};
 use crate::connection::{self, Traffic};
 use crate::eval::Evaluator;
+use crate::gate::{Admission, Gate};
+use crate::logs::LogBudget;
 use crate::persist::{DataFiles, RoundRecord, append_record, save_checkpoint};
 use crate::shell::Shell;
 use crate::state::{Origin, initial_state};
@@ -87,8 +89,10 @@ pub async fn bind(mut config: Config) -> anyhow::Result<Server> {
     }
     let (tls, dev_pki) = server_tls(&config)?;
     let server_config = quic_server_config(&tls, ALPN, &config.tuning).context("server TLS configuration")?;
-    let endpoint = flotilla_net::transport::bind_endpoint(config.listen, Some(server_config), &config.tuning)
-        .with_context(|| format!("binding UDP {}", config.listen))?;
+    let reset_key = crate::persist::load_or_create_reset_key(&files.reset_key)?;
+    let endpoint =
+        flotilla_net::transport::bind_endpoint(config.listen, Some(server_config), &config.tuning, Some(&reset_key))
+            .with_context(|| format!("binding UDP {}", config.listen))?;
     let machine = Coordinator::from_checkpoint(config.rounds.clone(), checkpoint).context("round settings")?;
     tracing::info!(listen = %endpoint.local_addr()?, mtls = config.client_ca.is_some(),
         tokens = config.rounds.auth_tokens.is_some(), "coordinator listening");
@@ -142,8 +146,11 @@ impl Server {
             shutdown: handshakes.clone(),
             join_timeout: config.rounds.join_timeout,
             uploads: connection::Uploads::new(config.concurrent_uploads, &config.tuning),
+            limits: config.limits,
+            logs: LogBudget::default(),
         };
-        let mut shell = Shell::new(machine, config.max_frame, traffic, persist_tx);
+        let gate = Gate::new(config.limits);
+        let mut shell = Shell::new(machine, config.max_frame, traffic, persist_tx, context.logs.clone());
         let tracker = TaskTracker::new();
         let mut next_conn = 0u64;
         let mut failure = None;
@@ -153,8 +160,24 @@ impl Server {
                 () = shutdown.cancelled() => break,
                 incoming = endpoint.accept() => match incoming {
                     Some(incoming) => {
-                        next_conn += 1;
-                        tracker.spawn(connection::serve(incoming, ConnectionId(next_conn), context.clone()));
+                        let remote = incoming.remote_address();
+                        match gate.admit(remote.ip(), incoming.remote_address_validated(), incoming.may_retry()) {
+                            Admission::Accept(ticket) => {
+                                next_conn += 1;
+                                let conn = ConnectionId(next_conn);
+                                tracker.spawn(connection::serve(incoming, conn, context.clone(), ticket));
+                            }
+                            Admission::Retry => {
+                                // Infallible after `may_retry`; a failure only drops the attempt.
+                                let _ = incoming.retry();
+                            }
+                            Admission::Refuse(reason) => {
+                                if context.logs.allow(remote.ip()) {
+                                    tracing::warn!(%remote, reason, "connection refused");
+                                }
+                                incoming.refuse();
+                            }
+                        }
                     }
                     None => break,
                 },

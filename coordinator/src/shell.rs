@@ -8,13 +8,14 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use flotilla::protocol::framing::{FrameLimit, FramingError};
 use flotilla::protocol::{CoordinatorMessage, ErrorCode};
-use flotilla::round::{ConnectionId, Coordinator, CoordinatorEvent};
+use flotilla::round::{CloseReason, ConnectionId, Coordinator, CoordinatorEvent};
 use flotilla_net::close::error_close_code;
 use flotilla_net::framed::encode;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
 use crate::connection::{Inbound, Link, Outbound, Traffic};
+use crate::logs::LogBudget;
 use crate::persist::RoundRecord;
 use crate::server::{Committed, RunSummary};
 use crate::state::Origin;
@@ -38,6 +39,9 @@ pub(crate) struct Shell {
     /// UDP bytes over the open connections at the previous commit.
     udp_at_commit: u64,
     persist: mpsc::UnboundedSender<Committed>,
+    /// Text of the `Error` just sent to a connection, for the close that follows it.
+    error_text: HashMap<ConnectionId, String>,
+    logs: LogBudget,
 }
 
 impl Shell {
@@ -46,6 +50,7 @@ impl Shell {
         limit: FrameLimit,
         traffic: Arc<Traffic>,
         persist: mpsc::UnboundedSender<Committed>,
+        logs: LogBudget,
     ) -> Self {
         Self {
             machine,
@@ -57,22 +62,24 @@ impl Shell {
             committed: 0,
             udp_at_commit: 0,
             persist,
+            error_text: HashMap::new(),
+            logs,
         }
     }
 
     pub(crate) fn handle(&mut self, inbound: Inbound) {
         let now = Instant::now();
         match inbound {
-            Inbound::Connected { conn, link } => {
-                tracing::info!(%conn, remote = %link.remote, "connection accepted");
+            Inbound::Connected { conn, link, identity } => {
+                tracing::debug!(%conn, remote = %link.remote, ?identity, "connection accepted");
                 self.links.insert(conn, link);
-                self.machine.handle_connect(conn, now);
+                self.machine.handle_connect_as(conn, identity, now);
             }
             // The permit, if any, is released once the frame has been handled (folded).
             Inbound::Frame { conn, payload, permit: _permit } => self.machine.handle_frame(conn, &payload, now),
             Inbound::Disconnected { conn, reason } => {
                 if self.links.remove(&conn).is_some() {
-                    tracing::info!(%conn, %reason, "connection ended");
+                    tracing::debug!(%conn, %reason, "connection ended");
                 }
                 self.machine.handle_disconnect(conn, now);
             }
@@ -85,6 +92,18 @@ impl Shell {
             let mut busy = false;
             while let Some((conn, message)) = self.machine.poll_transmit() {
                 busy = true;
+                match &message {
+                    // Each request lets the client send one large frame (see `connection`).
+                    CoordinatorMessage::UpdateRequest { .. } | CoordinatorMessage::SecAgg { .. } => {
+                        if let Some(link) = self.links.get(&conn) {
+                            link.grant_upload();
+                        }
+                    }
+                    CoordinatorMessage::Error { code, message } => {
+                        self.error_text.insert(conn, format!("{code}: {message}"));
+                    }
+                    _ => {}
+                }
                 match self.frame(&message) {
                     Ok(frame) => self.deliver(conn, Outbound::Frame(frame)),
                     Err(error) => {
@@ -93,16 +112,28 @@ impl Shell {
                     }
                 }
             }
-            while let Some((conn, reason)) = self.machine.poll_close() {
-                busy = true;
-                self.deliver(conn, Outbound::Close(reason));
-                self.links.remove(&conn);
-            }
+            // Events first: a refused peer's link (its address) is still known when logged.
             while let Some(event) = self.machine.poll_event() {
                 busy = true;
                 self.on_event(event);
             }
+            while let Some((conn, reason)) = self.machine.poll_close() {
+                busy = true;
+                match reason {
+                    CloseReason::Goodbye => self.deliver(conn, Outbound::Close(reason)),
+                    // Refused: closed at once, the reason in the close frame; a peer that does
+                    // not read cannot keep the connection open behind its queued `Error`.
+                    CloseReason::Error(code) => {
+                        let text = self.error_text.remove(&conn).unwrap_or_else(|| code.to_string());
+                        if let Some(link) = self.links.get(&conn) {
+                            link.close_now(code, &text);
+                        }
+                    }
+                }
+                self.links.remove(&conn);
+            }
             if !busy {
+                self.error_text.clear();
                 return;
             }
         }
@@ -147,26 +178,45 @@ impl Shell {
         self.machine.handle_disconnect(conn, Instant::now());
     }
 
+    /// Whether a line about `conn`'s peer fits in its address's log budget.
+    fn may_log(&self, conn: ConnectionId) -> bool {
+        self.links.get(&conn).is_none_or(|link| self.logs.allow(link.remote.ip()))
+    }
+
     fn on_event(&mut self, event: CoordinatorEvent) {
         match event {
             CoordinatorEvent::ClientJoined { conn, client_id, client_name } => {
-                tracing::info!(%conn, client_id, %client_name, joined = self.machine.joined(), "client joined");
+                let remote = self.links.get_mut(&conn).map(|link| {
+                    link.admit();
+                    link.remote
+                });
+                if self.may_log(conn) {
+                    let joined = self.machine.joined();
+                    tracing::info!(%conn, ?remote, client_id, %client_name, joined, "client joined");
+                }
             }
             CoordinatorEvent::ClientRefused { conn, code, reason } => {
-                tracing::warn!(%conn, %code, %reason, "client refused");
+                if self.may_log(conn) {
+                    let remote = self.links.get(&conn).map(|link| link.remote);
+                    tracing::warn!(%conn, ?remote, %code, %reason, "client refused");
+                }
             }
             CoordinatorEvent::ClientLeft { conn, client_id } => {
                 tracing::info!(%conn, client_id, joined = self.machine.joined(), "client left");
             }
             CoordinatorEvent::ProtocolViolation { conn, reason } => {
-                // The state machine logs it at warn level already.
-                tracing::debug!(%conn, %reason, "client broke the protocol; closing");
+                if self.may_log(conn) {
+                    let remote = self.links.get(&conn).map(|link| link.remote);
+                    tracing::warn!(%conn, ?remote, %reason, "client broke the protocol; closing");
+                }
             }
             CoordinatorEvent::ClientError { conn, code, message } => {
-                tracing::warn!(%conn, %code, %message, "client reported an error");
+                if self.may_log(conn) {
+                    tracing::warn!(%conn, %code, %message, "client reported an error");
+                }
             }
             CoordinatorEvent::RoundStarted { round, model_version, sampled } => {
-                tracing::debug!(round, model_version, sampled = sampled.len(), "round started");
+                tracing::info!(round, model_version, sampled = sampled.len(), "round started");
                 let traffic = self.traffic.snapshot();
                 self.round_start = Some(RoundStart { round, at: Instant::now(), traffic });
             }
@@ -174,7 +224,9 @@ impl Shell {
                 tracing::debug!(%conn, round, samples, "update accepted");
             }
             CoordinatorEvent::UpdateRefused { conn, reason } => {
-                tracing::debug!(%conn, %reason, "update refused");
+                if self.may_log(conn) {
+                    tracing::warn!(%conn, %reason, "update refused");
+                }
             }
             CoordinatorEvent::RoundCommitted {
                 round,

@@ -23,14 +23,17 @@ async fn closed_with(peer: &RawPeer, code: ErrorCode) -> String {
     }
 }
 
+/// The detail of the `code` refusal `peer` gets: from an `Error` message, or from the close
+/// frame of a connection closed at once.
 async fn expect_error(peer: &mut RawPeer, code: ErrorCode) -> String {
     loop {
-        match peer.next().await.unwrap() {
-            Some(CoordinatorMessage::Error { code: got, message }) => {
+        match peer.next().await {
+            Ok(Some(CoordinatorMessage::Error { code: got, message })) => {
                 assert_eq!(got, code, "{message}");
                 return message;
             }
-            Some(CoordinatorMessage::Model { .. } | CoordinatorMessage::UpdateRequest { .. }) => {}
+            Ok(Some(CoordinatorMessage::Model { .. } | CoordinatorMessage::UpdateRequest { .. })) => {}
+            Err(_) => return closed_with(peer, code).await,
             other => panic!("expected an error {code}, got {other:?}"),
         }
     }

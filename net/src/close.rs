@@ -10,7 +10,7 @@ use quinn::VarInt;
 /// Code of a normal close (goodbye, shutdown).
 pub const GOODBYE: VarInt = VarInt::from_u32(0);
 
-const CODES: [ErrorCode; 9] = [
+const CODES: [ErrorCode; 10] = [
     ErrorCode::UnsupportedVersion,
     ErrorCode::Unauthorized,
     ErrorCode::Malformed,
@@ -20,6 +20,7 @@ const CODES: [ErrorCode; 9] = [
     ErrorCode::Timeout,
     ErrorCode::ShuttingDown,
     ErrorCode::Internal,
+    ErrorCode::SessionReplaced,
 ];
 
 /// The application close code of an error.

@@ -227,7 +227,7 @@ pub fn client_endpoint(tls: &ClientTls, server: SocketAddr, tuning: &Tuning) -> 
     let client_config = tls::quic_client_config(tls, ALPN, tuning).context("client TLS configuration")?;
     let bind: SocketAddr =
         if server.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
-    let mut endpoint = crate::transport::bind_endpoint(bind, None, tuning)
+    let mut endpoint = crate::transport::bind_endpoint(bind, None, tuning, None)
         .with_context(|| format!("binding a UDP socket on {bind}"))?;
     endpoint.set_default_client_config(client_config);
     Ok(endpoint)

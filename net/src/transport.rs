@@ -121,7 +121,17 @@ pub fn transport_config(tuning: &Tuning) -> TransportConfig {
 /// QUIC endpoint (a server when `server` is given) accepting datagrams up to `tuning`'s
 /// ceiling: quinn's receive buffers are sized by it (times its batch and GRO factors: 133 MB
 /// of address space at 65,000 bytes), so it is not raised further than asked.
-pub fn bind_endpoint(addr: SocketAddr, server: Option<ServerConfig>, tuning: &Tuning) -> std::io::Result<Endpoint> {
+///
+/// `reset_key` keys the stateless-reset tokens (HMAC-SHA256 of each connection id). A server
+/// that keeps it across restarts answers packets of connections it lost in a crash with a
+/// reset their peers accept at once, instead of leaving them to wait for the idle timeout;
+/// without it quinn draws a fresh key.
+pub fn bind_endpoint(
+    addr: SocketAddr,
+    server: Option<ServerConfig>,
+    tuning: &Tuning,
+    reset_key: Option<&[u8; 32]>,
+) -> std::io::Result<Endpoint> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
@@ -140,6 +150,15 @@ pub fn bind_endpoint(addr: SocketAddr, server: Option<ServerConfig>, tuning: &Tu
     );
     let socket: std::net::UdpSocket = socket.into();
     let mut config = EndpointConfig::default();
+    if let Some(key) = reset_key {
+        config = EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key)));
+        // quinn drops packets whose connection id was not made with its generator's key before
+        // it would reset them: the restarted endpoint must recognise its predecessor's ids too.
+        let mut cid_key = [0u8; 8];
+        cid_key.copy_from_slice(&ring::digest::digest(&ring::digest::SHA256, key).as_ref()[..8]);
+        let cid_key = u64::from_le_bytes(cid_key);
+        config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    }
     // Within quinn's accepted range (1200..=65527); quinn's default is 1472.
     let _ = config.max_udp_payload_size(tuning.max_udp_payload.clamp(1200, MAX_UDP_PAYLOAD).max(1472));
     let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);

@@ -143,6 +143,10 @@ fn rounds_survive_a_killed_client_and_a_killed_coordinator() {
     assert!(log.contains("resum"), "the restarted coordinator did not say it resumed:\n{log}");
     let rounds: Vec<u64> = resumed.iter().map(|r| r["round"].as_u64().unwrap()).collect();
     assert!(rounds.windows(2).all(|w| w[1] > w[0]), "round numbers went back: {rounds:?}");
+    // The restarted coordinator kept its stateless-reset key: the clients' old connections
+    // were reset at their next packet instead of waiting out the idle timeout.
+    let reset = clients.iter().take(2).any(|client| client.log().contains("reset by peer"));
+    assert!(reset, "no client saw its old connection reset:\n{}", clients[0].log());
 
     for client in clients.iter_mut().take(2) {
         assert!(client.terminate(Duration::from_secs(10)), "{} did not exit cleanly:\n{}", client.name, client.log());

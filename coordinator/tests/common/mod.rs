@@ -189,8 +189,17 @@ pub struct RawPeer {
 
 impl RawPeer {
     pub async fn connect(addr: SocketAddr, tls: &ClientTls) -> anyhow::Result<Self> {
+        Self::connect_with(addr, tls, &flotilla_net::transport::Tuning::CLIENT).await
+    }
+
+    /// Connects with the given windows (e.g. tiny ones for a peer that never reads).
+    pub async fn connect_with(
+        addr: SocketAddr,
+        tls: &ClientTls,
+        tuning: &flotilla_net::transport::Tuning,
+    ) -> anyhow::Result<Self> {
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-        endpoint.set_default_client_config(quic_client_config(tls, ALPN, &flotilla_net::transport::Tuning::CLIENT)?);
+        endpoint.set_default_client_config(quic_client_config(tls, ALPN, tuning)?);
         let connection = endpoint.connect(addr, "localhost")?.await?;
         let (send, recv) = connection.open_bi().await?;
         Ok(Self { endpoint, connection, send, reader: FrameReader::new(recv, FrameLimit::DEFAULT) })

@@ -38,7 +38,7 @@ fn os_entropy() -> [u8; 32] {
 
 /// A refusal code that retrying cannot fix.
 fn is_fatal(code: ErrorCode) -> bool {
-    matches!(code, ErrorCode::Unauthorized | ErrorCode::UnsupportedVersion)
+    matches!(code, ErrorCode::Unauthorized | ErrorCode::UnsupportedVersion | ErrorCode::SessionReplaced)
 }
 
 /// Connects, joins and relays until the connection ends; never panics on the peer's bytes.

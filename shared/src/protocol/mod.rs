@@ -20,6 +20,7 @@
 //! enums is part of the wire format: `Join` is variant 0 forever, so every version can read
 //! another version's `Join` far enough to refuse it cleanly. New variants go at the end.
 
+pub mod bounded;
 pub mod framing;
 
 use serde::{Deserialize, Serialize};
@@ -30,7 +31,7 @@ use crate::params::{Fingerprint, ParameterVector};
 use crate::secagg;
 
 /// Version of the message set below; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// QUIC application protocol name (ALPN) of this protocol version.
 pub const ALPN: &[u8] = b"flotilla/1";
@@ -73,6 +74,19 @@ pub enum ClientMessage {
         /// The message.
         message: secagg::ClientMessage,
     },
+}
+
+impl ClientMessage {
+    /// Variant index of [`ClientMessage::Join`] on the wire.
+    pub const JOIN_VARIANT: u32 = 0;
+    /// Variant index of [`ClientMessage::SecAgg`] on the wire.
+    pub const SECAGG_VARIANT: u32 = 6;
+
+    /// Whether a message of this variant index may come before `Join` (`Join`, `Heartbeat`,
+    /// `Goodbye`).
+    pub fn allowed_before_join(variant: u32) -> bool {
+        matches!(variant, 0 | 2 | 4)
+    }
 }
 
 /// How clients must prepare their updates; sent after `Welcome`, before the first model.
@@ -238,6 +252,9 @@ pub enum ErrorCode {
     ShuttingDown,
     /// A bug on the sender's side.
     Internal,
+    /// A newer session with the same credentials replaced this one (one live session per
+    /// identity); retrying would only replace the other session in turn.
+    SessionReplaced,
 }
 
 impl std::fmt::Display for ErrorCode {

@@ -138,3 +138,25 @@ fn metrics_with_more_errors_than_samples_are_inconsistent() {
     assert!(LocalMetrics { samples: 3, prequential_errors: 3 }.is_consistent());
     assert!(!LocalMetrics { samples: 3, prequential_errors: 4 }.is_consistent());
 }
+
+#[test]
+fn the_peeked_variant_is_the_decoded_one() {
+    use super::framing::peek_variant;
+    let join = ClientMessage::Join { protocol_version: 3, client_name: "a".into(), auth_token: None };
+    let secagg = ClientMessage::SecAgg {
+        round: 1,
+        message: crate::secagg::ClientMessage::MaskedInput(crate::secagg::MaskedInput {
+            masked: vec![],
+            missing: vec![],
+        }),
+    };
+    for (message, variant) in [(join, ClientMessage::JOIN_VARIANT), (secagg, ClientMessage::SECAGG_VARIANT)] {
+        let frame = encode_frame(&message, FrameLimit::DEFAULT).unwrap();
+        assert_eq!(peek_variant(&frame[4..]), Some(variant));
+    }
+    assert!(ClientMessage::allowed_before_join(ClientMessage::JOIN_VARIANT));
+    let heartbeat = encode_frame(&ClientMessage::Heartbeat, FrameLimit::DEFAULT).unwrap();
+    assert!(ClientMessage::allowed_before_join(peek_variant(&heartbeat[4..]).unwrap()));
+    assert_eq!(peek_variant(&[]), None);
+    assert_eq!(peek_variant(&[251, 1, 0]), Some(1));
+}

@@ -67,12 +67,16 @@ pub struct CoordinatorConfig {
     pub privacy: Option<PrivacyConfig>,
     /// Secure aggregation, if any.
     pub secure: Option<SecureConfig>,
-    /// Secret key of central DP noise; central DP is refused without one. The binary draws it
-    /// from the operating system's generator at every start.
+    /// Secret key of central DP noise and of secure-aggregation session ids; central DP and
+    /// secure aggregation are refused without one. The binary draws it from the operating
+    /// system's generator at every start.
     pub noise_key: Option<crate::privacy::NoiseKey>,
     /// Most samples one update may claim; a larger claim weighs (and counts) as this many.
     /// `None`: [`CoordinatorConfig::sample_cap`]'s default from the round timing.
     pub max_samples_per_update: Option<u64>,
+    /// Live sessions one identity (client certificate, else auth token) may hold; a newer
+    /// session closes the oldest. 0: no limit (a fleet sharing one token).
+    pub sessions_per_identity: usize,
 }
 
 /// Samples per second a device is assumed to learn at most, for the default sample cap.
@@ -163,6 +167,7 @@ impl Default for CoordinatorConfig {
             secure: None,
             noise_key: None,
             max_samples_per_update: None,
+            sessions_per_identity: 1,
         }
     }
 }
@@ -320,6 +325,12 @@ impl CoordinatorConfig {
             params.validate(cohort.max(secure.neighbours + 1))?;
         } else {
             secure.params(cohort).validate(cohort)?;
+        }
+        if self.noise_key.is_none() {
+            return Err(ConfigError::Incompatible(
+                "secure aggregation needs a secret key (CoordinatorConfig::noise_key, drawn from the OS generator): \
+                 session ids derived from the public seed let anyone predict who masks with whom",
+            ));
         }
         Ok(())
     }

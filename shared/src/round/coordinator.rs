@@ -29,10 +29,45 @@ use crate::round::events::UpdateRefusal;
 /// What the coordinator knows of one connection.
 #[derive(Debug, Clone, Copy)]
 enum Peer {
-    /// Connected, `Join` not yet received.
-    Connecting { join_by: Instant },
-    /// Welcomed.
-    Joined { client_id: u64 },
+    /// Connected, `Join` not yet received; `identity` from the transport (a client certificate).
+    Connecting { join_by: Instant, identity: Option<Identity> },
+    /// Welcomed, under `identity` when it presented a credential.
+    Joined { client_id: u64, identity: Option<Identity> },
+}
+
+/// Who a peer is, as far as its credentials tell: a digest of its client certificate or of
+/// its auth token (never the token itself). Sessions are limited per identity.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Identity([u8; 32]);
+
+impl Identity {
+    /// The identity of a client certificate (DER bytes).
+    pub fn of_certificate(der: &[u8]) -> Self {
+        Self::digest(b"flotilla identity: certificate", der)
+    }
+
+    /// The identity of an auth token.
+    pub fn of_token(token: &str) -> Self {
+        Self::digest(b"flotilla identity: token", token.as_bytes())
+    }
+
+    fn digest(label: &[u8], bytes: &[u8]) -> Self {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(label);
+        hasher.update(bytes);
+        Self(hasher.finalize().into())
+    }
+}
+
+impl std::fmt::Debug for Identity {
+    /// The first 8 bytes in hex: enough to tell identities apart in logs, nothing to replay.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for byte in &self.0[..8] {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
 }
 
 /// How a sampled client has answered the running round.
@@ -184,12 +219,34 @@ impl Coordinator {
 
     /// A new connection was accepted; it must `Join` within the configured time.
     pub fn handle_connect(&mut self, conn: ConnectionId, now: Instant) {
+        self.handle_connect_as(conn, None, now);
+    }
+
+    /// A new connection was accepted from a peer the transport identified (its client
+    /// certificate); it must `Join` within the configured time.
+    pub fn handle_connect_as(&mut self, conn: ConnectionId, identity: Option<Identity>, now: Instant) {
         let join_by = now + self.config.join_timeout;
-        self.peers.entry(conn).or_insert(Peer::Connecting { join_by });
+        self.peers.entry(conn).or_insert(Peer::Connecting { join_by, identity });
     }
 
     /// A frame payload arrived on `conn`; undecodable bytes close the connection.
+    ///
+    /// The message's kind is read first (its variant index) and a message the peer's state
+    /// does not allow is refused before its body is decoded: anything but `Join`, `Heartbeat`
+    /// or `Goodbye` before `Join`; a secure-aggregation message from outside the running
+    /// session's cohort.
     pub fn handle_frame(&mut self, conn: ConnectionId, payload: &[u8], now: Instant) {
+        let Some(peer) = self.peers.get(&conn).copied() else { return };
+        match (peer, crate::protocol::framing::peek_variant(payload)) {
+            (Peer::Connecting { .. }, Some(variant)) if !ClientMessage::allowed_before_join(variant) => {
+                return self.violation(conn, ErrorCode::UnexpectedMessage, "message before Join".into(), now);
+            }
+            (Peer::Joined { .. }, Some(ClientMessage::SECAGG_VARIANT)) if !self.in_secure_cohort(conn) => {
+                // A late message of a session that ended is normal; its body is never read.
+                return;
+            }
+            _ => {}
+        }
         match decode_message::<ClientMessage>(payload) {
             Ok(message) => self.handle_message(conn, message, now),
             Err(error) => self.violation(conn, ErrorCode::Malformed, error.to_string(), now),
@@ -202,8 +259,8 @@ impl Coordinator {
             return; // Closed by us already, or unknown to the shell: nothing to answer.
         };
         match (peer, message) {
-            (Peer::Connecting { .. }, ClientMessage::Join { protocol_version, client_name, auth_token }) => {
-                self.handle_join(conn, protocol_version, client_name, auth_token, now);
+            (Peer::Connecting { identity, .. }, ClientMessage::Join { protocol_version, client_name, auth_token }) => {
+                self.handle_join(conn, identity, protocol_version, client_name, auth_token, now);
             }
             (Peer::Joined { .. }, ClientMessage::Update(update)) if self.buffered.is_some() => {
                 self.handle_async_update(conn, update, now);
@@ -217,7 +274,7 @@ impl Coordinator {
                     self.record_answer(conn, Answer::Refused, now);
                 }
             },
-            (Peer::Joined { client_id }, ClientMessage::SecAgg { round, message }) => {
+            (Peer::Joined { client_id, .. }, ClientMessage::SecAgg { round, message }) => {
                 self.handle_secure_message(conn, client_id, round, message, now);
             }
             (_, ClientMessage::Heartbeat) => {}
@@ -258,7 +315,7 @@ impl Coordinator {
             let goodbye = CoordinatorMessage::Goodbye { reason: reason.to_string() };
             self.transmits.push_back(Outgoing::Message(conn, goodbye));
             self.closes.push_back((conn, CloseReason::Goodbye));
-            if let Peer::Joined { client_id } = peer {
+            if let Peer::Joined { client_id, .. } = peer {
                 self.events.push_back(CoordinatorEvent::ClientLeft { conn, client_id });
             }
         }
@@ -269,7 +326,7 @@ impl Coordinator {
         let late: Vec<ConnectionId> = self
             .peers
             .iter()
-            .filter(|(_, peer)| matches!(peer, Peer::Connecting { join_by } if *join_by <= now))
+            .filter(|(_, peer)| matches!(peer, Peer::Connecting { join_by, .. } if *join_by <= now))
             .map(|(conn, _)| *conn)
             .collect();
         for conn in late {
@@ -315,7 +372,7 @@ impl Coordinator {
     /// When [`Coordinator::handle_timeout`] must be called next, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let joins = self.peers.values().filter_map(|peer| match peer {
-            Peer::Connecting { join_by } => Some(*join_by),
+            Peer::Connecting { join_by, .. } => Some(*join_by),
             Peer::Joined { .. } => None,
         });
         let round = match &self.active {
@@ -328,7 +385,15 @@ impl Coordinator {
         joins.chain(round).chain(asks).min()
     }
 
-    fn handle_join(&mut self, conn: ConnectionId, version: u16, name: String, token: Option<String>, now: Instant) {
+    fn handle_join(
+        &mut self,
+        conn: ConnectionId,
+        identity: Option<Identity>,
+        version: u16,
+        name: String,
+        token: Option<String>,
+        now: Instant,
+    ) {
         if self.shutting_down {
             return self.refuse_join(conn, ErrorCode::ShuttingDown, "coordinator is shutting down".into(), now);
         }
@@ -337,13 +402,19 @@ impl Coordinator {
             return self.refuse_join(conn, ErrorCode::UnsupportedVersion, reason, now);
         }
         if let Some(accepted) = &self.config.auth_tokens
-            && !token.is_some_and(|token| token_accepted(accepted, &token))
+            && !token.as_deref().is_some_and(|token| token_accepted(accepted, token))
         {
             return self.refuse_join(conn, ErrorCode::Unauthorized, "auth token refused".into(), now);
         }
+        // A certificate names the peer best; else the token it was admitted with.
+        let identity =
+            identity.or_else(|| self.config.auth_tokens.as_ref().and(token.as_deref()).map(Identity::of_token));
+        if let Some(identity) = identity {
+            self.make_room_for(identity, now);
+        }
         let client_id = self.next_client_id;
         self.next_client_id += 1;
-        self.peers.insert(conn, Peer::Joined { client_id });
+        self.peers.insert(conn, Peer::Joined { client_id, identity });
         let welcome = CoordinatorMessage::Welcome {
             client_id,
             protocol_version: PROTOCOL_VERSION,
@@ -363,8 +434,36 @@ impl Coordinator {
         self.maybe_start_round(now);
     }
 
+    /// Closes the oldest sessions of `identity` until one more fits under
+    /// `sessions_per_identity` (0: no limit): a device that reconnects replaces its
+    /// half-dead session, and one stolen credential holds at most that many sessions.
+    fn make_room_for(&mut self, identity: Identity, now: Instant) {
+        let limit = self.config.sessions_per_identity;
+        if limit == 0 {
+            return;
+        }
+        let mut sessions: Vec<(u64, ConnectionId)> = self
+            .peers
+            .iter()
+            .filter_map(|(conn, peer)| match peer {
+                Peer::Joined { client_id, identity: Some(id) } if *id == identity => Some((*client_id, *conn)),
+                _ => None,
+            })
+            .collect();
+        sessions.sort_unstable();
+        let excess = (sessions.len() + 1).saturating_sub(limit);
+        for (_, old) in sessions.into_iter().take(excess) {
+            let reason = "replaced by a newer session with the same credentials".to_string();
+            self.send_error_and_close(old, ErrorCode::SessionReplaced, reason.clone(), now);
+            self.events.push_back(CoordinatorEvent::ClientRefused {
+                conn: old,
+                code: ErrorCode::SessionReplaced,
+                reason,
+            });
+        }
+    }
+
     fn refuse_join(&mut self, conn: ConnectionId, code: ErrorCode, reason: String, now: Instant) {
-        tracing::info!(%conn, ?code, %reason, "join refused");
         self.send_error_and_close(conn, code, reason.clone(), now);
         self.events.push_back(CoordinatorEvent::ClientRefused { conn, code, reason });
     }
@@ -373,7 +472,6 @@ impl Coordinator {
         if !self.peers.contains_key(&conn) {
             return;
         }
-        tracing::warn!(%conn, ?code, %reason, "protocol violation");
         self.send_error_and_close(conn, code, reason.clone(), now);
         self.events.push_back(CoordinatorEvent::ProtocolViolation { conn, reason });
     }
@@ -384,10 +482,15 @@ impl Coordinator {
         self.remove_peer(conn, now);
     }
 
+    /// Whether `conn` is in the cohort of the running secure-aggregation session.
+    fn in_secure_cohort(&self, conn: ConnectionId) -> bool {
+        self.active.as_ref().and_then(|active| active.secure.as_ref()).is_some_and(|secure| secure.has(conn))
+    }
+
     /// Forgets `conn`; a sampled client that had not answered counts as gone.
     fn remove_peer(&mut self, conn: ConnectionId, now: Instant) {
         let Some(peer) = self.peers.remove(&conn) else { return };
-        if let Peer::Joined { client_id } = peer {
+        if let Peer::Joined { client_id, .. } = peer {
             self.events.push_back(CoordinatorEvent::ClientLeft { conn, client_id });
         }
         if let Some(state) = &mut self.buffered {

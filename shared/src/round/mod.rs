@@ -14,7 +14,7 @@ mod sampling;
 
 pub use client::{ANY_MODEL_VERSION, Client, ClientEvent, SubmitError};
 pub use config::{ConfigError, CoordinatorConfig, Mode, StalenessPolicy};
-pub use coordinator::Coordinator;
+pub use coordinator::{Coordinator, Identity};
 pub use events::{CoordinatorEvent, RoundFailure, UpdateRefusal};
 
 use crate::protocol::ErrorCode;

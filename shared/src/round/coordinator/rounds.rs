@@ -52,7 +52,6 @@ impl Coordinator {
             metrics: LocalMetrics::default(),
             secure: None,
         });
-        tracing::info!(round = self.round, sampled = sampled.len(), "round started");
         self.events.push_back(CoordinatorEvent::RoundStarted {
             round: self.round,
             model_version: self.model_version,
@@ -131,7 +130,6 @@ impl Coordinator {
     }
 
     pub(super) fn refuse_update(&mut self, conn: ConnectionId, reason: UpdateRefusal) {
-        tracing::warn!(%conn, %reason, "update refused");
         let error = CoordinatorMessage::Error { code: reason.code(), message: reason.to_string() };
         self.transmits.push_back(Outgoing::Message(conn, error));
         self.events.push_back(CoordinatorEvent::UpdateRefused { conn, reason });
@@ -188,7 +186,6 @@ impl Coordinator {
                 let LocalMetrics { samples, prequential_errors } = active.metrics;
                 let mean_local_error = (samples > 0).then(|| prequential_errors as f64 / samples as f64);
                 let epsilon = self.spend_privacy();
-                tracing::info!(round, model_version = self.model_version, accepted, "round committed");
                 self.events.push_back(CoordinatorEvent::RoundCommitted {
                     round,
                     model_version: self.model_version,
@@ -199,7 +196,6 @@ impl Coordinator {
                 });
             }
             Err(reason) => {
-                tracing::warn!(round, %reason, "round failed");
                 self.events.push_back(CoordinatorEvent::RoundFailed { round, reason });
             }
         }

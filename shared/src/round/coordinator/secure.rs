@@ -11,7 +11,6 @@ use crate::protocol::CoordinatorMessage;
 use crate::round::ConnectionId;
 use crate::round::events::{CoordinatorEvent, RoundFailure};
 use crate::secagg::{self, SecAggServer, ServerPhase, SessionSetup};
-use crate::workload::splitmix64;
 
 /// The secure session of the running round.
 pub(super) struct SecureRound {
@@ -20,6 +19,13 @@ pub(super) struct SecureRound {
     connections: BTreeMap<u64, ConnectionId>,
     phase: ServerPhase,
     phase_deadline: Instant,
+}
+
+impl SecureRound {
+    /// Whether `conn` is in the session's cohort.
+    pub(super) fn has(&self, conn: ConnectionId) -> bool {
+        self.connections.values().any(|c| *c == conn)
+    }
 }
 
 impl std::fmt::Debug for SecureRound {
@@ -35,18 +41,6 @@ impl SecureRound {
     }
 }
 
-/// A public, per-round session id derived from the coordinator's seed (it seeds the
-/// neighbour graph; secrecy comes from the clients' own keys).
-fn session_id(seed: u64, round: u64) -> [u8; secagg::SEED_LEN] {
-    let mut id = [0u8; secagg::SEED_LEN];
-    let mut state = splitmix64(seed ^ splitmix64(round));
-    for chunk in id.chunks_mut(8) {
-        state = splitmix64(state);
-        chunk.copy_from_slice(&state.to_le_bytes());
-    }
-    id
-}
-
 impl Coordinator {
     /// Opens the round's secure session over `sampled` (called right after the round started).
     pub(super) fn open_secure_round(&mut self, sampled: &[ConnectionId], now: Instant) {
@@ -54,13 +48,20 @@ impl Coordinator {
         let connections: BTreeMap<u64, ConnectionId> = sampled
             .iter()
             .filter_map(|conn| match self.peers.get(conn) {
-                Some(Peer::Joined { client_id }) => Some((*client_id, *conn)),
+                Some(Peer::Joined { client_id, .. }) => Some((*client_id, *conn)),
                 _ => None,
             })
             .collect();
         let cohort: Vec<u64> = connections.keys().copied().collect();
+        // The session id seeds the neighbour graph: derived from the coordinator's secret key, so
+        // nobody can predict it (and who will mask with whom) from the public seed and round.
+        // `CoordinatorConfig::validate` refuses secure aggregation without a key.
+        let Some(key) = self.config.noise_key else {
+            let reason = "secure aggregation needs the coordinator's secret key (CoordinatorConfig::noise_key)";
+            return self.fail_round(RoundFailure::Secure(reason.into()), now);
+        };
         let setup = SessionSetup {
-            session_id: session_id(self.config.seed, self.round),
+            session_id: key.secagg_session_id(self.round),
             params: config.params(cohort.len()),
             vector_len: self.params.values.len(),
             cohort,
@@ -155,6 +156,16 @@ impl Coordinator {
     fn finish_secure(&mut self, now: Instant) {
         let Some(mut secure) = self.active.as_mut().and_then(|a| a.secure.take()) else { return };
         let Some(output) = secure.server.take_output() else { return };
+        let excluded: Vec<u64> = secure.server.excluded().collect();
+        let flagged: Vec<u64> = secure.server.flagged().collect();
+        if !excluded.is_empty() || !flagged.is_empty() {
+            tracing::warn!(
+                round = self.round,
+                ?excluded,
+                ?flagged,
+                "secure aggregation: clients dropped for bad keys or caught revealing wrong shares"
+            );
+        }
         let survivors: Vec<ConnectionId> =
             output.survivors.iter().filter_map(|id| secure.connections.get(id).copied()).collect();
         let sum = match output.decode(secure.server.setup()) {

@@ -525,3 +525,71 @@ fn shutdown_says_goodbye_abandons_the_round_and_refuses_joins() {
 }
 
 mod strategies;
+
+fn closes(coordinator: &mut Coordinator) -> Vec<(ConnectionId, CloseReason)> {
+    std::iter::from_fn(|| coordinator.poll_close()).collect()
+}
+
+fn join_with_token(coordinator: &mut Coordinator, conn: u64, token: &str, now: Instant) {
+    coordinator.handle_connect(ConnectionId(conn), now);
+    let join = ClientMessage::Join {
+        protocol_version: PROTOCOL_VERSION,
+        client_name: "edge".into(),
+        auth_token: Some(token.into()),
+    };
+    coordinator.handle_message(ConnectionId(conn), join, now);
+}
+
+#[test]
+fn a_new_session_of_a_token_replaces_the_oldest_beyond_the_limit() {
+    let t0 = Instant::now();
+    let tokens: BTreeSet<String> = ["alpha".to_string(), "beta".to_string()].into();
+    let mut machine = coordinator(CoordinatorConfig { auth_tokens: Some(tokens.clone()), ..config(5) });
+    join_with_token(&mut machine, 1, "alpha", t0);
+    join_with_token(&mut machine, 2, "beta", t0);
+    assert!(closes(&mut machine).is_empty(), "two identities, one session each");
+    join_with_token(&mut machine, 3, "alpha", t0);
+    assert_eq!(closes(&mut machine), vec![(ConnectionId(1), CloseReason::Error(ErrorCode::SessionReplaced))]);
+    assert_eq!(machine.joined(), 2);
+    let replaced = events(&mut machine).into_iter().any(|e| {
+        matches!(e, CoordinatorEvent::ClientRefused { conn: ConnectionId(1), code: ErrorCode::SessionReplaced, .. })
+    });
+    assert!(replaced, "the replacement is reported");
+
+    // Two sessions per identity: the third closes the oldest only.
+    let two = CoordinatorConfig { auth_tokens: Some(tokens.clone()), sessions_per_identity: 2, ..config(5) };
+    let mut machine = coordinator(two);
+    for conn in 1..=3 {
+        join_with_token(&mut machine, conn, "alpha", t0);
+    }
+    assert_eq!(closes(&mut machine), vec![(ConnectionId(1), CloseReason::Error(ErrorCode::SessionReplaced))]);
+    assert_eq!(machine.joined(), 2);
+
+    // No limit: a fleet sharing one token.
+    let unlimited = CoordinatorConfig { auth_tokens: Some(tokens), sessions_per_identity: 0, ..config(50) };
+    let mut machine = coordinator(unlimited);
+    for conn in 1..=10 {
+        join_with_token(&mut machine, conn, "alpha", t0);
+    }
+    assert!(closes(&mut machine).is_empty());
+    assert_eq!(machine.joined(), 10);
+}
+
+#[test]
+fn a_certificate_identity_wins_over_the_token_and_anonymous_peers_are_not_limited() {
+    let t0 = Instant::now();
+    let mut coordinator = coordinator(config(50));
+    let device = Identity::of_certificate(b"device certificate");
+    for conn in 1..=3 {
+        coordinator.handle_connect_as(ConnectionId(conn), Some(device), t0);
+        coordinator.handle_message(ConnectionId(conn), join_message(PROTOCOL_VERSION), t0);
+    }
+    let closed: Vec<_> = closes(&mut coordinator).into_iter().map(|(conn, _)| conn).collect();
+    assert_eq!(closed, vec![ConnectionId(1), ConnectionId(2)], "one live session per certificate");
+    for conn in 10..20 {
+        join(&mut coordinator, conn, t0);
+    }
+    assert!(closes(&mut coordinator).is_empty(), "without credentials there is no identity to limit");
+    assert_eq!(coordinator.joined(), 11);
+    assert_ne!(Identity::of_certificate(b"x"), Identity::of_token("x"), "identities are domain-separated");
+}

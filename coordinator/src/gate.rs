@@ -1,0 +1,159 @@
+//! Connection limits: at most `max_connections` open at once and `per_address` from one IP;
+//! QUIC address validation (Retry) for unvalidated peers while the coordinator is under load.
+//!
+//! Every accepted connection holds a [`Ticket`] until its task ends; dropping the ticket
+//! gives its place back.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::config::Limits;
+
+/// Handshakes in progress above which unvalidated peers must prove their address (Retry).
+pub(crate) const RETRY_ABOVE_HANDSHAKES: usize = 64;
+
+/// The coordinator's count of open connections.
+#[derive(Debug, Clone)]
+pub(crate) struct Gate {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    limits: Limits,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    total: usize,
+    handshaking: usize,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+/// What to do with a new connection attempt.
+#[derive(Debug)]
+pub(crate) enum Admission {
+    /// Serve it; the ticket counts it until dropped.
+    Accept(Ticket),
+    /// Ask the peer to prove its address first (a QUIC Retry).
+    Retry,
+    /// Refuse it, for this reason.
+    Refuse(&'static str),
+}
+
+impl Gate {
+    pub(crate) fn new(limits: Limits) -> Self {
+        Self { inner: Arc::new(Inner { limits, state: Mutex::new(State::default()) }) }
+    }
+
+    /// Whether a connection from `ip` may start; `validated` when the peer already proved its
+    /// address (a Retry token), `may_retry` when a Retry can still be asked for.
+    pub(crate) fn admit(&self, ip: IpAddr, validated: bool, may_retry: bool) -> Admission {
+        let limits = self.inner.limits;
+        let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.total >= limits.max_connections {
+            return Admission::Refuse("the coordinator is at --max-connections");
+        }
+        let from_ip = state.per_address.get(&ip).copied().unwrap_or(0);
+        if from_ip >= limits.per_address {
+            return Admission::Refuse("this address is at --max-connections-per-address");
+        }
+        let loaded = state.handshaking >= RETRY_ABOVE_HANDSHAKES || state.total >= limits.max_connections / 2;
+        if loaded && !validated && may_retry {
+            return Admission::Retry;
+        }
+        state.total += 1;
+        state.handshaking += 1;
+        *state.per_address.entry(ip).or_insert(0) += 1;
+        Admission::Accept(Ticket { inner: self.inner.clone(), ip, handshaking: true })
+    }
+
+    /// Connections open now.
+    #[cfg(test)]
+    fn open(&self) -> usize {
+        self.inner.state.lock().unwrap_or_else(PoisonError::into_inner).total
+    }
+}
+
+/// One open connection's place under the limits.
+#[derive(Debug)]
+pub(crate) struct Ticket {
+    inner: Arc<Inner>,
+    ip: IpAddr,
+    handshaking: bool,
+}
+
+impl Ticket {
+    /// The handshake completed: the connection no longer counts as handshaking.
+    pub(crate) fn handshake_done(mut self) -> Self {
+        if std::mem::take(&mut self.handshaking) {
+            let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.handshaking = state.handshaking.saturating_sub(1);
+        }
+        self
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.total = state.total.saturating_sub(1);
+        if self.handshaking {
+            state.handshaking = state.handshaking.saturating_sub(1);
+        }
+        if let Some(count) = state.per_address.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                state.per_address.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(max_connections: usize, per_address: usize) -> Gate {
+        Gate::new(Limits { min_rate: 1024, max_connections, per_address })
+    }
+
+    #[test]
+    fn limits_per_address_and_in_total_and_gives_places_back() {
+        let gate = gate(3, 2);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let first = gate.admit(a, true, false);
+        let second = gate.admit(a, true, false);
+        assert!(matches!(first, Admission::Accept(_)) && matches!(second, Admission::Accept(_)));
+        assert!(matches!(gate.admit(a, true, false), Admission::Refuse(_)), "a third from one address");
+        let third = gate.admit(b, true, false);
+        assert!(matches!(third, Admission::Accept(_)));
+        assert!(matches!(gate.admit(b, true, false), Admission::Refuse(_)), "over the total");
+        drop(first);
+        assert_eq!(gate.open(), 2);
+        assert!(matches!(gate.admit(a, true, false), Admission::Accept(_)), "a place was given back");
+        drop((second, third));
+        assert_eq!(gate.open(), 0);
+    }
+
+    #[test]
+    fn asks_unvalidated_peers_to_retry_under_load() {
+        let gate = gate(1000, 1000);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let tickets: Vec<_> = (0..RETRY_ABOVE_HANDSHAKES).map(|_| gate.admit(ip, false, true)).collect();
+        assert!(tickets.iter().all(|t| matches!(t, Admission::Accept(_))));
+        assert!(matches!(gate.admit(ip, false, true), Admission::Retry), "handshakes pile up: retry");
+        assert!(matches!(gate.admit(ip, true, true), Admission::Accept(_)), "a validated peer is served");
+        let done: Vec<_> = tickets
+            .into_iter()
+            .filter_map(|t| match t {
+                Admission::Accept(ticket) => Some(ticket.handshake_done()),
+                _ => None,
+            })
+            .collect();
+        assert!(matches!(gate.admit(ip, false, true), Admission::Accept(_)), "handshakes done: no retry");
+        drop(done);
+    }
+}
