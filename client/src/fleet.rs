@@ -76,7 +76,6 @@ pub fn run(args: FleetArgs) -> anyhow::Result<()> {
     let stats = Arc::new(SessionStats::default());
     let identity = config.identity.clone().map(|(cert, key)| IssuedCert { cert, key });
     let mut base = ClientSessionConfig::new(config.coordinator, &config.server_name, config.ca.clone(), "");
-    base.auth_token = config.token.clone();
     base.tls.identity = identity;
     base.stats = stats.clone();
     let endpoint = runtime.block_on(async { client_endpoint(&base.tls, config.coordinator, &base.tuning) })?;
@@ -85,7 +84,11 @@ pub fn run(args: FleetArgs) -> anyhow::Result<()> {
     let mut sessions = Vec::with_capacity(streams.len());
     for (c, rows) in streams.into_iter().enumerate() {
         let (requests, inbox) = tokio::sync::mpsc::channel(8);
-        let session = ClientSessionConfig { client_name: format!("{}-{c}", config.name), ..base.clone() };
+        let session = ClientSessionConfig {
+            client_name: format!("{}-{c}", config.name),
+            auth_token: flotilla_net::tokens::token_for(&config.tokens, c as u64),
+            ..base.clone()
+        };
         sessions.push(runtime.spawn(run_client_session(session, requests, shutdown.clone())));
         clients.push(Virtual {
             learner: None,

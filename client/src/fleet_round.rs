@@ -34,7 +34,8 @@ pub struct FleetRoundArgs {
     /// CA certificate to trust (the coordinator's `pki/ca.pem` in development).
     #[arg(long, value_name = "FILE")]
     pub ca: PathBuf,
-    /// File holding the auth token, when the coordinator requires one.
+    /// File of auth tokens, when the coordinator requires them: client i presents line i mod n
+    /// (one identity per line; the coordinator keeps --sessions-per-identity sessions each).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// Number of virtual clients in this process.
@@ -78,17 +79,15 @@ struct Report {
 
 /// Runs the virtual clients until every session ends, `--duration` passes or a signal.
 pub fn run(args: FleetRoundArgs) -> anyhow::Result<()> {
-    let token = match &args.token_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?.trim().to_string(),
-        ),
-        None => None,
+    let tokens = match &args.token_file {
+        Some(path) => flotilla_net::tokens::read_token_file(path)?,
+        None => Vec::new(),
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(usize::from(args.threads)).enable_all().build()?;
     let started = Instant::now();
     let stats = Arc::new(SessionStats::default());
-    runtime.block_on(drive(&args, token, stats.clone()))?;
+    runtime.block_on(drive(&args, &tokens, stats.clone()))?;
     let report = Report {
         clients: args.clients,
         updates_sent: stats.updates_sent(),
@@ -105,10 +104,9 @@ pub fn run(args: FleetRoundArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn drive(args: &FleetRoundArgs, token: Option<String>, stats: Arc<SessionStats>) -> anyhow::Result<()> {
+async fn drive(args: &FleetRoundArgs, tokens: &[String], stats: Arc<SessionStats>) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut base = ClientSessionConfig::new(args.coordinator, &args.server_name, args.ca.clone(), "");
-    base.auth_token = token;
     base.stats = stats;
     base.max_frame = FrameLimit::new(args.max_frame_mib.saturating_mul(1 << 20));
     base.tuning = base.tuning.with_max_udp_payload(args.max_udp_payload);
@@ -123,7 +121,11 @@ async fn drive(args: &FleetRoundArgs, token: Option<String>, stats: Arc<SessionS
             wait_for_wave(&base.stats, offset, &shutdown).await;
         }
         let (requests, inbox) = mpsc::channel(4);
-        let session = ClientSessionConfig { client_name: format!("fleet-round-{index}"), ..base.clone() };
+        let session = ClientSessionConfig {
+            client_name: format!("fleet-round-{index}"),
+            auth_token: flotilla_net::tokens::token_for(tokens, index),
+            ..base.clone()
+        };
         tracker.spawn(async move {
             if let Err(error) = respond(index, inbox).await {
                 tracing::error!(client = index, "{error:#}");

@@ -113,7 +113,8 @@ pub struct Options {
     #[arg(long, value_name = "FILE")]
     pub client_ca: Option<PathBuf>,
     /// File of pre-shared tokens, one per line (blank lines and lines starting with # are
-    /// skipped); clients must present one of them.
+    /// skipped); clients must present one of them. Each token is an identity with at most
+    /// --sessions-per-identity live sessions.
     #[arg(long, value_name = "FILE")]
     pub tokens_file: Option<PathBuf>,
     /// Let any client join on a non-loopback address, without --tokens-file or --client-ca
@@ -654,7 +655,6 @@ impl Options {
 
 /// Reads a tokens file: one token per line, blank lines and `#` comments skipped.
 pub fn read_tokens(path: &Path) -> anyhow::Result<BTreeSet<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading tokens file {}", path.display()))?;
     {
         use std::os::unix::fs::PermissionsExt;
         if let Ok(meta) = std::fs::metadata(path)
@@ -664,16 +664,9 @@ pub fn read_tokens(path: &Path) -> anyhow::Result<BTreeSet<String>> {
             tracing::warn!(path = %path.display(), mode, "the tokens file is readable by other users: chmod 600 it");
         }
     }
-    let tokens: BTreeSet<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .map(String::from)
-        .collect();
-    if tokens.is_empty() {
-        bail!("tokens file {} holds no token: every client would be refused", path.display());
-    }
-    Ok(tokens)
+    let tokens = flotilla_net::tokens::read_token_file(path)
+        .map_err(|error| anyhow::anyhow!("{error}: every client would be refused"))?;
+    Ok(tokens.into_iter().collect())
 }
 
 #[cfg(test)]

@@ -156,6 +156,8 @@ impl Uploads {
 #[derive(Clone)]
 pub(crate) struct Context {
     pub(crate) inbound: mpsc::Sender<Inbound>,
+    /// Largest frame a client may send: what its largest legitimate message needs (see
+    /// [`upload_limit`]), never the coordinator's own frame limit.
     pub(crate) limit: FrameLimit,
     pub(crate) traffic: Arc<Traffic>,
     pub(crate) shutdown: CancellationToken,
@@ -163,6 +165,24 @@ pub(crate) struct Context {
     pub(crate) uploads: Uploads,
     pub(crate) limits: Limits,
     pub(crate) logs: LogBudget,
+}
+
+/// Room on top of the model's own frame for an update's header and metrics.
+const UPLOAD_OVERHEAD: u32 = 64 << 10;
+/// Bytes of one sealed-share entry of a `ShareKeys` message, with room to spare.
+const SHARE_ENTRY_BYTES: u32 = 160;
+
+/// The largest frame a client may send: an update is at most the model's frame (a delta is a
+/// vector of the model's length; compressed ones are smaller) plus [`UPLOAD_OVERHEAD`]; under
+/// secure aggregation a `ShareKeys` message may list one sealed share per client of a session
+/// (at most `max_cohort`). Never above `ceiling` (`--max-frame-mib`). A 64 MiB frame of junk
+/// is thus refused at its header when the model is 400 KB.
+pub(crate) fn upload_limit(model_frame: usize, secure_cohort: Option<usize>, ceiling: FrameLimit) -> FrameLimit {
+    let update = u32::try_from(model_frame).unwrap_or(u32::MAX).saturating_add(UPLOAD_OVERHEAD);
+    let shares = secure_cohort.map_or(0, |cohort| {
+        u32::try_from(cohort).unwrap_or(u32::MAX).saturating_mul(SHARE_ENTRY_BYTES).saturating_add(UPLOAD_OVERHEAD)
+    });
+    FrameLimit::new(update.max(shares).min(ceiling.bytes()))
 }
 
 /// Completes the handshake, waits for the client's stream, then relays until the end.
@@ -278,9 +298,12 @@ impl Reader<'_> {
     /// Reads the `Join` frame, waits for admission, then forwards frames until the stream or
     /// the connection ends; a peer over a limit or out of time is closed at once.
     async fn run(self, recv: RecvStream, admitted: oneshot::Receiver<()>) {
-        let mut reader = FrameReader::new(recv, self.context.limit);
+        let mut reader = FrameReader::new(recv, FrameLimit::new(JOIN_FRAME_MAX));
         let stop = match self.join(&mut reader, admitted).await {
-            Ok(()) => self.relay(&mut reader).await,
+            Ok(()) => {
+                reader.set_limit(self.context.limit);
+                self.relay(&mut reader).await
+            }
             Err(stop) => stop,
         };
         self.count(&reader);
@@ -428,5 +451,19 @@ fn lost_reason(error: &ConnectionError) -> String {
     match error {
         ConnectionError::LocallyClosed => "closed by the coordinator".into(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_may_send_what_their_largest_message_needs_and_no_more() {
+        let ceiling = FrameLimit::DEFAULT;
+        assert_eq!(upload_limit(400_000, None, ceiling).bytes(), 400_000 + UPLOAD_OVERHEAD);
+        let secure = upload_limit(1000, Some(65_536), ceiling).bytes();
+        assert_eq!(secure, 65_536 * SHARE_ENTRY_BYTES + UPLOAD_OVERHEAD);
+        assert_eq!(upload_limit(usize::MAX, None, ceiling), ceiling);
     }
 }

@@ -40,6 +40,8 @@ pub struct Server {
     eval: Option<Evaluator>,
     /// Error of the starting model on the held-out data, when there is any.
     start_error: Option<f64>,
+    /// Largest frame a client may send.
+    upload_limit: flotilla::protocol::framing::FrameLimit,
 }
 
 /// What a run did.
@@ -71,7 +73,9 @@ pub async fn bind(mut config: Config) -> anyhow::Result<Server> {
         }
     }
     let model_message = CoordinatorMessage::Model { model_version: 0, round: 0, params: checkpoint.params.clone() };
-    encode_frame(&model_message, config.max_frame).context("the model does not fit in one frame (--max-frame-mib)")?;
+    let model_frame = encode_frame(&model_message, config.max_frame)
+        .context("the model does not fit in one frame (--max-frame-mib)")?
+        .len();
     let eval = match &config.eval_data {
         Some(path) => Some(Evaluator::load(path, &checkpoint.spec, device)?),
         None => None,
@@ -96,7 +100,9 @@ pub async fn bind(mut config: Config) -> anyhow::Result<Server> {
     let machine = Coordinator::from_checkpoint(config.rounds.clone(), checkpoint).context("round settings")?;
     tracing::info!(listen = %endpoint.local_addr()?, mtls = config.client_ca.is_some(),
         tokens = config.rounds.auth_tokens.is_some(), "coordinator listening");
-    Ok(Server { endpoint, machine, config, files, origin, start, dev_pki, eval, start_error })
+    let secure_cohort = config.rounds.secure.map(|_| flotilla::protocol::bounded::MAX_COHORT);
+    let upload_limit = connection::upload_limit(model_frame, secure_cohort, config.max_frame);
+    Ok(Server { endpoint, machine, config, files, origin, start, dev_pki, eval, start_error, upload_limit })
 }
 
 fn server_tls(config: &Config) -> anyhow::Result<(ServerTls, Option<DevPki>)> {
@@ -132,7 +138,7 @@ impl Server {
     /// Serves until `shutdown` is cancelled or `--rounds` rounds are committed, then says
     /// goodbye to every client, closes the endpoint and waits for the last checkpoint.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<RunSummary> {
-        let Server { endpoint, machine, config, files, origin, start, eval, start_error, .. } = self;
+        let Server { endpoint, machine, config, files, origin, start, eval, start_error, upload_limit, .. } = self;
         let (persist_tx, persist_rx) = mpsc::unbounded_channel();
         let mut persister: JoinHandle<anyhow::Result<()>> =
             tokio::task::spawn_blocking(move || persist_loop(persist_rx, files, eval, start_error));
@@ -141,7 +147,7 @@ impl Server {
         let handshakes = shutdown.child_token();
         let context = connection::Context {
             inbound: inbound_tx,
-            limit: config.max_frame,
+            limit: upload_limit,
             traffic: traffic.clone(),
             shutdown: handshakes.clone(),
             join_timeout: config.rounds.join_timeout,

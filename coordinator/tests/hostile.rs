@@ -47,14 +47,24 @@ async fn before_join_only_a_small_join_frame_is_read() {
     assert!(reason.contains("exceeds the limit of 4096"), "{reason}");
     assert!(started.elapsed() < Duration::from_secs(3), "closed at once, not after a timeout");
 
-    // A joined peer announcing an upload nobody asked for: refused at the header.
+    // A joined peer announcing an upload nobody asked for (over half the idle window, under
+    // the upload limit): refused at the header.
     let mut eager = RawPeer::connect(running.addr, &tls).await.unwrap();
     eager.join(PROTOCOL_VERSION, None).await;
     assert!(matches!(eager.next().await.unwrap(), Some(CoordinatorMessage::Welcome { .. })));
-    eager.send_raw(&header(400_000)).await;
+    eager.send_raw(&header(20_000)).await;
     let (code, reason) = closed_code(&eager.connection, Duration::from_secs(5)).await;
     assert_eq!(code, Some(ErrorCode::UnexpectedMessage), "{reason}");
     assert!(reason.contains("not asked for"), "{reason}");
+
+    // A joined peer announcing more than any update of this model can be: refused at the header.
+    let mut huge = RawPeer::connect(running.addr, &tls).await.unwrap();
+    huge.join(PROTOCOL_VERSION, None).await;
+    assert!(matches!(huge.next().await.unwrap(), Some(CoordinatorMessage::Welcome { .. })));
+    huge.send_raw(&header(60 << 20)).await;
+    let (code, reason) = closed_code(&huge.connection, Duration::from_secs(5)).await;
+    assert_eq!(code, Some(ErrorCode::Malformed), "{reason}");
+    assert!(reason.contains("exceeds the limit"), "{reason}");
 
     // QUIC datagrams are not offered at all.
     let quiet = RawPeer::connect(running.addr, &tls).await.unwrap();
@@ -104,10 +114,11 @@ async fn a_trickled_upload_and_a_peer_that_never_reads_cannot_stall_training() {
     let running = start(options).await;
     let tls = ClientTls { ca: running.ca.clone(), identity: None };
 
-    // The trickler waits to be asked, announces a 100 KB update and sends one byte a second.
+    // The trickler waits to be asked, announces a 60 KB update (within the upload limit) and
+    // sends one byte a second.
     let mut trickler = RawPeer::connect(running.addr, &tls).await.unwrap();
     trickler.join_and_wait_for_request().await;
-    trickler.send_raw(&header(100_000)).await;
+    trickler.send_raw(&header(60_000)).await;
     let RawPeer { endpoint: _endpoint, connection: trickler, send: mut trickled, reader: _reader } = trickler;
     let trickle = tokio::spawn({
         async move {

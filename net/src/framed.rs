@@ -69,6 +69,11 @@ impl FrameReader {
         Self { recv, decoder: FrameDecoder::new(limit), bytes_read: 0 }
     }
 
+    /// Refuses payloads over `limit` from the next frame on.
+    pub fn set_limit(&mut self, limit: FrameLimit) {
+        self.decoder.set_limit(limit);
+    }
+
     /// Bytes read from the stream so far.
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read

@@ -9,6 +9,7 @@
 //! - [`session`]: the client's session loop, relaying between coordinator and learner.
 //! - [`signal`]: waiting for SIGINT/SIGTERM.
 //! - [`persist`]: atomic file replacement (temporary file, fsync, rename, fsync of the folder).
+//! - [`tokens`]: token files, one identity per line.
 
 pub mod backoff;
 pub mod close;
@@ -17,6 +18,7 @@ pub mod persist;
 pub mod session;
 pub mod signal;
 pub mod tls;
+pub mod tokens;
 pub mod transport;
 
 pub use backoff::Backoff;

@@ -21,11 +21,24 @@ pub struct Proc {
 impl Proc {
     /// Starts `binary args…` with stdout to `stdout` and stderr to `log`.
     pub fn start(name: &str, binary: &Path, args: &[String], stdout: &Path, log: &Path) -> anyhow::Result<Self> {
+        let filter = std::env::var("FLEET_CHILD_LOG").unwrap_or_else(|_| "info".into());
+        Self::start_logging(name, binary, args, stdout, log, &filter)
+    }
+
+    /// Like [`Proc::start`], with `filter` as the child's `RUST_LOG`.
+    pub fn start_logging(
+        name: &str,
+        binary: &Path,
+        args: &[String],
+        stdout: &Path,
+        log: &Path,
+        filter: &str,
+    ) -> anyhow::Result<Self> {
         let err = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let out = std::fs::File::create(stdout).with_context(|| format!("creating {}", stdout.display()))?;
         let child = Command::new(binary)
             .args(args)
-            .env("RUST_LOG", std::env::var("FLEET_CHILD_LOG").unwrap_or_else(|_| "info".into()))
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -63,7 +63,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     let stats = Arc::new(SessionStats::default());
     let mut session =
         ClientSessionConfig::new(config.coordinator, &config.server_name, config.ca.clone(), &config.name);
-    session.auth_token = config.token.clone();
+    session.auth_token = config.tokens.first().cloned();
     session.tls.identity = config.identity.clone().map(|(cert, key)| IssuedCert { cert, key });
     session.stats = stats.clone();
     let (requests, inbox) = tokio::sync::mpsc::channel(16);

@@ -33,7 +33,8 @@ pub struct RunOptions {
     /// Mutual TLS: the private key (PEM) of --cert.
     #[arg(long, value_name = "FILE", requires = "cert")]
     pub key: Option<PathBuf>,
-    /// File holding this client's pre-shared token (first line), when the coordinator requires one.
+    /// File holding this client's pre-shared token, when the coordinator requires one: the
+    /// first token line (`fleet` gives virtual client i line i mod n: one identity each).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// Local stream: a CSV file (header, numeric features, integer label last), or `-` for stdin.
@@ -122,7 +123,8 @@ pub struct RunConfig {
     pub server_name: String,
     pub ca: PathBuf,
     pub identity: Option<(PathBuf, PathBuf)>,
-    pub token: Option<String>,
+    /// Tokens of --token-file: a daemon presents the first, virtual client `i` line `i mod n`.
+    pub tokens: Vec<String>,
     pub data: PathBuf,
     pub follow: bool,
     pub rate: Option<f64>,
@@ -147,9 +149,9 @@ impl RunOptions {
         let coordinator = resolve_addr(&coordinator_text)?;
         let host = coordinator_text.rsplit_once(':').map_or(coordinator_text.as_str(), |(h, _)| h);
         let server_name = o.server_name.unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
-        let token = match &o.token_file {
-            Some(path) => Some(read_token(path)?),
-            None => None,
+        let tokens = match &o.token_file {
+            Some(path) => flotilla_net::tokens::read_token_file(path)?,
+            None => Vec::new(),
         };
         let rate = o.rate.filter(|r| *r > 0.0);
         if o.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
@@ -170,7 +172,7 @@ impl RunOptions {
             server_name,
             ca: o.ca.context("--ca FILE is required (the coordinator's CA certificate)")?,
             identity: o.cert.zip(o.key),
-            token,
+            tokens,
             data: o.data.context("--data SOURCE is required (a CSV file or - for stdin)")?,
             follow: o.follow,
             rate,
@@ -211,15 +213,6 @@ impl RunOptions {
 fn read_toml(path: &Path) -> anyhow::Result<RunOptions> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
-}
-
-fn read_token(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading token file {}", path.display()))?;
-    let token = text.lines().next().unwrap_or("").trim().to_string();
-    if token.is_empty() {
-        bail!("token file {} is empty", path.display());
-    }
-    Ok(token)
 }
 
 fn resolve_addr(text: &str) -> anyhow::Result<SocketAddr> {

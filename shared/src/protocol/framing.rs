@@ -141,6 +141,12 @@ impl FrameDecoder {
         Self { buffer: BytesMut::new(), limit, failed: None }
     }
 
+    /// Refuses payloads over `limit` from the next frame on (a peer's limit grows once it is
+    /// admitted).
+    pub fn set_limit(&mut self, limit: FrameLimit) {
+        self.limit = limit;
+    }
+
     /// Appends bytes read from the stream.
     pub fn push(&mut self, bytes: &[u8]) {
         if self.failed.is_none() {

@@ -102,11 +102,14 @@ pub struct UpdateRules {
     /// Whether rounds run secure aggregation: the delta is sent masked in the round's
     /// `SecAgg` session, never as an `Update`.
     pub secure: bool,
+    /// Most samples one update may claim: a client claims at most this many (its metrics
+    /// scaled down alike); the coordinator refuses a larger claim.
+    pub max_samples: Option<u64>,
 }
 
 impl Default for UpdateRules {
     fn default() -> Self {
-        Self { clip_norm: None, noise_std: None, compression: Compression::None, secure: false }
+        Self { clip_norm: None, noise_std: None, compression: Compression::None, secure: false, max_samples: None }
     }
 }
 

@@ -287,6 +287,11 @@ impl Client {
             return Err(SubmitError::InconsistentMetrics);
         }
         check_delta(&delta, fingerprint, len)?;
+        // The coordinator refuses claims above its cap: claim at most that, the metrics scaled alike.
+        let (samples, metrics) = match self.preparer.rules.max_samples {
+            Some(cap) if samples > cap => (cap, metrics.capped(cap)),
+            _ => (samples, metrics),
+        };
         let ParameterVector { format_version, fingerprint, mut values } = delta;
         self.preparer.privatise(&mut values)?;
         let (round, base_version) = (request.round, request.model_version);

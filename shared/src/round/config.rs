@@ -71,8 +71,9 @@ pub struct CoordinatorConfig {
     /// secure aggregation are refused without one. The binary draws it from the operating
     /// system's generator at every start.
     pub noise_key: Option<crate::privacy::NoiseKey>,
-    /// Most samples one update may claim; a larger claim weighs (and counts) as this many.
-    /// `None`: [`CoordinatorConfig::sample_cap`]'s default from the round timing.
+    /// Most samples one update may claim (clients are told, in [`UpdateRules`]); a larger
+    /// claim is refused. `None`: [`CoordinatorConfig::sample_cap`]'s default from the round
+    /// timing.
     pub max_samples_per_update: Option<u64>,
     /// Live sessions one identity (client certificate, else auth token) may hold; a newer
     /// session closes the oldest. 0: no limit (a fleet sharing one token).
@@ -84,9 +85,12 @@ pub const SANE_SAMPLES_PER_SECOND: u64 = 100;
 
 impl CoordinatorConfig {
     /// The cap on the samples one update may claim: `max_samples_per_update`, or by default
-    /// [`SANE_SAMPLES_PER_SECOND`] × (round interval + round deadline), at least 1,000. A
-    /// client claiming more weighs as this many in sample-weighted FedAvg: one peer cannot
-    /// take the model over with a huge claim, and the sum cannot overflow.
+    /// [`SANE_SAMPLES_PER_SECOND`] × (round interval + round deadline), at least 1,000.
+    /// Clients are told it and claim at most this many; a larger claim can only come from a
+    /// peer lying about its weight and is refused, so one peer cannot take the model over
+    /// with a huge claim and the sum cannot overflow. A peer claiming exactly the cap still
+    /// weighs as much as the cap allows: sample-weighted aggregation trusts the counts it is
+    /// given (the robust strategies ignore them).
     pub fn sample_cap(&self) -> u64 {
         self.max_samples_per_update.unwrap_or_else(|| {
             let seconds = (self.round_interval + self.round_deadline).as_secs_f64();
@@ -349,7 +353,13 @@ impl CoordinatorConfig {
             Some(_) => clip_norm.or(self.aggregation.clip_norm.map(|c| c as f32)),
             None => clip_norm,
         };
-        UpdateRules { clip_norm, noise_std, compression: self.compression, secure: self.secure.is_some() }
+        UpdateRules {
+            clip_norm,
+            noise_std,
+            compression: self.compression,
+            secure: self.secure.is_some(),
+            max_samples: Some(self.sample_cap()),
+        }
     }
 
     /// Number of clients to sample among `joined` (0 if fewer than the quorum are joined).

@@ -482,6 +482,21 @@ impl Coordinator {
         self.remove_peer(conn, now);
     }
 
+    /// What every mode checks of an update's claims before folding it: counters consistent,
+    /// and no more samples than the cap. Returns the weight it folds with: 1 under
+    /// differential privacy (every clipped update weighs the same), else its samples.
+    fn check_claims(&self, update: &Update) -> Result<u64, UpdateRefusal> {
+        let LocalMetrics { samples, prequential_errors: errors } = update.metrics;
+        if !update.metrics.is_consistent() {
+            return Err(UpdateRefusal::InconsistentMetrics { errors, samples });
+        }
+        let cap = self.config.sample_cap();
+        if update.samples > cap || samples > cap {
+            return Err(UpdateRefusal::SamplesOverCap { claimed: update.samples.max(samples), cap });
+        }
+        Ok(if self.config.privacy.is_some() { 1 } else { update.samples })
+    }
+
     /// Whether `conn` is in the cohort of the running secure-aggregation session.
     fn in_secure_cohort(&self, conn: ConnectionId) -> bool {
         self.active.as_ref().and_then(|active| active.secure.as_ref()).is_some_and(|secure| secure.has(conn))

@@ -133,6 +133,15 @@ pub enum UpdateRefusal {
         /// Samples claimed.
         samples: u64,
     },
+    /// The update claims more samples than the coordinator's cap (told to every client in
+    /// its rules): only a peer lying about its weight does.
+    #[error("the update claims {claimed} samples; at most {cap} are accepted")]
+    SamplesOverCap {
+        /// Samples claimed.
+        claimed: u64,
+        /// The cap.
+        cap: u64,
+    },
     /// The aggregator refused the delta (NaN, layout, zero samples…).
     #[error(transparent)]
     Invalid(#[from] AggregateError),
@@ -151,7 +160,9 @@ impl UpdateRefusal {
             Self::Invalid(AggregateError::TooStale { .. } | AggregateError::FutureBase { .. }) => {
                 ErrorCode::StaleUpdate
             }
-            Self::InconsistentMetrics { .. } | Self::Invalid(_) | Self::Compressed(_) => ErrorCode::InvalidUpdate,
+            Self::InconsistentMetrics { .. } | Self::SamplesOverCap { .. } | Self::Invalid(_) | Self::Compressed(_) => {
+                ErrorCode::InvalidUpdate
+            }
             Self::MaskedExpected => ErrorCode::UnexpectedMessage,
             Self::NotSampled | Self::Duplicate => ErrorCode::UnexpectedMessage,
             Self::NoRoundInProgress | Self::WrongRound { .. } | Self::StaleBase { .. } => ErrorCode::StaleUpdate,

@@ -199,3 +199,21 @@ fn a_standing_request_rests_on_the_model_held_and_survives_newer_models() {
     client.handle_timeout(deadline);
     assert!(events(&mut client).contains(&ClientEvent::RequestExpired { round: 9 }));
 }
+
+#[test]
+fn a_claim_above_the_coordinators_cap_is_sent_as_the_cap() {
+    let t0 = Instant::now();
+    let mut client = ready(t0);
+    let rules = crate::protocol::UpdateRules { max_samples: Some(50), ..Default::default() };
+    client.handle_message(CoordinatorMessage::Rules(rules), t0);
+    client.handle_message(CoordinatorMessage::UpdateRequest { round: 3, model_version: 2, deadline_ms: 2500 }, t0);
+    let metrics = LocalMetrics { samples: 500, prequential_errors: 100 };
+    client.submit_update(vector(vec![0.25, -0.25]), 500, metrics).unwrap();
+    let sent = std::iter::from_fn(|| client.poll_transmit()).find_map(|m| match m {
+        ClientMessage::Update(update) => Some(update),
+        _ => None,
+    });
+    let update = sent.expect("the update is sent");
+    assert_eq!(update.samples, 50);
+    assert_eq!(update.metrics, LocalMetrics { samples: 50, prequential_errors: 10 });
+}

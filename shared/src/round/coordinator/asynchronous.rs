@@ -101,20 +101,18 @@ impl Coordinator {
     /// Folds an update by its staleness (or refuses it), applies a full buffer, then asks the
     /// client again.
     pub(super) fn handle_async_update(&mut self, conn: ConnectionId, update: Update, now: Instant) {
+        let claims = self.check_claims(&update);
         let (current, version, round) = (&self.params, self.model_version, self.round.saturating_add(1));
         let Some(state) = &mut self.buffered else { return };
         if state.asks.remove(&conn).is_none() {
             return self.refuse_update(conn, UpdateRefusal::NotSampled);
         }
-        let folded = if update.metrics.is_consistent() {
+        let folded = claims.and_then(|_| {
             state.buffer.fold(current, version, &update.delta, update.base_version).map_err(UpdateRefusal::from)
-        } else {
-            let LocalMetrics { samples, prequential_errors: errors } = update.metrics;
-            Err(UpdateRefusal::InconsistentMetrics { errors, samples })
-        };
+        });
         match folded {
             Ok(folded) => {
-                let claimed = update.metrics.capped(self.config.sample_cap());
+                let claimed = update.metrics;
                 let metrics = &mut state.metrics;
                 metrics.samples = metrics.samples.saturating_add(claimed.samples);
                 metrics.prequential_errors = metrics.prequential_errors.saturating_add(claimed.prequential_errors);

@@ -67,19 +67,9 @@ impl Coordinator {
         if let Err(refusal) = self.route_update(conn, &update) {
             return self.refuse_update(conn, refusal);
         }
-        // Under differential privacy every (clipped) update weighs the same; otherwise by its
-        // claimed samples, capped so that no single claim can take the model over.
-        let cap = self.config.sample_cap();
-        if update.samples > cap {
-            tracing::debug!(%conn, claimed = update.samples, cap, "sample claim capped");
-        }
-        let weight = if self.config.privacy.is_some() { 1 } else { update.samples.min(cap) };
-        let folded = if update.metrics.is_consistent() {
-            self.aggregator.fold(&update.delta, weight).map_err(UpdateRefusal::from)
-        } else {
-            let LocalMetrics { samples, prequential_errors: errors } = update.metrics;
-            Err(UpdateRefusal::InconsistentMetrics { errors, samples })
-        };
+        let folded = self
+            .check_claims(&update)
+            .and_then(|weight| self.aggregator.fold(&update.delta, weight).map_err(UpdateRefusal::from));
         match folded {
             Ok(folded) => {
                 if folded.outlier {
@@ -90,7 +80,7 @@ impl Coordinator {
                     tracing::debug!(%conn, norm = folded.norm, "update clipped");
                 }
                 if let Some(active) = &mut self.active {
-                    let metrics = update.metrics.capped(cap);
+                    let metrics = update.metrics;
                     active.metrics.samples = active.metrics.samples.saturating_add(metrics.samples);
                     let errors = &mut active.metrics.prequential_errors;
                     *errors = errors.saturating_add(metrics.prequential_errors);

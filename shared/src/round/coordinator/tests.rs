@@ -112,7 +112,8 @@ fn joining_client_gets_welcome_then_model_and_round_starts_at_quorum() {
     assert!(
         matches!(&sent[0], (ConnectionId(7), CoordinatorMessage::Welcome { client_id: 1, protocol_version: PROTOCOL_VERSION, round: 0, model_version: 0, fingerprint, .. }) if *fingerprint == FINGERPRINT)
     );
-    assert_eq!(sent[1], (ConnectionId(7), CoordinatorMessage::Rules(UpdateRules::default())));
+    let rules = UpdateRules { max_samples: Some(1000), ..UpdateRules::default() };
+    assert_eq!(sent[1], (ConnectionId(7), CoordinatorMessage::Rules(rules)));
     assert!(
         matches!(&sent[2], (ConnectionId(7), CoordinatorMessage::Model { model_version: 0, params, .. }) if params.values == vec![1.0, 2.0])
     );
@@ -195,23 +196,31 @@ fn participant_scaled_step_and_the_served_iterate_average() {
 }
 
 #[test]
-fn an_inflated_sample_claim_is_capped_and_cannot_take_the_model_over() {
+fn an_inflated_sample_claim_is_refused_and_cannot_take_the_model_over() {
     let t0 = Instant::now();
-    let mut coordinator = joined_quietly(CoordinatorConfig { max_samples_per_update: Some(10), ..config(3) }, 3, t0);
+    let capped = CoordinatorConfig { max_samples_per_update: Some(10), ..config(2) };
+    assert_eq!(capped.update_rules().max_samples, Some(10), "clients are told the cap");
+    let mut coordinator = joined_quietly(capped, 3, t0);
+    // Round 1 started at the quorum with clients 1 and 2; round 2 samples all three.
     let t1 = t0 + Duration::from_secs(1);
-    // Two honest clients with 10 samples each push x by +1; the attacker claims 2^62 (and
-    // then u64::MAX would overflow an uncapped sum) and pushes it by −100.
     coordinator.handle_message(ConnectionId(1), update(1, 0, vec![1.0, 0.0], 10, 1), t1);
     coordinator.handle_message(ConnectionId(2), update(1, 0, vec![1.0, 0.0], 10, 1), t1);
-    coordinator.handle_message(ConnectionId(3), update(1, 0, vec![-100.0, 0.0], u64::MAX, 0), t1);
-    // Capped at 10: x = 1 + (10·1 + 10·1 + 10·(−100)) / 30, not ≈ 1 − 100.
+    events(&mut coordinator);
+    // Two honest clients with 10 samples each push x by +1; the attacker claims u64::MAX (an
+    // uncapped sum would overflow) and pushes it by −100.
+    coordinator.handle_message(ConnectionId(1), update(2, 1, vec![1.0, 0.0], 10, 1), t1);
+    coordinator.handle_message(ConnectionId(2), update(2, 1, vec![1.0, 0.0], 10, 1), t1);
+    coordinator.handle_message(ConnectionId(3), update(2, 1, vec![-100.0, 0.0], u64::MAX, 0), t1);
+    // The attacker's update is refused: x = 1 + 1 + 1, the honest means only.
     let x = coordinator.params().values[0];
-    assert!((x - (1.0 + (20.0 - 1000.0) / 30.0)).abs() < 1e-4, "{x}");
-    let committed = events(&mut coordinator).into_iter().find_map(|e| match e {
-        CoordinatorEvent::RoundCommitted { samples, .. } => Some(samples),
+    assert!((x - 3.0).abs() < 1e-6, "{x}");
+    let events = events(&mut coordinator);
+    assert!(refused(&events).iter().any(|r| matches!(r, UpdateRefusal::SamplesOverCap { cap: 10, .. })), "{events:?}");
+    let committed = events.iter().find_map(|e| match e {
+        CoordinatorEvent::RoundCommitted { round: 2, samples, participants, .. } => Some((*samples, *participants)),
         _ => None,
     });
-    assert_eq!(committed, Some(30), "the round counts the capped samples");
+    assert_eq!(committed, Some((20, 2)), "only the honest updates count");
     let default_cap = CoordinatorConfig { round_interval: Duration::from_secs(20), ..config(1) }.sample_cap();
     assert_eq!(default_cap, 100 * 30, "100 samples/s over interval + deadline");
     assert_eq!(config(1).sample_cap(), 1000, "at least 1,000");

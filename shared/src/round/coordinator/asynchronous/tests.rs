@@ -53,7 +53,11 @@ fn sent(coordinator: &mut Coordinator) -> Vec<(u64, String)> {
                     format!("request r{round}")
                 }
                 CoordinatorMessage::Error { code, .. } => format!("error {code:?}"),
-                CoordinatorMessage::Rules(rules) if rules == UpdateRules::default() => "rules".to_string(),
+                CoordinatorMessage::Rules(rules)
+                    if rules == UpdateRules { max_samples: rules.max_samples, ..UpdateRules::default() } =>
+                {
+                    "rules".to_string()
+                }
                 other => format!("{other:?}"),
             };
             (conn.0, text)
