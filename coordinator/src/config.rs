@@ -298,6 +298,12 @@ pub struct Options {
     /// δ of the (ε, δ) reported [default: 1e-5].
     #[arg(long, value_name = "DELTA")]
     pub dp_delta: Option<f64>,
+    /// Over-selection: a round commits as soon as this many updates are accepted, without
+    /// waiting for the other sampled clients — stragglers, or joined peers that never answer,
+    /// then cost nothing (sample more than the goal with --sample-fraction). Not used with
+    /// --secure-aggregation [default: wait for every sampled client, up to the deadline].
+    #[arg(long, value_name = "N")]
+    pub round_goal: Option<usize>,
     /// Live sessions per identity (client certificate, else auth token): a new session closes
     /// the oldest beyond this many, so a device that reconnects replaces its half-dead session
     /// and one leaked credential cannot open thousands; 0 = no limit (a fleet sharing one
@@ -434,7 +440,7 @@ impl Options {
             round_deadline, round_interval, join_timeout, rounds, vector_len, max_frame_mib, eval_data, strategy, server_lr, server_step, serve_average, max_samples_per_update,
             beta1, beta2, tau, trim_fraction, byzantine, multi_krum_m, clip_norm, outlier_norm, max_held_updates,
             mode, buffer_size, max_staleness, concurrent_uploads, idle_window_kib, upload_window_kib,
-            max_udp_payload, gso_segments, sessions_per_identity, min_upload_rate, max_connections,
+            max_udp_payload, gso_segments, round_goal, sessions_per_identity, min_upload_rate, max_connections,
             max_connections_per_address, compression, dp_noise_multiplier, dp_clip, dp_noise, dp_delta, secagg_neighbours,
             secagg_threshold, secagg_clip_range, secagg_scale_bits, secagg_phase_timeout);
         let secure_aggregation = self.secure_aggregation || file.secure_aggregation;
@@ -539,6 +545,7 @@ impl Options {
             noise_key: flotilla_net::tls::os_random().map(flotilla::privacy::NoiseKey),
             max_samples_per_update: self.max_samples_per_update,
             sessions_per_identity: self.sessions_per_identity.unwrap_or(1),
+            round_goal: self.round_goal,
             ..CoordinatorConfig::default()
         };
         rounds.validate().context("invalid round settings")?;

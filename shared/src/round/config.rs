@@ -75,6 +75,10 @@ pub struct CoordinatorConfig {
     /// claim is refused. `None`: [`CoordinatorConfig::sample_cap`]'s default from the round
     /// timing.
     pub max_samples_per_update: Option<u64>,
+    /// Over-selection: a synchronous round commits as soon as this many updates are accepted,
+    /// without waiting for the other sampled clients (stragglers, or peers that never answer).
+    /// `None`: it waits for every sampled client, up to the deadline. At least `min_clients`.
+    pub round_goal: Option<usize>,
     /// Live sessions one identity (client certificate, else auth token) may hold; a newer
     /// session closes the oldest. 0: no limit (a fleet sharing one token).
     pub sessions_per_identity: usize,
@@ -172,6 +176,7 @@ impl Default for CoordinatorConfig {
             noise_key: None,
             max_samples_per_update: None,
             sessions_per_identity: 1,
+            round_goal: None,
         }
     }
 }
@@ -182,6 +187,14 @@ pub enum ConfigError {
     /// A quorum of zero would commit empty rounds.
     #[error("min_clients must be at least 1")]
     ZeroQuorum,
+    /// A round goal below the quorum could never commit at the goal.
+    #[error("round goal {goal} is below the quorum of {min_clients}")]
+    GoalBelowQuorum {
+        /// The goal.
+        goal: usize,
+        /// The quorum.
+        min_clients: usize,
+    },
     /// The fraction must lie in (0, 1].
     #[error("sample_fraction must be in (0, 1], got {0}")]
     SampleFraction(f64),
@@ -227,6 +240,9 @@ impl CoordinatorConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.min_clients == 0 {
             return Err(ConfigError::ZeroQuorum);
+        }
+        if let Some(goal) = self.round_goal.filter(|goal| *goal < self.min_clients) {
+            return Err(ConfigError::GoalBelowQuorum { goal, min_clients: self.min_clients });
         }
         if !(self.sample_fraction > 0.0 && self.sample_fraction <= 1.0) {
             return Err(ConfigError::SampleFraction(self.sample_fraction));

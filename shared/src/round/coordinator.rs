@@ -536,7 +536,8 @@ impl Coordinator {
         }
         let count = |wanted: Answer| active.answers.values().filter(|a| **a == wanted).count();
         let (pending, accepted) = (count(Answer::Pending), count(Answer::Accepted));
-        if pending == 0 || accepted + pending < self.config.min_clients {
+        let goal_met = self.config.round_goal.is_some_and(|goal| accepted >= goal) && active.secure.is_none();
+        if pending == 0 || accepted + pending < self.config.min_clients || goal_met {
             self.end_round(now);
         }
     }

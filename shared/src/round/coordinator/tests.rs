@@ -602,3 +602,22 @@ fn a_certificate_identity_wins_over_the_token_and_anonymous_peers_are_not_limite
     assert_eq!(coordinator.joined(), 11);
     assert_ne!(Identity::of_certificate(b"x"), Identity::of_token("x"), "identities are domain-separated");
 }
+
+#[test]
+fn a_round_with_a_goal_commits_without_waiting_for_stragglers() {
+    let t0 = Instant::now();
+    let goal = CoordinatorConfig { round_goal: Some(2), round_interval: Duration::from_secs(1), ..config(2) };
+    let mut coordinator = joined_quietly(goal, 4, t0);
+    let t1 = t0 + Duration::from_secs(1);
+    coordinator.handle_timeout(t1);
+    assert!(coordinator.round_in_progress());
+    coordinator.handle_message(ConnectionId(1), update(1, 0, vec![1.0, 0.0], 10, 1), t1);
+    assert!(coordinator.round_in_progress(), "one update is below the goal");
+    coordinator.handle_message(ConnectionId(2), update(1, 0, vec![1.0, 0.0], 10, 1), t1);
+    let committed = events(&mut coordinator)
+        .into_iter()
+        .any(|e| matches!(e, CoordinatorEvent::RoundCommitted { round: 1, participants: 2, .. }));
+    assert!(committed, "committed at the goal, clients 3 and 4 not awaited");
+    let below = CoordinatorConfig { round_goal: Some(1), ..config(2) };
+    assert!(matches!(below.validate(), Err(ConfigError::GoalBelowQuorum { goal: 1, min_clients: 2 })));
+}

@@ -252,7 +252,7 @@ fn prepare(args: Args, bin: PathBuf, work: PathBuf, interrupt: Interrupt) -> any
     let all = std::iter::once(honest.clone()).chain(hostile_tokens.iter().cloned()).collect::<Vec<_>>().join("\n");
     write_private(&tokens_file, &format!("# flotilla-bench-hostile\n{all}\n"))?;
     write_private(&honest_token, &format!("{honest}\n"))?;
-    let auto_args = detect_flags(&bin)?;
+    let auto_args = detect_flags(&bin, args.clients)?;
     let frame_limit = FrameLimit::new(frame_mib(&args.coordinator_args).saturating_mul(1 << 20));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -295,7 +295,7 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 /// Flags this coordinator needs for the benchmark's setup, from its `--help`: the honest
 /// fleet shares one token (one process of virtual clients), so a per-identity session limit
 /// is lifted; the hostile peers each hold their own token, so the limit would not bind them.
-fn detect_flags(bin: &Path) -> anyhow::Result<Vec<String>> {
+fn detect_flags(bin: &Path, clients: u32) -> anyhow::Result<Vec<String>> {
     let output = std::process::Command::new(bin.join("flotilla-coordinator"))
         .arg("--help")
         .output()
@@ -304,6 +304,11 @@ fn detect_flags(bin: &Path) -> anyhow::Result<Vec<String>> {
     let mut flags = Vec::new();
     if help.contains("--sessions-per-identity") {
         flags.extend(["--sessions-per-identity".to_string(), "0".to_string()]);
+    }
+    // Over-selection, as a deployment facing stragglers would set it: a round commits once as
+    // many updates as there are honest clients are in, whoever else was sampled.
+    if help.contains("--round-goal") {
+        flags.extend(["--round-goal".to_string(), clients.to_string()]);
     }
     Ok(flags)
 }
