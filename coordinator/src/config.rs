@@ -304,6 +304,11 @@ pub struct Options {
     /// --secure-aggregation [default: wait for every sampled client, up to the deadline].
     #[arg(long, value_name = "N")]
     pub round_goal: Option<usize>,
+    /// Time a client identity (certificate or token) closed for misbehaviour — a missed frame
+    /// deadline, a protocol violation, unreadable or unasked-for data — may not join again; 0s
+    /// for none [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    pub penalty: Option<HumanDuration>,
     /// Live sessions per identity (client certificate, else auth token): a new session closes
     /// the oldest beyond this many, so a device that reconnects replaces its half-dead session
     /// and one leaked credential cannot open thousands; 0 = no limit (a fleet sharing one
@@ -321,6 +326,10 @@ pub struct Options {
     /// Most connections open at once from one IP address [default: 256].
     #[arg(long, value_name = "N")]
     pub max_connections_per_address: Option<usize>,
+    /// New connections per second one IP address may open once it used its burst (as many as
+    /// --max-connections-per-address); more are refused before any cryptography [default: 32].
+    #[arg(long, value_name = "N")]
+    pub handshake_rate: Option<u32>,
     /// Secure aggregation (SecAgg+): the coordinator only sees masked updates and their sum.
     #[arg(long)]
     #[serde(default)]
@@ -409,8 +418,10 @@ pub struct Limits {
     pub min_rate: u32,
     /// Connections open at once.
     pub max_connections: usize,
-    /// Connections open at once from one IP address.
+    /// Connections open at once from one IP address (also the burst of new ones).
     pub per_address: usize,
+    /// New connections per second from one IP address, after the burst.
+    pub handshake_rate: u32,
 }
 
 impl Limits {
@@ -440,8 +451,8 @@ impl Options {
             round_deadline, round_interval, join_timeout, rounds, vector_len, max_frame_mib, eval_data, strategy, server_lr, server_step, serve_average, max_samples_per_update,
             beta1, beta2, tau, trim_fraction, byzantine, multi_krum_m, clip_norm, outlier_norm, max_held_updates,
             mode, buffer_size, max_staleness, concurrent_uploads, idle_window_kib, upload_window_kib,
-            max_udp_payload, gso_segments, round_goal, sessions_per_identity, min_upload_rate, max_connections,
-            max_connections_per_address, compression, dp_noise_multiplier, dp_clip, dp_noise, dp_delta, secagg_neighbours,
+            max_udp_payload, gso_segments, round_goal, penalty, sessions_per_identity, min_upload_rate, max_connections,
+            max_connections_per_address, handshake_rate, compression, dp_noise_multiplier, dp_clip, dp_noise, dp_delta, secagg_neighbours,
             secagg_threshold, secagg_clip_range, secagg_scale_bits, secagg_phase_timeout);
         let secure_aggregation = self.secure_aggregation || file.secure_aggregation;
         let allow_anonymous = self.allow_anonymous || file.allow_anonymous;
@@ -546,6 +557,7 @@ impl Options {
             max_samples_per_update: self.max_samples_per_update,
             sessions_per_identity: self.sessions_per_identity.unwrap_or(1),
             round_goal: self.round_goal,
+            misbehaviour_penalty: duration(self.penalty, Duration::from_secs(60)),
             ..CoordinatorConfig::default()
         };
         rounds.validate().context("invalid round settings")?;
@@ -578,9 +590,10 @@ impl Options {
             min_rate,
             max_connections: self.max_connections.unwrap_or(10_000),
             per_address: self.max_connections_per_address.unwrap_or(256),
+            handshake_rate: self.handshake_rate.unwrap_or(32),
         };
-        if limits.max_connections == 0 || limits.per_address == 0 {
-            bail!("--max-connections and --max-connections-per-address must be at least 1");
+        if limits.max_connections == 0 || limits.per_address == 0 || limits.handshake_rate == 0 {
+            bail!("--max-connections, --max-connections-per-address and --handshake-rate must be at least 1");
         }
         let listen = self.listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 4433)));
         let authenticated = self.tokens_file.is_some() || self.client_ca.is_some();

@@ -22,7 +22,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,6 +38,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Limits;
 use crate::gate::Ticket;
 use crate::logs::LogBudget;
+
+/// Time an admitted upload has before its bytes must keep up with `--min-upload-rate`.
+const PERMIT_GRACE: Duration = Duration::from_secs(1);
+/// How often an admitted upload's progress is checked.
+const PROGRESS_CHECK: Duration = Duration::from_millis(250);
 
 /// Largest frame a peer may send before its `Join` is accepted: a `Join` (name, token) fits.
 pub(crate) const JOIN_FRAME_MAX: u32 = 4096;
@@ -68,8 +73,9 @@ pub(crate) enum Inbound {
     Connected { conn: ConnectionId, link: Link, identity: Option<Identity> },
     /// A frame payload arrived; a large one comes with its upload permit (dropped after use).
     Frame { conn: ConnectionId, payload: Bytes, permit: Option<OwnedSemaphorePermit> },
-    /// The connection is gone, or its stream ended.
-    Disconnected { conn: ConnectionId, reason: String },
+    /// The connection is gone, or its stream ended; `misbehaved` when the coordinator closed it
+    /// for what the peer did (a missed deadline, unreadable or unasked-for data).
+    Disconnected { conn: ConnectionId, reason: String, misbehaved: bool },
 }
 
 /// What the round task sends a connection's writer.
@@ -232,9 +238,17 @@ pub(crate) async fn serve(incoming: Incoming, conn: ConnectionId, context: Conte
     if context.inbound.send(Inbound::Connected { conn, link, identity }).await.is_err() {
         return; // Shutting down.
     }
-    let reader =
-        Reader { conn, connection: connection.clone(), context: &context, upload_credits, counted: AtomicU64::new(0) };
-    tokio::join!(write_loop(send, queue, connection, context.limits), reader.run(recv, admitted));
+    let too_slow_to_read = Arc::new(AtomicBool::new(false));
+    let reader = Reader {
+        conn,
+        connection: connection.clone(),
+        context: &context,
+        upload_credits,
+        counted: AtomicU64::new(0),
+        too_slow_to_read: too_slow_to_read.clone(),
+    };
+    let writer = write_loop(send, queue, connection, context.limits, too_slow_to_read);
+    tokio::join!(writer, reader.run(recv, admitted));
     drop(ticket);
 }
 
@@ -247,7 +261,13 @@ fn client_certificate(connection: &Connection) -> Option<Vec<u8>> {
 
 /// Sends queued frames in order, each within its deadline; closes the connection when asked
 /// to (at once when refusing, after the last frame is acknowledged when saying goodbye).
-async fn write_loop(mut send: SendStream, mut queue: mpsc::Receiver<Outbound>, connection: Connection, limits: Limits) {
+async fn write_loop(
+    mut send: SendStream,
+    mut queue: mpsc::Receiver<Outbound>,
+    connection: Connection,
+    limits: Limits,
+    too_slow: Arc<AtomicBool>,
+) {
     while let Some(outbound) = queue.recv().await {
         match outbound {
             Outbound::Frame(frame) => {
@@ -257,6 +277,7 @@ async fn write_loop(mut send: SendStream, mut queue: mpsc::Receiver<Outbound>, c
                     Ok(Err(error)) => return tracing::debug!(%error, "write to a client failed"),
                     Err(_) => {
                         tracing::debug!(remote = %connection.remote_address(), "client too slow to read; closing");
+                        too_slow.store(true, Ordering::Relaxed);
                         connection.close(error_close_code(ErrorCode::Timeout), b"too slow to receive");
                         return;
                     }
@@ -284,12 +305,16 @@ struct Reader<'a> {
     upload_credits: Arc<AtomicU32>,
     /// Bytes of this connection already added to the traffic counters.
     counted: AtomicU64,
+    /// Set by the writer when it closed the connection because the peer did not read.
+    too_slow_to_read: Arc<AtomicBool>,
 }
 
 /// Why a reader stopped reading.
 enum Stop {
     /// Tell the round task, with this reason.
     Ended(String),
+    /// The coordinator closed the peer for what it did; tell the round task.
+    Refused(String),
     /// The round task is gone (shutting down).
     Shutdown,
 }
@@ -307,9 +332,15 @@ impl Reader<'_> {
             Err(stop) => stop,
         };
         self.count(&reader);
-        if let Stop::Ended(reason) = stop {
-            let _ = self.context.inbound.send(Inbound::Disconnected { conn: self.conn, reason }).await;
-        }
+        let (reason, misbehaved) = match stop {
+            Stop::Ended(_) if self.too_slow_to_read.load(Ordering::Relaxed) => {
+                ("too slow to receive".to_string(), true)
+            }
+            Stop::Ended(reason) => (reason, false),
+            Stop::Refused(reason) => (reason, true),
+            Stop::Shutdown => return,
+        };
+        let _ = self.context.inbound.send(Inbound::Disconnected { conn: self.conn, reason, misbehaved }).await;
     }
 
     /// The first frame (at most [`JOIN_FRAME_MAX`] bytes, within the join timeout), then
@@ -388,11 +419,37 @@ impl Reader<'_> {
         // The semaphore is never closed, so `ok()` only guards a future edit.
         let permit = uploads.permits.clone().acquire_owned().await.ok();
         self.connection.set_receive_window(VarInt::from_u32(uploads.upload_window));
-        let frame = tokio::time::timeout(deadline, reader.next_frame()).await;
+        let frame = self.read_permitted(reader, len).await;
         self.connection.set_receive_window(VarInt::from_u32(uploads.idle_window));
-        match frame {
-            Ok(frame) => Ok(frame?.map(|payload| (payload, permit))),
-            Err(_) => Err(Refusal::too_slow(len, deadline)),
+        Ok(frame?.map(|payload| (payload, permit)))
+    }
+
+    /// The rest of a large frame, read while holding an upload permit: once [`PERMIT_GRACE`]
+    /// has passed, the bytes received must keep up with `--min-upload-rate` (checked every
+    /// [`PROGRESS_CHECK`]), so a peer that trickles holds a permit for about a second, not for
+    /// the whole frame's deadline.
+    async fn read_permitted(&self, reader: &mut FrameReader, len: u32) -> Result<Option<Bytes>, Refusal> {
+        let rate = f64::from(self.context.limits.min_rate.max(1));
+        let started = tokio::time::Instant::now();
+        let received_before = self.connection.stats().udp_rx.bytes;
+        let mut frame = std::pin::pin!(reader.next_frame());
+        let mut check = tokio::time::interval_at(started + PROGRESS_CHECK, PROGRESS_CHECK);
+        loop {
+            tokio::select! {
+                result = &mut frame => return result.map_err(Refusal::from),
+                _ = check.tick() => {
+                    let owed = (started.elapsed().saturating_sub(PERMIT_GRACE)).as_secs_f64() * rate;
+                    let received = self.connection.stats().udp_rx.bytes.saturating_sub(received_before) as f64;
+                    if received < owed.min(f64::from(len)) {
+                        let reason = format!(
+                            "an upload of {len} bytes fell below {} KiB/s ({received:.0} bytes in {:.1} s)",
+                            self.context.limits.min_rate / 1024,
+                            started.elapsed().as_secs_f64()
+                        );
+                        return Err(Refusal::Refused(ErrorCode::Timeout, reason));
+                    }
+                }
+            }
         }
     }
 
@@ -416,7 +473,7 @@ impl Reader<'_> {
         }
         let text = format!("{code}: {reason}");
         self.connection.close(error_close_code(code), truncate_utf8(&text, MAX_CLOSE_REASON).as_bytes());
-        Stop::Ended(reason)
+        Stop::Refused(reason)
     }
 
     /// A read that failed: a lost connection ends quietly, unreadable bytes close it.

@@ -1,5 +1,7 @@
-//! Connection limits: at most `max_connections` open at once and `per_address` from one IP;
-//! QUIC address validation (Retry) for unvalidated peers while the coordinator is under load.
+//! Connection limits: at most `max_connections` open at once and `per_address` from one IP,
+//! new connections from one IP at most `handshake_rate` a second (a bucket of `per_address`
+//! tokens); QUIC address validation (Retry) for unvalidated peers while the coordinator is
+//! under load. Refusing costs no cryptography: a peer reconnecting in a loop costs little.
 //!
 //! Every accepted connection holds a [`Ticket`] until its task ends; dropping the ticket
 //! gives its place back.
@@ -7,6 +9,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use crate::config::Limits;
 
@@ -30,7 +33,12 @@ struct State {
     total: usize,
     handshaking: usize,
     per_address: HashMap<IpAddr, usize>,
+    /// New-connection tokens per address: (tokens, when last refilled).
+    buckets: HashMap<IpAddr, (f64, Instant)>,
 }
+
+/// Addresses whose new-connection buckets are kept; beyond, full buckets are forgotten.
+const MAX_BUCKETS: usize = 65_536;
 
 /// What to do with a new connection attempt.
 #[derive(Debug)]
@@ -51,8 +59,24 @@ impl Gate {
     /// Whether a connection from `ip` may start; `validated` when the peer already proved its
     /// address (a Retry token), `may_retry` when a Retry can still be asked for.
     pub(crate) fn admit(&self, ip: IpAddr, validated: bool, may_retry: bool) -> Admission {
+        self.admit_at(ip, validated, may_retry, Instant::now())
+    }
+
+    fn admit_at(&self, ip: IpAddr, validated: bool, may_retry: bool, now: Instant) -> Admission {
         let limits = self.inner.limits;
         let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let burst = limits.per_address as f64;
+        let rate = f64::from(limits.handshake_rate);
+        if state.buckets.len() >= MAX_BUCKETS && !state.buckets.contains_key(&ip) {
+            state.buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < burst);
+        }
+        let (tokens, at) = state.buckets.entry(ip).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(burst);
+        *at = now;
+        if *tokens < 1.0 {
+            return Admission::Refuse("this address opens connections faster than --handshake-rate");
+        }
+        *tokens -= 1.0;
         if state.total >= limits.max_connections {
             return Admission::Refuse("the coordinator is at --max-connections");
         }
@@ -117,7 +141,23 @@ mod tests {
     use super::*;
 
     fn gate(max_connections: usize, per_address: usize) -> Gate {
-        Gate::new(Limits { min_rate: 1024, max_connections, per_address })
+        Gate::new(Limits { min_rate: 1024, max_connections, per_address, handshake_rate: 1000 })
+    }
+
+    #[test]
+    fn an_address_reconnecting_in_a_loop_is_held_to_its_rate() {
+        let gate = Gate::new(Limits { min_rate: 1024, max_connections: 100, per_address: 4, handshake_rate: 2 });
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let t0 = Instant::now();
+        for _ in 0..4 {
+            assert!(matches!(gate.admit_at(ip, true, false, t0), Admission::Accept(_)), "the burst");
+        }
+        assert!(matches!(gate.admit_at(ip, true, false, t0), Admission::Refuse(_)), "the bucket is empty");
+        let later = t0 + std::time::Duration::from_millis(500);
+        assert!(matches!(gate.admit_at(ip, true, false, later), Admission::Accept(_)), "one token back");
+        assert!(matches!(gate.admit_at(ip, true, false, later), Admission::Refuse(_)));
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(matches!(gate.admit_at(other, true, false, later), Admission::Accept(_)), "per address");
     }
 
     #[test]
@@ -133,7 +173,8 @@ mod tests {
         assert!(matches!(gate.admit(b, true, false), Admission::Refuse(_)), "over the total");
         drop(first);
         assert_eq!(gate.open(), 2);
-        assert!(matches!(gate.admit(a, true, false), Admission::Accept(_)), "a place was given back");
+        let later = Instant::now() + std::time::Duration::from_secs(1); // The address's bucket refilled.
+        assert!(matches!(gate.admit_at(a, true, false, later), Admission::Accept(_)), "a place was given back");
         drop((second, third));
         assert_eq!(gate.open(), 0);
     }

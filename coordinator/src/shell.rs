@@ -77,9 +77,12 @@ impl Shell {
             }
             // The permit, if any, is released once the frame has been handled (folded).
             Inbound::Frame { conn, payload, permit: _permit } => self.machine.handle_frame(conn, &payload, now),
-            Inbound::Disconnected { conn, reason } => {
+            Inbound::Disconnected { conn, reason, misbehaved } => {
                 if self.links.remove(&conn).is_some() {
                     tracing::debug!(%conn, %reason, "connection ended");
+                }
+                if misbehaved {
+                    self.machine.handle_misbehaviour(conn, now);
                 }
                 self.machine.handle_disconnect(conn, now);
             }

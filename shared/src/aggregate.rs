@@ -23,7 +23,7 @@
 //! [`Buffered`] is the sans-IO core of asynchronous buffered aggregation (FedBuff), driven by
 //! the round state machine in asynchronous mode; [`StrategyConfig::build_buffered`] makes one.
 
-use crate::params::{Fingerprint, PARAMETER_FORMAT_VERSION, ParameterError, ParameterVector};
+use crate::params::{Fingerprint, ParameterError, ParameterVector};
 
 mod buffered;
 mod federated;
@@ -164,28 +164,6 @@ pub trait Aggregator {
 struct Expected {
     fingerprint: Fingerprint,
     len: usize,
-}
-
-/// Checks that `delta` has the base's format version, fingerprint and length and is finite.
-pub(crate) fn check_delta(delta: &ParameterVector, fingerprint: Fingerprint, len: usize) -> Result<(), ParameterError> {
-    if delta.format_version != PARAMETER_FORMAT_VERSION {
-        return Err(ParameterError::UnsupportedVersion {
-            expected: PARAMETER_FORMAT_VERSION,
-            found: delta.format_version,
-        });
-    }
-    if delta.fingerprint != fingerprint {
-        return Err(ParameterError::LayoutMismatch {
-            expected: fingerprint,
-            expected_len: len,
-            found: delta.fingerprint,
-            found_len: delta.values.len(),
-        });
-    }
-    if delta.values.len() != len {
-        return Err(ParameterError::LengthMismatch { expected: len, found: delta.values.len() });
-    }
-    delta.check_finite()
 }
 
 #[cfg(test)]

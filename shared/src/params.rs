@@ -177,6 +177,30 @@ impl ParameterVector {
         self.check_finite()
     }
 
+    /// Checks that this vector (a model or a delta) has the current format version, the
+    /// given layout fingerprint and length, and only finite values: what both ends check of
+    /// every vector the other sends.
+    pub fn check_shape(&self, fingerprint: Fingerprint, len: usize) -> Result<(), ParameterError> {
+        if self.format_version != PARAMETER_FORMAT_VERSION {
+            return Err(ParameterError::UnsupportedVersion {
+                expected: PARAMETER_FORMAT_VERSION,
+                found: self.format_version,
+            });
+        }
+        if self.fingerprint != fingerprint {
+            return Err(ParameterError::LayoutMismatch {
+                expected: fingerprint,
+                expected_len: len,
+                found: self.fingerprint,
+                found_len: self.values.len(),
+            });
+        }
+        if self.values.len() != len {
+            return Err(ParameterError::LengthMismatch { expected: len, found: self.values.len() });
+        }
+        self.check_finite()
+    }
+
     /// Checks that every value is finite.
     pub fn check_finite(&self) -> Result<(), ParameterError> {
         match self.values.iter().position(|v| !v.is_finite()) {

@@ -9,10 +9,10 @@
 //! and broadcasts. Memory: one `f64` per parameter for the buffer, whatever K. Driven by the
 //! round state machine in asynchronous mode ([`crate::round::Mode::Async`]).
 
+use super::AggregateError;
 use super::federated::{Folded, Hygiene};
 use super::optimizer::ServerOptimizer;
 use super::step_size::StepSize;
-use super::{AggregateError, check_delta};
 use crate::params::ParameterVector;
 
 /// A FedBuff buffer over the model of `current_version`.
@@ -77,7 +77,7 @@ impl<O: ServerOptimizer + Clone> Buffered<O> {
         if staleness > self.max_staleness {
             return Err(AggregateError::TooStale { staleness, max: self.max_staleness });
         }
-        check_delta(delta, current.fingerprint, current.values.len())?;
+        delta.check_shape(current.fingerprint, current.values.len())?;
         let (folded, scale) = self.hygiene.inspect(&delta.values);
         if self.sum.len() != current.values.len() {
             self.sum = vec![0.0; current.values.len()];

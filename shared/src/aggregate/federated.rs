@@ -3,7 +3,7 @@
 use super::mean::WeightedMean;
 use super::optimizer::{ServerOptimizer, Sgd};
 use super::step_size::StepSize;
-use super::{AggregateError, Aggregator, Expected, check_delta};
+use super::{AggregateError, Aggregator, Expected};
 use crate::params::ParameterVector;
 
 /// Turns the checked deltas of one round into its pseudo-gradient Δ.
@@ -150,7 +150,7 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Federated<R, O> {
         if samples == 0 {
             return Err(AggregateError::ZeroSamples);
         }
-        check_delta(delta, expected.fingerprint, expected.len)?;
+        delta.check_shape(expected.fingerprint, expected.len)?;
         let total = self.samples.checked_add(samples).ok_or(AggregateError::SampleOverflow)?;
         let (folded, scale) = self.hygiene.inspect(&delta.values);
         self.reducer.add(&delta.values, scale, samples)?;

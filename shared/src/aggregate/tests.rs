@@ -1,3 +1,4 @@
+use crate::params::PARAMETER_FORMAT_VERSION;
 use proptest::prelude::*;
 
 use super::*;

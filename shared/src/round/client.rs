@@ -12,7 +12,6 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::CloseReason;
-use crate::aggregate::check_delta;
 use crate::compress::CompressError;
 use crate::model::ModelSpec;
 use crate::params::{Fingerprint, ParameterError, ParameterVector};
@@ -221,7 +220,7 @@ impl Client {
             }
             (Session::Ready { fingerprint, .. }, CoordinatorMessage::Model { model_version, round, params }) => {
                 let len = self.model.map_or(params.values.len(), |(_, len)| len);
-                if let Err(error) = check_delta(&params, fingerprint, len) {
+                if let Err(error) = params.check_shape(fingerprint, len) {
                     return self.violation(ErrorCode::Malformed, format!("global model refused: {error}"));
                 }
                 self.model = Some((model_version, len));
@@ -286,7 +285,7 @@ impl Client {
         if !metrics.is_consistent() {
             return Err(SubmitError::InconsistentMetrics);
         }
-        check_delta(&delta, fingerprint, len)?;
+        delta.check_shape(fingerprint, len)?;
         // The coordinator refuses claims above its cap: claim at most that, the metrics scaled alike.
         let (samples, metrics) = match self.preparer.rules.max_samples {
             Some(cap) if samples > cap => (cap, metrics.capped(cap)),

@@ -79,6 +79,10 @@ pub struct CoordinatorConfig {
     /// without waiting for the other sampled clients (stragglers, or peers that never answer).
     /// `None`: it waits for every sampled client, up to the deadline. At least `min_clients`.
     pub round_goal: Option<usize>,
+    /// Time an identity whose session was closed for misbehaviour (a protocol violation, a
+    /// missed frame deadline, unreadable or unasked-for data) may not join again. Zero: no
+    /// penalty.
+    pub misbehaviour_penalty: Duration,
     /// Live sessions one identity (client certificate, else auth token) may hold; a newer
     /// session closes the oldest. 0: no limit (a fleet sharing one token).
     pub sessions_per_identity: usize,
@@ -177,6 +181,7 @@ impl Default for CoordinatorConfig {
             max_samples_per_update: None,
             sessions_per_identity: 1,
             round_goal: None,
+            misbehaviour_penalty: Duration::from_secs(60),
         }
     }
 }
@@ -271,6 +276,7 @@ impl CoordinatorConfig {
             ("round_deadline", self.round_deadline),
             ("round_interval", self.round_interval),
             ("join_timeout", self.join_timeout),
+            ("misbehaviour_penalty", self.misbehaviour_penalty),
         ];
         match durations.into_iter().find(|(_, duration)| *duration > MAX_DURATION) {
             Some((name, _)) => Err(ConfigError::TooLong(name)),

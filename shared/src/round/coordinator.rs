@@ -120,6 +120,8 @@ pub struct Coordinator {
     transmits: VecDeque<Outgoing>,
     closes: VecDeque<(ConnectionId, CloseReason)>,
     events: VecDeque<CoordinatorEvent>,
+    /// Identities barred from joining until the instant given (see `misbehaviour_penalty`).
+    barred: BTreeMap<Identity, Instant>,
 }
 
 impl Coordinator {
@@ -165,6 +167,7 @@ impl Coordinator {
             transmits: VecDeque::new(),
             closes: VecDeque::new(),
             events: VecDeque::new(),
+            barred: BTreeMap::new(),
         })
     }
 
@@ -295,6 +298,27 @@ impl Coordinator {
         }
     }
 
+    /// The shell closed `conn` for what its peer did (a missed frame deadline, unreadable or
+    /// unasked-for data): its identity may not join again for `misbehaviour_penalty`. Call
+    /// before [`Coordinator::handle_disconnect`].
+    pub fn handle_misbehaviour(&mut self, conn: ConnectionId, now: Instant) {
+        let identity = match self.peers.get(&conn) {
+            Some(Peer::Joined { identity, .. } | Peer::Connecting { identity, .. }) => *identity,
+            None => None,
+        };
+        if let Some(identity) = identity {
+            self.bar(identity, now);
+        }
+    }
+
+    fn bar(&mut self, identity: Identity, now: Instant) {
+        if self.config.misbehaviour_penalty.is_zero() {
+            return;
+        }
+        self.barred.retain(|_, until| *until > now);
+        self.barred.insert(identity, now + self.config.misbehaviour_penalty);
+    }
+
     /// `conn` is gone (closed by either side); nothing more is sent to it.
     pub fn handle_disconnect(&mut self, conn: ConnectionId, now: Instant) {
         self.transmits.retain(|t| match t {
@@ -409,6 +433,11 @@ impl Coordinator {
         // A certificate names the peer best; else the token it was admitted with.
         let identity =
             identity.or_else(|| self.config.auth_tokens.as_ref().and(token.as_deref()).map(Identity::of_token));
+        if let Some(until) = identity.and_then(|id| self.barred.get(&id)).filter(|until| **until > now) {
+            let seconds = until.duration_since(now).as_secs().max(1);
+            let reason = format!("this identity misbehaved; it may join again in {seconds} s");
+            return self.refuse_join(conn, ErrorCode::Timeout, reason, now);
+        }
         if let Some(identity) = identity {
             self.make_room_for(identity, now);
         }
@@ -472,6 +501,7 @@ impl Coordinator {
         if !self.peers.contains_key(&conn) {
             return;
         }
+        self.handle_misbehaviour(conn, now);
         self.send_error_and_close(conn, code, reason.clone(), now);
         self.events.push_back(CoordinatorEvent::ProtocolViolation { conn, reason });
     }

@@ -147,6 +147,13 @@ fn measure(args: &Args, setup: &Setup, interrupt: &Interrupt) -> anyhow::Result<
         &args.max_udp_payload.to_string(),
         "--concurrent-uploads",
         &args.concurrent_uploads.to_string(),
+        // Every virtual client connects from 127.0.0.1: one address holds the whole fleet.
+        "--max-connections-per-address",
+        &(quorum + 64).to_string(),
+        "--max-connections",
+        &(quorum + 1024).max(10_000).to_string(),
+        "--handshake-rate",
+        &quorum.to_string(),
     ]
     .map(String::from)
     .into_iter()

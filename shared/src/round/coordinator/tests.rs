@@ -621,3 +621,30 @@ fn a_round_with_a_goal_commits_without_waiting_for_stragglers() {
     let below = CoordinatorConfig { round_goal: Some(1), ..config(2) };
     assert!(matches!(below.validate(), Err(ConfigError::GoalBelowQuorum { goal: 1, min_clients: 2 })));
 }
+
+#[test]
+fn an_identity_closed_for_misbehaviour_waits_out_its_penalty() {
+    let t0 = Instant::now();
+    let tokens: BTreeSet<String> = ["alpha".to_string()].into();
+    let config =
+        CoordinatorConfig { auth_tokens: Some(tokens), misbehaviour_penalty: Duration::from_secs(60), ..config(5) };
+    let mut machine = coordinator(config);
+    join_with_token(&mut machine, 1, "alpha", t0);
+    assert_eq!(machine.joined(), 1);
+    // The shell closed it for a missed frame deadline.
+    machine.handle_misbehaviour(ConnectionId(1), t0);
+    machine.handle_disconnect(ConnectionId(1), t0);
+    closes(&mut machine);
+    events(&mut machine);
+    join_with_token(&mut machine, 2, "alpha", t0 + Duration::from_secs(30));
+    assert_eq!(closes(&mut machine), vec![(ConnectionId(2), CloseReason::Error(ErrorCode::Timeout))]);
+    assert_eq!(machine.joined(), 0, "barred for the penalty");
+    join_with_token(&mut machine, 3, "alpha", t0 + Duration::from_secs(61));
+    assert!(closes(&mut machine).is_empty());
+    assert_eq!(machine.joined(), 1, "welcome again once the penalty lapsed");
+    // A protocol violation bars too.
+    machine.handle_message(ConnectionId(3), join_message(PROTOCOL_VERSION), t0 + Duration::from_secs(62));
+    closes(&mut machine);
+    join_with_token(&mut machine, 4, "alpha", t0 + Duration::from_secs(63));
+    assert_eq!(machine.joined(), 0, "a second Join is a violation and bars the identity");
+}
