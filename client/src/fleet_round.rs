@@ -12,12 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use flotilla::model::ModelSpec;
 use flotilla::params::ParameterVector;
-use flotilla::protocol::LocalMetrics;
 use flotilla::protocol::framing::FrameLimit;
+use flotilla::protocol::{Contribution, LocalMetrics};
 use flotilla::workload;
-use flotilla_net::{
-    ClientSessionConfig, LearnerRequest, LocalUpdate, SessionStats, client_endpoint, run_client_session,
-};
+use flotilla_net::{ClientSessionConfig, LearnerRequest, SessionStats, client_endpoint, run_client_session};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -186,7 +184,7 @@ async fn respond(index: u64, mut inbox: mpsc::Receiver<LearnerRequest>) -> anyho
                 let Some(layout) = &layout else { continue };
                 let delta = ParameterVector::new(layout, workload::client_delta(round, index, layout.len()))?;
                 let metrics = LocalMetrics { samples: workload::SAMPLES, prequential_errors: 0 };
-                let _ = reply.send(LocalUpdate { delta, samples: workload::SAMPLES, metrics });
+                let _ = reply.send(Contribution { delta, metrics });
             }
         }
     }

@@ -258,9 +258,15 @@ pub struct Options {
     pub max_staleness: Option<u64>,
     /// Updates received at the same time; the others wait in their clients (each connection's
     /// flow-control window stays at --idle-window-kib until its upload is admitted), so
-    /// memory stays O(model) whatever the number of clients [default: 4].
+    /// memory stays O(model) whatever the number of clients [default: as many as
+    /// --upload-memory-mib holds at the largest update's size, at least 4].
     #[arg(long, value_name = "N")]
     pub concurrent_uploads: Option<usize>,
+    /// Memory for updates being received, MiB: sets --concurrent-uploads from the size of the
+    /// largest update (e.g. 140 uploads of a 100,000-parameter model, 15 of a million), so
+    /// that a few slow or hostile uploaders cannot hold every slot [default: 64].
+    #[arg(long, value_name = "MIB", conflicts_with = "concurrent_uploads")]
+    pub upload_memory_mib: Option<u32>,
     /// Receive window of a connection outside an admitted upload, KiB: what each client may
     /// have in flight towards the coordinator before it is admitted [default: 32].
     #[arg(long, value_name = "KIB")]
@@ -403,12 +409,35 @@ pub struct Config {
     pub max_frame: FrameLimit,
     /// Held-out evaluation CSV.
     pub eval_data: Option<PathBuf>,
-    /// Updates received at the same time.
-    pub concurrent_uploads: usize,
+    /// Updates received at the same time: a number, or what a memory budget holds.
+    pub concurrent_uploads: UploadSlots,
     /// Flow-control windows and MTU ceiling (`receive_window` is the idle window).
     pub tuning: Tuning,
     /// What one peer may take of the coordinator.
     pub limits: Limits,
+}
+
+/// How many updates may be received at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadSlots {
+    /// This many.
+    Count(usize),
+    /// As many as this many bytes hold at the largest update's size (at least
+    /// [`UploadSlots::MIN`]).
+    Memory(u64),
+}
+
+impl UploadSlots {
+    /// Fewest slots a memory budget gives.
+    pub const MIN: usize = 4;
+
+    /// The number of slots for updates of at most `largest` bytes.
+    pub fn count(self, largest: u64) -> usize {
+        match self {
+            Self::Count(n) => n.max(1),
+            Self::Memory(bytes) => usize::try_from(bytes / largest.max(1)).unwrap_or(usize::MAX).max(Self::MIN),
+        }
+    }
 }
 
 /// Bounds on what peers may take of the coordinator (connections, time).
@@ -450,7 +479,7 @@ impl Options {
             hidden_layers, width, lr, beta, smoothing, seed, initial_params, min_clients, sample_fraction,
             round_deadline, round_interval, join_timeout, rounds, vector_len, max_frame_mib, eval_data, strategy, server_lr, server_step, serve_average, max_samples_per_update,
             beta1, beta2, tau, trim_fraction, byzantine, multi_krum_m, clip_norm, outlier_norm, max_held_updates,
-            mode, buffer_size, max_staleness, concurrent_uploads, idle_window_kib, upload_window_kib,
+            mode, buffer_size, max_staleness, concurrent_uploads, upload_memory_mib, idle_window_kib, upload_window_kib,
             max_udp_payload, gso_segments, round_goal, penalty, sessions_per_identity, min_upload_rate, max_connections,
             max_connections_per_address, handshake_rate, compression, dp_noise_multiplier, dp_clip, dp_noise, dp_delta, secagg_neighbours,
             secagg_threshold, secagg_clip_range, secagg_scale_bits, secagg_phase_timeout);
@@ -566,10 +595,12 @@ impl Options {
             Some(bytes) if mib > 0 => FrameLimit::new(bytes),
             _ => bail!("--max-frame-mib must be in 1..=4095, got {mib}"),
         };
-        let concurrent_uploads = self.concurrent_uploads.unwrap_or(4);
-        if concurrent_uploads == 0 {
-            bail!("--concurrent-uploads must be at least 1");
-        }
+        let concurrent_uploads = match (self.concurrent_uploads, self.upload_memory_mib) {
+            (Some(0), _) => bail!("--concurrent-uploads must be at least 1"),
+            (Some(n), _) => UploadSlots::Count(n),
+            (None, Some(0)) => bail!("--upload-memory-mib must be at least 1"),
+            (None, mib) => UploadSlots::Memory(u64::from(mib.unwrap_or(64)) << 20),
+        };
         let kib = |value: Option<u32>, default: u32, flag: &str| -> anyhow::Result<u32> {
             match value.unwrap_or(default).checked_mul(1024) {
                 Some(bytes) if bytes >= 4096 => Ok(bytes),

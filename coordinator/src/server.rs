@@ -98,10 +98,12 @@ pub async fn bind(mut config: Config) -> anyhow::Result<Server> {
         flotilla_net::transport::bind_endpoint(config.listen, Some(server_config), &config.tuning, Some(&reset_key))
             .with_context(|| format!("binding UDP {}", config.listen))?;
     let machine = Coordinator::from_checkpoint(config.rounds.clone(), checkpoint).context("round settings")?;
-    tracing::info!(listen = %endpoint.local_addr()?, mtls = config.client_ca.is_some(),
-        tokens = config.rounds.auth_tokens.is_some(), "coordinator listening");
     let secure_cohort = config.rounds.secure.map(|_| flotilla::protocol::bounded::MAX_COHORT);
     let upload_limit = connection::upload_limit(model_frame, secure_cohort, config.max_frame);
+    let upload_slots = config.concurrent_uploads.count(u64::from(upload_limit.bytes()));
+    tracing::info!(listen = %endpoint.local_addr()?, mtls = config.client_ca.is_some(),
+        tokens = config.rounds.auth_tokens.is_some(), upload_limit_bytes = upload_limit.bytes(), upload_slots,
+        "coordinator listening");
     Ok(Server { endpoint, machine, config, files, origin, start, dev_pki, eval, start_error, upload_limit })
 }
 
@@ -151,7 +153,10 @@ impl Server {
             traffic: traffic.clone(),
             shutdown: handshakes.clone(),
             join_timeout: config.rounds.join_timeout,
-            uploads: connection::Uploads::new(config.concurrent_uploads, &config.tuning),
+            uploads: connection::Uploads::new(
+                config.concurrent_uploads.count(u64::from(upload_limit.bytes())),
+                &config.tuning,
+            ),
             limits: config.limits,
             logs: LogBudget::default(),
         };
@@ -257,6 +262,7 @@ fn persist_loop(
             participants = record.participants,
             samples = record.samples,
             global_error_pct = record.global_error_pct,
+            epsilon = record.epsilon,
             duration_s = record.duration_s,
             bytes_in = record.bytes_in,
             bytes_out = record.bytes_out,

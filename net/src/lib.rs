@@ -23,5 +23,5 @@ pub mod transport;
 
 pub use backoff::Backoff;
 pub use session::{
-    ClientSessionConfig, LearnerRequest, LocalUpdate, SessionRefused, SessionStats, client_endpoint, run_client_session,
+    ClientSessionConfig, LearnerRequest, SessionRefused, SessionStats, client_endpoint, run_client_session,
 };

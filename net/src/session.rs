@@ -18,7 +18,7 @@ use anyhow::Context;
 use flotilla::model::ModelSpec;
 use flotilla::params::{Fingerprint, ParameterVector};
 use flotilla::protocol::framing::FrameLimit;
-use flotilla::protocol::{ALPN, ErrorCode, LocalMetrics};
+use flotilla::protocol::{ALPN, Contribution, ErrorCode};
 use quinn::Endpoint;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -56,19 +56,8 @@ pub enum LearnerRequest {
         /// The model version the delta must rest on.
         model_version: u64,
         /// Where to send the answer.
-        reply: oneshot::Sender<LocalUpdate>,
+        reply: oneshot::Sender<Contribution>,
     },
-}
-
-/// The learner's answer to [`LearnerRequest::Update`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct LocalUpdate {
-    /// Local parameters minus those of the requested model version.
-    pub delta: ParameterVector,
-    /// Samples trained on since that model (the FedAvg weight; at least 1).
-    pub samples: u64,
-    /// Prequential counters over those samples.
-    pub metrics: LocalMetrics,
 }
 
 /// Counters of one client session, over all its connections.

@@ -29,7 +29,7 @@ use crate::hbp::{Batch, HbpConfig, HbpModel, ModelError};
 use crate::params::{ParameterError, ParameterVector};
 use crate::personal::{EXPERTS, LocalBias, Mixer, PersonalConfig, adapt_to_prior, label_prior};
 use crate::prequential::read_labels;
-use crate::protocol::LocalMetrics;
+use crate::protocol::{Contribution, LocalMetrics};
 use crate::standardize::OnlineStandardizer;
 
 /// Magic bytes of a client state file.
@@ -110,17 +110,6 @@ impl Counts {
     pub fn error_pct(&self) -> f64 {
         if self.samples == 0 { 0.0 } else { 100.0 * self.errors as f64 / self.samples as f64 }
     }
-}
-
-/// A client's contribution to one round.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Contribution {
-    /// Local parameters minus the base's.
-    pub delta: ParameterVector,
-    /// Samples learnt since the last contribution (at least 1).
-    pub samples: u64,
-    /// Prequential counters over those samples.
-    pub metrics: LocalMetrics,
 }
 
 /// Everything a restarted client needs to go on where it stopped.
@@ -410,7 +399,7 @@ impl LocalLearner {
         let counts = std::mem::take(&mut self.unreported);
         self.snapshot = Some(Snapshot { for_version: model_version, params: current });
         let metrics = LocalMetrics { samples: counts.samples, prequential_errors: counts.errors };
-        Ok(Some(Contribution { delta, samples: counts.samples, metrics }))
+        Ok(Some(Contribution { delta, metrics }))
     }
 
     /// Adopts a global model, keeping the local progress the coordinator has not seen (rebase).

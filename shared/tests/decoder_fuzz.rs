@@ -75,7 +75,6 @@ fn corpus() -> Vec<Vec<u8>> {
             format_version: PARAMETER_FORMAT_VERSION,
             fingerprint: Fingerprint(7),
             delta,
-            samples: 10,
             metrics,
         })
     };
@@ -85,7 +84,7 @@ fn corpus() -> Vec<Vec<u8>> {
             client_name: "edge".into(),
             auth_token: Some("t".into()),
         },
-        ClientMessage::Update(Update { round: 3, base_version: 2, delta: vector(vec![0.5; 16]), samples: 10, metrics }),
+        ClientMessage::Update(Update { round: 3, base_version: 2, delta: vector(vec![0.5; 16]), metrics }),
         ClientMessage::Heartbeat,
         ClientMessage::Error { code: ErrorCode::Malformed, message: "bad\nline".into() },
         ClientMessage::Goodbye { reason: "bye".into() },

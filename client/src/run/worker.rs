@@ -11,7 +11,7 @@ use burn::tensor::Device;
 use flotilla::local::{ClientState, Counts, LocalLearner};
 use flotilla::model::ModelSpec;
 use flotilla::personal::PersonalConfig;
-use flotilla_net::{LearnerRequest, LocalUpdate};
+use flotilla_net::LearnerRequest;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio_util::sync::CancellationToken;
 
@@ -239,8 +239,13 @@ pub fn answer(
                     if let Some(attack) = attack {
                         attack.apply(&mut c.delta.values);
                     }
-                    tracing::debug!(round, samples = c.samples, errors = c.metrics.prequential_errors, "update sent");
-                    let _ = reply.send(LocalUpdate { delta: c.delta, samples: c.samples, metrics: c.metrics });
+                    tracing::debug!(
+                        round,
+                        samples = c.metrics.samples,
+                        errors = c.metrics.prequential_errors,
+                        "update sent"
+                    );
+                    let _ = reply.send(c);
                     Ok(Answer::Contributed)
                 }
                 None => {

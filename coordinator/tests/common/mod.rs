@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use flotilla::hbp::{HbpConfig, model::layout};
 use flotilla::params::{Fingerprint, ParameterVector};
+use flotilla::protocol::Contribution;
 use flotilla::protocol::framing::FrameLimit;
 use flotilla::protocol::{ALPN, ClientMessage, CoordinatorMessage, LocalMetrics, PROTOCOL_VERSION};
 use flotilla_coordinator::{Options, RunSummary};
 use flotilla_net::framed::{FrameReader, send_message};
-use flotilla_net::session::{ClientSessionConfig, LearnerRequest, LocalUpdate};
+use flotilla_net::session::{ClientSessionConfig, LearnerRequest};
 use flotilla_net::tls::{ClientTls, quic_client_config};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -122,7 +123,7 @@ pub fn fake_learner_after(step: f32, samples: u64, delay: Duration) -> (mpsc::Se
                     let counter = counter.clone();
                     let answer = async move {
                         tokio::time::sleep(delay).await;
-                        if reply.send(LocalUpdate { delta, samples, metrics }).is_ok() {
+                        if reply.send(Contribution { delta, metrics }).is_ok() {
                             counter.fetch_add(1, Ordering::SeqCst);
                         }
                     };

@@ -8,9 +8,10 @@ use quinn::{Connection, ConnectionError, Endpoint, ReadError, SendStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{ClientSessionConfig, LearnerRequest, LocalUpdate, Outcome, SessionRefused, SessionStats};
+use super::{ClientSessionConfig, LearnerRequest, Outcome, SessionRefused, SessionStats};
 use crate::close::{close_code, error_close_code, error_of_close_code};
 use crate::framed::{FrameReader, FramedError, encode, send_frame};
+use flotilla::protocol::Contribution;
 
 /// How long a closing side waits for its last bytes to be acknowledged.
 pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -98,7 +99,7 @@ struct Link<'a> {
     send: SendStream,
     client: Client,
     /// The round of the request the learner is working on, and where its answer arrives.
-    pending: Option<(u64, oneshot::Receiver<LocalUpdate>)>,
+    pending: Option<(u64, oneshot::Receiver<Contribution>)>,
     /// When to ask the learner again for the pending standing request it left unanswered.
     retry_at: Option<Instant>,
     welcomed: bool,
@@ -155,10 +156,10 @@ impl Link<'_> {
         }
     }
 
-    fn handle_reply(&mut self, reply: Result<LocalUpdate, oneshot::error::RecvError>) {
+    fn handle_reply(&mut self, reply: Result<Contribution, oneshot::error::RecvError>) {
         let Some((round, _)) = self.pending.take() else { return };
         match reply {
-            Ok(update) => match self.client.submit_update(update.delta, update.samples, update.metrics) {
+            Ok(contribution) => match self.client.submit_update(contribution) {
                 Ok(()) => SessionStats::add(&self.config.stats.updates_sent, 1),
                 Err(error) => tracing::warn!(round, %error, "local update not sent"),
             },
@@ -269,8 +270,8 @@ impl Link<'_> {
 }
 
 async fn next_reply(
-    pending: &mut Option<(u64, oneshot::Receiver<LocalUpdate>)>,
-) -> Result<LocalUpdate, oneshot::error::RecvError> {
+    pending: &mut Option<(u64, oneshot::Receiver<Contribution>)>,
+) -> Result<Contribution, oneshot::error::RecvError> {
     match pending {
         Some((_, answer)) => answer.await,
         None => std::future::pending().await,

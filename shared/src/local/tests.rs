@@ -44,7 +44,7 @@ fn contribution_is_local_minus_base_with_counts() {
     }
     let local = current(&mut learner);
     let contribution = learner.contribute(1).unwrap().unwrap();
-    assert_eq!(contribution.samples, 10);
+    assert_eq!(contribution.metrics.samples, 10);
     assert_eq!(contribution.metrics.samples, 10);
     assert!(contribution.metrics.prequential_errors <= 10);
     for ((d, l), g) in contribution.delta.values.iter().zip(&local.values).zip(&global.values) {
@@ -81,7 +81,7 @@ fn adopting_keeps_progress_made_after_the_contribution() {
     assert!((alpha_sum - 1.0).abs() < 1e-5);
     assert_eq!(learner.base_version(), Some(2));
     let next = learner.contribute(2).unwrap().unwrap();
-    assert_eq!(next.samples, 3, "samples after the snapshot are reported next round");
+    assert_eq!(next.metrics.samples, 3, "samples after the snapshot are reported next round");
 }
 
 #[test]

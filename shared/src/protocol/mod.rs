@@ -113,6 +113,17 @@ impl Default for UpdateRules {
     }
 }
 
+/// What a learner contributes to a round: the one type from the learner to the wire (the
+/// client's session wraps it in an [`Update`], compressed or masked as the rules ask).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contribution {
+    /// Local parameters minus those of the requested model version.
+    pub delta: ParameterVector,
+    /// Prequential counters over the samples behind the delta; `metrics.samples` is also
+    /// its weight in sample-weighted aggregation (at least 1).
+    pub metrics: LocalMetrics,
+}
+
 /// A client's contribution to one round, compressed (see [`crate::compress`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CompressedUpdate {
@@ -126,9 +137,7 @@ pub struct CompressedUpdate {
     pub fingerprint: Fingerprint,
     /// The compressed delta.
     pub delta: CompressedDelta,
-    /// Number of samples behind it.
-    pub samples: u64,
-    /// Aggregate prequential metrics over those samples.
+    /// Prequential counters over the samples behind it (`samples` is its weight).
     pub metrics: LocalMetrics,
 }
 
@@ -202,13 +211,20 @@ pub struct Update {
     pub base_version: u64,
     /// Local parameters minus the base model's.
     pub delta: ParameterVector,
-    /// Number of samples the client trained on since the base model (its FedAvg weight).
-    pub samples: u64,
-    /// Aggregate prequential metrics over those samples.
+    /// Prequential counters over the samples trained on since the base model;
+    /// `metrics.samples` is the update's FedAvg weight.
     pub metrics: LocalMetrics,
 }
 
-/// Aggregate counters of a client's test-then-train (prequential) evaluation.
+impl Update {
+    /// Samples behind the update: its weight in sample-weighted aggregation.
+    pub fn samples(&self) -> u64 {
+        self.metrics.samples
+    }
+}
+
+/// Aggregate counters of a client's test-then-train (prequential) evaluation: every sample is
+/// predicted, then trained on, so `samples` is also the number of samples learnt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct LocalMetrics {
     /// Samples predicted before being trained on.

@@ -54,10 +54,10 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
                 auth_token
             }
         ),
-        (any::<u64>(), any::<u64>(), params(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-            |(round, base_version, delta, samples, seen, prequential_errors)| {
-                let metrics = LocalMetrics { samples: seen, prequential_errors };
-                ClientMessage::Update(Update { round, base_version, delta, samples, metrics })
+        (any::<u64>(), any::<u64>(), params(), any::<u64>(), any::<u64>()).prop_map(
+            |(round, base_version, delta, samples, prequential_errors)| {
+                let metrics = LocalMetrics { samples, prequential_errors };
+                ClientMessage::Update(Update { round, base_version, delta, metrics })
             }
         ),
         Just(ClientMessage::Heartbeat),

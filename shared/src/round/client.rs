@@ -18,7 +18,7 @@ use crate::params::{Fingerprint, ParameterError, ParameterVector};
 use crate::privacy::PrivacyError;
 use crate::protocol::framing::decode_message;
 use crate::protocol::{
-    ClientMessage, CompressedUpdate, CoordinatorMessage, ErrorCode, LocalMetrics, PROTOCOL_VERSION, Update,
+    ClientMessage, CompressedUpdate, Contribution, CoordinatorMessage, ErrorCode, PROTOCOL_VERSION, Update,
 };
 use crate::secagg::{SecAggError, ServerMessage as SecAggServerMessage};
 
@@ -266,30 +266,26 @@ impl Client {
         }
     }
 
-    /// Queues the answer to the pending request: `delta` = local parameters minus the
-    /// requested model version's, trained on `samples` samples.
-    pub fn submit_update(
-        &mut self,
-        delta: ParameterVector,
-        samples: u64,
-        metrics: LocalMetrics,
-    ) -> Result<(), SubmitError> {
+    /// Queues the answer to the pending request: the contribution's delta is the local
+    /// parameters minus the requested model version's.
+    pub fn submit_update(&mut self, contribution: Contribution) -> Result<(), SubmitError> {
+        let Contribution { delta, metrics } = contribution;
         let Session::Ready { fingerprint, .. } = self.session else {
             return Err(if self.is_closed() { SubmitError::Closed } else { SubmitError::NoPendingRequest });
         };
         let request = self.request.ok_or(SubmitError::NoPendingRequest)?;
         let len = self.model.map_or(0, |(_, len)| len);
-        if samples == 0 {
+        if metrics.samples == 0 {
             return Err(SubmitError::ZeroSamples);
         }
         if !metrics.is_consistent() {
             return Err(SubmitError::InconsistentMetrics);
         }
         delta.check_shape(fingerprint, len)?;
-        // The coordinator refuses claims above its cap: claim at most that, the metrics scaled alike.
-        let (samples, metrics) = match self.preparer.rules.max_samples {
-            Some(cap) if samples > cap => (cap, metrics.capped(cap)),
-            _ => (samples, metrics),
+        // The coordinator refuses claims above its cap: claim at most that, the counters scaled alike.
+        let metrics = match self.preparer.rules.max_samples {
+            Some(cap) => metrics.capped(cap),
+            None => metrics,
         };
         let ParameterVector { format_version, fingerprint, mut values } = delta;
         self.preparer.privatise(&mut values)?;
@@ -307,12 +303,11 @@ impl Client {
                 format_version,
                 fingerprint,
                 delta: compressed?,
-                samples,
                 metrics,
             }),
             None => {
                 let delta = ParameterVector { format_version, fingerprint, values };
-                ClientMessage::Update(Update { round, base_version, delta, samples, metrics })
+                ClientMessage::Update(Update { round, base_version, delta, metrics })
             }
         };
         self.request = None;

@@ -521,10 +521,10 @@ impl Coordinator {
             return Err(UpdateRefusal::InconsistentMetrics { errors, samples });
         }
         let cap = self.config.sample_cap();
-        if update.samples > cap || samples > cap {
-            return Err(UpdateRefusal::SamplesOverCap { claimed: update.samples.max(samples), cap });
+        if samples > cap {
+            return Err(UpdateRefusal::SamplesOverCap { claimed: samples, cap });
         }
-        Ok(if self.config.privacy.is_some() { 1 } else { update.samples })
+        Ok(if self.config.privacy.is_some() { 1 } else { samples })
     }
 
     /// Whether `conn` is in the cohort of the running secure-aggregation session.
@@ -552,9 +552,9 @@ impl Coordinator {
             return Err(UpdateRefusal::Compressed(format!("{found} values, the model has {expected}")));
         }
         let values = compressed.delta.to_dense().map_err(|e| UpdateRefusal::Compressed(e.to_string()))?;
-        let CompressedUpdate { round, base_version, format_version, fingerprint, samples, metrics, .. } = compressed;
+        let CompressedUpdate { round, base_version, format_version, fingerprint, metrics, .. } = compressed;
         let delta = ParameterVector { format_version, fingerprint, values };
-        Ok(Update { round, base_version, delta, samples, metrics })
+        Ok(Update { round, base_version, delta, metrics })
     }
 
     /// Records a sampled client's answer if it had none; ends the round once all have

@@ -10,7 +10,7 @@ use crate::hbp::HbpConfig;
 use crate::params::{Fingerprint, PARAMETER_FORMAT_VERSION, ParameterVector};
 use crate::privacy::NoiseKey;
 use crate::protocol::framing::{FrameDecoder, FrameLimit, encode_frame};
-use crate::protocol::{ClientMessage, LocalMetrics};
+use crate::protocol::{ClientMessage, Contribution, LocalMetrics};
 use crate::secagg;
 
 const LEN: usize = 64;
@@ -108,7 +108,12 @@ fn pump(coordinator: &mut Coordinator, edges: &mut [Edge], now: Instant) {
                         fingerprint: Fingerprint(9),
                         values: edge.delta.clone(),
                     };
-                    edge.client.submit_update(delta, 10, LocalMetrics { samples: 10, prequential_errors: 1 }).unwrap();
+                    edge.client
+                        .submit_update(Contribution {
+                            delta,
+                            metrics: LocalMetrics { samples: 10, prequential_errors: 1 },
+                        })
+                        .unwrap();
                 }
             }
         }
@@ -224,8 +229,8 @@ fn plain_updates_are_refused_by_a_secure_coordinator() {
         fingerprint: Fingerprint(9),
         values: vec![0.0; LEN],
     };
-    let update =
-        crate::protocol::Update { round: 1, base_version: 0, delta, samples: 1, metrics: LocalMetrics::default() };
+    let metrics = LocalMetrics { samples: 1, prequential_errors: 0 };
+    let update = crate::protocol::Update { round: 1, base_version: 0, delta, metrics };
     coordinator.handle_message(ConnectionId(1), ClientMessage::Update(update), t0);
     let refused = std::iter::from_fn(|| coordinator.poll_event())
         .any(|e| matches!(e, CoordinatorEvent::UpdateRefused { reason: UpdateRefusal::MaskedExpected, .. }));

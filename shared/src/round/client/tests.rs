@@ -1,6 +1,7 @@
 use super::*;
 use crate::hbp::HbpConfig;
 use crate::params::PARAMETER_FORMAT_VERSION;
+use crate::protocol::LocalMetrics;
 
 const FINGERPRINT: Fingerprint = Fingerprint(42);
 
@@ -25,6 +26,11 @@ fn model(model_version: u64, values: Vec<f32>) -> CoordinatorMessage {
 
 fn events(client: &mut Client) -> Vec<ClientEvent> {
     std::iter::from_fn(|| client.poll_event()).collect()
+}
+
+/// Submits `delta` over `samples` samples (the counters' sample count set to it).
+fn submit(client: &mut Client, delta: ParameterVector, samples: u64, metrics: LocalMetrics) -> Result<(), SubmitError> {
+    client.submit_update(Contribution { delta, metrics: LocalMetrics { samples, ..metrics } })
 }
 
 /// A client welcomed and holding model version 2.
@@ -68,10 +74,10 @@ fn join_welcome_model_request_update() {
     );
     assert_eq!((client.client_id(), client.model_version(), client.poll_timeout()), (Some(5), Some(2), Some(deadline)));
     let metrics = LocalMetrics { samples: 10, prequential_errors: 3 };
-    client.submit_update(vector(vec![0.25, -0.25]), 10, metrics).unwrap();
-    let update = Update { round: 3, base_version: 2, delta: vector(vec![0.25, -0.25]), samples: 10, metrics };
+    submit(&mut client, vector(vec![0.25, -0.25]), 10, metrics).unwrap();
+    let update = Update { round: 3, base_version: 2, delta: vector(vec![0.25, -0.25]), metrics };
     assert_eq!(client.poll_transmit(), Some(ClientMessage::Update(update)));
-    assert_eq!(client.submit_update(vector(vec![0.0, 0.0]), 1, metrics), Err(SubmitError::NoPendingRequest));
+    assert_eq!(submit(&mut client, vector(vec![0.0, 0.0]), 1, metrics), Err(SubmitError::NoPendingRequest));
     assert_eq!(client.poll_timeout(), None);
 }
 
@@ -97,7 +103,7 @@ fn refused_join_ends_the_session() {
     client.handle_message(error, Instant::now());
     assert_eq!(events(&mut client)[0], ClientEvent::Refused { code: ErrorCode::Unauthorized, message: "no".into() });
     assert_eq!(client.poll_close(), Some(CloseReason::Error(ErrorCode::Unauthorized)));
-    assert_eq!(client.submit_update(vector(vec![0.0]), 1, LocalMetrics::default()), Err(SubmitError::Closed));
+    assert_eq!(submit(&mut client, vector(vec![0.0]), 1, LocalMetrics::default()), Err(SubmitError::Closed));
 }
 
 #[test]
@@ -105,15 +111,15 @@ fn invalid_submissions_are_refused_locally() {
     let t0 = Instant::now();
     let mut client = ready(t0);
     let metrics = LocalMetrics { samples: 1, prequential_errors: 0 };
-    assert_eq!(client.submit_update(vector(vec![0.0, 0.0]), 1, metrics), Err(SubmitError::NoPendingRequest));
+    assert_eq!(submit(&mut client, vector(vec![0.0, 0.0]), 1, metrics), Err(SubmitError::NoPendingRequest));
     client.handle_message(CoordinatorMessage::UpdateRequest { round: 3, model_version: 2, deadline_ms: 1000 }, t0);
-    assert_eq!(client.submit_update(vector(vec![0.0, 0.0]), 0, metrics), Err(SubmitError::ZeroSamples));
-    let nan = client.submit_update(vector(vec![f32::NAN, 0.0]), 1, metrics);
+    assert_eq!(submit(&mut client, vector(vec![0.0, 0.0]), 0, metrics), Err(SubmitError::ZeroSamples));
+    let nan = submit(&mut client, vector(vec![f32::NAN, 0.0]), 1, metrics);
     assert!(matches!(nan, Err(SubmitError::Parameters(ParameterError::NotFinite { index: 0, .. }))));
-    let short = client.submit_update(vector(vec![0.0]), 1, metrics);
+    let short = submit(&mut client, vector(vec![0.0]), 1, metrics);
     assert!(matches!(short, Err(SubmitError::Parameters(ParameterError::LengthMismatch { .. }))));
     let lying = LocalMetrics { samples: 1, prequential_errors: 2 };
-    assert_eq!(client.submit_update(vector(vec![0.0, 0.0]), 1, lying), Err(SubmitError::InconsistentMetrics));
+    assert_eq!(submit(&mut client, vector(vec![0.0, 0.0]), 1, lying), Err(SubmitError::InconsistentMetrics));
     assert_eq!(client.poll_transmit(), None);
 }
 
@@ -176,8 +182,8 @@ fn a_standing_request_rests_on_the_model_held_and_survives_newer_models() {
     client.handle_message(model(held + 1, vec![1.0, 1.0]), t0);
     assert!(!events(&mut client).iter().any(|e| matches!(e, ClientEvent::RequestExpired { .. })));
     let metrics = LocalMetrics { samples: 1, prequential_errors: 0 };
-    client.submit_update(vector(vec![0.5, 0.5]), 1, metrics).unwrap();
-    let update = Update { round: 7, base_version: held, delta: vector(vec![0.5, 0.5]), samples: 1, metrics };
+    submit(&mut client, vector(vec![0.5, 0.5]), 1, metrics).unwrap();
+    let update = Update { round: 7, base_version: held, delta: vector(vec![0.5, 0.5]), metrics };
     assert_eq!(client.poll_transmit(), Some(ClientMessage::Update(update)));
     // Asked again; the learner could not answer on the older model, so it rests on the newer.
     client.handle_message(
@@ -186,7 +192,7 @@ fn a_standing_request_rests_on_the_model_held_and_survives_newer_models() {
     );
     client.handle_message(model(held + 2, vec![2.0, 2.0]), t0);
     assert_eq!(client.rebase_standing_request(), Some((8, held + 2)));
-    client.submit_update(vector(vec![0.5, 0.5]), 1, metrics).unwrap();
+    submit(&mut client, vector(vec![0.5, 0.5]), 1, metrics).unwrap();
     assert!(
         matches!(client.poll_transmit(), Some(ClientMessage::Update(Update { base_version, .. })) if base_version == held + 2)
     );
@@ -208,12 +214,11 @@ fn a_claim_above_the_coordinators_cap_is_sent_as_the_cap() {
     client.handle_message(CoordinatorMessage::Rules(rules), t0);
     client.handle_message(CoordinatorMessage::UpdateRequest { round: 3, model_version: 2, deadline_ms: 2500 }, t0);
     let metrics = LocalMetrics { samples: 500, prequential_errors: 100 };
-    client.submit_update(vector(vec![0.25, -0.25]), 500, metrics).unwrap();
+    submit(&mut client, vector(vec![0.25, -0.25]), 500, metrics).unwrap();
     let sent = std::iter::from_fn(|| client.poll_transmit()).find_map(|m| match m {
         ClientMessage::Update(update) => Some(update),
         _ => None,
     });
     let update = sent.expect("the update is sent");
-    assert_eq!(update.samples, 50);
     assert_eq!(update.metrics, LocalMetrics { samples: 50, prequential_errors: 10 });
 }

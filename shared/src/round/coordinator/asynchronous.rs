@@ -131,7 +131,7 @@ impl Coordinator {
                 }
                 let staleness = version.saturating_sub(update.base_version);
                 tracing::debug!(%conn, staleness, base_version = update.base_version, "update buffered");
-                self.events.push_back(CoordinatorEvent::UpdateAccepted { conn, round, samples: update.samples });
+                self.events.push_back(CoordinatorEvent::UpdateAccepted { conn, round, samples: update.samples() });
                 if ready {
                     // Asks every contributor again, this one included.
                     return self.apply_buffer(now);
@@ -157,7 +157,6 @@ impl Coordinator {
                 self.publish_model(params);
                 self.round = round;
                 let mean_local_error = (samples > 0).then(|| prequential_errors as f64 / samples as f64);
-                tracing::info!(round, model_version = self.model_version, participants, "buffer applied");
                 self.events.push_back(CoordinatorEvent::RoundCommitted {
                     round,
                     model_version: self.model_version,
@@ -169,7 +168,6 @@ impl Coordinator {
             }
             Err(error) => {
                 state.buffer.clear();
-                tracing::warn!(round, %error, "buffer could not be applied; discarded");
                 self.events
                     .push_back(CoordinatorEvent::RoundFailed { round, reason: RoundFailure::Aggregation(error) });
             }

@@ -85,7 +85,7 @@ impl Coordinator {
                     let errors = &mut active.metrics.prequential_errors;
                     *errors = errors.saturating_add(metrics.prequential_errors);
                 }
-                let (round, samples) = (update.round, update.samples);
+                let (round, samples) = (update.round, update.samples());
                 self.events.push_back(CoordinatorEvent::UpdateAccepted { conn, round, samples });
                 self.record_answer(conn, Answer::Accepted, now);
             }
@@ -155,7 +155,6 @@ impl Coordinator {
         let (privacy, accountant) = (self.config.privacy?, self.accountant.as_mut()?);
         accountant.step(privacy.noise_multiplier, self.config.sample_fraction).ok()?;
         let (epsilon, _) = accountant.epsilon(privacy.delta).ok()?;
-        tracing::info!(epsilon, delta = privacy.delta, "privacy spent");
         Some(epsilon)
     }
 

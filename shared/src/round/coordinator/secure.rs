@@ -197,7 +197,6 @@ impl Coordinator {
     /// least a second, so that a session failing at once does not spin).
     pub(super) fn fail_round(&mut self, reason: RoundFailure, now: Instant) {
         let Some(active) = self.active.take() else { return };
-        tracing::warn!(round = active.number, %reason, "round failed");
         self.events.push_back(CoordinatorEvent::RoundFailed { round: active.number, reason });
         self.next_round_at = Some(now + self.config.round_interval.max(std::time::Duration::from_secs(1)));
     }

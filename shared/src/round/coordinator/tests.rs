@@ -40,7 +40,7 @@ fn join(coordinator: &mut Coordinator, conn: u64, now: Instant) {
 
 fn update(round: u64, base_version: u64, delta: Vec<f32>, samples: u64, errors: u64) -> ClientMessage {
     let metrics = LocalMetrics { samples, prequential_errors: errors };
-    ClientMessage::Update(Update { round, base_version, delta: vector(delta), samples, metrics })
+    ClientMessage::Update(Update { round, base_version, delta: vector(delta), metrics })
 }
 
 fn transmits(coordinator: &mut Coordinator) -> Vec<(ConnectionId, CoordinatorMessage)> {

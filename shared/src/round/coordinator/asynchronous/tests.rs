@@ -37,7 +37,7 @@ fn joined(config: CoordinatorConfig, n: u64, t0: Instant) -> Coordinator {
 
 fn send(coordinator: &mut Coordinator, conn: u64, base_version: u64, delta: Vec<f32>, now: Instant) {
     let metrics = LocalMetrics { samples: 2, prequential_errors: 1 };
-    let update = Update { round: 0, base_version, delta: vector(delta), samples: 2, metrics };
+    let update = Update { round: 0, base_version, delta: vector(delta), metrics };
     coordinator.handle_message(ConnectionId(conn), ClientMessage::Update(update), now);
 }
 
