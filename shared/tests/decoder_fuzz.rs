@@ -279,8 +279,6 @@ fn fuzz_decoders_long() {
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
     let started = Instant::now();
     let execs = fuzz_for(Duration::from_secs(secs), seed);
-    println!(
-        "{{\"fuzz_execs\":{execs},\"seconds\":{:.0},\"seed\":{seed},\"crashes\":0,\"over_allocations\":0}}",
-        started.elapsed().as_secs_f64()
-    );
+    // Any panic or over-allocation fails the test above with its input; reaching here means none.
+    println!("{{\"fuzz_execs\":{execs},\"seconds\":{:.0},\"seed\":{seed}}}", started.elapsed().as_secs_f64());
 }

@@ -160,3 +160,41 @@ fn the_peeked_variant_is_the_decoded_one() {
     assert_eq!(peek_variant(&[]), None);
     assert_eq!(peek_variant(&[251, 1, 0]), Some(1));
 }
+
+proptest! {
+    /// Nested lengths: a `ShareKeys` message announcing `announced` sealed entries and holding
+    /// `sent` of them, each ciphertext announcing and holding `inner` bytes (or announcing 2^40
+    /// and holding none), decodes only when every length is honoured and within its bound;
+    /// anything else is an error, never a panic, whatever the lengths.
+    #[test]
+    fn nested_lengths_decode_only_within_their_bounds(
+        announced in prop_oneof![0u64..64, 65_530u64..65_540, Just(u64::from(u32::MAX)), Just(u64::MAX)],
+        sent in 0usize..64,
+        inner in prop_oneof![0u64..300, Just(1u64 << 40)],
+    ) {
+        fn varint(n: u64) -> Vec<u8> {
+            match n {
+                0..=250 => vec![n as u8],
+                251..=0xFFFF => [vec![251], (n as u16).to_le_bytes().to_vec()].concat(),
+                0x1_0000..=0xFFFF_FFFF => [vec![252], (n as u32).to_le_bytes().to_vec()].concat(),
+                _ => [vec![253], n.to_le_bytes().to_vec()].concat(),
+            }
+        }
+        let huge = inner > 1 << 20;
+        // ClientMessage::SecAgg (6), round 1, secagg::ClientMessage::ShareKeys (1).
+        let mut payload = vec![6, 1, 1];
+        payload.extend(varint(announced));
+        for peer in 0..sent {
+            payload.extend(varint(peer as u64));
+            payload.extend(varint(inner));
+            if !huge {
+                payload.extend(std::iter::repeat_n(7u8, inner as usize));
+            }
+        }
+        payload.extend([0u8; 32]); // The commitment.
+        let decoded = decode_message::<ClientMessage>(&payload);
+        let well_formed = announced == sent as u64
+            && (sent == 0 || (!huge && inner <= crate::protocol::bounded::MAX_SEALED_BYTES as u64));
+        prop_assert_eq!(decoded.is_ok(), well_formed, "announced {} sent {} inner {}", announced, sent, inner);
+    }
+}
