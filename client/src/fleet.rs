@@ -46,6 +46,20 @@ struct Virtual {
     learnt: u64,
     updates: u64,
     gone: bool,
+    /// Its learner failed (e.g. a NaN): the client left the federation, the others go on.
+    failed: bool,
+}
+
+impl Virtual {
+    /// Takes client `index` out of the fleet after its learner failed: its session sees the
+    /// learner gone and says goodbye; the other clients are not affected.
+    fn fail(&mut self, index: usize, error: &anyhow::Error) {
+        tracing::error!(client = index, error = %format!("{error:#}"), "virtual client's learner failed; it leaves");
+        self.failed = true;
+        self.gone = true;
+        self.learner = None;
+        self.inbox.close();
+    }
 }
 
 /// The fleet's exit report.
@@ -56,6 +70,8 @@ struct FleetReport {
     prequential_error_pct: f64,
     global_prequential_error_pct: f64,
     updates_sent: u64,
+    /// Virtual clients whose learner failed and who left early (their samples are not counted).
+    failed_clients: usize,
     bytes_sent: u64,
     bytes_received: u64,
     connections: u64,
@@ -98,6 +114,7 @@ pub fn run(args: FleetArgs) -> anyhow::Result<()> {
             learnt: 0,
             updates: 0,
             gone: false,
+            failed: false,
         });
     }
     runtime.spawn(stop_after(shutdown.clone(), args.duration.map(Duration::from_secs_f64)));
@@ -131,17 +148,19 @@ fn drive(
     let started = Instant::now();
     while !stop.is_cancelled() {
         let mut busy = false;
-        for client in clients.iter_mut().filter(|c| !c.gone) {
+        for (index, client) in clients.iter_mut().enumerate().filter(|(_, c)| !c.gone) {
             loop {
                 match client.inbox.try_recv() {
                     Ok(request) => {
-                        if matches!(
-                            answer(&mut client.learner, device, request, None, personal)?,
-                            crate::run::Answer::Contributed
-                        ) {
-                            client.updates += 1;
-                        }
                         busy = true;
+                        match answer(&mut client.learner, device, request, None, personal) {
+                            Ok(crate::run::Answer::Contributed) => client.updates += 1,
+                            Ok(_) => {}
+                            Err(error) => {
+                                client.fail(index, &error);
+                                break;
+                            }
+                        }
                     }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
@@ -152,14 +171,17 @@ fn drive(
             }
         }
         let allowed = rate.map_or(u64::MAX, |r| (r * started.elapsed().as_secs_f64()) as u64);
-        for client in clients.iter_mut().filter(|c| c.learnt < allowed) {
+        for (index, client) in clients.iter_mut().enumerate().filter(|(_, c)| c.learnt < allowed && !c.failed) {
             if repeat && client.next_row == client.rows.len() {
                 client.next_row = 0;
             }
             let (Some(learner), Some(sample)) = (client.learner.as_mut(), client.rows.get(client.next_row)) else {
                 continue;
             };
-            learner.learn(sample)?;
+            if let Err(error) = learner.learn(sample) {
+                client.fail(index, &anyhow::Error::from(error));
+                continue;
+            }
             client.next_row += 1;
             client.learnt += 1;
             busy = true;
@@ -229,6 +251,7 @@ fn report(
         prequential_error_pct: pct(errors),
         global_prequential_error_pct: pct(global_errors),
         updates_sent: clients.iter().map(|c| c.updates).sum(),
+        failed_clients: clients.iter().filter(|c| c.failed).count(),
         bytes_sent: stats.bytes_sent(),
         bytes_received: stats.bytes_received(),
         connections: stats.connections(),
