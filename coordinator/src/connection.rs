@@ -28,8 +28,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use flotilla::protocol::ErrorCode;
 use flotilla::protocol::framing::FrameLimit;
-use flotilla::round::{CloseReason, ConnectionId, Identity};
-use flotilla_net::close::{close_code, error_close_code};
+use flotilla::round::{ConnectionId, Identity};
+use flotilla_net::close::{GOODBYE, error_close_code};
 use flotilla_net::framed::{FrameReader, FramedError, send_frame};
 use quinn::{Connection, ConnectionError, Incoming, ReadError, RecvStream, SendStream, VarInt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -83,8 +83,9 @@ pub(crate) enum Inbound {
 pub(crate) enum Outbound {
     /// An encoded frame (possibly shared with other connections).
     Frame(Bytes),
-    /// Close once everything before has been sent.
-    Close(CloseReason),
+    /// Say goodbye: close once everything before has been sent and acknowledged (a refused
+    /// peer is closed at once instead, see [`close_refused`]).
+    Goodbye,
 }
 
 /// The round task's handle on one connection.
@@ -111,13 +112,13 @@ impl Link {
     pub(crate) fn grant_upload(&self) {
         let _ = self.upload_credits.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1));
     }
+}
 
-    /// Closes the connection now (nothing queued is sent): a refused or misbehaving peer
-    /// cannot hold it open by not reading. The reason travels in the close frame.
-    pub(crate) fn close_now(&self, code: ErrorCode, reason: &str) {
-        let reason = truncate_utf8(reason, MAX_CLOSE_REASON);
-        self.connection.close(error_close_code(code), reason.as_bytes());
-    }
+/// Closes `connection` now (nothing queued is sent), so that a refused or misbehaving peer
+/// cannot hold it open by not reading; `code` and `reason` travel in the close frame.
+pub(crate) fn close_refused(connection: &Connection, code: ErrorCode, reason: &str) {
+    let text = format!("{code}: {reason}");
+    connection.close(error_close_code(code), truncate_utf8(&text, MAX_CLOSE_REASON).as_bytes());
 }
 
 /// Longest close reason sent, bytes (it must fit in one packet with the close frame).
@@ -283,14 +284,10 @@ async fn write_loop(
                     }
                 }
             }
-            Outbound::Close(CloseReason::Goodbye) => {
+            Outbound::Goodbye => {
                 let _ = send.finish();
                 let _ = tokio::time::timeout(CLOSE_GRACE, send.stopped()).await;
-                connection.close(close_code(&CloseReason::Goodbye), b"goodbye");
-                return;
-            }
-            Outbound::Close(reason) => {
-                connection.close(close_code(&reason), b"refused");
+                connection.close(GOODBYE, b"goodbye");
                 return;
             }
         }
@@ -347,19 +344,8 @@ impl Reader<'_> {
     /// the round task's admission (within the same timeout).
     async fn join(&self, reader: &mut FrameReader, admitted: oneshot::Receiver<()>) -> Result<(), Stop> {
         let timeout = self.context.join_timeout;
-        let first = async {
-            match reader.next_len().await? {
-                Some(len) if len > JOIN_FRAME_MAX => {
-                    Err(FramedError::Framing(flotilla::protocol::framing::FramingError::FrameTooLarge {
-                        announced: u64::from(len),
-                        limit: JOIN_FRAME_MAX,
-                    }))
-                }
-                Some(_) => reader.next_frame().await,
-                None => Ok(None),
-            }
-        };
-        let payload = match tokio::time::timeout(timeout, first).await {
+        // The reader's limit is the Join frame's until admission: a larger header is refused.
+        let payload = match tokio::time::timeout(timeout, reader.next_frame()).await {
             Ok(Ok(Some(payload))) => payload,
             Ok(Ok(None)) => return Err(Stop::Ended("client finished its stream before joining".into())),
             Ok(Err(error)) => return Err(self.unreadable(error, "before joining")),
@@ -471,8 +457,7 @@ impl Reader<'_> {
         if self.context.logs.allow(remote.ip()) {
             tracing::warn!(conn = %self.conn, %remote, %code, %reason, "closing the connection");
         }
-        let text = format!("{code}: {reason}");
-        self.connection.close(error_close_code(code), truncate_utf8(&text, MAX_CLOSE_REASON).as_bytes());
+        close_refused(&self.connection, code, &reason);
         Stop::Refused(reason)
     }
 

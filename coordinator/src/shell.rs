@@ -9,12 +9,11 @@ use bytes::Bytes;
 use flotilla::protocol::framing::{FrameLimit, FramingError};
 use flotilla::protocol::{CoordinatorMessage, ErrorCode};
 use flotilla::round::{CloseReason, ConnectionId, Coordinator, CoordinatorEvent};
-use flotilla_net::close::error_close_code;
 use flotilla_net::framed::encode;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
-use crate::connection::{Inbound, Link, Outbound, Traffic};
+use crate::connection::{Inbound, Link, Outbound, Traffic, close_refused};
 use crate::logs::LogBudget;
 use crate::persist::RoundRecord;
 use crate::server::{Committed, RunSummary};
@@ -102,8 +101,8 @@ impl Shell {
                             link.grant_upload();
                         }
                     }
-                    CoordinatorMessage::Error { code, message } => {
-                        self.error_text.insert(conn, format!("{code}: {message}"));
+                    CoordinatorMessage::Error { message, .. } => {
+                        self.error_text.insert(conn, message.clone());
                     }
                     _ => {}
                 }
@@ -123,13 +122,13 @@ impl Shell {
             while let Some((conn, reason)) = self.machine.poll_close() {
                 busy = true;
                 match reason {
-                    CloseReason::Goodbye => self.deliver(conn, Outbound::Close(reason)),
+                    CloseReason::Goodbye => self.deliver(conn, Outbound::Goodbye),
                     // Refused: closed at once, the reason in the close frame; a peer that does
                     // not read cannot keep the connection open behind its queued `Error`.
                     CloseReason::Error(code) => {
                         let text = self.error_text.remove(&conn).unwrap_or_else(|| code.to_string());
                         if let Some(link) = self.links.get(&conn) {
-                            link.close_now(code, &text);
+                            close_refused(&link.connection, code, &text);
                         }
                     }
                 }
@@ -162,7 +161,7 @@ impl Shell {
         let Some(link) = self.links.get(&conn) else { return };
         let len = match &outbound {
             Outbound::Frame(frame) => frame.len() as u64,
-            Outbound::Close(_) => 0,
+            Outbound::Goodbye => 0,
         };
         match link.outbound.try_send(outbound) {
             Ok(()) => {
@@ -176,7 +175,7 @@ impl Shell {
     fn drop_link(&mut self, conn: ConnectionId, reason: &str) {
         if let Some(link) = self.links.remove(&conn) {
             tracing::warn!(%conn, remote = %link.remote, reason, "dropping connection");
-            link.connection.close(error_close_code(ErrorCode::Internal), reason.as_bytes());
+            close_refused(&link.connection, ErrorCode::Internal, reason);
         }
         self.machine.handle_disconnect(conn, Instant::now());
     }
