@@ -140,14 +140,9 @@ fn secure_corpus() -> Vec<Vec<u8>> {
     out
 }
 
-/// A bincode varint announcing `n`.
+/// A bincode varint announcing `n` (bincode's own encoding of a length).
 fn varint(n: u64) -> Vec<u8> {
-    match n {
-        0..=250 => vec![n as u8],
-        251..=0xFFFF => [vec![251], (n as u16).to_le_bytes().to_vec()].concat(),
-        0x1_0000..=0xFFFF_FFFF => [vec![252], (n as u32).to_le_bytes().to_vec()].concat(),
-        _ => [vec![253], n.to_le_bytes().to_vec()].concat(),
-    }
+    bincode::encode_to_vec(n, bincode::config::standard()).expect("a u64 always encodes")
 }
 
 /// One random mutation of `input`, drawing material from `corpus`.

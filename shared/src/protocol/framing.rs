@@ -113,15 +113,10 @@ pub(crate) fn decode_bounded<M: DeserializeOwned>(bytes: &[u8]) -> Result<(M, us
     decoded.map_err(|e| FramingError::Malformed(e.to_string()))
 }
 
-/// The variant index at the front of a payload (bincode's varint `u32`), without decoding
-/// the rest; `None` when the bytes cannot start a message.
+/// The variant index at the front of a payload, read as the decoder reads it (bincode's
+/// varint `u32`), without decoding the rest; `None` when the bytes cannot start a message.
 pub fn peek_variant(payload: &[u8]) -> Option<u32> {
-    match *payload.first()? {
-        small @ 0..=250 => Some(u32::from(small)),
-        251 => payload.get(1..3).map(|b| u32::from(u16::from_le_bytes([b[0], b[1]]))),
-        252 => payload.get(1..5).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-        _ => None,
-    }
+    bincode::decode_from_slice::<u32, _>(payload, config()).ok().map(|(variant, _)| variant)
 }
 
 /// Splits a byte stream into frame payloads (sans-IO: the caller feeds it what it read).

@@ -172,14 +172,8 @@ proptest! {
         sent in 0usize..64,
         inner in prop_oneof![0u64..300, Just(1u64 << 40)],
     ) {
-        fn varint(n: u64) -> Vec<u8> {
-            match n {
-                0..=250 => vec![n as u8],
-                251..=0xFFFF => [vec![251], (n as u16).to_le_bytes().to_vec()].concat(),
-                0x1_0000..=0xFFFF_FFFF => [vec![252], (n as u32).to_le_bytes().to_vec()].concat(),
-                _ => [vec![253], n.to_le_bytes().to_vec()].concat(),
-            }
-        }
+        // bincode's own varint, as the decoder reads lengths.
+        let varint = |n: u64| bincode::encode_to_vec(n, bincode::config::standard()).unwrap();
         let huge = inner > 1 << 20;
         // ClientMessage::SecAgg (6), round 1, secagg::ClientMessage::ShareKeys (1).
         let mut payload = vec![6, 1, 1];
