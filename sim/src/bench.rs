@@ -59,6 +59,50 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// A benchmark binary's exit: its JSON line on stdout and success, or the error on stderr.
+pub fn exit_with(result: anyhow::Result<String>) -> std::process::ExitCode {
+    match result {
+        Ok(line) => {
+            println!("{line}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The directory holding the daemons: `given`, else the running binary's own.
+pub fn binaries_dir(given: Option<&std::path::Path>) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context;
+    match given {
+        Some(dir) => Ok(dir.to_path_buf()),
+        None => Ok(std::env::current_exe()?.parent().context("locating the binaries")?.to_path_buf()),
+    }
+}
+
+/// A fresh working directory `flotilla-<name>-<pid>` in the system's temporary directory.
+pub fn work_dir(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context;
+    let work = std::env::temp_dir().join(format!("flotilla-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    Ok(work)
+}
+
+/// Writes the fleet-round workload's initial model of `params` values to `path`, in the form
+/// `flotilla-coordinator --initial-params` reads (a bincode `ParameterVector`).
+pub fn write_workload_model(path: &std::path::Path, params: u64) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use flotilla::model::ModelSpec;
+    use flotilla::params::ParameterVector;
+    let len = usize::try_from(params).context("--params does not fit this machine")?;
+    let vector =
+        ParameterVector::new(&ModelSpec::Vector { len: params }.layout(), flotilla::workload::initial_model(len))?;
+    let bytes = bincode::serde::encode_to_vec(&vector, bincode::config::standard())?;
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use flotilla::checkpoint::Checkpoint;
-use flotilla::model::ModelSpec;
-use flotilla::params::ParameterVector;
 use flotilla::workload::{self, ModelSummary};
-use flotilla_sim::bench::{PeakMemory, median, reaped_children_cpu_s, status_kib};
+use flotilla_sim::bench::{
+    PeakMemory, binaries_dir, exit_with, median, reaped_children_cpu_s, status_kib, work_dir, write_workload_model,
+};
 use flotilla_sim::fleet::{free_udp_port, read_rounds};
 use flotilla_sim::procs::{Interrupt, Proc};
 use serde_json::json;
@@ -69,17 +69,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    match run(&args) {
-        Ok(line) => {
-            println!("{line}");
-            std::process::ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    exit_with(run(&Args::parse()))
 }
 
 struct Setup {
@@ -93,12 +83,8 @@ fn run(args: &Args) -> anyhow::Result<String> {
         bail!("--clients and --params must be at least 1");
     }
     let interrupt = Interrupt::install()?;
-    let bin = match &args.bin_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::current_exe()?.parent().context("locating the binaries")?.to_path_buf(),
-    };
-    let work = std::env::temp_dir().join(format!("flotilla-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let bin = binaries_dir(args.bin_dir.as_deref())?;
+    let work = work_dir("bench")?;
     let setup = Setup { work: work.clone(), bin, port: free_udp_port()? };
     let result = measure(args, &setup, &interrupt);
     if args.keep {
@@ -110,13 +96,9 @@ fn run(args: &Args) -> anyhow::Result<String> {
 }
 
 fn measure(args: &Args, setup: &Setup, interrupt: &Interrupt) -> anyhow::Result<String> {
-    let len = usize::try_from(args.params).context("--params does not fit this machine")?;
     let total_rounds = args.rounds + 1;
     let initial = setup.work.join("initial.bin");
-    let spec = ModelSpec::Vector { len: args.params };
-    let vector = ParameterVector::new(&spec.layout(), workload::initial_model(len))?;
-    let bytes = bincode::serde::encode_to_vec(&vector, bincode::config::standard())?;
-    std::fs::write(&initial, bytes).with_context(|| format!("writing {}", initial.display()))?;
+    write_workload_model(&initial, args.params)?;
     let model_mib = (args.params * 4).div_ceil(1 << 20);
     let data_dir = setup.work.join("coordinator");
     let quorum = if args.idle { args.clients + 1 } else { args.clients };

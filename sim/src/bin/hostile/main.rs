@@ -19,11 +19,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use flotilla::checkpoint::Checkpoint;
-use flotilla::model::ModelSpec;
 use flotilla::params::ParameterVector;
 use flotilla::protocol::framing::FrameLimit;
 use flotilla::workload::{self, splitmix64};
-use flotilla_sim::bench::{median, status_kib};
+use flotilla_sim::bench::{binaries_dir, exit_with, median, status_kib, work_dir, write_workload_model};
 use flotilla_sim::fleet::{free_udp_port, read_rounds};
 use flotilla_sim::procs::{Interrupt, Proc};
 use rand::rngs::StdRng;
@@ -165,17 +164,7 @@ enum Mode {
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    match run(args) {
-        Ok(line) => {
-            println!("{line}");
-            std::process::ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    exit_with(run(Args::parse()))
 }
 
 /// Everything the phases share.
@@ -208,18 +197,14 @@ fn run(args: Args) -> anyhow::Result<String> {
         bail!("--window must be a positive number of seconds");
     }
     let interrupt = Interrupt::install()?;
-    let bin = match &args.bin_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::current_exe()?.parent().context("locating the binaries")?.to_path_buf(),
-    };
+    let bin = binaries_dir(args.bin_dir.as_deref())?;
     for binary in ["flotilla-coordinator", "flotilla-client"] {
         if !bin.join(binary).exists() {
             let path = bin.join(binary);
             bail!("{} not found: build with `cargo build --release --workspace`, or give --bin-dir", path.display());
         }
     }
-    let work = std::env::temp_dir().join(format!("flotilla-hostile-{}", std::process::id()));
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let work = work_dir("hostile")?;
     let keep = args.keep;
     // The bench (its hostile peers' runtime included) is dropped once it has run; every child
     // process is stopped by the phase that started it, or killed when dropped on an error.
@@ -237,11 +222,8 @@ fn prepare(args: Args, bin: PathBuf, work: PathBuf, interrupt: Interrupt) -> any
     let quick = args.quick;
     let pick = |value: Option<u32>, normal: u32, short: u32| value.unwrap_or(if quick { short } else { normal });
     let window = Duration::from_secs_f64(args.window.unwrap_or(if quick { 5.0 } else { 20.0 }));
-    let len = usize::try_from(args.params).context("--params does not fit this machine")?;
     let initial = work.join("initial.bin");
-    let vector = ParameterVector::new(&ModelSpec::Vector { len: args.params }.layout(), workload::initial_model(len))?;
-    let bytes = bincode::serde::encode_to_vec(&vector, bincode::config::standard())?;
-    std::fs::write(&initial, bytes).with_context(|| format!("writing {}", initial.display()))?;
+    write_workload_model(&initial, args.params)?;
     let hostile = pick(args.hostile, 100, 10);
     let token =
         |label: &str, i: u64| format!("{label}-{i}-{:016x}", splitmix64(args.seed ^ (i << 8) ^ label.len() as u64));
