@@ -419,16 +419,16 @@ impl Coordinator {
         now: Instant,
     ) {
         if self.shutting_down {
-            return self.refuse_join(conn, ErrorCode::ShuttingDown, "coordinator is shutting down".into(), now);
+            return self.refuse(conn, ErrorCode::ShuttingDown, "coordinator is shutting down".into(), now);
         }
         if version != PROTOCOL_VERSION {
             let reason = format!("coordinator speaks protocol version {PROTOCOL_VERSION}, client sent {version}");
-            return self.refuse_join(conn, ErrorCode::UnsupportedVersion, reason, now);
+            return self.refuse(conn, ErrorCode::UnsupportedVersion, reason, now);
         }
         if let Some(accepted) = &self.config.auth_tokens
             && !token.as_deref().is_some_and(|token| token_accepted(accepted, token))
         {
-            return self.refuse_join(conn, ErrorCode::Unauthorized, "auth token refused".into(), now);
+            return self.refuse(conn, ErrorCode::Unauthorized, "auth token refused".into(), now);
         }
         // A certificate names the peer best; else the token it was admitted with.
         let identity =
@@ -436,7 +436,7 @@ impl Coordinator {
         if let Some(until) = identity.and_then(|id| self.barred.get(&id)).filter(|until| **until > now) {
             let seconds = until.duration_since(now).as_secs().max(1);
             let reason = format!("this identity misbehaved; it may join again in {seconds} s");
-            return self.refuse_join(conn, ErrorCode::Timeout, reason, now);
+            return self.refuse(conn, ErrorCode::Timeout, reason, now);
         }
         if let Some(identity) = identity {
             self.make_room_for(identity, now);
@@ -483,16 +483,11 @@ impl Coordinator {
         let excess = (sessions.len() + 1).saturating_sub(limit);
         for (_, old) in sessions.into_iter().take(excess) {
             let reason = "replaced by a newer session with the same credentials".to_string();
-            self.send_error_and_close(old, ErrorCode::SessionReplaced, reason.clone(), now);
-            self.events.push_back(CoordinatorEvent::ClientRefused {
-                conn: old,
-                code: ErrorCode::SessionReplaced,
-                reason,
-            });
+            self.refuse(old, ErrorCode::SessionReplaced, reason, now);
         }
     }
 
-    fn refuse_join(&mut self, conn: ConnectionId, code: ErrorCode, reason: String, now: Instant) {
+    fn refuse(&mut self, conn: ConnectionId, code: ErrorCode, reason: String, now: Instant) {
         self.send_error_and_close(conn, code, reason.clone(), now);
         self.events.push_back(CoordinatorEvent::ClientRefused { conn, code, reason });
     }
