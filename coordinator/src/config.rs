@@ -16,7 +16,7 @@ use flotilla::compress::Compression;
 use flotilla::hbp::HbpConfig;
 use flotilla::model::ModelSpec;
 use flotilla::protocol::framing::FrameLimit;
-use flotilla::round::config::{NoisePlacement, PrivacyConfig, SecureConfig};
+use flotilla::round::config::{AdaptiveClipping, NoisePlacement, PrivacyConfig, SecureConfig};
 use flotilla::round::{CoordinatorConfig, Mode};
 use flotilla_net::transport::{ETHERNET_UDP_PAYLOAD, MAX_UDP_PAYLOAD, Tuning};
 
@@ -304,6 +304,14 @@ pub struct Options {
     /// δ of the (ε, δ) reported [default: 1e-5].
     #[arg(long, value_name = "DELTA")]
     pub dp_delta: Option<f64>,
+    /// Adaptive clipping (Andrew et al. 2021): --dp-clip is only the initial bound, which
+    /// then tracks this quantile of the update norms (0.5: the median), from a noised count
+    /// whose privacy cost is folded into z. Central noise only [default: a fixed bound].
+    #[arg(long, value_name = "QUANTILE", requires = "dp_clip")]
+    pub dp_adaptive_clip: Option<f64>,
+    /// Learning rate η of the adaptive bound's step C ← C·exp(−η·(b̄ − γ)) [default: 0.2].
+    #[arg(long, value_name = "ETA", requires = "dp_adaptive_clip")]
+    pub dp_clip_learning_rate: Option<f64>,
     /// Over-selection: a round commits as soon as this many updates are accepted, without
     /// waiting for the other sampled clients — stragglers, or joined peers that never answer,
     /// then cost nothing (sample more than the goal with --sample-fraction). Not used with
@@ -481,7 +489,8 @@ impl Options {
             beta1, beta2, tau, trim_fraction, byzantine, multi_krum_m, clip_norm, outlier_norm, max_held_updates,
             mode, buffer_size, max_staleness, concurrent_uploads, upload_memory_mib, idle_window_kib, upload_window_kib,
             max_udp_payload, gso_segments, round_goal, penalty, sessions_per_identity, min_upload_rate, max_connections,
-            max_connections_per_address, handshake_rate, compression, dp_noise_multiplier, dp_clip, dp_noise, dp_delta, secagg_neighbours,
+            max_connections_per_address, handshake_rate, compression, dp_noise_multiplier, dp_clip, dp_noise, dp_delta, dp_adaptive_clip,
+            dp_clip_learning_rate, secagg_neighbours,
             secagg_threshold, secagg_clip_range, secagg_scale_bits, secagg_phase_timeout);
         let secure_aggregation = self.secure_aggregation || file.secure_aggregation;
         let allow_anonymous = self.allow_anonymous || file.allow_anonymous;
@@ -558,6 +567,10 @@ impl Options {
                     None => NoisePlacement::Central,
                 },
                 delta: self.dp_delta.unwrap_or(1e-5),
+                adaptive: self.dp_adaptive_clip.map(|target_quantile| AdaptiveClipping {
+                    target_quantile,
+                    learning_rate: self.dp_clip_learning_rate.unwrap_or(0.2),
+                }),
             }),
             (None, None) => None,
             _ => bail!("--dp-noise-multiplier and --dp-clip go together"),

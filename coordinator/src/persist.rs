@@ -154,6 +154,7 @@ mod tests {
             params,
             served: None,
             accountant: None,
+            adaptive_clip: None,
         }
     }
 

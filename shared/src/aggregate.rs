@@ -118,6 +118,22 @@ pub enum AggregateError {
     },
 }
 
+/// How a round is released under client-level differential privacy, set by the
+/// coordinator's update pipeline before the round begins.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DpRelease {
+    /// The mean is the sum of the (weight-1) updates over this public denominator (the
+    /// expected cohort size), not over the number that arrived; a participant-scaled step
+    /// counts it as the participants.
+    pub denominator: f64,
+    /// The round's clipping bound of each update, replacing the strategy's; `None` keeps the
+    /// strategy's (distributed noise: the clients clipped).
+    pub clip_norm: Option<f64>,
+    /// Standard deviation of the Gaussian noise on the sum, replacing the strategy's; `None`
+    /// adds none (distributed noise: the clients added it).
+    pub noise_std: Option<f64>,
+}
+
 /// A strategy turning the updates of one round into the next global model.
 pub trait Aggregator {
     /// Starts a round on `base`, discarding whatever was folded before.
@@ -141,12 +157,11 @@ pub trait Aggregator {
         self.fold(mean, samples)
     }
 
-    /// Differential privacy: the next rounds' mean is the sum of the (weight-1) updates over
-    /// this public `denominator` (the expected cohort size), not over the number that arrived,
-    /// and a participant-scaled step counts it as the participants. `None` restores the
-    /// ordinary mean. Strategies that take no mean ignore it.
-    fn set_fixed_denominator(&mut self, denominator: Option<f64>) {
-        let _ = denominator;
+    /// Differential privacy: how the next rounds are released (`None`: the ordinary mean
+    /// with the strategy's own hygiene). See [`DpRelease`]. Strategies that take no mean
+    /// ignore the denominator.
+    fn set_release(&mut self, release: Option<DpRelease>) {
+        let _ = release;
     }
 
     /// Number of updates folded since `begin`.

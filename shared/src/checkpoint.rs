@@ -8,7 +8,7 @@
 //! | 8     | [`CHECKPOINT_MAGIC`]                                        |
 //! | 2     | [`CHECKPOINT_FORMAT_VERSION`], little-endian                |
 //! | 8     | payload length `n`, little-endian                           |
-//! | n     | bincode payload: round, model version, spec, parameters     |
+//! | n     | bincode payload: round, model version, spec, parameters, …  |
 //! | 32    | SHA-256 of everything above                                 |
 //!
 //! [`Checkpoint::decode`] refuses anything that is not exactly such a blob, with a typed
@@ -27,7 +27,7 @@ use crate::protocol::framing::{FramingError, decode_bounded};
 pub const CHECKPOINT_MAGIC: [u8; 8] = *b"FLOTCKPT";
 
 /// Version of the checkpoint format written by this build.
-pub const CHECKPOINT_FORMAT_VERSION: u16 = 3;
+pub const CHECKPOINT_FORMAT_VERSION: u16 = 4;
 
 const HEADER_LEN: usize = 8 + 2 + 8;
 const CHECKSUM_LEN: usize = 32;
@@ -48,6 +48,20 @@ pub struct Checkpoint {
     /// The privacy accountant (RDP orders and what was spent at each), when DP is on: ε
     /// keeps growing across restarts instead of starting again from zero.
     pub accountant: Option<crate::privacy::RdpAccountant>,
+    /// The adaptive clipping bound and its settings, when adaptive clipping is on: a
+    /// restarted coordinator goes on from the clip it had reached.
+    pub adaptive_clip: Option<crate::privacy::AdaptiveClip>,
+}
+
+/// Format 3: the same without the adaptive clip (read, never written).
+#[derive(Deserialize)]
+struct CheckpointV3 {
+    round: u64,
+    model_version: u64,
+    spec: ModelSpec,
+    params: ParameterVector,
+    served: Option<ParameterVector>,
+    accountant: Option<crate::privacy::RdpAccountant>,
 }
 
 /// Format 2: the same without the served model (read, never written).
@@ -91,8 +105,11 @@ pub enum CheckpointError {
     #[error("checkpoint payload is malformed: {0}")]
     Malformed(#[from] FramingError),
     /// The stored privacy accountant is not a valid one.
-    #[error("checkpoint privacy accountant refused: orders and spent RDP must match, be finite, orders > 1")]
+    #[error("checkpoint privacy accountant refused: orders and spent RDP must match, orders finite and > 1, RDP ≥ 0")]
     Accountant,
+    /// The stored adaptive clip is not a valid one.
+    #[error("checkpoint adaptive clip refused: bound, quantile, learning rate or noise out of range")]
+    AdaptiveClip,
     /// The stored parameters are not usable (NaN or ∞).
     #[error("checkpoint parameters refused: {0}")]
     Parameters(#[from] ParameterError),
@@ -101,7 +118,7 @@ pub enum CheckpointError {
 impl Checkpoint {
     /// The state before round 1: version 0 of `params`, nothing served or spent yet.
     pub fn initial(spec: ModelSpec, params: ParameterVector) -> Self {
-        Self { round: 0, model_version: 0, spec, params, served: None, accountant: None }
+        Self { round: 0, model_version: 0, spec, params, served: None, accountant: None, adaptive_clip: None }
     }
 
     /// The model served to users and evaluated: the iterate average when there is one, the
@@ -122,7 +139,12 @@ impl Checkpoint {
             Err(CheckpointError::UnsupportedVersion { found: 2, .. }) => {
                 let v2: CheckpointV2 = open(CHECKPOINT_MAGIC, 2, bytes)?;
                 let CheckpointV2 { round, model_version, spec, params } = v2;
-                Checkpoint { round, model_version, spec, params, served: None, accountant: None }
+                Checkpoint { round, model_version, spec, params, served: None, accountant: None, adaptive_clip: None }
+            }
+            Err(CheckpointError::UnsupportedVersion { found: 3, .. }) => {
+                let v3: CheckpointV3 = open(CHECKPOINT_MAGIC, 3, bytes)?;
+                let CheckpointV3 { round, model_version, spec, params, served, accountant } = v3;
+                Checkpoint { round, model_version, spec, params, served, accountant, adaptive_clip: None }
             }
             other => other?,
         };
@@ -135,10 +157,14 @@ impl Checkpoint {
             let valid = orders.len() == rdp.len()
                 && !orders.is_empty()
                 && orders.iter().all(|a| a.is_finite() && *a > 1.0)
-                && rdp.iter().all(|r| r.is_finite() && *r >= 0.0);
+                // +∞ is what a noise multiplier of 0 spends: no privacy, still a valid account.
+                && rdp.iter().all(|r| *r >= 0.0);
             if !valid {
                 return Err(CheckpointError::Accountant);
             }
+        }
+        if checkpoint.adaptive_clip.as_ref().is_some_and(|clip| !clip.is_valid()) {
+            return Err(CheckpointError::AdaptiveClip);
         }
         Ok(checkpoint)
     }

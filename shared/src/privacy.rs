@@ -292,6 +292,34 @@ impl AdaptiveClip {
         Ok(Self { clip: f64::from(initial.get()), target_quantile, learning_rate, count_noise, expected_clients })
     }
 
+    /// Sets the cohort of the next round: the count is noised with `count_noise` (σ_b) and
+    /// divided by `expected_clients` (m).
+    pub fn set_cohort(&mut self, expected_clients: f64, count_noise: f64) -> Result<(), PrivacyError> {
+        if !(count_noise >= 0.0 && count_noise.is_finite()) {
+            return Err(PrivacyError::BadNoise(count_noise));
+        }
+        if !(expected_clients > 0.0 && expected_clients.is_finite()) {
+            return Err(PrivacyError::BadExpectedClients(expected_clients));
+        }
+        self.expected_clients = expected_clients;
+        self.count_noise = count_noise;
+        Ok(())
+    }
+
+    /// Whether every value is in the range [`AdaptiveClip::new`] accepts, with a finite
+    /// positive clip (for state read back from a file).
+    pub fn is_valid(&self) -> bool {
+        self.clip.is_finite()
+            && self.clip > 0.0
+            && (0.0..=1.0).contains(&self.target_quantile)
+            && self.learning_rate >= 0.0
+            && self.learning_rate.is_finite()
+            && self.count_noise >= 0.0
+            && self.count_noise.is_finite()
+            && self.expected_clients > 0.0
+            && self.expected_clients.is_finite()
+    }
+
     /// The current clipping bound.
     pub fn clip(&self) -> ClipBound {
         ClipBound(self.clip as f32)

@@ -91,8 +91,8 @@ pub struct Federated<R, O> {
     participants: usize,
     /// `Σ nᵢ·‖sᵢΔᵢ‖²` over the folded updates (over `samples` = `Σ nᵢ`: FedExP's numerator).
     weighted_sq_norms: f64,
-    /// The public denominator of the mean under differential privacy.
-    fixed_denominator: Option<f64>,
+    /// The release of the rounds under differential privacy.
+    release: Option<super::DpRelease>,
     samples: u64,
     /// Rounds begun, which seeds each round's noise.
     rounds: u64,
@@ -128,7 +128,7 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Federated<R, O> {
             updates: 0,
             participants: 0,
             weighted_sq_norms: 0.0,
-            fixed_denominator: None,
+            release: None,
             samples: 0,
             rounds: 0,
         }
@@ -152,7 +152,7 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Federated<R, O> {
         }
         delta.check_shape(expected.fingerprint, expected.len)?;
         let total = self.samples.checked_add(samples).ok_or(AggregateError::SampleOverflow)?;
-        let (folded, scale) = self.hygiene.inspect(&delta.values);
+        let (folded, scale) = self.round_hygiene().inspect(&delta.values);
         self.reducer.add(&delta.values, scale, samples)?;
         self.samples = total;
         self.updates += 1;
@@ -160,6 +160,19 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Federated<R, O> {
         let norm = folded.norm * scale;
         self.weighted_sq_norms += samples as f64 * norm * norm;
         Ok(folded)
+    }
+
+    /// The hygiene of the running round: the strategy's, with the clip and noise of the
+    /// differential-privacy release when one is set.
+    fn round_hygiene(&self) -> Hygiene {
+        match self.release {
+            Some(release) => Hygiene {
+                clip_norm: release.clip_norm.or(self.hygiene.clip_norm),
+                noise_std: release.noise_std,
+                ..self.hygiene
+            },
+            None => self.hygiene,
+        }
     }
 
     /// The server optimiser (and its state).
@@ -184,8 +197,8 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Aggregator for Federated<R, O> {
         self.fold_weighted(delta, samples, 1)
     }
 
-    fn set_fixed_denominator(&mut self, denominator: Option<f64>) {
-        self.fixed_denominator = denominator.filter(|d| d.is_finite() && *d > 0.0);
+    fn set_release(&mut self, release: Option<super::DpRelease>) {
+        self.release = release.filter(|r| r.denominator.is_finite() && r.denominator > 0.0);
     }
 
     fn fold_mean(
@@ -218,7 +231,7 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Aggregator for Federated<R, O> {
         let mean_sq_norm = if weight > 0.0 { self.weighted_sq_norms / weight } else { 0.0 };
         // The reducer's mean is over the weight folded; with a public denominator d it becomes
         // sum / d, its sensitivity fixed whoever answered.
-        let (participants, denominator) = match self.fixed_denominator {
+        let (participants, denominator) = match self.release.map(|r| r.denominator) {
             Some(d) => {
                 let rescale = weight / d;
                 step.iter_mut().for_each(|v| *v *= rescale);
@@ -228,7 +241,7 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Aggregator for Federated<R, O> {
         };
         let factor = self.step_size.factor(participants, mean_sq_norm, &step);
         tracing::debug!(step_size = %self.step_size, factor, "server step");
-        if let Some(std) = self.hygiene.noise_std {
+        if let Some(std) = self.round_hygiene().noise_std {
             add_noise_to_mean(&mut step, std, denominator, &self.hygiene.noise_key, self.rounds);
         }
         // A failed round must not move the optimiser's state: step a copy, keep it on success.

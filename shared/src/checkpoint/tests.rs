@@ -14,6 +14,7 @@ fn checkpoint() -> Checkpoint {
         },
         served: None,
         accountant: None,
+        adaptive_clip: None,
     }
 }
 
@@ -36,6 +37,41 @@ fn served_model_round_trips_and_format_2_is_still_read() {
     assert_eq!(Checkpoint::decode(&bytes).unwrap(), old);
     let bytes = seal(CHECKPOINT_MAGIC, 1, &v2).unwrap();
     assert!(matches!(Checkpoint::decode(&bytes), Err(CheckpointError::UnsupportedVersion { found: 1, .. })));
+}
+
+#[test]
+fn format_3_is_read_and_an_adaptive_clip_round_trips_or_is_refused_when_invalid() {
+    #[derive(serde::Serialize)]
+    struct V3<'a> {
+        round: u64,
+        model_version: u64,
+        spec: &'a ModelSpec,
+        params: &'a ParameterVector,
+        served: Option<ParameterVector>,
+        accountant: Option<crate::privacy::RdpAccountant>,
+    }
+    let old = checkpoint();
+    let v3 = V3 {
+        round: old.round,
+        model_version: old.model_version,
+        spec: &old.spec,
+        params: &old.params,
+        served: None,
+        accountant: Some(crate::privacy::RdpAccountant::default()),
+    };
+    let expected = Checkpoint { accountant: Some(crate::privacy::RdpAccountant::default()), ..old.clone() };
+    assert_eq!(Checkpoint::decode(&seal(CHECKPOINT_MAGIC, 3, &v3).unwrap()).unwrap(), expected);
+
+    let bound = crate::privacy::ClipBound::new(0.5).unwrap();
+    let clip = crate::privacy::AdaptiveClip::new(bound, 0.5, 0.2, 1.0, 10.0).unwrap();
+    let with_clip = Checkpoint { adaptive_clip: Some(clip.clone()), ..old.clone() };
+    assert_eq!(Checkpoint::decode(&with_clip.encode().unwrap()).unwrap(), with_clip);
+    // A valid envelope around a negative bound (a file written by something else).
+    let mut value = serde_json::to_value(&clip).unwrap();
+    value["clip"] = serde_json::json!(-1.0);
+    let invalid = Checkpoint { adaptive_clip: Some(serde_json::from_value(value).unwrap()), ..old.clone() };
+    let tampered = seal(CHECKPOINT_MAGIC, CHECKPOINT_FORMAT_VERSION, &invalid).unwrap();
+    assert_eq!(Checkpoint::decode(&tampered), Err(CheckpointError::AdaptiveClip));
 }
 
 #[test]

@@ -121,6 +121,21 @@ pub struct PrivacyConfig {
     pub placement: NoisePlacement,
     /// δ of the (ε, δ) reported after each round.
     pub delta: f64,
+    /// Adaptive clipping: `clip` is only the initial bound, which then tracks a quantile of
+    /// the update norms (central noise only). `None`: the bound stays `clip`.
+    pub adaptive: Option<AdaptiveClipping>,
+}
+
+/// Adaptive clipping (Andrew et al., 2021; see [`crate::privacy::AdaptiveClip`]): the
+/// coordinator counts the updates that fit under the round's bound, noises the count (its
+/// privacy cost is folded into the same noise multiplier z: the deltas get a little more
+/// noise) and steps the bound geometrically towards the target quantile.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdaptiveClipping {
+    /// γ: the fraction of updates meant to fit under the bound (0.5: the median norm).
+    pub target_quantile: f64,
+    /// η_C of the step `C ← C·exp(−η_C·(b̄ − γ))`.
+    pub learning_rate: f64,
 }
 
 /// Where differential-privacy noise is added.
@@ -233,7 +248,10 @@ pub enum ConfigError {
     #[error("{0}")]
     Incompatible(&'static str),
     /// The differential-privacy settings are out of range.
-    #[error("differential privacy: noise multiplier must be ≥ 0 and finite, clip > 0, δ in (0, 1)")]
+    #[error(
+        "differential privacy: noise multiplier must be ≥ 0 and finite, clip > 0, δ in (0, 1), an adaptive \
+         clip's quantile in [0, 1] and its learning rate ≥ 0"
+    )]
     Privacy,
     /// The sample cap is zero: every update would weigh nothing.
     #[error("max_samples_per_update must be at least 1")]
@@ -291,9 +309,18 @@ impl CoordinatorConfig {
                 && p.clip.is_finite()
                 && p.clip > 0.0
                 && p.delta > 0.0
-                && p.delta < 1.0)
+                && p.delta < 1.0
+                && p.adaptive.is_none_or(|a| {
+                    (0.0..=1.0).contains(&a.target_quantile) && a.learning_rate.is_finite() && a.learning_rate >= 0.0
+                }))
         {
             return Err(ConfigError::Privacy);
+        }
+        if self.privacy.is_some_and(|p| p.adaptive.is_some() && p.placement == NoisePlacement::Distributed) {
+            return Err(ConfigError::Incompatible(
+                "adaptive clipping needs each update's norm, and with distributed noise the coordinator sees \
+                 only a secure sum: use a fixed --dp-clip, or central noise without secure aggregation",
+            ));
         }
         if self.privacy.is_some() && matches!(self.mode, Mode::Async { .. }) {
             return Err(ConfigError::Incompatible(

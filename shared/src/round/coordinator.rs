@@ -14,17 +14,14 @@ use std::time::Instant;
 
 use super::events::{CoordinatorEvent, RoundFailure};
 use super::{CloseReason, ConfigError, ConnectionId, CoordinatorConfig};
-use crate::aggregate::Aggregator;
 use crate::checkpoint::Checkpoint;
 use crate::model::ModelSpec;
 use crate::params::ParameterVector;
-use crate::privacy::RdpAccountant;
 use crate::protocol::framing::decode_message;
-use crate::protocol::{
-    ClientMessage, CompressedUpdate, CoordinatorMessage, ErrorCode, LocalMetrics, PROTOCOL_VERSION, Update,
-};
-use crate::round::config::NoisePlacement;
+use crate::protocol::{ClientMessage, CompressedUpdate, CoordinatorMessage, ErrorCode, PROTOCOL_VERSION, Update};
 use crate::round::events::UpdateRefusal;
+use pipeline::Pipeline;
+use scheduler::{Answer, Scheduler};
 
 /// What the coordinator knows of one connection.
 #[derive(Debug, Clone, Copy)]
@@ -70,26 +67,6 @@ impl std::fmt::Debug for Identity {
     }
 }
 
-/// How a sampled client has answered the running round.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Answer {
-    Pending,
-    Accepted,
-    Refused,
-    Gone,
-}
-
-/// The round in progress.
-#[derive(Debug)]
-struct ActiveRound {
-    number: u64,
-    deadline: Instant,
-    answers: BTreeMap<ConnectionId, Answer>,
-    metrics: LocalMetrics,
-    /// The round's secure-aggregation session, when rounds are secure.
-    secure: Option<secure::SecureRound>,
-}
-
 /// A queued transmission; the model is cloned only when polled, so at most one copy of
 /// it waits in the queue whatever the number of clients.
 #[derive(Debug)]
@@ -107,16 +84,13 @@ pub struct Coordinator {
     served: Option<ParameterVector>,
     model_version: u64,
     round: u64,
-    aggregator: Box<dyn Aggregator + Send>,
+    /// The mode's rounds (or buffer) and what folds their updates.
+    scheduler: Scheduler,
+    /// What every mode applies to updates and rounds: claims, weights, sampling, privacy.
+    pipeline: Pipeline,
     peers: BTreeMap<ConnectionId, Peer>,
     next_client_id: u64,
-    active: Option<ActiveRound>,
-    next_round_at: Option<Instant>,
-    /// Asynchronous mode's buffer and requests; `None` in synchronous mode.
-    buffered: Option<asynchronous::AsyncState>,
     shutting_down: bool,
-    /// Privacy spent so far, when differential privacy is on.
-    accountant: Option<RdpAccountant>,
     transmits: VecDeque<Outgoing>,
     closes: VecDeque<(ConnectionId, CloseReason)>,
     events: VecDeque<CoordinatorEvent>,
@@ -138,17 +112,7 @@ impl Coordinator {
     /// A coordinator resuming from a checkpoint; the next round is `checkpoint.round + 1`.
     pub fn from_checkpoint(config: CoordinatorConfig, checkpoint: Checkpoint) -> Result<Self, ConfigError> {
         config.validate()?;
-        let mut strategy = config.aggregation.clone();
-        if let Some(privacy) = config.privacy.filter(|p| p.placement == NoisePlacement::Central) {
-            // Central DP: the coordinator clips every update and noises their sum.
-            strategy.clip_norm = Some(f64::from(privacy.clip));
-            strategy.noise_std = Some(privacy.noise_multiplier * f64::from(privacy.clip));
-            strategy.noise_key = config.noise_key.unwrap_or_default();
-        }
-        let aggregator = strategy.build();
-        // ε only grows: a restarted coordinator goes on from the spent privacy it checkpointed.
-        let accountant = config.privacy.is_some().then(|| checkpoint.accountant.clone().unwrap_or_default());
-        let buffered = asynchronous::AsyncState::new(&config)?;
+        let (scheduler, pipeline) = pipeline::build(&config, &checkpoint)?;
         Ok(Self {
             config,
             spec: checkpoint.spec,
@@ -156,14 +120,11 @@ impl Coordinator {
             served: checkpoint.served,
             model_version: checkpoint.model_version,
             round: checkpoint.round,
-            aggregator,
+            scheduler,
+            pipeline,
             peers: BTreeMap::new(),
             next_client_id: 1,
-            active: None,
-            next_round_at: None,
-            buffered,
             shutting_down: false,
-            accountant,
             transmits: VecDeque::new(),
             closes: VecDeque::new(),
             events: VecDeque::new(),
@@ -171,21 +132,17 @@ impl Coordinator {
         })
     }
 
-    /// Replaces the aggregation strategy (call before the first round).
-    pub fn with_aggregator(mut self, aggregator: Box<dyn Aggregator + Send>) -> Self {
-        self.aggregator = aggregator;
-        self
-    }
-
     /// The durable state to persist (after each commit).
     pub fn checkpoint(&self) -> Checkpoint {
+        let (accountant, adaptive_clip) = self.pipeline.durable();
         Checkpoint {
             round: self.round,
             model_version: self.model_version,
             spec: self.spec.clone(),
             params: self.params.clone(),
             served: self.served.clone(),
-            accountant: self.accountant.clone(),
+            accountant,
+            adaptive_clip,
         }
     }
 
@@ -212,7 +169,7 @@ impl Coordinator {
 
     /// Whether a round is waiting for updates.
     pub fn round_in_progress(&self) -> bool {
-        self.active.is_some()
+        self.scheduler.round_in_progress()
     }
 
     /// Number of welcomed clients.
@@ -265,18 +222,11 @@ impl Coordinator {
             (Peer::Connecting { identity, .. }, ClientMessage::Join { protocol_version, client_name, auth_token }) => {
                 self.handle_join(conn, identity, protocol_version, client_name, auth_token, now);
             }
-            (Peer::Joined { .. }, ClientMessage::Update(update)) if self.buffered.is_some() => {
-                self.handle_async_update(conn, update, now);
+            (Peer::Joined { .. }, ClientMessage::Update(update)) => self.handle_update(conn, Ok(update), now),
+            (Peer::Joined { .. }, ClientMessage::CompressedUpdate(compressed)) => {
+                let update = self.decompress(compressed);
+                self.handle_update(conn, update, now);
             }
-            (Peer::Joined { .. }, ClientMessage::Update(update)) => self.handle_update(conn, update, now),
-            (Peer::Joined { .. }, ClientMessage::CompressedUpdate(compressed)) => match self.decompress(compressed) {
-                Ok(update) if self.buffered.is_some() => self.handle_async_update(conn, update, now),
-                Ok(update) => self.handle_update(conn, update, now),
-                Err(refusal) => {
-                    self.refuse_update(conn, refusal);
-                    self.record_answer(conn, Answer::Refused, now);
-                }
-            },
             (Peer::Joined { client_id, .. }, ClientMessage::SecAgg { round, message }) => {
                 self.handle_secure_message(conn, client_id, round, message, now);
             }
@@ -330,8 +280,10 @@ impl Coordinator {
     /// Says goodbye to every connection, abandons the running round and refuses new joins.
     pub fn shutdown(&mut self, reason: &str) {
         self.shutting_down = true;
-        self.next_round_at = None;
-        if let Some(active) = self.active.take() {
+        if let Some(rounds) = self.scheduler.rounds_mut() {
+            rounds.next_round_at = None;
+        }
+        if let Some(active) = self.scheduler.take_active() {
             self.events
                 .push_back(CoordinatorEvent::RoundFailed { round: active.number, reason: RoundFailure::ShuttingDown });
         }
@@ -357,7 +309,7 @@ impl Coordinator {
             self.violation(conn, ErrorCode::Timeout, "did not join in time".into(), now);
         }
         self.secure_deadline(now);
-        if self.active.as_ref().is_some_and(|round| round.deadline <= now && round.secure.is_none()) {
+        if self.scheduler.round_deadline_passed(now) {
             self.end_round(now);
         }
         self.reask_lapsed(now);
@@ -399,14 +351,8 @@ impl Coordinator {
             Peer::Connecting { join_by, .. } => Some(*join_by),
             Peer::Joined { .. } => None,
         });
-        let round = match &self.active {
-            Some(ActiveRound { secure: Some(secure), .. }) => Some(secure.deadline()),
-            Some(active) => Some(active.deadline),
-            None if self.joined() >= self.config.min_clients => self.next_round_at,
-            None => None,
-        };
-        let asks = self.buffered.as_ref().and_then(asynchronous::AsyncState::next_deadline);
-        joins.chain(round).chain(asks).min()
+        let scheduled = self.scheduler.next_deadline(self.joined() >= self.config.min_clients);
+        joins.chain(scheduled).min()
     }
 
     fn handle_join(
@@ -457,9 +403,7 @@ impl Coordinator {
         self.transmits.push_back(Outgoing::LatestModel(conn));
         let client_name = sanitize_peer_text(&name);
         self.events.push_back(CoordinatorEvent::ClientJoined { conn, client_id, client_name });
-        if self.buffered.is_some() {
-            self.ask(conn, now);
-        }
+        self.ask(conn, now);
         self.maybe_start_round(now);
     }
 
@@ -507,24 +451,22 @@ impl Coordinator {
         self.remove_peer(conn, now);
     }
 
-    /// What every mode checks of an update's claims before folding it: counters consistent,
-    /// and no more samples than the cap. Returns the weight it folds with: 1 under
-    /// differential privacy (every clipped update weighs the same), else its samples.
-    fn check_claims(&self, update: &Update) -> Result<u64, UpdateRefusal> {
-        let LocalMetrics { samples, prequential_errors: errors } = update.metrics;
-        if !update.metrics.is_consistent() {
-            return Err(UpdateRefusal::InconsistentMetrics { errors, samples });
+    /// An update (or why it could not be read) from `conn`, to the mode that takes it.
+    fn handle_update(&mut self, conn: ConnectionId, update: Result<Update, UpdateRefusal>, now: Instant) {
+        match (&self.scheduler, update) {
+            (Scheduler::Sync(_), Ok(update)) => self.handle_round_update(conn, update, now),
+            (Scheduler::Secure(..), Ok(_)) => self.refuse_update(conn, UpdateRefusal::MaskedExpected),
+            (Scheduler::Async(_), Ok(update)) => self.handle_async_update(conn, update, now),
+            (_, Err(refusal)) => {
+                self.refuse_update(conn, refusal);
+                self.record_answer(conn, Answer::Refused, now);
+            }
         }
-        let cap = self.config.sample_cap();
-        if samples > cap {
-            return Err(UpdateRefusal::SamplesOverCap { claimed: samples, cap });
-        }
-        Ok(if self.config.privacy.is_some() { 1 } else { samples })
     }
 
     /// Whether `conn` is in the cohort of the running secure-aggregation session.
     fn in_secure_cohort(&self, conn: ConnectionId) -> bool {
-        self.active.as_ref().and_then(|active| active.secure.as_ref()).is_some_and(|secure| secure.has(conn))
+        self.scheduler.session().is_some_and(|session| session.has(conn))
     }
 
     /// Forgets `conn`; a sampled client that had not answered counts as gone.
@@ -533,9 +475,7 @@ impl Coordinator {
         if let Peer::Joined { client_id, .. } = peer {
             self.events.push_back(CoordinatorEvent::ClientLeft { conn, client_id });
         }
-        if let Some(state) = &mut self.buffered {
-            state.forget(conn);
-        }
+        self.scheduler.forget(conn);
         self.record_answer(conn, Answer::Gone, now);
     }
 
@@ -555,13 +495,14 @@ impl Coordinator {
     /// Records a sampled client's answer if it had none; ends the round once all have
     /// answered, or as soon as the quorum is out of reach.
     fn record_answer(&mut self, conn: ConnectionId, answer: Answer, now: Instant) {
-        let Some(active) = &mut self.active else { return };
+        let commits_at_goal = self.scheduler.commits_at_goal();
+        let Some(active) = self.scheduler.rounds_mut().and_then(|rounds| rounds.active.as_mut()) else { return };
         if let Some(slot) = active.answers.get_mut(&conn).filter(|slot| **slot == Answer::Pending) {
             *slot = answer;
         }
         let count = |wanted: Answer| active.answers.values().filter(|a| **a == wanted).count();
         let (pending, accepted) = (count(Answer::Pending), count(Answer::Accepted));
-        let goal_met = self.config.round_goal.is_some_and(|goal| accepted >= goal) && active.secure.is_none();
+        let goal_met = commits_at_goal && self.config.round_goal.is_some_and(|goal| accepted >= goal);
         if pending == 0 || accepted + pending < self.config.min_clients || goal_met {
             self.end_round(now);
         }
@@ -569,7 +510,9 @@ impl Coordinator {
 }
 
 mod asynchronous;
+mod pipeline;
 mod rounds;
+mod scheduler;
 mod secure;
 
 /// Whether `token` is one of `accepted`, comparing every accepted token in full whatever

@@ -341,7 +341,13 @@ fn top_k_updates_send_only_their_largest_values() {
 
 #[test]
 fn central_privacy_clips_noises_and_reports_epsilon() {
-    let privacy = PrivacyConfig { noise_multiplier: 1.0, clip: 0.5, placement: NoisePlacement::Central, delta: 1e-5 };
+    let privacy = PrivacyConfig {
+        noise_multiplier: 1.0,
+        clip: 0.5,
+        placement: NoisePlacement::Central,
+        delta: 1e-5,
+        adaptive: None,
+    };
     let keyed = CoordinatorConfig { privacy: Some(privacy), noise_key: Some(NoiseKey([7; 32])), ..Default::default() };
     let (commits, coordinator, edges) = plain_round(keyed);
     assert_eq!(commits.len(), 1);
@@ -372,7 +378,8 @@ fn central_privacy_clips_noises_and_reports_epsilon() {
 fn central_noise_comes_from_the_secret_key_with_the_configured_deviation() {
     // A clip far above the deltas: nothing is clipped, the difference to the mean is the noise.
     let clip = 1000.0f32;
-    let privacy = PrivacyConfig { noise_multiplier: 1.0, clip, placement: NoisePlacement::Central, delta: 1e-5 };
+    let privacy =
+        PrivacyConfig { noise_multiplier: 1.0, clip, placement: NoisePlacement::Central, delta: 1e-5, adaptive: None };
     let run = |key: u8| {
         let config =
             CoordinatorConfig { privacy: Some(privacy), noise_key: Some(NoiseKey([key; 32])), ..Default::default() };
@@ -400,7 +407,13 @@ fn central_noise_comes_from_the_secret_key_with_the_configured_deviation() {
 /// reports more privacy spent after its next round, never the first round's ε again.
 #[test]
 fn epsilon_continues_from_the_checkpoint_after_a_restart() {
-    let privacy = PrivacyConfig { noise_multiplier: 1.0, clip: 0.5, placement: NoisePlacement::Central, delta: 1e-5 };
+    let privacy = PrivacyConfig {
+        noise_multiplier: 1.0,
+        clip: 0.5,
+        placement: NoisePlacement::Central,
+        delta: 1e-5,
+        adaptive: None,
+    };
     let config = CoordinatorConfig { privacy: Some(privacy), noise_key: Some(NoiseKey([3; 32])), ..Default::default() };
     let (commits, coordinator, _) = plain_round(config.clone());
     let first = commits[0].1.expect("ε after round 1");
@@ -415,4 +428,26 @@ fn epsilon_continues_from_the_checkpoint_after_a_restart() {
     again.step(privacy.noise_multiplier, 1.0).unwrap();
     let (second, _) = again.epsilon(privacy.delta).unwrap();
     assert!(second > first, "ε after the restart's first round ({second}) exceeds round 1's ({first})");
+}
+
+/// Adaptive clipping: the bound moves towards the target quantile of the norms it sees (all
+/// above it here, so it grows), and a coordinator resumed from the checkpoint goes on from
+/// the bound reached, not from the initial one.
+#[test]
+fn the_adaptive_clip_grows_under_large_updates_and_survives_a_restart() {
+    use super::config::AdaptiveClipping;
+    let adaptive = Some(AdaptiveClipping { target_quantile: 0.5, learning_rate: 0.2 });
+    let privacy =
+        PrivacyConfig { noise_multiplier: 0.0, clip: 1e-3, placement: NoisePlacement::Central, delta: 1e-5, adaptive };
+    let config = CoordinatorConfig { privacy: Some(privacy), noise_key: Some(NoiseKey([9; 32])), ..Default::default() };
+    let (commits, coordinator, _) = plain_round(config.clone());
+    assert_eq!(commits.len(), 1);
+    let checkpoint = coordinator.checkpoint();
+    let clip = checkpoint.adaptive_clip.clone().expect("the adaptive clip is checkpointed");
+    // z = 0: no count noise, every update above the bound: C·exp(0.2·0.5).
+    let expected = 1e-3 * (0.1f64).exp();
+    assert!((f64::from(clip.clip().get()) - expected).abs() < 1e-9, "{} != {expected}", clip.clip().get());
+    let restored = crate::checkpoint::Checkpoint::decode(&checkpoint.encode().unwrap()).unwrap();
+    let resumed = Coordinator::from_checkpoint(config, restored).unwrap();
+    assert_eq!(resumed.checkpoint().adaptive_clip, Some(clip));
 }

@@ -9,67 +9,23 @@
 //! round (which counts buffer applications) advance, every joined client is sent the new model,
 //! and `RoundCommitted` is emitted as in synchronous mode.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
+use super::scheduler::Scheduler;
 use super::{Coordinator, Outgoing, Peer};
-use crate::aggregate::{Buffered, ServerStep};
 use crate::protocol::{CoordinatorMessage, LocalMetrics, Update};
+use crate::round::ConnectionId;
 use crate::round::client::ANY_MODEL_VERSION;
 use crate::round::events::{CoordinatorEvent, RoundFailure, UpdateRefusal};
-use crate::round::{ConfigError, ConnectionId, CoordinatorConfig, Mode};
-
-/// The state of asynchronous mode.
-#[derive(Debug)]
-pub(super) struct AsyncState {
-    buffer: Buffered<ServerStep>,
-    /// Clients with a request outstanding, and when it lapses.
-    asks: BTreeMap<ConnectionId, Instant>,
-    /// Counters of the updates buffered so far.
-    metrics: LocalMetrics,
-    /// Whether `RoundStarted` was emitted for the buffer being filled.
-    started: bool,
-    /// Clients whose update is in the buffer being filled: each is asked again only once the
-    /// buffer is applied, so one client cannot supply every update of a version.
-    contributed: BTreeSet<ConnectionId>,
-}
-
-impl AsyncState {
-    /// The state for `config`'s mode: `None` in synchronous mode.
-    pub(super) fn new(config: &CoordinatorConfig) -> Result<Option<Self>, ConfigError> {
-        let Mode::Async { buffer_size, max_staleness } = config.mode else { return Ok(None) };
-        let buffer = config
-            .aggregation
-            .build_buffered(buffer_size, max_staleness)
-            .ok_or(ConfigError::AsyncRobust(config.aggregation.kind))?;
-        Ok(Some(Self {
-            buffer,
-            asks: BTreeMap::new(),
-            metrics: LocalMetrics::default(),
-            started: false,
-            contributed: BTreeSet::new(),
-        }))
-    }
-
-    /// The earliest deadline of an outstanding request.
-    pub(super) fn next_deadline(&self) -> Option<Instant> {
-        self.asks.values().min().copied()
-    }
-
-    /// Forgets `conn`'s outstanding request.
-    pub(super) fn forget(&mut self, conn: ConnectionId) {
-        self.asks.remove(&conn);
-        self.contributed.remove(&conn);
-    }
-}
 
 impl Coordinator {
-    /// Asks `conn` for an update on the model it holds (replacing any outstanding request).
+    /// Asks `conn` for an update on the model it holds (replacing any outstanding request),
+    /// in asynchronous mode.
     pub(super) fn ask(&mut self, conn: ConnectionId, now: Instant) {
         if self.shutting_down || !matches!(self.peers.get(&conn), Some(Peer::Joined { .. })) {
             return;
         }
-        let Some(state) = &mut self.buffered else { return };
+        let Scheduler::Async(state) = &mut self.scheduler else { return };
         if state.contributed.contains(&conn) {
             // Asked again when this version's buffer is applied.
             return;
@@ -89,7 +45,7 @@ impl Coordinator {
 
     /// Asks again every client whose request lapsed unanswered.
     pub(super) fn reask_lapsed(&mut self, now: Instant) {
-        let Some(state) = &self.buffered else { return };
+        let Scheduler::Async(state) = &self.scheduler else { return };
         let lapsed: Vec<ConnectionId> =
             state.asks.iter().filter(|(_, deadline)| **deadline <= now).map(|(conn, _)| *conn).collect();
         for conn in lapsed {
@@ -101,9 +57,9 @@ impl Coordinator {
     /// Folds an update by its staleness (or refuses it), applies a full buffer, then asks the
     /// client again.
     pub(super) fn handle_async_update(&mut self, conn: ConnectionId, update: Update, now: Instant) {
-        let claims = self.check_claims(&update);
+        let claims = self.pipeline.accept(&update);
         let (current, version, round) = (&self.params, self.model_version, self.round.saturating_add(1));
-        let Some(state) = &mut self.buffered else { return };
+        let Scheduler::Async(state) = &mut self.scheduler else { return };
         if state.asks.remove(&conn).is_none() {
             return self.refuse_update(conn, UpdateRefusal::NotSampled);
         }
@@ -112,6 +68,7 @@ impl Coordinator {
         });
         match folded {
             Ok(folded) => {
+                self.pipeline.folded(&folded);
                 let claimed = update.metrics;
                 let metrics = &mut state.metrics;
                 metrics.samples = metrics.samples.saturating_add(claimed.samples);
@@ -146,7 +103,7 @@ impl Coordinator {
     /// Turns the full buffer into the next model version and sends it to every joined client.
     /// Everyone who contributed to it is asked again (on the new version).
     fn apply_buffer(&mut self, now: Instant) {
-        let Some(state) = &mut self.buffered else { return };
+        let Scheduler::Async(state) = &mut self.scheduler else { return };
         let contributed = std::mem::take(&mut state.contributed);
         let round = self.round.saturating_add(1);
         let participants = state.buffer.buffered();
@@ -157,13 +114,15 @@ impl Coordinator {
                 self.publish_model(params);
                 self.round = round;
                 let mean_local_error = (samples > 0).then(|| prequential_errors as f64 / samples as f64);
+                // Differential privacy is refused in this mode (`CoordinatorConfig::validate`).
+                let epsilon = self.pipeline.spend(round);
                 self.events.push_back(CoordinatorEvent::RoundCommitted {
                     round,
                     model_version: self.model_version,
                     participants,
                     samples,
                     mean_local_error,
-                    epsilon: None,
+                    epsilon,
                 });
             }
             Err(error) => {

@@ -2,76 +2,70 @@
 
 use std::time::Instant;
 
-use super::{ActiveRound, Answer, Coordinator, Outgoing, Peer};
+use super::scheduler::{ActiveRound, Answer};
+use super::{Coordinator, Outgoing, Peer};
 use crate::params::ParameterVector;
 use crate::protocol::{CoordinatorMessage, LocalMetrics, Update};
 use crate::round::events::{CoordinatorEvent, RoundFailure, UpdateRefusal};
-use crate::round::{ConnectionId, StalenessPolicy, sampling};
+use crate::round::{ConnectionId, StalenessPolicy};
 
 impl Coordinator {
     /// Starts a round if none runs, a quorum is joined and the pause before the round is over
     /// (the pause starts when both of the former first hold).
     pub(super) fn maybe_start_round(&mut self, now: Instant) {
-        if self.active.is_some() || self.shutting_down || self.buffered.is_some() {
-            return;
-        }
         let candidates: Vec<ConnectionId> =
             self.peers.iter().filter(|(_, peer)| matches!(peer, Peer::Joined { .. })).map(|(conn, _)| *conn).collect();
         let count = self.config.sample_size(candidates.len());
-        if count == 0 {
-            self.next_round_at = None;
+        let shutting_down = self.shutting_down;
+        let Some(rounds) = self.scheduler.rounds_mut() else { return };
+        if rounds.active.is_some() || shutting_down {
             return;
         }
-        let start_at = *self.next_round_at.get_or_insert(now + self.config.round_interval);
+        if count == 0 {
+            rounds.next_round_at = None;
+            return;
+        }
+        let start_at = *rounds.next_round_at.get_or_insert(now + self.config.round_interval);
         if now < start_at {
             return;
         }
-        self.next_round_at = None;
+        rounds.next_round_at = None;
         self.round = self.round.saturating_add(1);
-        // Under DP: Poisson sampling at exactly --sample-fraction with secret coins, and the
-        // mean taken over the public expected cohort q·N, not over the updates that arrived.
-        let sampled = match (&self.config.privacy, &self.config.noise_key) {
-            (Some(_), Some(key)) => {
-                let q = self.config.sample_fraction;
-                self.aggregator.set_fixed_denominator(Some((q * candidates.len() as f64).max(1.0)));
-                sampling::poisson(&candidates, q, key, self.round)
-            }
-            _ => sampling::sample(&candidates, count, self.config.seed, self.round),
-        };
-        self.aggregator.begin(&self.params);
+        let (sampled, release) = self.pipeline.sample(&candidates, count, self.config.seed, self.round);
+        rounds.aggregator.set_release(release);
+        rounds.aggregator.begin(&self.params);
         let deadline_ms = u64::try_from(self.config.round_deadline.as_millis()).unwrap_or(u64::MAX);
         for conn in &sampled {
             let request =
                 CoordinatorMessage::UpdateRequest { round: self.round, model_version: self.model_version, deadline_ms };
             self.transmits.push_back(Outgoing::Message(*conn, request));
         }
-        self.active = Some(ActiveRound {
+        rounds.active = Some(ActiveRound {
             number: self.round,
             deadline: now + self.config.round_deadline,
             answers: sampled.iter().map(|conn| (*conn, Answer::Pending)).collect(),
             metrics: LocalMetrics::default(),
-            secure: None,
         });
         self.events.push_back(CoordinatorEvent::RoundStarted {
             round: self.round,
             model_version: self.model_version,
             sampled: sampled.clone(),
         });
-        if self.config.secure.is_some() {
-            self.open_secure_round(&sampled, now);
-        }
+        self.open_secure_round(&sampled, now);
     }
 
-    /// Validates an update and folds it into the round's aggregate.
-    pub(super) fn handle_update(&mut self, conn: ConnectionId, update: Update, now: Instant) {
+    /// Validates a synchronous round's update and folds it into the round's aggregate.
+    pub(super) fn handle_round_update(&mut self, conn: ConnectionId, update: Update, now: Instant) {
         if let Err(refusal) = self.route_update(conn, &update) {
             return self.refuse_update(conn, refusal);
         }
-        let folded = self
-            .check_claims(&update)
-            .and_then(|weight| self.aggregator.fold(&update.delta, weight).map_err(UpdateRefusal::from));
+        let weight = self.pipeline.accept(&update);
+        let Some(rounds) = self.scheduler.rounds_mut() else { return };
+        let folded =
+            weight.and_then(|weight| rounds.aggregator.fold(&update.delta, weight).map_err(UpdateRefusal::from));
         match folded {
             Ok(folded) => {
+                self.pipeline.folded(&folded);
                 if folded.outlier {
                     let bound = self.config.aggregation.outlier_norm;
                     tracing::warn!(%conn, norm = folded.norm, ?bound, clipped = folded.clipped,
@@ -79,7 +73,7 @@ impl Coordinator {
                 } else if folded.clipped {
                     tracing::debug!(%conn, norm = folded.norm, "update clipped");
                 }
-                if let Some(active) = &mut self.active {
+                if let Some(active) = &mut rounds.active {
                     let metrics = update.metrics;
                     active.metrics.samples = active.metrics.samples.saturating_add(metrics.samples);
                     let errors = &mut active.metrics.prequential_errors;
@@ -98,10 +92,8 @@ impl Coordinator {
 
     /// Checks that the update answers a pending request of the current round and model.
     fn route_update(&self, conn: ConnectionId, update: &Update) -> Result<(), UpdateRefusal> {
-        if self.config.secure.is_some() {
-            return Err(UpdateRefusal::MaskedExpected);
-        }
-        let active = self.active.as_ref().ok_or(UpdateRefusal::NoRoundInProgress)?;
+        let active = self.scheduler.rounds().and_then(|rounds| rounds.active.as_ref());
+        let active = active.ok_or(UpdateRefusal::NoRoundInProgress)?;
         match self.config.staleness {
             StalenessPolicy::CurrentOnly => {
                 if update.round != active.number {
@@ -150,31 +142,25 @@ impl Coordinator {
         self.transmits.extend(joined.into_iter().map(Outgoing::LatestModel));
     }
 
-    /// Accounts one more round of the DP mechanism; ε spent so far at the configured δ.
-    fn spend_privacy(&mut self) -> Option<f64> {
-        let (privacy, accountant) = (self.config.privacy?, self.accountant.as_mut()?);
-        accountant.step(privacy.noise_multiplier, self.config.sample_fraction).ok()?;
-        let (epsilon, _) = accountant.epsilon(privacy.delta).ok()?;
-        Some(epsilon)
-    }
-
     /// Commits the round if it reached the quorum, fails it otherwise; then tries the next.
     pub(super) fn end_round(&mut self, now: Instant) {
-        let Some(active) = self.active.take() else { return };
+        let Some(active) = self.scheduler.take_active() else { return };
+        let Some(rounds) = self.scheduler.rounds_mut() else { return };
         let accepted = active.answers.values().filter(|a| **a == Answer::Accepted).count();
         let round = active.number;
-        let samples_folded = self.aggregator.samples();
+        let samples_folded = rounds.aggregator.samples();
         let outcome = if accepted < self.config.min_clients {
             Err(RoundFailure::QuorumMissed { accepted, needed: self.config.min_clients })
         } else {
-            self.aggregator.finish(&self.params).map_err(RoundFailure::Aggregation)
+            rounds.aggregator.finish(&self.params).map_err(RoundFailure::Aggregation)
         };
+        rounds.next_round_at = Some(now + self.config.round_interval);
         match outcome {
             Ok(params) => {
                 self.publish_model(params);
                 let LocalMetrics { samples, prequential_errors } = active.metrics;
                 let mean_local_error = (samples > 0).then(|| prequential_errors as f64 / samples as f64);
-                let epsilon = self.spend_privacy();
+                let epsilon = self.pipeline.spend(round);
                 self.events.push_back(CoordinatorEvent::RoundCommitted {
                     round,
                     model_version: self.model_version,
@@ -188,7 +174,6 @@ impl Coordinator {
                 self.events.push_back(CoordinatorEvent::RoundFailed { round, reason });
             }
         }
-        self.next_round_at = Some(now + self.config.round_interval);
         self.maybe_start_round(now);
     }
 }

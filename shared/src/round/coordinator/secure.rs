@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use super::{Answer, Coordinator, Outgoing, Peer};
+use super::scheduler::{Answer, Rounds, Scheduler, SecureRounds};
+use super::{Coordinator, Outgoing, Peer};
 use crate::params::ParameterVector;
 use crate::protocol::CoordinatorMessage;
 use crate::round::ConnectionId;
@@ -42,9 +43,11 @@ impl SecureRound {
 }
 
 impl Coordinator {
-    /// Opens the round's secure session over `sampled` (called right after the round started).
+    /// Opens the round's secure session over `sampled` when rounds are secure (called right
+    /// after the round started).
     pub(super) fn open_secure_round(&mut self, sampled: &[ConnectionId], now: Instant) {
-        let Some(config) = self.config.secure else { return };
+        let Scheduler::Secure(_, secure) = &self.scheduler else { return };
+        let config = secure.config;
         let connections: BTreeMap<u64, ConnectionId> = sampled
             .iter()
             .filter_map(|conn| match self.peers.get(conn) {
@@ -71,8 +74,8 @@ impl Coordinator {
             Ok(server) => {
                 let phase = server.phase();
                 let deadline = now + config.phase_timeout;
-                if let Some(active) = &mut self.active {
-                    active.secure = Some(SecureRound { server, connections, phase, phase_deadline: deadline });
+                if let Scheduler::Secure(_, secure) = &mut self.scheduler {
+                    secure.session = Some(SecureRound { server, connections, phase, phase_deadline: deadline });
                 }
                 self.pump_secure(now);
             }
@@ -92,11 +95,12 @@ impl Coordinator {
         message: secagg::ClientMessage,
         now: Instant,
     ) {
-        let Some(active) = self.active.as_mut().filter(|a| a.number == round) else {
-            return tracing::debug!(%conn, round, "secure message for no running session; ignored");
-        };
-        let Some(secure) = active.secure.as_mut() else {
+        let Scheduler::Secure(rounds, secure) = &mut self.scheduler else {
             return self.violation(conn, crate::protocol::ErrorCode::UnexpectedMessage, "no secure round".into(), now);
+        };
+        let (Some(secure), Some(_)) = (secure.session.as_mut(), rounds.active.as_ref().filter(|a| a.number == round))
+        else {
+            return tracing::debug!(%conn, round, "secure message for no running session; ignored");
         };
         if secure.connections.get(&client_id) != Some(&conn) {
             return tracing::warn!(%conn, client_id, "secure message from outside the cohort; ignored");
@@ -110,7 +114,8 @@ impl Coordinator {
 
     /// The phase deadline passed: proceed with the clients that answered.
     pub(super) fn secure_deadline(&mut self, now: Instant) {
-        let Some(secure) = self.active.as_mut().and_then(|a| a.secure.as_mut()) else { return };
+        let Scheduler::Secure(_, secure) = &mut self.scheduler else { return };
+        let Some(secure) = secure.session.as_mut() else { return };
         if secure.phase_deadline > now {
             return;
         }
@@ -124,11 +129,9 @@ impl Coordinator {
     /// Relays the session's outgoing messages, follows its phase and ends the round once
     /// the sum is known or the session failed.
     fn pump_secure(&mut self, now: Instant) {
-        let (round, round_deadline, phase_timeout) = match (&self.active, &self.config.secure) {
-            (Some(active), Some(config)) => (active.number, active.deadline, config.phase_timeout),
-            _ => return,
-        };
-        let Some(secure) = self.active.as_mut().and_then(|a| a.secure.as_mut()) else { return };
+        let Scheduler::Secure(Rounds { active: Some(active), .. }, secure) = &mut self.scheduler else { return };
+        let SecureRounds { config, session: Some(secure) } = secure.as_mut() else { return };
+        let (round, round_deadline, phase_timeout) = (active.number, active.deadline, config.phase_timeout);
         while let Some((client_id, message)) = secure.server.poll_message() {
             if let Some(conn) = secure.connections.get(&client_id) {
                 self.transmits.push_back(Outgoing::Message(*conn, CoordinatorMessage::SecAgg { round, message }));
@@ -154,7 +157,10 @@ impl Coordinator {
 
     /// Folds the mean of the survivors' updates (uniform weights) and commits the round.
     fn finish_secure(&mut self, now: Instant) {
-        let Some(mut secure) = self.active.as_mut().and_then(|a| a.secure.take()) else { return };
+        let Scheduler::Secure(Rounds { aggregator, active: Some(active), .. }, secure) = &mut self.scheduler else {
+            return;
+        };
+        let Some(mut secure) = secure.session.take() else { return };
         let Some(output) = secure.server.take_output() else { return };
         let excluded: Vec<u64> = secure.server.excluded().collect();
         let flagged: Vec<u64> = secure.server.flagged().collect();
@@ -178,17 +184,15 @@ impl Coordinator {
             fingerprint: self.params.fingerprint,
             values: sum.into_iter().map(|v| v / n).collect(),
         };
-        if let Err(error) = self.aggregator.fold_mean(&mean, survivors.len() as u64, survivors.len()) {
+        if let Err(error) = aggregator.fold_mean(&mean, survivors.len() as u64, survivors.len()) {
             return self.fail_round(RoundFailure::Aggregation(error), now);
         }
         tracing::info!(round = self.round, survivors = survivors.len(), "secure sum unmasked");
-        if let Some(active) = &mut self.active {
-            for answer in active.answers.values_mut() {
-                *answer = Answer::Gone;
-            }
-            for conn in &survivors {
-                active.answers.insert(*conn, Answer::Accepted);
-            }
+        for answer in active.answers.values_mut() {
+            *answer = Answer::Gone;
+        }
+        for conn in &survivors {
+            active.answers.insert(*conn, Answer::Accepted);
         }
         self.end_round(now);
     }
@@ -196,8 +200,10 @@ impl Coordinator {
     /// Ends the running round without a model; the next starts after the usual pause (at
     /// least a second, so that a session failing at once does not spin).
     pub(super) fn fail_round(&mut self, reason: RoundFailure, now: Instant) {
-        let Some(active) = self.active.take() else { return };
+        let Some(active) = self.scheduler.take_active() else { return };
         self.events.push_back(CoordinatorEvent::RoundFailed { round: active.number, reason });
-        self.next_round_at = Some(now + self.config.round_interval.max(std::time::Duration::from_secs(1)));
+        if let Some(rounds) = self.scheduler.rounds_mut() {
+            rounds.next_round_at = Some(now + self.config.round_interval.max(std::time::Duration::from_secs(1)));
+        }
     }
 }

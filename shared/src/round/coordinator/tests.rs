@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::*;
 use crate::aggregate::AggregateError;
 use crate::params::{Fingerprint, PARAMETER_FORMAT_VERSION, ParameterError};
-use crate::protocol::Update;
+use crate::protocol::{LocalMetrics, Update};
 use crate::round::{RoundFailure, UpdateRefusal};
 
 const FINGERPRINT: Fingerprint = Fingerprint(42);
@@ -254,8 +254,13 @@ fn under_dp_the_mean_divides_by_the_public_expected_cohort_not_by_who_answered()
     use crate::round::config::{NoisePlacement, PrivacyConfig};
     let t0 = Instant::now();
     // No noise (z = 0) and a clip far above the deltas, to see the denominator exactly.
-    let privacy =
-        PrivacyConfig { noise_multiplier: 0.0, clip: 1000.0, placement: NoisePlacement::Central, delta: 1e-5 };
+    let privacy = PrivacyConfig {
+        noise_multiplier: 0.0,
+        clip: 1000.0,
+        placement: NoisePlacement::Central,
+        delta: 1e-5,
+        adaptive: None,
+    };
     let dp = CoordinatorConfig { privacy: Some(privacy), noise_key: Some(NoiseKey([9; 32])), ..config(3) };
     let (mut coordinator, sampled) = gathered(dp, 4, t0);
     assert_eq!(sampled, (1..=4).map(ConnectionId).collect::<Vec<_>>(), "q = 1: Poisson sampling takes everyone");
@@ -484,6 +489,7 @@ fn resumes_from_a_checkpoint() {
         params: vector(vec![0.0, 0.0]),
         served: None,
         accountant: None,
+        adaptive_clip: None,
     };
     let mut coordinator = Coordinator::from_checkpoint(config(1), checkpoint.clone()).unwrap();
     assert_eq!(coordinator.checkpoint(), checkpoint);

@@ -7,7 +7,8 @@ use super::*;
 use crate::aggregate::{AggregateError, StrategyConfig, StrategyKind};
 use crate::hbp::HbpConfig;
 use crate::params::{Fingerprint, PARAMETER_FORMAT_VERSION, ParameterVector};
-use crate::protocol::{ClientMessage, PROTOCOL_VERSION};
+use crate::protocol::{ClientMessage, LocalMetrics, PROTOCOL_VERSION};
+use crate::round::{ConfigError, CoordinatorConfig, Mode};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
