@@ -46,6 +46,7 @@ pub struct LearnArgs {
     /// Record the cumulative error every this many samples.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub mark_every: u64,
+    /// The model's hyper-parameters.
     #[command(flatten)]
     pub model: ModelArgs,
 }

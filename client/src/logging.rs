@@ -16,8 +16,8 @@ pub enum LogFormat {
 
 /// Installs the global subscriber: `RUST_LOG` if set, else `info` for Flotilla's crates.
 pub fn init(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,flotilla=info,flotilla_client=info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,flotilla=info,flotilla_client=info,flotilla_sim_client=info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

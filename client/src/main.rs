@@ -1,15 +1,9 @@
 //! `flotilla-client`: the edge daemon. It learns online from a local stream with Hedge
-//! Backpropagation; local data never leaves the device.
-
-mod bench_batched;
-mod fleet;
-mod fleet_round;
-mod learn;
-mod logging;
-mod model_args;
-mod run;
+//! Backpropagation; local data never leaves the device. It ships only what a device runs
+//! (`run`, `learn`); virtual fleets and benchmarks are `flotilla-sim-client`, in `sim/`.
 
 use clap::{Parser, Subcommand};
+use flotilla_client::{learn, logging, run};
 
 /// Flotilla's edge daemon: online learning with Hedge Backpropagation.
 #[derive(Debug, Parser)]
@@ -28,14 +22,6 @@ enum Command {
     Learn(learn::LearnArgs),
     /// The daemon: join a coordinator, learn online from a local stream, send updates.
     Run(run::RunOptions),
-    /// Many virtual clients in one process, each with its own QUIC connection and learner.
-    Fleet(fleet::FleetArgs),
-    /// Virtual clients of the `fleet-round` benchmark: the production session, with the
-    /// workload's formula instead of a learner (needs a `--vector-len` coordinator).
-    FleetRound(fleet_round::FleetRoundArgs),
-    /// Throughput of C clients' HBP learners stepped together as one batched learner versus
-    /// one by one, on synthetic rows; prints a JSON line.
-    BenchBatched(bench_batched::BenchBatchedArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,9 +30,6 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Learn(args) => learn::run(args).map(|_| ()),
         Command::Run(options) => run::run(options),
-        Command::Fleet(args) => fleet::run(args),
-        Command::FleetRound(args) => fleet_round::run(args),
-        Command::BenchBatched(args) => bench_batched::run(args).map(|_| ()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -4,13 +4,15 @@
 //! to OpenGL, which hangs on software rasterisers. A missing adapter is reported as an
 //! error by [`burn::tensor::Device::wgpu_options`], never as a panic at first use. burn lets a
 //! process initialise a wgpu runtime once, so the outcome is cached for the process.
+//!
+//! Without the crate's `gpu` feature there is no wgpu runtime at all: `--backend gpu` is
+//! refused with that reason and `auto` takes the CPU.
 
 use std::fmt;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
 use burn::tensor::Device;
-use burn::tensor::wgpu::{WgpuBackend, wgpu};
 
 /// Which backend the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -79,13 +81,16 @@ pub struct ComputeDevice {
 
 /// A Vulkan adapter found by wgpu.
 #[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "gpu"), allow(dead_code))]
 struct GpuAdapter {
     device: Device,
     description: String,
     software: bool,
 }
 
+#[cfg(feature = "gpu")]
 fn vulkan_adapter() -> Result<GpuAdapter, String> {
+    use burn::tensor::wgpu::{WgpuBackend, wgpu};
     static ADAPTER: OnceLock<Result<GpuAdapter, String>> = OnceLock::new();
     ADAPTER
         .get_or_init(|| {
@@ -104,6 +109,11 @@ fn vulkan_adapter() -> Result<GpuAdapter, String> {
             })
         })
         .clone()
+}
+
+#[cfg(not(feature = "gpu"))]
+fn vulkan_adapter() -> Result<GpuAdapter, String> {
+    Err("this build has no GPU backend (built without the `gpu` feature)".into())
 }
 
 fn cpu(reason: String) -> ComputeDevice {

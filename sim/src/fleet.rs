@@ -21,6 +21,8 @@ pub struct FleetConfig {
     pub coordinator_bin: PathBuf,
     /// `flotilla-client`.
     pub client_bin: PathBuf,
+    /// `flotilla-sim-client`: runs the Byzantine clients (`run --attack`).
+    pub harness_bin: PathBuf,
     /// Folder for the coordinator's data dir, the clients' state and the logs.
     pub dir: PathBuf,
     /// One stream per client.
@@ -63,7 +65,7 @@ pub struct FleetConfig {
     pub slow_factor: f64,
     /// Clients (the first ones) that corrupt their updates with `attack`.
     pub byzantine: usize,
-    /// `sign-flip`, `scale` or `nan` (see `flotilla-client run --attack`).
+    /// `sign-flip`, `scale` or `nan` (see `flotilla-sim-client run --attack`).
     pub attack: String,
     /// Extra options handed to the coordinator as they are (e.g. `--strategy fedadam`).
     pub coordinator_args: Vec<String>,
@@ -221,12 +223,17 @@ impl Fleet<'_> {
             "--report".into(),
             slot.report_path(n).display().to_string(),
         ];
-        if let Some(attack) = &slot.attack {
-            args.extend(["--attack".into(), attack.clone()]);
-        }
+        // Honest clients run the production daemon; Byzantine ones the harness client.
+        let binary = match &slot.attack {
+            Some(attack) => {
+                args.extend(["--attack".into(), attack.clone()]);
+                &self.config.harness_bin
+            }
+            None => &self.config.client_bin,
+        };
         let out = self.logs.join(format!("{}.{n}.out", slot.name));
         let log = self.logs.join(format!("{}.{n}.log", slot.name));
-        slot.proc = Some(Proc::start(&format!("{}#{n}", slot.name), &self.config.client_bin, &args, &out, &log)?);
+        slot.proc = Some(Proc::start(&format!("{}#{n}", slot.name), binary, &args, &out, &log)?);
         slot.back_at = None;
         Ok(())
     }

@@ -108,7 +108,7 @@ struct Args {
     /// Baseline passes run at once [default: the number of CPUs]
     #[arg(long)]
     jobs: Option<usize>,
-    /// Folder holding flotilla-coordinator and flotilla-client [default: this binary's folder]
+    /// Folder holding flotilla-coordinator, flotilla-client and flotilla-sim-client [default: this binary's folder]
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
     /// No progress bar (one line per round instead).
@@ -186,7 +186,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let coordinator_bin = bin_dir.join("flotilla-coordinator");
     let client_bin = bin_dir.join("flotilla-client");
-    for bin in [&coordinator_bin, &client_bin] {
+    let harness_bin = bin_dir.join("flotilla-sim-client");
+    for bin in [&coordinator_bin, &client_bin, &harness_bin] {
         if !bin.exists() {
             bail!(
                 "{} is missing; run `cargo build --release --workspace` (scripts/simulate-fleet does)",
@@ -280,6 +281,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let fleet_config = FleetConfig {
         coordinator_bin,
         client_bin: client_bin.clone(),
+        harness_bin,
         dir: out.join("fleet"),
         shards: shards.clone(),
         eval: eval.clone(),

@@ -15,8 +15,8 @@ use flotilla_net::{ClientSessionConfig, SessionStats, run_client_session};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-pub use options::RunOptions;
-pub(crate) use worker::{Answer, answer};
+pub use options::{Attack, RunConfig, RunOptions};
+pub use worker::{Answer, answer};
 
 /// The exit report of a daemon.
 #[derive(Debug, Serialize)]
@@ -51,7 +51,13 @@ pub struct RunReport {
 
 /// Runs the daemon until SIGINT/SIGTERM, a fatal refusal, or a broken stream.
 pub fn run(options: RunOptions) -> anyhow::Result<()> {
-    let config = options.resolve()?;
+    run_with(options, None)
+}
+
+/// [`run`], corrupting every update with `attack` (a Byzantine client of the simulator).
+pub fn run_with(options: RunOptions, attack: Option<Attack>) -> anyhow::Result<()> {
+    let mut config = options.resolve()?;
+    config.attack = attack;
     let device = compute::select(config.backend.0)?;
     tracing::info!(backend = %device.kind, device = %device.description, reason = %device.reason, "compute device chosen");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -100,7 +106,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM (or returns when it is cancelled otherwise).
-pub(crate) async fn stop_on_signal(shutdown: CancellationToken) {
+pub async fn stop_on_signal(shutdown: CancellationToken) {
     tokio::select! {
         signal = flotilla_net::signal::shutdown_signal() => tracing::info!(signal, "shutting down"),
         () = shutdown.cancelled() => {}

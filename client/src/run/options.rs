@@ -61,10 +61,6 @@ pub struct RunOptions {
     #[arg(long, value_name = "BACKEND")]
     #[serde(default, deserialize_with = "backend_from_str")]
     pub backend: Option<BackendChoiceArg>,
-    /// Robustness experiments only: corrupt every update this client sends, as a Byzantine
-    /// client would (`sign-flip`, `scale` ×100, or `nan`).
-    #[arg(long, value_name = "KIND")]
-    pub attack: Option<Attack>,
     /// Write a JSON summary (samples, error, bytes on the wire) here on exit.
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
@@ -84,9 +80,9 @@ pub struct RunOptions {
     pub calibration_tau: Option<f32>,
 }
 
-/// How a Byzantine test client corrupts its updates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
+/// How a Byzantine test client corrupts its updates (robustness experiments only: set by the
+/// simulator's `flotilla-sim-client run --attack`, never by the daemon's own flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Attack {
     /// Sends −Δ.
     SignFlip,
@@ -116,24 +112,38 @@ fn backend_from_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Bac
     text.map(|t| t.parse().map_err(serde::de::Error::custom)).transpose()
 }
 
-/// Resolved options.
+/// Resolved options (see [`RunOptions`] for each one's meaning and default).
 #[derive(Debug, Clone)]
 pub struct RunConfig {
+    /// The coordinator's address.
     pub coordinator: SocketAddr,
+    /// The name its certificate must carry.
     pub server_name: String,
+    /// The CA certificate the coordinator's certificate must chain to.
     pub ca: PathBuf,
+    /// This client's certificate and key, for mutual TLS.
     pub identity: Option<(PathBuf, PathBuf)>,
     /// Tokens of --token-file: a daemon presents the first, virtual client `i` line `i mod n`.
     pub tokens: Vec<String>,
+    /// The stream: a CSV file, or `-` for stdin.
     pub data: PathBuf,
+    /// Keep reading the file as it grows.
     pub follow: bool,
+    /// Samples per second to learn at most (none: as fast as the stream comes).
     pub rate: Option<f64>,
+    /// This client's name in the coordinator's logs.
     pub name: String,
+    /// Where the learner's state is kept across restarts.
     pub state_dir: Option<PathBuf>,
+    /// Samples between two saves of the state.
     pub checkpoint_every: u64,
+    /// Where the kernels run.
     pub backend: BackendChoiceArg,
+    /// Where the exit report is written.
     pub report: Option<PathBuf>,
+    /// Corrupts every update sent (robustness experiments; `None` in the daemon).
     pub attack: Option<Attack>,
+    /// The personalised prediction's settings.
     pub personal: PersonalConfig,
 }
 
@@ -181,7 +191,7 @@ impl RunOptions {
             checkpoint_every: o.checkpoint_every.unwrap_or(1000).max(1),
             backend: o.backend.unwrap_or(BackendChoiceArg(flotilla::compute::BackendChoice::Auto)),
             report: o.report,
-            attack: o.attack,
+            attack: None,
         })
     }
 
@@ -202,7 +212,6 @@ impl RunOptions {
             checkpoint_every: self.checkpoint_every.or(file.checkpoint_every),
             backend: self.backend.or(file.backend),
             report: self.report.or(file.report),
-            attack: self.attack.or(file.attack),
             no_personalise: self.no_personalise || file.no_personalise,
             mix_beta: self.mix_beta.or(file.mix_beta),
             calibration_tau: self.calibration_tau.or(file.calibration_tau),

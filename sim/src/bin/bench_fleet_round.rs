@@ -2,7 +2,7 @@
 //!
 //! Starts the real coordinator on a `--vector-len P` model initialised to
 //! `noise(0x5EED, P)`, then N real client connections over QUIC with TLS on loopback (one
-//! `flotilla-client fleet-round` process holding N virtual clients, or N processes of one),
+//! `flotilla-sim-client fleet-round` process holding N virtual clients, or N processes of one),
 //! runs one warm-up round and R measured rounds, and prints one JSON line: round times
 //! (commit to commit), peak memory, bytes on the wire, CPU time and the final model's
 //! summary checked against the float64 reference.
@@ -57,7 +57,7 @@ struct Args {
     /// Worker threads of the virtual clients' process.
     #[arg(long, default_value_t = 1)]
     client_threads: u16,
-    /// Directory holding flotilla-coordinator and flotilla-client [default: this binary's].
+    /// Directory holding flotilla-coordinator and flotilla-sim-client [default: this binary's].
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
     /// Keep the working directory (logs, checkpoint, rounds.jsonl) and print its path.
@@ -246,9 +246,9 @@ fn start_clients(args: &Args, setup: &Setup, ca: &Path, model_mib: u64) -> anyho
         ]
     };
     if args.processes {
-        (0..args.clients).map(|c| start(setup, &format!("client-{c}"), "flotilla-client", &common(1, c))).collect()
+        (0..args.clients).map(|c| start(setup, &format!("client-{c}"), "flotilla-sim-client", &common(1, c))).collect()
     } else {
-        Ok(vec![start(setup, "clients", "flotilla-client", &common(args.clients, 0))?])
+        Ok(vec![start(setup, "clients", "flotilla-sim-client", &common(args.clients, 0))?])
     }
 }
 

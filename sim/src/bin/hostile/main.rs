@@ -2,7 +2,7 @@
 //! exhaust the coordinator?
 //!
 //! Runs the real coordinator on loopback (development PKI, a tokens file) with an honest fleet
-//! (`flotilla-client fleet-round`, a `--vector-len P` model) and measures, with a fresh
+//! (`flotilla-sim-client fleet-round`, a `--vector-len P` model) and measures, with a fresh
 //! coordinator per phase: the honest fleet alone (baseline), then one window per attack with
 //! `--hostile N` hostile QUIC peers alongside (see [`attacks`]); a sample-inflation run
 //! compared with an honest-only reference run of the same seed; asynchronous buffer flooding
@@ -50,7 +50,7 @@ struct Args {
     /// Hostile QUIC connections (or UDP sockets) per attack [default: 100; 10 with --quick].
     #[arg(long, value_name = "N")]
     hostile: Option<u32>,
-    /// Honest clients, all in one `flotilla-client fleet-round` process; also the
+    /// Honest clients, all in one `flotilla-sim-client fleet-round` process; also the
     /// coordinator's --min-clients.
     #[arg(long, default_value_t = 20)]
     clients: u32,
@@ -104,7 +104,7 @@ struct Args {
     /// `--coordinator-arg=--min-upload-rate=16`.
     #[arg(long = "coordinator-arg", value_name = "ARG", allow_hyphen_values = true)]
     coordinator_args: Vec<String>,
-    /// Directory holding flotilla-coordinator and flotilla-client [default: this binary's].
+    /// Directory holding flotilla-coordinator and flotilla-sim-client [default: this binary's].
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
     /// Keep the working directory (logs, data directories) and print its path.
@@ -198,7 +198,7 @@ fn run(args: Args) -> anyhow::Result<String> {
     }
     let interrupt = Interrupt::install()?;
     let bin = binaries_dir(args.bin_dir.as_deref())?;
-    for binary in ["flotilla-coordinator", "flotilla-client"] {
+    for binary in ["flotilla-coordinator", "flotilla-sim-client"] {
         if !bin.join(binary).exists() {
             let path = bin.join(binary);
             bail!("{} not found: build with `cargo build --release --workspace`, or give --bin-dir", path.display());
@@ -451,7 +451,7 @@ impl Bench {
         }
     }
 
-    /// The honest fleet: one `flotilla-client fleet-round` process of `--clients` clients.
+    /// The honest fleet: one `flotilla-sim-client fleet-round` process of `--clients` clients.
     fn start_fleet(&self, dir: &Path, coordinator: &Coordinator) -> anyhow::Result<Proc> {
         let args: Vec<String> = vec![
             "fleet-round".into(),
@@ -464,7 +464,7 @@ impl Bench {
             "--clients".into(),
             self.args.clients.to_string(),
         ];
-        let binary = self.bin.join("flotilla-client");
+        let binary = self.bin.join("flotilla-sim-client");
         Proc::start_logging("fleet", &binary, &args, &dir.join("fleet.out"), &dir.join("fleet.log"), "warn")
     }
 

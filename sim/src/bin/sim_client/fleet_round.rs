@@ -1,4 +1,4 @@
-//! `flotilla-client fleet-round`: virtual clients of the `fleet-round` benchmark. Each has
+//! `flotilla-sim-client fleet-round`: virtual clients of the `fleet-round` benchmark. Each has
 //! its own QUIC connection (over one shared UDP endpoint) and runs the production session
 //! (join, receive every model, answer update requests); instead of learning, client c
 //! answers round r with the workload's formula `0.001 · noise((r << 32) | (c + 1), P)`
@@ -145,7 +145,7 @@ async fn drive(args: &FleetRoundArgs, tokens: &[String], stats: Arc<SessionStats
     };
     tokio::select! {
         () = tracker.wait() => {}
-        () = crate::run::stop_on_signal(shutdown.clone()) => {}
+        () = flotilla_client::run::stop_on_signal(shutdown.clone()) => {}
         () = deadline => tracing::info!("--duration reached; stopping"),
     }
     shutdown.cancel();

@@ -1,4 +1,4 @@
-//! `flotilla-client bench-batched`: throughput of C clients' HBP learners stepped together.
+//! `flotilla-sim-client bench-batched`: throughput of C clients' HBP learners stepped together.
 //!
 //! The batched learner ([`BatchedHbp`]) steps every client with one fixed set of batched
 //! tensor ops; for comparison the same clients are also stepped one by one as separate
@@ -15,8 +15,8 @@ use flotilla::hbp::batched::BatchedHbp;
 use flotilla::hbp::{HbpConfig, HbpModel};
 use serde::Serialize;
 
-use crate::learn::BackendChoiceArg;
-use crate::model_args::ModelArgs;
+use flotilla_client::learn::BackendChoiceArg;
+use flotilla_client::model_args::ModelArgs;
 
 /// Largest number of synthetic values kept in the pool of prepared steps.
 const POOL_VALUES: usize = 1 << 22;

@@ -1,4 +1,4 @@
-//! `flotilla-client fleet`: many virtual clients in one process, each with its own QUIC
+//! `flotilla-sim-client fleet`: many virtual clients in one process, each with its own QUIC
 //! connection (over one shared UDP endpoint), its own learner and its own slice of a stream.
 //! One thread runs every learner in turn; tokio runs every session.
 
@@ -19,7 +19,7 @@ use serde::Serialize;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio_util::sync::CancellationToken;
 
-use crate::run::{RunOptions, answer};
+use flotilla_client::run::{RunOptions, answer};
 
 /// Options of `flotilla-client fleet`: those of `run`, plus the number of virtual clients.
 #[derive(Debug, clap::Args)]
@@ -154,7 +154,7 @@ fn drive(
                     Ok(request) => {
                         busy = true;
                         match answer(&mut client.learner, device, request, None, personal) {
-                            Ok(crate::run::Answer::Contributed) => client.updates += 1,
+                            Ok(flotilla_client::run::Answer::Contributed) => client.updates += 1,
                             Ok(_) => {}
                             Err(error) => {
                                 client.fail(index, &error);
@@ -221,7 +221,7 @@ async fn stop_after(shutdown: CancellationToken, duration: Option<Duration>) {
         }
     };
     tokio::select! {
-        () = crate::run::stop_on_signal(shutdown.clone()) => {}
+        () = flotilla_client::run::stop_on_signal(shutdown.clone()) => {}
         () = deadline => tracing::info!("--duration reached; stopping"),
     }
     shutdown.cancel();
