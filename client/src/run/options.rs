@@ -255,4 +255,18 @@ mod tests {
         assert!(missing.to_string().contains("--coordinator"), "{missing}");
         assert!(toml::from_str::<RunOptions>("no-such-key = 1").is_err());
     }
+
+    /// The edge guide's example file (deploy/edge/client.toml) is a valid configuration; the
+    /// simulator's `attack` is not a key a device's file can set.
+    #[test]
+    fn the_example_edge_config_resolves_and_attack_is_not_a_key() {
+        let example: RunOptions = toml::from_str(include_str!("../../../deploy/edge/client.toml")).unwrap();
+        assert_eq!(example.token_file.as_deref(), Some(Path::new("/etc/flotilla/token")));
+        // The token file is read at resolution; this machine has none.
+        let config = RunOptions { token_file: None, ..example }.resolve().unwrap();
+        assert_eq!(config.server_name, "coordinator.example.org");
+        assert!(config.follow && config.attack.is_none());
+        assert_eq!(config.state_dir.as_deref(), Some(Path::new("/var/lib/flotilla/state")));
+        assert!(toml::from_str::<RunOptions>("attack = \"nan\"").is_err());
+    }
 }
