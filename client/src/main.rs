@@ -31,11 +31,5 @@ fn main() -> std::process::ExitCode {
         Command::Learn(args) => learn::run(args).map(|_| ()),
         Command::Run(options) => run::run(options),
     };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    flotilla_client::exit_code(result)
 }

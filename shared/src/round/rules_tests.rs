@@ -339,15 +339,14 @@ fn top_k_updates_send_only_their_largest_values() {
     assert!(nonzero > 0 && nonzero <= 3 * LEN / 4, "{nonzero} coordinates moved");
 }
 
+/// Central DP with noise multiplier `z`, a fixed clip and δ = 1e-5.
+fn central_privacy(z: f64, clip: f32) -> PrivacyConfig {
+    PrivacyConfig { noise_multiplier: z, clip, placement: NoisePlacement::Central, delta: 1e-5, adaptive: None }
+}
+
 #[test]
 fn central_privacy_clips_noises_and_reports_epsilon() {
-    let privacy = PrivacyConfig {
-        noise_multiplier: 1.0,
-        clip: 0.5,
-        placement: NoisePlacement::Central,
-        delta: 1e-5,
-        adaptive: None,
-    };
+    let privacy = central_privacy(1.0, 0.5);
     let keyed = CoordinatorConfig { privacy: Some(privacy), noise_key: Some(NoiseKey([7; 32])), ..Default::default() };
     let (commits, coordinator, edges) = plain_round(keyed);
     assert_eq!(commits.len(), 1);
@@ -378,8 +377,7 @@ fn central_privacy_clips_noises_and_reports_epsilon() {
 fn central_noise_comes_from_the_secret_key_with_the_configured_deviation() {
     // A clip far above the deltas: nothing is clipped, the difference to the mean is the noise.
     let clip = 1000.0f32;
-    let privacy =
-        PrivacyConfig { noise_multiplier: 1.0, clip, placement: NoisePlacement::Central, delta: 1e-5, adaptive: None };
+    let privacy = central_privacy(1.0, clip);
     let run = |key: u8| {
         let config =
             CoordinatorConfig { privacy: Some(privacy), noise_key: Some(NoiseKey([key; 32])), ..Default::default() };
@@ -407,13 +405,7 @@ fn central_noise_comes_from_the_secret_key_with_the_configured_deviation() {
 /// reports more privacy spent after its next round, never the first round's ε again.
 #[test]
 fn epsilon_continues_from_the_checkpoint_after_a_restart() {
-    let privacy = PrivacyConfig {
-        noise_multiplier: 1.0,
-        clip: 0.5,
-        placement: NoisePlacement::Central,
-        delta: 1e-5,
-        adaptive: None,
-    };
+    let privacy = central_privacy(1.0, 0.5);
     let config = CoordinatorConfig { privacy: Some(privacy), noise_key: Some(NoiseKey([3; 32])), ..Default::default() };
     let (commits, coordinator, _) = plain_round(config.clone());
     let first = commits[0].1.expect("ε after round 1");
@@ -437,8 +429,7 @@ fn epsilon_continues_from_the_checkpoint_after_a_restart() {
 fn the_adaptive_clip_grows_under_large_updates_and_survives_a_restart() {
     use super::config::AdaptiveClipping;
     let adaptive = Some(AdaptiveClipping { target_quantile: 0.5, learning_rate: 0.2 });
-    let privacy =
-        PrivacyConfig { noise_multiplier: 0.0, clip: 1e-3, placement: NoisePlacement::Central, delta: 1e-5, adaptive };
+    let privacy = PrivacyConfig { adaptive, ..central_privacy(0.0, 1e-3) };
     let config = CoordinatorConfig { privacy: Some(privacy), noise_key: Some(NoiseKey([9; 32])), ..Default::default() };
     let (commits, coordinator, _) = plain_round(config.clone());
     assert_eq!(commits.len(), 1);

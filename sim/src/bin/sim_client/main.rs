@@ -52,11 +52,5 @@ fn main() -> std::process::ExitCode {
         Command::FleetRound(args) => fleet_round::run(args),
         Command::BenchBatched(args) => bench_batched::run(args).map(|_| ()),
     };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    flotilla_client::exit_code(result)
 }
