@@ -8,11 +8,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use cpu_time::ProcessTime;
-use flotilla::compute::{self, BackendChoice, BackendKind};
-use flotilla::data::Dataset;
-use flotilla::evaluate::EvalSet;
-use flotilla::hbp::{HbpConfig, HbpModel};
-use flotilla::prequential;
+use flotilla_learner::compute::{self, BackendChoice, BackendKind};
+use flotilla_learner::data::Dataset;
+use flotilla_learner::evaluate::EvalSet;
+use flotilla_learner::hbp::{HbpConfig, HbpModel};
+use flotilla_learner::prequential;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 

@@ -1,6 +1,6 @@
 //! Command-line options that shape the HBP learner.
 
-use flotilla::hbp::HbpConfig;
+use flotilla_learner::hbp::HbpConfig;
 
 /// HBP hyper-parameters; the defaults are the paper's.
 #[derive(Debug, Clone, clap::Args)]

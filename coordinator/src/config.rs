@@ -11,14 +11,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use flotilla::aggregate::{StrategyConfig, StrategyKind};
-use flotilla::compress::Compression;
-use flotilla::hbp::HbpConfig;
-use flotilla::model::ModelSpec;
-use flotilla::protocol::framing::FrameLimit;
-use flotilla::round::config::{AdaptiveClipping, NoisePlacement, PrivacyConfig, SecureConfig};
-use flotilla::round::{CoordinatorConfig, Mode};
+use flotilla_learner::hbp::HbpConfig;
 use flotilla_net::transport::{ETHERNET_UDP_PAYLOAD, MAX_UDP_PAYLOAD, Tuning};
+use flotilla_protocol::aggregate::{StrategyConfig, StrategyKind};
+use flotilla_protocol::compress::Compression;
+use flotilla_protocol::model::ModelSpec;
+use flotilla_protocol::round::config::{AdaptiveClipping, NoisePlacement, PrivacyConfig, SecureConfig};
+use flotilla_protocol::round::{CoordinatorConfig, Mode};
+use flotilla_protocol::wire::framing::FrameLimit;
 
 /// A duration written as `30s`, `500ms`, `2m`, `1h` or a plain number of seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -201,7 +201,7 @@ pub struct Options {
     /// `fedexp` (FedExP's adaptive extrapolation, 1 ≤ g ≤ n/2), or `fixed` (g = 1, textbook
     /// FedAvg) [default: participants; fixed with --dp-noise-multiplier].
     #[arg(long, value_name = "KIND")]
-    pub server_step: Option<flotilla::aggregate::StepSize>,
+    pub server_step: Option<flotilla_protocol::aggregate::StepSize>,
     /// Most samples one update may claim; a larger claim weighs (and counts) as this many, so
     /// that one client cannot take the model over with a huge count [default: 100 samples/s ×
     /// (round interval + round deadline), at least 1,000].
@@ -595,7 +595,7 @@ impl Options {
             privacy,
             secure,
             // Drawn afresh at every start and kept nowhere: central DP noise nobody can replay.
-            noise_key: flotilla_net::tls::os_random().map(flotilla::privacy::NoiseKey),
+            noise_key: flotilla_net::tls::os_random().map(flotilla_protocol::privacy::NoiseKey),
             max_samples_per_update: self.max_samples_per_update,
             sessions_per_identity: self.sessions_per_identity.unwrap_or(1),
             round_goal: self.round_goal,
@@ -698,7 +698,7 @@ impl Options {
             // Under DP the participant-scaled step would apply the noise of the whole sum to
             // the model each round: the textbook step unless one is asked for.
             step_size: self.server_step.unwrap_or(if self.dp_noise_multiplier.is_some() {
-                flotilla::aggregate::StepSize::Fixed
+                flotilla_protocol::aggregate::StepSize::Fixed
             } else {
                 defaults.step_size
             }),

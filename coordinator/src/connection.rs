@@ -26,11 +26,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use flotilla::protocol::ErrorCode;
-use flotilla::protocol::framing::FrameLimit;
-use flotilla::round::{ConnectionId, Identity};
 use flotilla_net::close::{GOODBYE, error_close_code};
 use flotilla_net::framed::{FrameReader, FramedError, send_frame};
+use flotilla_protocol::round::{ConnectionId, Identity};
+use flotilla_protocol::wire::ErrorCode;
+use flotilla_protocol::wire::framing::FrameLimit;
 use quinn::{Connection, ConnectionError, Incoming, ReadError, RecvStream, SendStream, VarInt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;

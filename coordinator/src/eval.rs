@@ -1,16 +1,16 @@
 //! The coordinator's held-out rows and the model they evaluate; the evaluation itself is
-//! [`flotilla::evaluate`].
+//! [`flotilla_learner::evaluate`].
 
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use flotilla::compute::ComputeDevice;
-use flotilla::data::Dataset;
-use flotilla::hbp::HbpConfig;
-use flotilla::model::ModelSpec;
-use flotilla::params::ParameterVector;
+use flotilla_learner::compute::ComputeDevice;
+use flotilla_learner::data::Dataset;
+use flotilla_learner::hbp::HbpConfig;
+use flotilla_protocol::model::ModelSpec;
+use flotilla_protocol::params::ParameterVector;
 
-pub use flotilla::evaluate::EvalSet;
+pub use flotilla_learner::evaluate::EvalSet;
 
 /// Held-out rows, the HBP spec they are evaluated with and the CPU device to do it on.
 pub struct Evaluator {

@@ -1,7 +1,7 @@
 //! Flotilla's coordinator: holds the global model, runs federated rounds over QUIC with the
 //! client daemons, aggregates their updates (FedAvg) and checkpoints the result.
 //!
-//! The round logic is the sans-IO [`flotilla::round::Coordinator`]; this crate is its shell:
+//! The round logic is the sans-IO [`flotilla_protocol::round::Coordinator`]; this crate is its shell:
 //! options ([`config`]), connections, durable state ([`persist`]) and held-out evaluation
 //! ([`eval`]). Tests and the binary start it with [`bind`] + [`Server::run`], or [`run`].
 

@@ -1,6 +1,6 @@
 //! Log budgets: what a peer makes the coordinator log is limited per source address, so a
 //! flood of bad connections cannot flood the logs (and the disk). Peer-supplied text is
-//! escaped before it reaches a log line ([`flotilla::round::sanitize_peer_text`]).
+//! escaped before it reaches a log line ([`flotilla_protocol::round::sanitize_peer_text`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;

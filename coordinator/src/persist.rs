@@ -5,8 +5,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use flotilla::checkpoint::Checkpoint;
 pub use flotilla_net::persist::write_atomically;
+use flotilla_protocol::checkpoint::Checkpoint;
 
 /// File name of the checkpoint inside the data directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint.bin";
@@ -139,8 +139,8 @@ impl DataFiles {
 
 #[cfg(test)]
 mod tests {
-    use flotilla::hbp::HbpConfig;
-    use flotilla::params::{Layout, ParameterVector, Segment};
+    use flotilla_learner::hbp::HbpConfig;
+    use flotilla_protocol::params::{Layout, ParameterVector, Segment};
 
     use super::*;
 

@@ -1,18 +1,18 @@
 //! The coordinator's I/O shell: binds the QUIC endpoint, accepts connections and drives the
-//! round state machine ([`flotilla::round::Coordinator`]) from a single task.
+//! round state machine ([`flotilla_protocol::round::Coordinator`]) from a single task.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use flotilla::checkpoint::Checkpoint;
-use flotilla::compute::{BackendChoice, select};
-use flotilla::protocol::framing::encode_frame;
-use flotilla::protocol::{ALPN, CoordinatorMessage};
-use flotilla::round::{ConnectionId, Coordinator};
+use flotilla_learner::compute::{BackendChoice, select};
 use flotilla_net::close::GOODBYE;
 use flotilla_net::tls::{DevPki, ServerTls, quic_server_config};
+use flotilla_protocol::checkpoint::Checkpoint;
+use flotilla_protocol::round::{ConnectionId, Coordinator};
+use flotilla_protocol::wire::framing::encode_frame;
+use flotilla_protocol::wire::{ALPN, CoordinatorMessage};
 use quinn::Endpoint;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -41,7 +41,7 @@ pub struct Server {
     /// Error of the starting model on the held-out data, when there is any.
     start_error: Option<f64>,
     /// Largest frame a client may send.
-    upload_limit: flotilla::protocol::framing::FrameLimit,
+    upload_limit: flotilla_protocol::wire::framing::FrameLimit,
 }
 
 /// What a run did.
@@ -98,7 +98,7 @@ pub async fn bind(mut config: Config) -> anyhow::Result<Server> {
         flotilla_net::transport::bind_endpoint(config.listen, Some(server_config), &config.tuning, Some(&reset_key))
             .with_context(|| format!("binding UDP {}", config.listen))?;
     let machine = Coordinator::from_checkpoint(config.rounds.clone(), checkpoint).context("round settings")?;
-    let secure_cohort = config.rounds.secure.map(|_| flotilla::protocol::bounded::MAX_COHORT);
+    let secure_cohort = config.rounds.secure.map(|_| flotilla_protocol::wire::bounded::MAX_COHORT);
     let upload_limit = connection::upload_limit(model_frame, secure_cohort, config.max_frame);
     let upload_slots = config.concurrent_uploads.count(u64::from(upload_limit.bytes()));
     tracing::info!(listen = %endpoint.local_addr()?, mtls = config.client_ca.is_some(),

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use flotilla::protocol::framing::{FrameLimit, FramingError};
-use flotilla::protocol::{CoordinatorMessage, ErrorCode};
-use flotilla::round::{CloseReason, ConnectionId, Coordinator, CoordinatorEvent};
 use flotilla_net::framed::encode;
+use flotilla_protocol::round::{CloseReason, ConnectionId, Coordinator, CoordinatorEvent};
+use flotilla_protocol::wire::framing::{FrameLimit, FramingError};
+use flotilla_protocol::wire::{CoordinatorMessage, ErrorCode};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 

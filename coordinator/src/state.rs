@@ -3,12 +3,12 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use flotilla::checkpoint::{CHECKPOINT_MAGIC, Checkpoint};
-use flotilla::compute::ComputeDevice;
-use flotilla::hbp::HbpModel;
-use flotilla::model::ModelSpec;
-use flotilla::params::ParameterVector;
-use flotilla::protocol::framing::decode_message;
+use flotilla_learner::compute::ComputeDevice;
+use flotilla_learner::hbp::HbpModel;
+use flotilla_protocol::checkpoint::{CHECKPOINT_MAGIC, Checkpoint};
+use flotilla_protocol::model::ModelSpec;
+use flotilla_protocol::params::ParameterVector;
+use flotilla_protocol::wire::framing::decode_message;
 
 use crate::config::Config;
 use crate::persist::load_checkpoint;

@@ -3,9 +3,9 @@
 
 mod common;
 
-use flotilla::protocol::ErrorCode;
 use flotilla_net::SessionRefused;
 use flotilla_net::tls::{ClientTls, DevPki};
+use flotilla_protocol::wire::ErrorCode;
 
 use common::*;
 
@@ -50,7 +50,7 @@ async fn mutual_tls_refuses_clients_without_a_certificate() {
     match RawPeer::connect(running.addr, &tls).await {
         Err(_) => {}
         Ok(mut peer) => {
-            peer.join(flotilla::protocol::PROTOCOL_VERSION, None).await;
+            peer.join(flotilla_protocol::wire::PROTOCOL_VERSION, None).await;
             assert!(peer.next().await.is_err(), "a client without a certificate was served");
         }
     }

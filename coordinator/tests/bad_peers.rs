@@ -4,10 +4,10 @@
 
 mod common;
 
-use flotilla::params::{Fingerprint, PARAMETER_FORMAT_VERSION, ParameterVector};
-use flotilla::protocol::{ClientMessage, CoordinatorMessage, ErrorCode, LocalMetrics, Update};
 use flotilla_net::close::error_of_close_code;
 use flotilla_net::tls::ClientTls;
+use flotilla_protocol::params::{Fingerprint, PARAMETER_FORMAT_VERSION, ParameterVector};
+use flotilla_protocol::wire::{ClientMessage, CoordinatorMessage, ErrorCode, LocalMetrics, Update};
 use quinn::ConnectionError;
 
 use common::*;

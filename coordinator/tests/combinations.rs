@@ -6,8 +6,8 @@
 
 mod common;
 
-use flotilla::checkpoint::Checkpoint;
 use flotilla_coordinator::persist::RoundRecord;
+use flotilla_protocol::checkpoint::Checkpoint;
 
 use common::*;
 

@@ -7,10 +7,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use flotilla::protocol::{CoordinatorMessage, ErrorCode, PROTOCOL_VERSION};
 use flotilla_net::close::error_of_close_code;
 use flotilla_net::tls::ClientTls;
 use flotilla_net::transport::Tuning;
+use flotilla_protocol::wire::{CoordinatorMessage, ErrorCode, PROTOCOL_VERSION};
 use quinn::ConnectionError;
 
 use common::*;

@@ -3,10 +3,10 @@
 
 mod common;
 
-use flotilla::checkpoint::Checkpoint;
-use flotilla::compute::{BackendChoice, select};
-use flotilla::hbp::HbpModel;
 use flotilla_coordinator::persist::RoundRecord;
+use flotilla_learner::compute::{BackendChoice, select};
+use flotilla_learner::hbp::HbpModel;
+use flotilla_protocol::checkpoint::Checkpoint;
 
 use common::*;
 

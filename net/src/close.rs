@@ -3,8 +3,8 @@
 //! Code 0 is a normal goodbye; every [`ErrorCode`] has its own code, so a peer that misses
 //! the `Error` message (the connection closed before it was read) still learns the reason.
 
-use flotilla::protocol::ErrorCode;
-use flotilla::round::CloseReason;
+use flotilla_protocol::round::CloseReason;
+use flotilla_protocol::wire::ErrorCode;
 use quinn::VarInt;
 
 /// Code of a normal close (goodbye, shutdown).

@@ -7,7 +7,7 @@
 //! frame or an undecodable payload is an error the caller turns into a closed connection.
 
 use bytes::Bytes;
-use flotilla::protocol::framing::{FrameDecoder, FrameLimit, FramingError, decode_message, encode_frame};
+use flotilla_protocol::wire::framing::{FrameDecoder, FrameLimit, FramingError, decode_message, encode_frame};
 use quinn::{ReadError, RecvStream, SendStream, WriteError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -1,7 +1,7 @@
 //! The client side of a session: connect, join, relay between the coordinator and the
 //! learner, reconnect when the coordinator is away.
 //!
-//! [`run_client_session`] drives a [`flotilla::round::Client`] over one bidirectional QUIC
+//! [`run_client_session`] drives a [`flotilla_protocol::round::Client`] over one bidirectional QUIC
 //! stream and talks to the learner task through [`LearnerRequest`]s: a `Welcome` and an
 //! `Adopt` after every (re)connection and each new global model, an `Update` whenever the
 //! coordinator asks for one. A lost connection is retried with [`Backoff`]; only a refusal
@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use flotilla::model::ModelSpec;
-use flotilla::params::{Fingerprint, ParameterVector};
-use flotilla::protocol::framing::FrameLimit;
-use flotilla::protocol::{ALPN, Contribution, ErrorCode};
+use flotilla_protocol::model::ModelSpec;
+use flotilla_protocol::params::{Fingerprint, ParameterVector};
+use flotilla_protocol::wire::framing::FrameLimit;
+use flotilla_protocol::wire::{ALPN, Contribution, ErrorCode};
 use quinn::Endpoint;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;

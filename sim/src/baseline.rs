@@ -74,7 +74,7 @@ pub fn run_all(
                 spec.eval_data.display().to_string(),
                 // Cumulative marks on the fleet clients' grid (drift recovery is read off them).
                 "--mark-every".into(),
-                flotilla::local::MARK_EVERY.to_string(),
+                flotilla_learner::local::MARK_EVERY.to_string(),
             ];
             if let Some(limit) = job.limit {
                 args.extend(["--limit".into(), limit.to_string()]);

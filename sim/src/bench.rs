@@ -94,11 +94,13 @@ pub fn work_dir(name: &str) -> anyhow::Result<std::path::PathBuf> {
 /// `flotilla-coordinator --initial-params` reads (a bincode `ParameterVector`).
 pub fn write_workload_model(path: &std::path::Path, params: u64) -> anyhow::Result<()> {
     use anyhow::Context;
-    use flotilla::model::ModelSpec;
-    use flotilla::params::ParameterVector;
+    use flotilla_protocol::model::ModelSpec;
+    use flotilla_protocol::params::ParameterVector;
     let len = usize::try_from(params).context("--params does not fit this machine")?;
-    let vector =
-        ParameterVector::new(&ModelSpec::Vector { len: params }.layout(), flotilla::workload::initial_model(len))?;
+    let vector = ParameterVector::new(
+        &ModelSpec::Vector { len: params }.layout(),
+        flotilla_protocol::workload::initial_model(len),
+    )?;
     let bytes = bincode::serde::encode_to_vec(&vector, bincode::config::standard())?;
     std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }

@@ -151,9 +151,9 @@ pub fn drift_recovery(
     for (((stream, &n), client), alone) in streams.iter().zip(consumed).zip(fleet).zip(alone) {
         let len = stream.len() as u64;
         let from = (len as f64 * drift_at).round() as u64;
-        let to = (from + (len / 5).max(flotilla::local::MARK_EVERY)).min(n as u64);
+        let to = (from + (len / 5).max(flotilla_learner::local::MARK_EVERY)).min(n as u64);
         let Some(report) = client.reports.last() else { continue };
-        let every = report["marks_every"].as_u64().filter(|e| *e == flotilla::local::MARK_EVERY);
+        let every = report["marks_every"].as_u64().filter(|e| *e == flotilla_learner::local::MARK_EVERY);
         let (Some(every), Some(marks)) = (every, report["errors_at_marks"].as_array()) else { continue };
         let federated_at = |k: u64| marks.get(usize::try_from(k / every).ok()?.checked_sub(1)?)?.as_f64();
         let alone_at =

@@ -9,7 +9,7 @@ mod worker;
 use std::sync::Arc;
 
 use anyhow::Context;
-use flotilla::compute;
+use flotilla_learner::compute;
 use flotilla_net::tls::IssuedCert;
 use flotilla_net::{ClientSessionConfig, SessionStats, run_client_session};
 use serde::Serialize;
@@ -90,7 +90,7 @@ pub fn run_with(options: RunOptions, attack: Option<Attack>) -> anyhow::Result<(
         prequential_error_pct: (summary.total.error_pct() * 100.0).round() / 100.0,
         global_prequential_error_pct: (summary.global_total.error_pct() * 100.0).round() / 100.0,
         errors_at_marks: summary.marks.iter().map(|m| m.errors).collect(),
-        marks_every: flotilla::local::MARK_EVERY,
+        marks_every: flotilla_learner::local::MARK_EVERY,
         updates_sent: summary.contributions,
         model_version: summary.base_version,
         bytes_sent: stats.bytes_sent(),

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use flotilla::personal::PersonalConfig;
+use flotilla_learner::personal::PersonalConfig;
 
 use crate::learn::BackendChoiceArg;
 
@@ -189,7 +189,7 @@ impl RunOptions {
             name: o.name.unwrap_or_else(default_name),
             state_dir: o.state_dir,
             checkpoint_every: o.checkpoint_every.unwrap_or(1000).max(1),
-            backend: o.backend.unwrap_or(BackendChoiceArg(flotilla::compute::BackendChoice::Auto)),
+            backend: o.backend.unwrap_or(BackendChoiceArg(flotilla_learner::compute::BackendChoice::Auto)),
             report: o.report,
             attack: None,
         })

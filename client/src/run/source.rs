@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
-use flotilla::data::{CsvStream, DataError, Sample};
+use flotilla_learner::data::{CsvStream, DataError, Sample};
 use tokio_util::sync::CancellationToken;
 
 /// How often a followed file is polled for appended rows.

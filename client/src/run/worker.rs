@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use burn::tensor::Device;
-use flotilla::local::{ClientState, Counts, LocalLearner};
-use flotilla::model::ModelSpec;
-use flotilla::personal::PersonalConfig;
+use flotilla_learner::local::{ClientState, Counts, LocalLearner};
+use flotilla_learner::personal::PersonalConfig;
 use flotilla_net::LearnerRequest;
+use flotilla_protocol::model::ModelSpec;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +30,7 @@ pub struct WorkerSummary {
     pub total: Counts,
     /// The same samples scored on the shared (global) model's own predictions.
     pub global_total: Counts,
-    /// `total` every `flotilla::local::MARK_EVERY` samples.
+    /// `total` every `flotilla_learner::local::MARK_EVERY` samples.
     pub marks: Vec<Counts>,
     /// Samples learnt by this process.
     pub samples_this_run: u64,

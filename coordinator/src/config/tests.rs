@@ -89,7 +89,7 @@ fn tokens_skip_blanks_and_comments() {
 
 #[test]
 fn strategy_flags_and_keys_select_and_configure_the_aggregation() {
-    use flotilla::aggregate::StrategyKind;
+    use flotilla_protocol::aggregate::StrategyKind;
     let config = parse(&["--strategy", "fedadam", "--server-lr", "0.1", "--beta2", "0.9", "--clip-norm", "5"])
         .into_config()
         .unwrap();
@@ -106,12 +106,15 @@ fn strategy_flags_and_keys_select_and_configure_the_aggregation() {
     assert_eq!((aggregation.byzantine, aggregation.multi_krum_m, aggregation.max_held_updates), (1, Some(3), 64));
     // Nothing named: the recommended defaults, from the one place that holds them.
     let defaults = parse(&[]).into_config().unwrap().rounds.aggregation;
-    assert_eq!(defaults, flotilla::aggregate::StrategyConfig::recommended());
+    assert_eq!(defaults, flotilla_protocol::aggregate::StrategyConfig::recommended());
     assert_eq!((defaults.kind, defaults.beta1), (StrategyKind::FedAvgM, 0.5));
     let config =
         parse(&["--server-step", "fedexp", "--serve-average", "0", "--strategy", "fedavg"]).into_config().unwrap();
     let aggregation = config.rounds.aggregation;
-    assert_eq!((aggregation.step_size, aggregation.serve_average), (flotilla::aggregate::StepSize::FedExp, 0.0));
+    assert_eq!(
+        (aggregation.step_size, aggregation.serve_average),
+        (flotilla_protocol::aggregate::StepSize::FedExp, 0.0)
+    );
     let error = format!("{:#}", parse(&["--serve-average", "1"]).into_config().unwrap_err());
     assert!(error.contains("serve_average"), "{error}");
     let unknown = Cli::try_parse_from(["coordinator", "--server-step", "huge"]).unwrap_err().to_string();

@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use flotilla::protocol::ErrorCode;
-use flotilla::round::{Client, ClientEvent};
+use flotilla_protocol::round::{Client, ClientEvent};
+use flotilla_protocol::wire::ErrorCode;
 use quinn::{Connection, ConnectionError, Endpoint, ReadError, SendStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::{ClientSessionConfig, LearnerRequest, Outcome, SessionRefused, SessionStats};
 use crate::close::{close_code, error_close_code, error_of_close_code};
 use crate::framed::{FrameReader, FramedError, encode, send_frame};
-use flotilla::protocol::Contribution;
+use flotilla_protocol::wire::Contribution;
 
 /// How long a closing side waits for its last bytes to be acknowledged.
 pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(2);

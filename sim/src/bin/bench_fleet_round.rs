@@ -1,4 +1,4 @@
-//! `flotilla-bench-fleet-round`: the `fleet-round` benchmark (see `flotilla::workload`).
+//! `flotilla-bench-fleet-round`: the `fleet-round` benchmark (see `flotilla_protocol::workload`).
 //!
 //! Starts the real coordinator on a `--vector-len P` model initialised to
 //! `noise(0x5EED, P)`, then N real client connections over QUIC with TLS on loopback (one
@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use flotilla::checkpoint::Checkpoint;
-use flotilla::workload::{self, ModelSummary};
+use flotilla_protocol::checkpoint::Checkpoint;
+use flotilla_protocol::workload::{self, ModelSummary};
 use flotilla_sim::bench::{
     PeakMemory, binaries_dir, exit_with, median, reaped_children_cpu_s, status_kib, work_dir, write_workload_model,
 };

@@ -15,16 +15,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use flotilla::params::ParameterVector;
-use flotilla::protocol::framing::{FrameLimit, HEADER_LEN, decode_message, encode_frame};
-use flotilla::protocol::{ClientMessage, CoordinatorMessage, ErrorCode, LocalMetrics, PROTOCOL_VERSION, Update};
-use flotilla::round::ANY_MODEL_VERSION;
-use flotilla::secagg;
-use flotilla::workload::{self, splitmix64};
 use flotilla_net::close::error_of_close_code;
 use flotilla_net::framed::FrameReader;
 use flotilla_net::tls::{ClientTls, quic_client_config};
 use flotilla_net::transport::Tuning;
+use flotilla_protocol::params::ParameterVector;
+use flotilla_protocol::round::ANY_MODEL_VERSION;
+use flotilla_protocol::secagg;
+use flotilla_protocol::wire::framing::{FrameLimit, HEADER_LEN, decode_message, encode_frame};
+use flotilla_protocol::wire::{ClientMessage, CoordinatorMessage, ErrorCode, LocalMetrics, PROTOCOL_VERSION, Update};
+use flotilla_protocol::workload::{self, splitmix64};
 use quinn::{Connection, ConnectionError, Endpoint, RecvStream};
 use serde_json::{Value, json};
 use tokio::runtime::Handle;
@@ -253,8 +253,8 @@ pub fn start(attack: Attack, target: Target, peers: u32, runtime: &Handle) -> an
     let peer = Arc::new(Peer {
         target: Arc::new(target),
         stats: Arc::new(Stats::default()),
-        tight: quic_client_config(&tls, flotilla::protocol::ALPN, &tight).context("client TLS (tight windows)")?,
-        normal: quic_client_config(&tls, flotilla::protocol::ALPN, &Tuning::CLIENT).context("client TLS")?,
+        tight: quic_client_config(&tls, flotilla_protocol::wire::ALPN, &tight).context("client TLS (tight windows)")?,
+        normal: quic_client_config(&tls, flotilla_protocol::wire::ALPN, &Tuning::CLIENT).context("client TLS")?,
     });
     let stop = Arc::new(AtomicBool::new(false));
     let mut running = Running { tasks: Vec::new(), threads: Vec::new(), stop: stop.clone(), stats: peer.stats.clone() };
@@ -393,7 +393,7 @@ fn note_message(stats: &Stats, message: Option<CoordinatorMessage>) {
 /// What a joined peer follows of the coordinator's messages.
 struct Listener {
     reader: FrameReader,
-    layout: Option<flotilla::params::Layout>,
+    layout: Option<flotilla_protocol::params::Layout>,
     /// The latest model version announced (Welcome, then each Model).
     latest: u64,
 }

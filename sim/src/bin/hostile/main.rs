@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
-use flotilla::checkpoint::Checkpoint;
-use flotilla::params::ParameterVector;
-use flotilla::protocol::framing::FrameLimit;
-use flotilla::workload::{self, splitmix64};
+use flotilla_protocol::checkpoint::Checkpoint;
+use flotilla_protocol::params::ParameterVector;
+use flotilla_protocol::wire::framing::FrameLimit;
+use flotilla_protocol::workload::{self, splitmix64};
 use flotilla_sim::bench::{binaries_dir, exit_with, median, status_kib, work_dir, write_workload_model};
 use flotilla_sim::fleet::{free_udp_port, read_rounds};
 use flotilla_sim::procs::{Interrupt, Proc};

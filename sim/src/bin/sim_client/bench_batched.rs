@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use flotilla::compute::{self, BackendKind};
-use flotilla::hbp::batched::BatchedHbp;
-use flotilla::hbp::{HbpConfig, HbpModel};
+use flotilla_learner::compute::{self, BackendKind};
+use flotilla_learner::hbp::batched::BatchedHbp;
+use flotilla_learner::hbp::{HbpConfig, HbpModel};
 use serde::Serialize;
 
 use flotilla_client::learn::BackendChoiceArg;
@@ -172,7 +172,7 @@ pub fn run(args: BenchBatchedArgs) -> Result<BenchBatchedReport> {
         sequential_steps,
         sequential_client_samples_per_s: sequential_client_samples_per_s.map(round2),
         speedup: sequential_client_samples_per_s.map(|s| round2(client_samples_per_s / s)),
-        parameters_per_client: flotilla::hbp::model::layout(&config).len(),
+        parameters_per_client: flotilla_protocol::model::hbp::layout(&config).len(),
         backend: device.kind,
         device: device.description,
         config,

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use burn::tensor::Device;
-use flotilla::compute;
-use flotilla::data::{CsvStream, Sample};
-use flotilla::local::LocalLearner;
+use flotilla_learner::compute;
+use flotilla_learner::data::{CsvStream, Sample};
+use flotilla_learner::local::LocalLearner;
 use flotilla_net::tls::IssuedCert;
 use flotilla_net::{ClientSessionConfig, LearnerRequest, SessionStats, client_endpoint, run_client_session};
 use serde::Serialize;
@@ -141,7 +141,7 @@ fn drive(
     clients: &mut [Virtual],
     device: &Device,
     rate: Option<f64>,
-    personal: flotilla::personal::PersonalConfig,
+    personal: flotilla_learner::personal::PersonalConfig,
     repeat: bool,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {

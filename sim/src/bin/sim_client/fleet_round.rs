@@ -2,7 +2,7 @@
 //! its own QUIC connection (over one shared UDP endpoint) and runs the production session
 //! (join, receive every model, answer update requests); instead of learning, client c
 //! answers round r with the workload's formula `0.001 · noise((r << 32) | (c + 1), P)`
-//! (see [`flotilla::workload`]). Needs a coordinator training a `--vector-len P` model.
+//! (see [`flotilla_protocol::workload`]). Needs a coordinator training a `--vector-len P` model.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use flotilla::model::ModelSpec;
-use flotilla::params::ParameterVector;
-use flotilla::protocol::framing::FrameLimit;
-use flotilla::protocol::{Contribution, LocalMetrics};
-use flotilla::workload;
 use flotilla_net::{ClientSessionConfig, LearnerRequest, SessionStats, client_endpoint, run_client_session};
+use flotilla_protocol::model::ModelSpec;
+use flotilla_protocol::params::ParameterVector;
+use flotilla_protocol::wire::framing::FrameLimit;
+use flotilla_protocol::wire::{Contribution, LocalMetrics};
+use flotilla_protocol::workload;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

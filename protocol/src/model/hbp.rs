@@ -1,0 +1,163 @@
+//! Hyper-parameters, shape and flat parameter layout of a Hedge Backpropagation network (the
+//! learner itself, on burn tensors, is `flotilla-learner`'s `hbp`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::params::{Layout, ParameterVector, Segment};
+
+/// Shape and hyper-parameters of an HBP learner (Sahoo et al., IJCAI 2018, Algorithm 1).
+///
+/// The defaults are the paper's and the NumPy reference's: 19 hidden ReLU layers of 100
+/// units, η = 0.01, β = 0.99, s = 0.2, a classifier head on the input and on every hidden
+/// layer, one sample at a time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HbpConfig {
+    /// Number of input features `d`.
+    pub inputs: usize,
+    /// Number of classes `C` (labels are `0..C`).
+    pub classes: usize,
+    /// Number of hidden layers `L`.
+    pub hidden_layers: usize,
+    /// Units per hidden layer.
+    pub width: usize,
+    /// SGD learning rate η.
+    pub learning_rate: f32,
+    /// Hedge discount β in (0, 1): α_l ← α_l · β^{loss_l}.
+    pub beta: f32,
+    /// Smoothing s: every α_l is floored at s / L before normalisation.
+    pub smoothing: f32,
+    /// Whether a classifier head also reads the raw input (the paper's l = 0 head).
+    pub input_head: bool,
+    /// Seed of the Glorot-uniform initialisation.
+    pub seed: u32,
+}
+
+impl HbpConfig {
+    /// The paper's defaults for a stream of `inputs` features and `classes` classes.
+    pub fn new(inputs: usize, classes: usize) -> Self {
+        Self {
+            inputs,
+            classes,
+            hidden_layers: 19,
+            width: 100,
+            learning_rate: 0.01,
+            beta: 0.99,
+            smoothing: 0.2,
+            input_head: true,
+            seed: 0,
+        }
+    }
+
+    /// Number of classifier heads (L + 1 with the input head, L without).
+    pub fn heads(&self) -> usize {
+        self.hidden_layers + usize::from(self.input_head)
+    }
+}
+
+/// Why an [`HbpConfig`] cannot build a network.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    /// A size that must be positive is zero.
+    #[error("{what} must be at least {min}, got {value}")]
+    TooSmall {
+        /// Name of the setting.
+        what: &'static str,
+        /// Smallest allowed value.
+        min: usize,
+        /// Value given.
+        value: usize,
+    },
+    /// A real-valued setting is outside its range.
+    #[error("{what} must be in {range}, got {value}")]
+    OutOfRange {
+        /// Name of the setting.
+        what: &'static str,
+        /// The allowed range, in words.
+        range: &'static str,
+        /// Value given.
+        value: f32,
+    },
+}
+
+impl HbpConfig {
+    /// Checks every size and hyper-parameter, so that a network can be built from it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let sizes = [
+            ("inputs", 1, self.inputs),
+            ("classes", 2, self.classes),
+            ("hidden layers", 1, self.hidden_layers),
+            ("width", 1, self.width),
+        ];
+        for (what, min, value) in sizes {
+            if value < min {
+                return Err(ConfigError::TooSmall { what, min, value });
+            }
+        }
+        let reals = [
+            ("learning rate", "(0, 10]", self.learning_rate, self.learning_rate > 0.0 && self.learning_rate <= 10.0),
+            ("beta", "(0, 1)", self.beta, self.beta > 0.0 && self.beta < 1.0),
+            ("smoothing", "[0, 1)", self.smoothing, (0.0..1.0).contains(&self.smoothing)),
+        ];
+        for (what, range, value, ok) in reals {
+            if !ok {
+                return Err(ConfigError::OutOfRange { what, range, value });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The flat layout of a network of `config`: per hidden layer its weight and bias, the input
+/// head's weight and bias (if any), the stacked hidden heads' weights and biases, then α.
+pub fn layout(config: &HbpConfig) -> Layout {
+    let (d, w, c, layers) = (config.inputs, config.width, config.classes, config.hidden_layers);
+    let mut segments = Vec::with_capacity(2 * layers + 5);
+    for l in 0..layers {
+        let input = if l == 0 { d } else { w };
+        segments.push(Segment { name: format!("hidden.{l}.weight"), shape: vec![input, w] });
+        segments.push(Segment { name: format!("hidden.{l}.bias"), shape: vec![w] });
+    }
+    if config.input_head {
+        segments.push(Segment { name: "input_head.weight".into(), shape: vec![d, c] });
+        segments.push(Segment { name: "input_head.bias".into(), shape: vec![c] });
+    }
+    segments.push(Segment { name: "hidden_heads.weight".into(), shape: vec![layers, w, c] });
+    segments.push(Segment { name: "hidden_heads.bias".into(), shape: vec![layers, c] });
+    segments.push(Segment { name: "alpha".into(), shape: vec![config.heads()] });
+    Layout::new(segments)
+}
+
+/// Puts the α segment of `params` back on the floored simplex: every α at least `s/L`, summing
+/// to one. Averaging α is safe (a weighted mean of distributions is one) but a server step of
+/// another size, momentum, or a client's rebase can leave it off; this projection is part of
+/// every such update. Vectors of another length are left alone (their check fails later).
+pub fn project_alpha(config: &HbpConfig, params: &mut ParameterVector) {
+    let k = config.heads();
+    if params.values.len() != layout(config).len() {
+        return;
+    }
+    let floor = (config.smoothing / config.hidden_layers as f32).max(f32::MIN_POSITIVE);
+    let start = params.values.len() - k;
+    let alpha = &mut params.values[start..];
+    alpha.iter_mut().for_each(|a| *a = if a.is_finite() { a.max(floor) } else { floor });
+    let total: f32 = alpha.iter().sum();
+    alpha.iter_mut().for_each(|a| *a /= total);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_named() {
+        assert_eq!(HbpConfig::new(8, 2).validate(), Ok(()));
+        assert_eq!(HbpConfig::new(8, 2).heads(), 20);
+        let mut config = HbpConfig::new(8, 1);
+        assert!(config.validate().unwrap_err().to_string().contains("classes"));
+        config.classes = 3;
+        config.beta = 1.0;
+        assert!(config.validate().unwrap_err().to_string().contains("beta"));
+        config.beta = f32::NAN;
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,188 @@
+//! The update pipeline every round mode shares: which updates are accepted and how much
+//! they weigh, who is sampled, how each round is clipped, noised and released under
+//! differential privacy, and the privacy spent. [`build`] makes it, with the mode's
+//! scheduler, from the coordinator's configuration: the one place those come from.
+
+use rand_core::SeedableRng;
+
+use super::scheduler::{AsyncState, Rounds, Scheduler, SecureRounds};
+use crate::aggregate::{DpRelease, Folded};
+use crate::checkpoint::Checkpoint;
+use crate::privacy::{AdaptiveClip, ClipBound, NoiseKey, RdpAccountant};
+use crate::round::config::{NoisePlacement, PrivacyConfig};
+use crate::round::events::UpdateRefusal;
+use crate::round::{ConfigError, ConnectionId, CoordinatorConfig, Mode, sampling};
+use crate::wire::{LocalMetrics, Update};
+
+/// The scheduler of `config.mode` and the pipeline its updates go through, resuming what
+/// `checkpoint` holds (spent privacy, the adaptive clip). `config` must be valid.
+pub(super) fn build(config: &CoordinatorConfig, checkpoint: &Checkpoint) -> Result<(Scheduler, Pipeline), ConfigError> {
+    let mut strategy = config.aggregation.clone();
+    // The key of central noise; the round's clip and deviation come with each release.
+    strategy.noise_key = config.noise_key.unwrap_or_default();
+    let scheduler = match (config.mode, config.secure) {
+        (Mode::Async { buffer_size, max_staleness }, _) => {
+            let buffer = strategy
+                .build_buffered(buffer_size, max_staleness)
+                .ok_or(ConfigError::AsyncRobust(config.aggregation.kind))?;
+            Scheduler::Async(AsyncState::new(buffer))
+        }
+        (Mode::Sync, None) => Scheduler::Sync(Rounds::new(strategy.build())),
+        (Mode::Sync, Some(secure)) => {
+            Scheduler::Secure(Rounds::new(strategy.build()), Box::new(SecureRounds::new(secure)))
+        }
+    };
+    let privacy = match (config.privacy, config.noise_key) {
+        (Some(settings), Some(key)) => Some(Privacy::new(settings, key, config.sample_fraction, checkpoint)?),
+        (Some(_), None) => {
+            return Err(ConfigError::Incompatible("differential privacy needs the coordinator's secret noise key"));
+        }
+        (None, _) => None,
+    };
+    Ok((scheduler, Pipeline { sample_cap: config.sample_cap(), privacy }))
+}
+
+/// What every mode applies to an update and to a round (see the module docs).
+#[derive(Debug)]
+pub(super) struct Pipeline {
+    sample_cap: u64,
+    privacy: Option<Privacy>,
+}
+
+/// Client-level differential privacy in force.
+#[derive(Debug)]
+struct Privacy {
+    settings: PrivacyConfig,
+    key: NoiseKey,
+    /// The Poisson sampling rate q, the one the accountant is given.
+    sample_rate: f64,
+    accountant: RdpAccountant,
+    /// The clip tracking a quantile of the update norms, when adaptive clipping is on.
+    adaptive: Option<AdaptiveClip>,
+    /// Accepted updates of the running round, and how many of them fit under its clip.
+    reported: u64,
+    below: u64,
+}
+
+impl Privacy {
+    fn new(
+        settings: PrivacyConfig,
+        key: NoiseKey,
+        sample_rate: f64,
+        checkpoint: &Checkpoint,
+    ) -> Result<Self, ConfigError> {
+        // ε only grows: a restarted coordinator goes on from the spent privacy it checkpointed.
+        let accountant = checkpoint.accountant.clone().unwrap_or_default();
+        let adaptive = match settings.adaptive {
+            None => None,
+            Some(adaptive) => Some(match &checkpoint.adaptive_clip {
+                Some(resumed) => resumed.clone(),
+                None => {
+                    let initial = ClipBound::new(settings.clip).map_err(|_| ConfigError::Privacy)?;
+                    AdaptiveClip::new(initial, adaptive.target_quantile, adaptive.learning_rate, 0.0, 1.0)
+                        .map_err(|_| ConfigError::Privacy)?
+                }
+            }),
+        };
+        Ok(Self { settings, key, sample_rate, accountant, adaptive, reported: 0, below: 0 })
+    }
+
+    /// The clip and deltas' noise of a round of `expected` clients. With adaptive clipping
+    /// the clip count is noised too (σ_b = max(m/20, z), Andrew et al.'s m/20 kept above z
+    /// so that small cohorts stay accountable) and the deltas get the z_Δ that keeps the
+    /// accounted multiplier at z.
+    fn release(&mut self, expected: f64) -> DpRelease {
+        let z = self.settings.noise_multiplier;
+        let (clip, z_delta) = match &mut self.adaptive {
+            Some(adaptive) => {
+                let count_noise = if z == 0.0 { 0.0 } else { (expected / 20.0).max(z) };
+                if let Err(error) = adaptive.set_cohort(expected, count_noise) {
+                    tracing::warn!(%error, expected, "adaptive clip: cohort not set; the previous one is kept");
+                }
+                let z_delta = adaptive.update_noise_multiplier(z).unwrap_or(z);
+                (f64::from(adaptive.clip().get()), z_delta)
+            }
+            None => (f64::from(self.settings.clip), z),
+        };
+        self.reported = 0;
+        self.below = 0;
+        match self.settings.placement {
+            NoisePlacement::Central => {
+                DpRelease { denominator: expected, clip_norm: Some(clip), noise_std: Some(z_delta * clip) }
+            }
+            // The clients clipped and noised; the coordinator only takes the public denominator.
+            NoisePlacement::Distributed => DpRelease { denominator: expected, clip_norm: None, noise_std: None },
+        }
+    }
+
+    /// Accounts one release and steps the adaptive clip; ε spent so far at δ.
+    fn spend(&mut self, round: u64) -> Option<f64> {
+        if let Some(adaptive) = &mut self.adaptive {
+            let mut rng = chacha20::ChaCha20Rng::from_seed(self.key.derive(b"adaptive clip count", round));
+            match adaptive.update(self.below, self.reported, &mut rng) {
+                Ok(clip) => tracing::debug!(round, clip = clip.get(), "adaptive clip stepped"),
+                Err(error) => tracing::warn!(round, %error, "adaptive clip not stepped"),
+            }
+        }
+        self.accountant.step(self.settings.noise_multiplier, self.sample_rate).ok()?;
+        self.accountant.epsilon(self.settings.delta).ok().map(|(epsilon, _)| epsilon)
+    }
+}
+
+impl Pipeline {
+    /// The one routine every mode accepts an update's claims with: counters consistent and no
+    /// more samples than the cap. Returns the weight it folds with: 1 under differential
+    /// privacy (every clipped update weighs the same), else its samples.
+    pub(super) fn accept(&self, update: &Update) -> Result<u64, UpdateRefusal> {
+        let LocalMetrics { samples, prequential_errors: errors } = update.metrics;
+        if !update.metrics.is_consistent() {
+            return Err(UpdateRefusal::InconsistentMetrics { errors, samples });
+        }
+        if samples > self.sample_cap {
+            return Err(UpdateRefusal::SamplesOverCap { claimed: samples, cap: self.sample_cap });
+        }
+        Ok(if self.privacy.is_some() { 1 } else { samples })
+    }
+
+    /// Notes what folding an accepted update found (for the adaptive clip's count).
+    pub(super) fn folded(&mut self, folded: &Folded) {
+        if let Some(privacy) = &mut self.privacy {
+            privacy.reported += 1;
+            privacy.below += u64::from(!folded.clipped);
+        }
+    }
+
+    /// The clients of round `round` among `candidates` (sorted, distinct), and how the
+    /// round is released. Under differential privacy: Poisson sampling at exactly q with
+    /// secret coins, the mean over the public expected cohort q·N; otherwise `count` of
+    /// them drawn reproducibly from the public `seed`.
+    pub(super) fn sample(
+        &mut self,
+        candidates: &[ConnectionId],
+        count: usize,
+        seed: u64,
+        round: u64,
+    ) -> (Vec<ConnectionId>, Option<DpRelease>) {
+        match &mut self.privacy {
+            Some(privacy) => {
+                let expected = (privacy.sample_rate * candidates.len() as f64).max(1.0);
+                let release = privacy.release(expected);
+                (sampling::poisson(candidates, privacy.sample_rate, &privacy.key, round), Some(release))
+            }
+            None => (sampling::sample(candidates, count, seed, round), None),
+        }
+    }
+
+    /// Round `round` was released: accounts it; ε spent so far, under differential privacy.
+    pub(super) fn spend(&mut self, round: u64) -> Option<f64> {
+        self.privacy.as_mut()?.spend(round)
+    }
+
+    /// What the checkpoint keeps of privacy: the accountant and the adaptive clip.
+    pub(super) fn durable(&self) -> (Option<RdpAccountant>, Option<AdaptiveClip>) {
+        match &self.privacy {
+            Some(privacy) => (Some(privacy.accountant.clone()), privacy.adaptive.clone()),
+            None => (None, None),
+        }
+    }
+}

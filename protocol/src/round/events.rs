@@ -1,0 +1,193 @@
+//! What the coordinator reports to its shell.
+
+use super::ConnectionId;
+use crate::aggregate::AggregateError;
+use crate::wire::ErrorCode;
+
+/// Something the coordinator's shell may log, count or act upon.
+#[derive(Debug, PartialEq)]
+pub enum CoordinatorEvent {
+    /// A connection joined and was welcomed.
+    ClientJoined {
+        /// Its connection.
+        conn: ConnectionId,
+        /// Identifier given in `Welcome`.
+        client_id: u64,
+        /// Name the client announced.
+        client_name: String,
+    },
+    /// A connection's `Join` was refused (version, auth); it is being closed.
+    ClientRefused {
+        /// Its connection.
+        conn: ConnectionId,
+        /// Code sent to the client.
+        code: ErrorCode,
+        /// Detail sent to the client.
+        reason: String,
+    },
+    /// A joined client disconnected or said goodbye.
+    ClientLeft {
+        /// Its connection.
+        conn: ConnectionId,
+        /// Identifier given in `Welcome`.
+        client_id: u64,
+    },
+    /// A peer broke the protocol (message out of order, join timeout…); it is being closed.
+    ProtocolViolation {
+        /// Its connection.
+        conn: ConnectionId,
+        /// What it did.
+        reason: String,
+    },
+    /// A client reported an error about something the coordinator sent.
+    ClientError {
+        /// Its connection.
+        conn: ConnectionId,
+        /// Code it sent.
+        code: ErrorCode,
+        /// Detail it sent.
+        message: String,
+    },
+    /// A round started and asked the sampled clients for updates.
+    RoundStarted {
+        /// The round's number.
+        round: u64,
+        /// Version of the model the updates must rest on.
+        model_version: u64,
+        /// The sampled connections, sorted.
+        sampled: Vec<ConnectionId>,
+    },
+    /// An update was folded into the round's aggregate.
+    UpdateAccepted {
+        /// Its connection.
+        conn: ConnectionId,
+        /// The round.
+        round: u64,
+        /// Samples behind the update.
+        samples: u64,
+    },
+    /// An update was refused; the client was told why.
+    UpdateRefused {
+        /// Its connection.
+        conn: ConnectionId,
+        /// Why.
+        reason: UpdateRefusal,
+    },
+    /// A round's aggregate became the new global model.
+    RoundCommitted {
+        /// The round.
+        round: u64,
+        /// The new model version.
+        model_version: u64,
+        /// Updates folded in.
+        participants: usize,
+        /// Their total samples.
+        samples: u64,
+        /// Prequential error rate over the participants' samples, if they had any.
+        mean_local_error: Option<f64>,
+        /// Differential privacy spent so far (ε at the configured δ), when DP is on.
+        epsilon: Option<f64>,
+    },
+    /// A round ended without a new model; the next one starts when possible.
+    RoundFailed {
+        /// The round.
+        round: u64,
+        /// Why.
+        reason: RoundFailure,
+    },
+}
+
+/// Why an update was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum UpdateRefusal {
+    /// No round is running.
+    #[error("no round in progress")]
+    NoRoundInProgress,
+    /// The update answers another round than the current one.
+    #[error("update is for round {found}, the current round is {current}")]
+    WrongRound {
+        /// The current round.
+        current: u64,
+        /// The round named by the update.
+        found: u64,
+    },
+    /// The delta was computed from another model version than the current one.
+    #[error("update rests on model version {found}, the current version is {current}")]
+    StaleBase {
+        /// The current model version.
+        current: u64,
+        /// The version named by the update.
+        found: u64,
+    },
+    /// The client was not sampled for this round.
+    #[error("client was not sampled for this round")]
+    NotSampled,
+    /// The client already answered this round.
+    #[error("client already answered this round")]
+    Duplicate,
+    /// The metrics count more errors than samples.
+    #[error("metrics count {errors} errors over {samples} samples")]
+    InconsistentMetrics {
+        /// Errors claimed.
+        errors: u64,
+        /// Samples claimed.
+        samples: u64,
+    },
+    /// The update claims more samples than the coordinator's cap (told to every client in
+    /// its rules): only a peer lying about its weight does.
+    #[error("the update claims {claimed} samples; at most {cap} are accepted")]
+    SamplesOverCap {
+        /// Samples claimed.
+        claimed: u64,
+        /// The cap.
+        cap: u64,
+    },
+    /// The aggregator refused the delta (NaN, layout, zero samples…).
+    #[error(transparent)]
+    Invalid(#[from] AggregateError),
+    /// Rounds run secure aggregation: updates must come masked, in the round's session.
+    #[error("this coordinator runs secure aggregation: send the update masked, not in the clear")]
+    MaskedExpected,
+    /// A compressed update could not be read.
+    #[error("compressed update refused: {0}")]
+    Compressed(String),
+}
+
+impl UpdateRefusal {
+    /// The code sent to the client in the `Error` message.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Invalid(AggregateError::TooStale { .. } | AggregateError::FutureBase { .. }) => {
+                ErrorCode::StaleUpdate
+            }
+            Self::InconsistentMetrics { .. } | Self::SamplesOverCap { .. } | Self::Invalid(_) | Self::Compressed(_) => {
+                ErrorCode::InvalidUpdate
+            }
+            Self::MaskedExpected => ErrorCode::UnexpectedMessage,
+            Self::NotSampled | Self::Duplicate => ErrorCode::UnexpectedMessage,
+            Self::NoRoundInProgress | Self::WrongRound { .. } | Self::StaleBase { .. } => ErrorCode::StaleUpdate,
+        }
+    }
+}
+
+/// Why a round failed.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RoundFailure {
+    /// Fewer than `min_clients` updates were accepted by the end of the round.
+    #[error("quorum missed: {accepted} updates accepted, {needed} needed")]
+    QuorumMissed {
+        /// Updates accepted.
+        accepted: usize,
+        /// The quorum.
+        needed: usize,
+    },
+    /// The aggregator could not produce a model.
+    #[error("aggregation failed: {0}")]
+    Aggregation(AggregateError),
+    /// The coordinator shut down during the round.
+    #[error("coordinator shutting down")]
+    ShuttingDown,
+    /// The secure-aggregation session failed (too few survivors, unreadable shares…).
+    #[error("secure aggregation failed: {0}")]
+    Secure(String),
+}
