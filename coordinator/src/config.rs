@@ -11,18 +11,18 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use flotilla_learner::hbp::HbpConfig;
 use flotilla_net::transport::{ETHERNET_UDP_PAYLOAD, MAX_UDP_PAYLOAD, Tuning};
 use flotilla_protocol::aggregate::{StrategyConfig, StrategyKind};
 use flotilla_protocol::compress::Compression;
+use flotilla_protocol::model::HbpConfig;
 use flotilla_protocol::model::ModelSpec;
 use flotilla_protocol::round::config::{AdaptiveClipping, NoisePlacement, PrivacyConfig, SecureConfig};
 use flotilla_protocol::round::{CoordinatorConfig, Mode};
 use flotilla_protocol::wire::framing::FrameLimit;
 
 /// A duration written as `30s`, `500ms`, `2m`, `1h` or a plain number of seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct HumanDuration(pub Duration);
 
 impl FromStr for HumanDuration {
@@ -33,14 +33,24 @@ impl FromStr for HumanDuration {
         let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
         let (number, unit) = text.split_at(split);
         let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration (e.g. 30s, 500ms, 2m)"))?;
+        if unit.trim() == "ns" && value.fract() == 0.0 && value < u64::MAX as f64 {
+            return Ok(Self(Duration::from_nanos(value as u64)));
+        }
         let seconds = match unit.trim() {
             "" | "s" => value,
             "ms" => value / 1000.0,
             "m" | "min" => value * 60.0,
             "h" => value * 3600.0,
-            other => return Err(format!("unknown duration unit {other:?} in {text:?} (use ms, s, m or h)")),
+            other => return Err(format!("unknown duration unit {other:?} in {text:?} (use ms, s, m, h or ns)")),
         };
         Duration::try_from_secs_f64(seconds).map(Self).map_err(|e| format!("{text:?}: {e}"))
+    }
+}
+
+/// Written back exactly, in nanoseconds (how flags are layered over a config file).
+impl From<HumanDuration> for String {
+    fn from(duration: HumanDuration) -> String {
+        format!("{}ns", duration.0.as_nanos())
     }
 }
 
@@ -53,8 +63,8 @@ impl TryFrom<String> for HumanDuration {
 }
 
 /// How updates become models: `sync` (rounds) or `async` (FedBuff's buffer).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum ModeName {
     /// `sync`: rounds with a quorum and a deadline.
     #[default]
@@ -75,6 +85,15 @@ impl FromStr for ModeName {
     }
 }
 
+impl From<ModeName> for String {
+    fn from(mode: ModeName) -> String {
+        match mode {
+            ModeName::Sync => "sync".into(),
+            ModeName::Async => "async".into(),
+        }
+    }
+}
+
 impl TryFrom<String> for ModeName {
     type Error = String;
 
@@ -84,7 +103,7 @@ impl TryFrom<String> for ModeName {
 }
 
 /// Command-line options; all optional so that a TOML file can supply them.
-#[derive(Debug, Clone, Default, clap::Args, serde::Deserialize)]
+#[derive(Debug, Clone, Default, clap::Args, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Options {
     /// TOML file whose keys mirror these flags (e.g. `min-clients = 3`); flags override it.
@@ -366,7 +385,7 @@ pub struct Options {
 }
 
 /// Where differential-privacy noise is added (flag values).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NoiseWhere {
     /// The coordinator noises the sum.
@@ -471,43 +490,11 @@ impl Limits {
     }
 }
 
-macro_rules! prefer {
-    ($over:ident, $under:ident; $($field:ident),*) => {
-        Options { $($field: $over.$field.or($under.$field),)* ..$over }
-    };
-}
-
 impl Options {
-    /// These options over those of `file`: a flag given here wins.
-    pub fn over(self, file: Options) -> Options {
-        let no_input_head = self.no_input_head || file.no_input_head;
-        let dev_cert_names =
-            if self.dev_cert_names.is_empty() { file.dev_cert_names.clone() } else { self.dev_cert_names.clone() };
-        let merged = prefer!(self, file; listen, data_dir, cert, key, client_ca, tokens_file, inputs, classes,
-            hidden_layers, width, lr, beta, smoothing, seed, initial_params, min_clients, sample_fraction,
-            round_deadline, round_interval, join_timeout, rounds, vector_len, max_frame_mib, eval_data, strategy, server_lr, server_step, serve_average, max_samples_per_update,
-            beta1, beta2, tau, trim_fraction, byzantine, multi_krum_m, clip_norm, outlier_norm, max_held_updates,
-            mode, buffer_size, max_staleness, concurrent_uploads, upload_memory_mib, idle_window_kib, upload_window_kib,
-            max_udp_payload, gso_segments, round_goal, penalty, sessions_per_identity, min_upload_rate, max_connections,
-            max_connections_per_address, handshake_rate, compression, dp_noise_multiplier, dp_clip, dp_noise, dp_delta, dp_adaptive_clip,
-            dp_clip_learning_rate, secagg_neighbours,
-            secagg_threshold, secagg_clip_range, secagg_scale_bits, secagg_phase_timeout);
-        let secure_aggregation = self.secure_aggregation || file.secure_aggregation;
-        let allow_anonymous = self.allow_anonymous || file.allow_anonymous;
-        Options { no_input_head, dev_cert_names, secure_aggregation, allow_anonymous, ..merged }
-    }
-
     /// Reads `--config` (if any), merges it under these options and applies the defaults.
     pub fn resolve(self) -> anyhow::Result<Config> {
-        let merged = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                let file: Options = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-                self.over(file)
-            }
-            None => self,
-        };
-        merged.into_config()
+        let file = self.config.clone();
+        flotilla_net::options::layer(self, file.as_deref())?.into_config()
     }
 
     /// Applies the defaults (no file involved).
@@ -519,20 +506,22 @@ impl Options {
             _ => bail!("--cert and --key go together"),
         };
         let spec = match (self.inputs, self.classes) {
-            (Some(inputs), Some(classes)) => Some(
-                HbpConfig {
-                    inputs,
-                    classes,
-                    hidden_layers: self.hidden_layers.unwrap_or(19),
-                    width: self.width.unwrap_or(100),
-                    learning_rate: self.lr.unwrap_or(0.01),
-                    beta: self.beta.unwrap_or(0.99),
-                    smoothing: self.smoothing.unwrap_or(0.2),
-                    input_head: !self.no_input_head,
-                    seed: self.seed.unwrap_or(0),
-                }
-                .into(),
-            ),
+            (Some(inputs), Some(classes)) => {
+                let paper = HbpConfig::new(inputs, classes);
+                Some(
+                    HbpConfig {
+                        hidden_layers: self.hidden_layers.unwrap_or(paper.hidden_layers),
+                        width: self.width.unwrap_or(paper.width),
+                        learning_rate: self.lr.unwrap_or(paper.learning_rate),
+                        beta: self.beta.unwrap_or(paper.beta),
+                        smoothing: self.smoothing.unwrap_or(paper.smoothing),
+                        input_head: !self.no_input_head,
+                        seed: self.seed.unwrap_or(paper.seed),
+                        ..paper
+                    }
+                    .into(),
+                )
+            }
             (None, None) => self.vector_len.map(|len| ModelSpec::Vector { len }),
             _ => bail!("--inputs and --classes go together"),
         };

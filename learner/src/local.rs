@@ -403,8 +403,10 @@ impl LocalLearner {
     }
 
     /// Adopts a global model, keeping the local progress the coordinator has not seen (rebase).
+    ///
+    /// `global` is checked once, where it becomes tensors ([`HbpModel::from_parameters`]: version,
+    /// layout, length, finite values, α); a rebase keeps its header and length.
     pub fn adopt(&mut self, version: u64, global: ParameterVector) -> Result<(), LocalError> {
-        global.check(&self.model.layout())?;
         let rebased = match &self.base {
             None => global.clone(),
             Some(base) => {

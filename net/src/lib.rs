@@ -10,10 +10,12 @@
 //! - [`signal`]: waiting for SIGINT/SIGTERM.
 //! - [`persist`]: atomic file replacement (temporary file, fsync, rename, fsync of the folder).
 //! - [`tokens`]: token files, one identity per line.
+//! - [`options`]: a daemon's TOML file layered under its command-line flags.
 
 pub mod backoff;
 pub mod close;
 pub mod framed;
+pub mod options;
 pub mod persist;
 pub mod session;
 pub mod signal;

@@ -156,25 +156,7 @@ impl ParameterVector {
 
     /// Checks that this vector can be loaded into a model of `layout`.
     pub fn check(&self, layout: &Layout) -> Result<(), ParameterError> {
-        if self.format_version != PARAMETER_FORMAT_VERSION {
-            return Err(ParameterError::UnsupportedVersion {
-                expected: PARAMETER_FORMAT_VERSION,
-                found: self.format_version,
-            });
-        }
-        let expected = layout.fingerprint();
-        if self.fingerprint != expected {
-            return Err(ParameterError::LayoutMismatch {
-                expected,
-                expected_len: layout.len(),
-                found: self.fingerprint,
-                found_len: self.values.len(),
-            });
-        }
-        if self.values.len() != layout.len() {
-            return Err(ParameterError::LengthMismatch { expected: layout.len(), found: self.values.len() });
-        }
-        self.check_finite()
+        self.check_shape(layout.fingerprint(), layout.len())
     }
 
     /// Checks that this vector (a model or a delta) has the current format version, the

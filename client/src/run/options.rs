@@ -1,7 +1,7 @@
 //! Options of `flotilla-client run`, from flags and an optional TOML file.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use flotilla_learner::personal::PersonalConfig;
@@ -11,7 +11,7 @@ use crate::learn::BackendChoiceArg;
 /// Command-line options; all optional so that a TOML file (`--config`) can supply them.
 /// Each TOML key is the flag's name without the dashes (`state-dir = "/var/lib/flotilla"`);
 /// flags override the file.
-#[derive(Debug, Clone, Default, clap::Args, serde::Deserialize)]
+#[derive(Debug, Clone, Default, clap::Args, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct RunOptions {
     /// TOML file whose keys mirror these flags; flags override it.
@@ -59,7 +59,7 @@ pub struct RunOptions {
     pub checkpoint_every: Option<u64>,
     /// Where the kernels run: auto, gpu or cpu [default: auto].
     #[arg(long, value_name = "BACKEND")]
-    #[serde(default, deserialize_with = "backend_from_str")]
+    #[serde(default, deserialize_with = "backend_from_str", serialize_with = "backend_to_str")]
     pub backend: Option<BackendChoiceArg>,
     /// Write a JSON summary (samples, error, bytes on the wire) here on exit.
     #[arg(long, value_name = "FILE.json")]
@@ -112,6 +112,13 @@ fn backend_from_str<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Bac
     text.map(|t| t.parse().map_err(serde::de::Error::custom)).transpose()
 }
 
+fn backend_to_str<S: serde::Serializer>(backend: &Option<BackendChoiceArg>, s: S) -> Result<S::Ok, S::Error> {
+    match backend {
+        Some(BackendChoiceArg(choice)) => s.serialize_some(choice.name()),
+        None => s.serialize_none(),
+    }
+}
+
 /// Resolved options (see [`RunOptions`] for each one's meaning and default).
 #[derive(Debug, Clone)]
 pub struct RunConfig {
@@ -150,11 +157,8 @@ pub struct RunConfig {
 impl RunOptions {
     /// Reads `--config` (if any), lets the flags override it, checks and resolves everything.
     pub fn resolve(self) -> anyhow::Result<RunConfig> {
-        let file = match &self.config {
-            Some(path) => read_toml(path)?,
-            None => RunOptions::default(),
-        };
-        let o = self.over(file);
+        let file = self.config.clone();
+        let o = flotilla_net::options::layer(self, file.as_deref())?;
         let coordinator_text = o.coordinator.context("--coordinator HOST:PORT is required")?;
         let coordinator = resolve_addr(&coordinator_text)?;
         let host = coordinator_text.rsplit_once(':').map_or(coordinator_text.as_str(), |(h, _)| h);
@@ -194,34 +198,6 @@ impl RunOptions {
             attack: None,
         })
     }
-
-    fn over(self, file: RunOptions) -> RunOptions {
-        RunOptions {
-            config: self.config,
-            coordinator: self.coordinator.or(file.coordinator),
-            server_name: self.server_name.or(file.server_name),
-            ca: self.ca.or(file.ca),
-            cert: self.cert.or(file.cert),
-            key: self.key.or(file.key),
-            token_file: self.token_file.or(file.token_file),
-            data: self.data.or(file.data),
-            follow: self.follow || file.follow,
-            rate: self.rate.or(file.rate),
-            name: self.name.or(file.name),
-            state_dir: self.state_dir.or(file.state_dir),
-            checkpoint_every: self.checkpoint_every.or(file.checkpoint_every),
-            backend: self.backend.or(file.backend),
-            report: self.report.or(file.report),
-            no_personalise: self.no_personalise || file.no_personalise,
-            mix_beta: self.mix_beta.or(file.mix_beta),
-            calibration_tau: self.calibration_tau.or(file.calibration_tau),
-        }
-    }
-}
-
-fn read_toml(path: &Path) -> anyhow::Result<RunOptions> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
 }
 
 fn resolve_addr(text: &str) -> anyhow::Result<SocketAddr> {
@@ -240,17 +216,29 @@ fn default_name() -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
     fn flags_override_the_file_and_required_options_are_named() {
-        let file: RunOptions =
-            toml::from_str("coordinator = \"127.0.0.1:4433\"\nca = \"ca.pem\"\nrate = 5.0\n").unwrap();
-        let flags = RunOptions { data: Some("x.csv".into()), rate: Some(7.0), ..RunOptions::default() };
-        let config = RunOptions { config: None, ..flags.over(file) }.resolve().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("client.toml");
+        let text = "coordinator = \"127.0.0.1:4433\"\nca = \"ca.pem\"\nrate = 5.0\nbackend = \"cpu\"\nmix-beta = 0.8\n";
+        std::fs::write(&file, text).unwrap();
+        let flags = RunOptions {
+            config: Some(file),
+            data: Some("x.csv".into()),
+            rate: Some(7.0),
+            backend: Some(BackendChoiceArg(flotilla_learner::compute::BackendChoice::Gpu)),
+            ..RunOptions::default()
+        };
+        let config = flags.resolve().unwrap();
         assert_eq!(config.coordinator, "127.0.0.1:4433".parse().unwrap());
         assert_eq!(config.server_name, "127.0.0.1");
         assert_eq!(config.rate, Some(7.0));
+        assert_eq!(config.backend, BackendChoiceArg(flotilla_learner::compute::BackendChoice::Gpu));
+        assert_eq!(config.personal.beta, 0.8);
         let missing = RunOptions { data: Some("x.csv".into()), ..RunOptions::default() }.resolve().unwrap_err();
         assert!(missing.to_string().contains("--coordinator"), "{missing}");
         assert!(toml::from_str::<RunOptions>("no-such-key = 1").is_err());

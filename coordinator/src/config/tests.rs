@@ -155,3 +155,26 @@ fn mode_flags_and_keys_select_asynchronous_buffered_aggregation() {
     }
     assert!(Cli::try_parse_from(["coordinator", "--mode", "later"]).is_err());
 }
+
+/// The HBP flags' help states the defaults of `HbpConfig::PAPER`, their one source.
+#[test]
+fn hbp_flags_help_states_the_papers_defaults() {
+    use clap::Args;
+    let command = Options::augment_args(clap::Command::new("flotilla-coordinator"));
+    let paper = HbpConfig::PAPER;
+    let expected = [
+        ("hidden_layers", paper.hidden_layers.to_string()),
+        ("width", paper.width.to_string()),
+        ("lr", paper.learning_rate.to_string()),
+        ("beta", paper.beta.to_string()),
+        ("smoothing", paper.smoothing.to_string()),
+        ("seed", paper.seed.to_string()),
+    ];
+    for (id, value) in expected {
+        let arg = command.get_arguments().find(|a| a.get_id() == id).unwrap();
+        let help = arg.get_help().unwrap().to_string();
+        assert!(help.contains(&format!("[default: {value}]")), "--{id}: {help:?} should say [default: {value}]");
+    }
+    let resolved = parse(&["--inputs", "4", "--classes", "3"]).into_config().unwrap();
+    assert_eq!(resolved.spec.as_ref().and_then(ModelSpec::hbp), Some(&HbpConfig::new(4, 3)));
+}

@@ -10,8 +10,8 @@ use super::robust::{Median, TrimmedMean};
 use super::step_size::StepSize;
 
 /// The aggregation strategies, by their command-line names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(try_from = "String", into = "&'static str")]
 pub enum StrategyKind {
     /// `fedavg`: sample-weighted mean, `x ← x + η_s·Δ`.
     #[default]
@@ -32,6 +32,12 @@ pub enum StrategyKind {
     Krum,
     /// `multi-krum`: the mean of the m best-scored updates.
     MultiKrum,
+}
+
+impl From<StrategyKind> for &'static str {
+    fn from(kind: StrategyKind) -> &'static str {
+        kind.name()
+    }
 }
 
 impl StrategyKind {

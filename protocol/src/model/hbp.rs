@@ -33,19 +33,25 @@ pub struct HbpConfig {
 }
 
 impl HbpConfig {
-    /// The paper's defaults for a stream of `inputs` features and `classes` classes.
-    pub fn new(inputs: usize, classes: usize) -> Self {
-        Self {
-            inputs,
-            classes,
-            hidden_layers: 19,
-            width: 100,
-            learning_rate: 0.01,
-            beta: 0.99,
-            smoothing: 0.2,
-            input_head: true,
-            seed: 0,
-        }
+    /// The paper's hyper-parameters: the one source of every HBP default (the binaries' flags
+    /// and config files fall back to these fields). Its `inputs` and `classes` are zero, a
+    /// placeholder that [`HbpConfig::validate`] refuses: use [`HbpConfig::new`] for a model.
+    pub const PAPER: HbpConfig = HbpConfig {
+        inputs: 0,
+        classes: 0,
+        hidden_layers: 19,
+        width: 100,
+        learning_rate: 0.01,
+        beta: 0.99,
+        smoothing: 0.2,
+        input_head: true,
+        seed: 0,
+    };
+
+    /// The paper's defaults ([`HbpConfig::PAPER`]) for a stream of `inputs` features and
+    /// `classes` classes.
+    pub const fn new(inputs: usize, classes: usize) -> Self {
+        Self { inputs, classes, ..Self::PAPER }
     }
 
     /// Number of classifier heads (L + 1 with the input head, L without).
