@@ -11,6 +11,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+pub use flotilla_net::endpoint::Limits;
 use flotilla_net::transport::{ETHERNET_UDP_PAYLOAD, MAX_UDP_PAYLOAD, Tuning};
 use flotilla_protocol::aggregate::{StrategyConfig, StrategyKind};
 use flotilla_protocol::compress::Compression;
@@ -464,29 +465,6 @@ impl UploadSlots {
             Self::Count(n) => n.max(1),
             Self::Memory(bytes) => usize::try_from(bytes / largest.max(1)).unwrap_or(usize::MAX).max(Self::MIN),
         }
-    }
-}
-
-/// Bounds on what peers may take of the coordinator (connections, time).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Slowest transfer served, bytes per second.
-    pub min_rate: u32,
-    /// Connections open at once.
-    pub max_connections: usize,
-    /// Connections open at once from one IP address (also the burst of new ones).
-    pub per_address: usize,
-    /// New connections per second from one IP address, after the burst.
-    pub handshake_rate: u32,
-}
-
-impl Limits {
-    /// Grace every frame gets on top of its size at [`Limits::min_rate`].
-    pub const FRAME_GRACE: Duration = Duration::from_secs(10);
-
-    /// Time a frame of `bytes` may take to arrive or leave.
-    pub fn frame_deadline(&self, bytes: usize) -> Duration {
-        Self::FRAME_GRACE + Duration::from_secs_f64(bytes as f64 / f64::from(self.min_rate.max(1)))
     }
 }
 

@@ -6,13 +6,9 @@
 //! ([`eval`]). Tests and the binary start it with [`bind`] + [`Server::run`], or [`run`].
 
 pub mod config;
-mod connection;
 pub mod eval;
-mod gate;
-mod logs;
 pub mod persist;
 mod server;
-mod shell;
 pub mod state;
 
 pub use config::{Config, Options};

@@ -67,40 +67,9 @@ pub fn save_checkpoint(path: &Path, checkpoint: &Checkpoint) -> anyhow::Result<(
     write_atomically(path, &bytes).with_context(|| format!("writing checkpoint {}", path.display()))
 }
 
-/// One line of `rounds.jsonl`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoundRecord {
-    /// The committed round.
-    pub round: u64,
-    /// The model version it produced.
-    pub model_version: u64,
-    /// Updates folded in.
-    pub participants: usize,
-    /// Samples behind them.
-    pub samples: u64,
-    /// Participants' prequential error rate over their samples (a fraction), if any.
-    pub mean_local_error: Option<f64>,
-    /// Error of the new global model on the coordinator's held-out data, in percent.
-    pub global_error_pct: Option<f64>,
-    /// Error of the model the round started from (for the first round of a run: the
-    /// initial or resumed model), in percent.
-    pub start_global_error_pct: Option<f64>,
-    /// Seconds from the round's start to its commit.
-    pub duration_s: f64,
-    /// Stream bytes received from all clients during the round.
-    pub bytes_in: u64,
-    /// Frame bytes queued to all clients during the round (including the new model's broadcast
-    /// at the previous commit).
-    pub bytes_out: u64,
-    /// UDP payload bytes (QUIC packets: headers, encryption, acknowledgements and
-    /// retransmissions included) sent and received since the previous commit, over the
-    /// connections open at this commit.
-    pub udp_bytes: u64,
-    /// Differential privacy spent so far (ε at the configured δ), when DP is on.
-    pub epsilon: Option<f64>,
-    /// Seconds since the Unix epoch at commit.
-    pub unix_time: f64,
-}
+/// One line of `rounds.jsonl` (the endpoint fills it at commit, the server adds the
+/// evaluation and appends it).
+pub use flotilla_net::endpoint::RoundRecord;
 
 /// Appends one JSON line to `path`.
 pub fn append_record(path: &Path, record: &RoundRecord) -> anyhow::Result<()> {

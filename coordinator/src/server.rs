@@ -1,31 +1,25 @@
-//! The coordinator's I/O shell: binds the QUIC endpoint, accepts connections and drives the
-//! round state machine ([`flotilla_protocol::round::Coordinator`]) from a single task.
+//! The coordinator's wiring: loads the state and the evaluation data, binds the QUIC endpoint,
+//! hands it to [`flotilla_net::endpoint::serve`] (accept loop, connections, the round task
+//! driving [`flotilla_protocol::round::Coordinator`]) and persists what it commits.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use flotilla_learner::compute::{BackendChoice, select};
-use flotilla_net::close::GOODBYE;
+use flotilla_net::endpoint::{self, Committed, EndpointConfig};
 use flotilla_net::tls::{DevPki, ServerTls, quic_server_config};
 use flotilla_protocol::checkpoint::Checkpoint;
-use flotilla_protocol::round::{ConnectionId, Coordinator};
+use flotilla_protocol::round::Coordinator;
 use flotilla_protocol::wire::framing::encode_frame;
 use flotilla_protocol::wire::{ALPN, CoordinatorMessage};
 use quinn::Endpoint;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, TlsSource, read_tokens};
-use crate::connection::{self, Traffic};
 use crate::eval::Evaluator;
-use crate::gate::{Admission, Gate};
-use crate::logs::LogBudget;
-use crate::persist::{DataFiles, RoundRecord, append_record, save_checkpoint};
-use crate::shell::Shell;
+use crate::persist::{DataFiles, append_record, save_checkpoint};
 use crate::state::{Origin, initial_state};
 
 /// A bound coordinator, ready to [`Server::run`].
@@ -99,7 +93,7 @@ pub async fn bind(mut config: Config) -> anyhow::Result<Server> {
             .with_context(|| format!("binding UDP {}", config.listen))?;
     let machine = Coordinator::from_checkpoint(config.rounds.clone(), checkpoint).context("round settings")?;
     let secure_cohort = config.rounds.secure.map(|_| flotilla_protocol::wire::bounded::MAX_COHORT);
-    let upload_limit = connection::upload_limit(model_frame, secure_cohort, config.max_frame);
+    let upload_limit = endpoint::upload_limit(model_frame, secure_cohort, config.max_frame);
     let upload_slots = config.concurrent_uploads.count(u64::from(upload_limit.bytes()));
     tracing::info!(listen = %endpoint.local_addr()?, mtls = config.client_ca.is_some(),
         tokens = config.rounds.auth_tokens.is_some(), upload_limit_bytes = upload_limit.bytes(), upload_slots,
@@ -142,99 +136,38 @@ impl Server {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<RunSummary> {
         let Server { endpoint, machine, config, files, origin, start, eval, start_error, upload_limit, .. } = self;
         let (persist_tx, persist_rx) = mpsc::unbounded_channel();
-        let mut persister: JoinHandle<anyhow::Result<()>> =
-            tokio::task::spawn_blocking(move || persist_loop(persist_rx, files, eval, start_error));
-        let (inbound_tx, mut inbound_rx) = mpsc::channel(1024);
-        let traffic = Arc::new(Traffic::default());
-        let handshakes = shutdown.child_token();
-        let context = connection::Context {
-            inbound: inbound_tx,
-            limit: upload_limit,
-            traffic: traffic.clone(),
-            shutdown: handshakes.clone(),
-            join_timeout: config.rounds.join_timeout,
-            uploads: connection::Uploads::new(
-                config.concurrent_uploads.count(u64::from(upload_limit.bytes())),
-                &config.tuning,
-            ),
-            limits: config.limits,
-            logs: LogBudget::default(),
+        // A persister that stops (a failed write, or a panic) stops the endpoint too: no round
+        // is committed to clients that is not on disk.
+        let stop = shutdown.child_token();
+        let persister: JoinHandle<anyhow::Result<()>> = {
+            let stop = stop.clone();
+            tokio::task::spawn_blocking(move || {
+                let _stop_on_exit = stop.drop_guard();
+                persist_loop(persist_rx, files, eval, start_error)
+            })
         };
-        let gate = Gate::new(config.limits);
-        let mut shell = Shell::new(machine, config.max_frame, traffic, persist_tx, context.logs.clone());
-        let tracker = TaskTracker::new();
-        let mut next_conn = 0u64;
-        let mut failure = None;
-        loop {
-            let timeout = shell.machine.poll_timeout();
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                incoming = endpoint.accept() => match incoming {
-                    Some(incoming) => {
-                        let remote = incoming.remote_address();
-                        match gate.admit(remote.ip(), incoming.remote_address_validated(), incoming.may_retry()) {
-                            Admission::Accept(ticket) => {
-                                next_conn += 1;
-                                let conn = ConnectionId(next_conn);
-                                tracker.spawn(connection::serve(incoming, conn, context.clone(), ticket));
-                            }
-                            Admission::Retry => {
-                                // Infallible after `may_retry`; a failure only drops the attempt.
-                                let _ = incoming.retry();
-                            }
-                            Admission::Refuse(reason) => {
-                                if context.logs.allow(remote.ip()) {
-                                    tracing::warn!(%remote, reason, "connection refused");
-                                }
-                                incoming.refuse();
-                            }
-                        }
-                    }
-                    None => break,
-                },
-                Some(inbound) = inbound_rx.recv() => shell.handle(inbound),
-                () = sleep_until(timeout), if timeout.is_some() => shell.machine.handle_timeout(Instant::now()),
-                result = &mut persister => {
-                    failure = Some(flatten(result).err().unwrap_or_else(|| anyhow::anyhow!("persistence task ended")));
-                    break;
-                }
-            }
-            shell.drain();
-            if config.max_rounds.is_some_and(|max| shell.committed >= max) {
-                tracing::info!(rounds = shell.committed, "round limit reached; stopping");
-                break;
-            }
-        }
-        shell.machine.shutdown("coordinator shutting down");
-        shell.drain();
-        let summary = shell.finish();
-        drop((inbound_rx, context));
-        close_connections(&tracker, &endpoint, &handshakes).await;
-        match failure {
-            Some(error) => Err(error),
-            None => flatten(persister.await).map(|()| RunSummary { origin, started_at: start, ..summary }),
-        }
+        let endpoint_config = EndpointConfig {
+            limits: config.limits,
+            join_timeout: config.rounds.join_timeout,
+            upload_limit,
+            max_frame: config.max_frame,
+            upload_slots: config.concurrent_uploads.count(u64::from(upload_limit.bytes())),
+            tuning: config.tuning,
+            max_rounds: config.max_rounds,
+        };
+        let served = endpoint::serve(&endpoint, machine, endpoint_config, persist_tx, stop).await;
+        flatten(persister.await)?;
+        Ok(RunSummary {
+            origin,
+            started_at: start,
+            rounds_committed: served.rounds_committed,
+            checkpoint: served.checkpoint,
+        })
     }
-}
-
-/// Lets connections deliver their goodbyes, then closes the endpoint and waits for it.
-async fn close_connections(tracker: &TaskTracker, endpoint: &Endpoint, handshakes: &CancellationToken) {
-    tracker.close();
-    let _ = tokio::time::timeout(Duration::from_secs(3), tracker.wait()).await;
-    handshakes.cancel(); // Ends tasks still in a handshake or waiting for a stream.
-    endpoint.close(GOODBYE, b"coordinator shutting down");
-    let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
-    let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
 }
 
 fn flatten(result: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
     result.context("persistence task panicked")?
-}
-
-/// A committed round to persist.
-pub(crate) struct Committed {
-    pub(crate) checkpoint: Checkpoint,
-    pub(crate) record: RoundRecord,
 }
 
 /// Writes checkpoints and round records in commit order (on a blocking thread).
@@ -270,11 +203,4 @@ fn persist_loop(
         );
     }
     Ok(())
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-        None => std::future::pending().await,
-    }
 }

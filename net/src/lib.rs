@@ -6,7 +6,8 @@
 //! - [`framed`]: messages as length-prefixed frames on QUIC streams.
 //! - [`close`]: application close codes carrying the protocol's error codes.
 //! - [`backoff`]: reconnection delays.
-//! - [`session`]: the client's session loop, relaying between coordinator and learner.
+//! - [`session`]: the client's side: the session loop, relaying between coordinator and learner.
+//! - [`endpoint`]: the coordinator's side: accept loop, connection tasks and the round task.
 //! - [`signal`]: waiting for SIGINT/SIGTERM.
 //! - [`persist`]: atomic file replacement (temporary file, fsync, rename, fsync of the folder).
 //! - [`tokens`]: token files, one identity per line.
@@ -14,6 +15,7 @@
 
 pub mod backoff;
 pub mod close;
+pub mod endpoint;
 pub mod framed;
 pub mod options;
 pub mod persist;

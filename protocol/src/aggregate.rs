@@ -35,7 +35,7 @@ mod step_size;
 mod strategy;
 
 pub use buffered::{Buffered, staleness_weight};
-pub use federated::{FedAvg, Federated, Folded, Hygiene, Reducer};
+pub use federated::{FedAvg, Federated, Folded, Hygiene};
 pub use krum::Krum;
 pub use mean::WeightedMean;
 pub use optimizer::{Adagrad, Adam, Momentum, ServerOptimizer, Sgd, Yogi};
@@ -179,6 +179,19 @@ pub trait Aggregator {
 struct Expected {
     fingerprint: Fingerprint,
     len: usize,
+}
+
+/// Turns the checked deltas of one round into its pseudo-gradient Δ.
+pub trait Reducer {
+    /// Starts a round on deltas of `len` values, discarding what was added before.
+    fn begin(&mut self, len: usize);
+
+    /// Takes one checked, finite delta of the begun length, to be multiplied by `scale`
+    /// (1 unless it was clipped), worth `samples` (> 0) samples. A refusal changes nothing.
+    fn add(&mut self, values: &[f32], scale: f64, samples: u64) -> Result<(), AggregateError>;
+
+    /// The round's pseudo-gradient Δ (at least one delta was added); empties the reducer.
+    fn reduce(&mut self) -> Result<Vec<f64>, AggregateError>;
 }
 
 #[cfg(test)]

@@ -3,21 +3,8 @@
 use super::mean::WeightedMean;
 use super::optimizer::{ServerOptimizer, Sgd};
 use super::step_size::StepSize;
-use super::{AggregateError, Aggregator, Expected};
+use super::{AggregateError, Aggregator, Expected, Reducer};
 use crate::params::ParameterVector;
-
-/// Turns the checked deltas of one round into its pseudo-gradient Δ.
-pub trait Reducer {
-    /// Starts a round on deltas of `len` values, discarding what was added before.
-    fn begin(&mut self, len: usize);
-
-    /// Takes one checked, finite delta of the begun length, to be multiplied by `scale`
-    /// (1 unless it was clipped), worth `samples` (> 0) samples. A refusal changes nothing.
-    fn add(&mut self, values: &[f32], scale: f64, samples: u64) -> Result<(), AggregateError>;
-
-    /// The round's pseudo-gradient Δ (at least one delta was added); empties the reducer.
-    fn reduce(&mut self) -> Result<Vec<f64>, AggregateError>;
-}
 
 /// Per-update checks beyond format and finiteness, applied by every strategy.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

@@ -1,7 +1,6 @@
 //! The streaming, sample-weighted mean of the round's deltas.
 
-use super::AggregateError;
-use super::federated::Reducer;
+use super::{AggregateError, Reducer};
 
 /// `Δ = Σ nᵢ·sᵢ·Δᵢ / Σ nᵢ` (nᵢ samples, sᵢ the clipping scale), kept as one `f64` running sum
 /// per parameter: memory O(model), not O(clients × model).

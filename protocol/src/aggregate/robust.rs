@@ -7,7 +7,7 @@
 //! so that a client cannot buy influence by claiming many samples.
 
 use super::AggregateError;
-use super::federated::Reducer;
+use super::Reducer;
 
 /// The deltas of one round, in arrival order, at most `cap` of them.
 #[derive(Debug)]

@@ -5,10 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use super::secure::SecureRound;
 use crate::aggregate::{Aggregator, Buffered, ServerStep};
 use crate::round::ConnectionId;
 use crate::round::config::SecureConfig;
+use crate::secagg::{SecAggServer, ServerPhase};
 use crate::wire::LocalMetrics;
 
 /// How updates become models.
@@ -176,5 +176,34 @@ impl Scheduler {
             state.asks.remove(&conn);
             state.contributed.remove(&conn);
         }
+    }
+}
+
+/// The secure session of the running round.
+pub(super) struct SecureRound {
+    pub(super) server: SecAggServer,
+    /// Client id → connection, for the cohort.
+    pub(super) connections: BTreeMap<u64, ConnectionId>,
+    pub(super) phase: ServerPhase,
+    pub(super) phase_deadline: Instant,
+}
+
+impl SecureRound {
+    /// Whether `conn` is in the session's cohort.
+    pub(super) fn has(&self, conn: ConnectionId) -> bool {
+        self.connections.values().any(|c| *c == conn)
+    }
+}
+
+impl std::fmt::Debug for SecureRound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecureRound").field("phase", &self.phase).field("cohort", &self.connections.len()).finish()
+    }
+}
+
+impl SecureRound {
+    /// When the current phase stops waiting.
+    pub(super) fn deadline(&self) -> Instant {
+        self.phase_deadline
     }
 }

@@ -5,42 +5,13 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use super::scheduler::{Answer, Rounds, Scheduler, SecureRounds};
+use super::scheduler::{Answer, Rounds, Scheduler, SecureRound, SecureRounds};
 use super::{Coordinator, Outgoing, Peer};
 use crate::params::ParameterVector;
 use crate::round::ConnectionId;
 use crate::round::events::{CoordinatorEvent, RoundFailure};
 use crate::secagg::{self, SecAggServer, ServerPhase, SessionSetup};
 use crate::wire::CoordinatorMessage;
-
-/// The secure session of the running round.
-pub(super) struct SecureRound {
-    server: SecAggServer,
-    /// Client id → connection, for the cohort.
-    connections: BTreeMap<u64, ConnectionId>,
-    phase: ServerPhase,
-    phase_deadline: Instant,
-}
-
-impl SecureRound {
-    /// Whether `conn` is in the session's cohort.
-    pub(super) fn has(&self, conn: ConnectionId) -> bool {
-        self.connections.values().any(|c| *c == conn)
-    }
-}
-
-impl std::fmt::Debug for SecureRound {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SecureRound").field("phase", &self.phase).field("cohort", &self.connections.len()).finish()
-    }
-}
-
-impl SecureRound {
-    /// When the current phase stops waiting.
-    pub(super) fn deadline(&self) -> Instant {
-        self.phase_deadline
-    }
-}
 
 impl Coordinator {
     /// Opens the round's secure session over `sampled` when rounds are secure (called right

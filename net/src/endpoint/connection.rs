@@ -25,9 +25,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::close::{GOODBYE, error_close_code};
+use crate::framed::{FrameReader, FramedError, send_frame};
 use bytes::Bytes;
-use flotilla_net::close::{GOODBYE, error_close_code};
-use flotilla_net::framed::{FrameReader, FramedError, send_frame};
 use flotilla_protocol::round::{ConnectionId, Identity};
 use flotilla_protocol::wire::ErrorCode;
 use flotilla_protocol::wire::framing::FrameLimit;
@@ -35,9 +35,8 @@ use quinn::{Connection, ConnectionError, Incoming, ReadError, RecvStream, SendSt
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Limits;
-use crate::gate::Ticket;
-use crate::logs::LogBudget;
+use super::gate::{Limits, Ticket};
+use super::logs::LogBudget;
 
 /// Time an admitted upload has before its bytes must keep up with `--min-upload-rate`.
 const PERMIT_GRACE: Duration = Duration::from_secs(1);
@@ -144,7 +143,7 @@ pub(crate) struct Uploads {
 impl Uploads {
     /// `concurrent` permits; windows from `tuning` (its connection window is the idle one,
     /// its stream window the one opened for an admitted upload).
-    pub(crate) fn new(concurrent: usize, tuning: &flotilla_net::transport::Tuning) -> Self {
+    pub(crate) fn new(concurrent: usize, tuning: &crate::transport::Tuning) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(concurrent)),
             idle_window: tuning.receive_window,
@@ -184,7 +183,7 @@ const SHARE_ENTRY_BYTES: u32 = 160;
 /// secure aggregation a `ShareKeys` message may list one sealed share per client of a session
 /// (at most `max_cohort`). Never above `ceiling` (`--max-frame-mib`). A 64 MiB frame of junk
 /// is thus refused at its header when the model is 400 KB.
-pub(crate) fn upload_limit(model_frame: usize, secure_cohort: Option<usize>, ceiling: FrameLimit) -> FrameLimit {
+pub fn upload_limit(model_frame: usize, secure_cohort: Option<usize>, ceiling: FrameLimit) -> FrameLimit {
     let update = u32::try_from(model_frame).unwrap_or(u32::MAX).saturating_add(UPLOAD_OVERHEAD);
     let shares = secure_cohort.map_or(0, |cohort| {
         u32::try_from(cohort).unwrap_or(u32::MAX).saturating_mul(SHARE_ENTRY_BYTES).saturating_add(UPLOAD_OVERHEAD)

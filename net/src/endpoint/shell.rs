@@ -5,19 +5,70 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use crate::framed::encode;
 use bytes::Bytes;
-use flotilla_net::framed::encode;
+use flotilla_protocol::checkpoint::Checkpoint;
 use flotilla_protocol::round::{CloseReason, ConnectionId, Coordinator, CoordinatorEvent};
 use flotilla_protocol::wire::framing::{FrameLimit, FramingError};
 use flotilla_protocol::wire::{CoordinatorMessage, ErrorCode};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
-use crate::connection::{Inbound, Link, Outbound, Traffic, close_refused};
-use crate::logs::LogBudget;
-use crate::persist::RoundRecord;
-use crate::server::{Committed, RunSummary};
-use crate::state::Origin;
+use super::connection::{Inbound, Link, Outbound, Traffic, close_refused};
+use super::logs::LogBudget;
+
+/// One line of `rounds.jsonl`: what a committed round did.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RoundRecord {
+    /// The committed round.
+    pub round: u64,
+    /// The model version it produced.
+    pub model_version: u64,
+    /// Updates folded in.
+    pub participants: usize,
+    /// Samples behind them.
+    pub samples: u64,
+    /// Participants' prequential error rate over their samples (a fraction), if any.
+    pub mean_local_error: Option<f64>,
+    /// Error of the new global model on the coordinator's held-out data, in percent.
+    pub global_error_pct: Option<f64>,
+    /// Error of the model the round started from (for the first round of a run: the
+    /// initial or resumed model), in percent.
+    pub start_global_error_pct: Option<f64>,
+    /// Seconds from the round's start to its commit.
+    pub duration_s: f64,
+    /// Stream bytes received from all clients during the round.
+    pub bytes_in: u64,
+    /// Frame bytes queued to all clients during the round (including the new model's broadcast
+    /// at the previous commit).
+    pub bytes_out: u64,
+    /// UDP payload bytes (QUIC packets: headers, encryption, acknowledgements and
+    /// retransmissions included) sent and received since the previous commit, over the
+    /// connections open at this commit.
+    pub udp_bytes: u64,
+    /// Differential privacy spent so far (ε at the configured δ), when DP is on.
+    pub epsilon: Option<f64>,
+    /// Seconds since the Unix epoch at commit.
+    pub unix_time: f64,
+}
+
+/// A committed round, for the caller to persist (in commit order).
+#[derive(Debug)]
+pub struct Committed {
+    /// The durable state after the commit.
+    pub checkpoint: Checkpoint,
+    /// Its record; the evaluation fields are the caller's to fill.
+    pub record: RoundRecord,
+}
+
+/// What [`serve`] did.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// Rounds committed.
+    pub rounds_committed: u64,
+    /// The final durable state (the last one queued to `committed`, or the starting one).
+    pub checkpoint: Checkpoint,
+}
 
 /// A round in progress: when it started and the traffic counters then.
 struct RoundStart {
@@ -280,13 +331,8 @@ impl Shell {
             .sum()
     }
 
-    /// Drops every outbox (writers finish after their last frame) and the persister's queue.
-    pub(crate) fn finish(self) -> RunSummary {
-        RunSummary {
-            origin: Origin::Fresh,
-            started_at: (0, 0),
-            rounds_committed: self.committed,
-            checkpoint: self.machine.checkpoint(),
-        }
+    /// Drops every outbox (writers finish after their last frame) and the commit queue.
+    pub(crate) fn finish(self) -> Served {
+        Served { rounds_committed: self.committed, checkpoint: self.machine.checkpoint() }
     }
 }

@@ -9,9 +9,30 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::config::Limits;
+/// Bounds on what peers may take of the coordinator (connections, time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Slowest transfer served, bytes per second.
+    pub min_rate: u32,
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// Connections open at once from one IP address (also the burst of new ones).
+    pub per_address: usize,
+    /// New connections per second from one IP address, after the burst.
+    pub handshake_rate: u32,
+}
+
+impl Limits {
+    /// Grace every frame gets on top of its size at [`Limits::min_rate`].
+    pub const FRAME_GRACE: Duration = Duration::from_secs(10);
+
+    /// Time a frame of `bytes` may take to arrive or leave.
+    pub fn frame_deadline(&self, bytes: usize) -> Duration {
+        Self::FRAME_GRACE + Duration::from_secs_f64(bytes as f64 / f64::from(self.min_rate.max(1)))
+    }
+}
 
 /// Handshakes in progress above which unvalidated peers must prove their address (Retry).
 pub(crate) const RETRY_ABOVE_HANDSHAKES: usize = 64;
