@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 pub use flotilla_net::endpoint::Limits;
+
+use crate::http::HttpConfig;
 use flotilla_net::transport::{ETHERNET_UDP_PAYLOAD, MAX_UDP_PAYLOAD, Tuning};
 use flotilla_protocol::aggregate::{StrategyConfig, StrategyKind};
 use flotilla_protocol::compress::Compression;
@@ -142,6 +144,14 @@ pub struct Options {
     #[arg(long)]
     #[serde(default)]
     pub allow_anonymous: bool,
+    /// Serve the HTTP API on this TCP address: predictions from the global model, the model
+    /// file, /healthz, /readyz and Prometheus /metrics [default: off]. With --tokens-file, a
+    /// token is required as `Authorization: Bearer TOKEN` (not by /healthz and /readyz).
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// Most rows in one POST /v1/predict/batch request [default: 100000].
+    #[arg(long, value_name = "N")]
+    pub http_max_rows: Option<usize>,
     /// Number of input features D of the model (with --classes, unless resuming or
     /// loading a checkpoint with --initial-params).
     #[arg(long, value_name = "D")]
@@ -443,6 +453,8 @@ pub struct Config {
     pub tuning: Tuning,
     /// What one peer may take of the coordinator.
     pub limits: Limits,
+    /// The HTTP API, when `--http` is given.
+    pub http: Option<HttpConfig>,
 }
 
 /// How many updates may be received at once.
@@ -618,6 +630,26 @@ impl Options {
             }
             tracing::warn!(%listen, "--allow-anonymous: any peer that reaches this port can join and send updates");
         }
+        let http = match self.http {
+            Some(http) => {
+                if !http.ip().is_loopback() && self.tokens_file.is_none() && !self.allow_anonymous {
+                    bail!(
+                        "serving HTTP on {http} without --tokens-file would let anyone who can reach the port \
+                         read the model and its predictions; give --tokens-file (bearer tokens), listen on a \
+                         loopback address, or pass --allow-anonymous"
+                    );
+                }
+                let max_rows = self.http_max_rows.unwrap_or(100_000);
+                if max_rows == 0 {
+                    bail!("--http-max-rows must be at least 1");
+                }
+                // A row of JSON is at most ~16 bytes a feature; room for the largest batch.
+                let inputs = spec.as_ref().and_then(ModelSpec::hbp).map_or(1024, |hbp| hbp.inputs);
+                let max_body = max_rows.saturating_mul(inputs.saturating_mul(24).max(64)).clamp(1 << 20, 256 << 20);
+                Some(HttpConfig { listen: http, max_rows, max_body })
+            }
+            None => None,
+        };
         Ok(Config {
             listen,
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("flotilla-data")),
@@ -638,6 +670,7 @@ impl Options {
                 self.gso_segments.unwrap_or(flotilla_net::transport::MAX_GSO_SEGMENTS),
             ),
             limits,
+            http,
         })
     }
 }

@@ -7,7 +7,7 @@ use anyhow::{Context, bail};
 use flotilla_learner::compute::ComputeDevice;
 use flotilla_learner::data::Dataset;
 use flotilla_learner::hbp::HbpConfig;
-use flotilla_protocol::model::ModelSpec;
+use flotilla_protocol::model::{FeatureMoments, ModelSpec};
 use flotilla_protocol::params::ParameterVector;
 
 pub use flotilla_learner::evaluate::EvalSet;
@@ -17,6 +17,7 @@ pub struct Evaluator {
     set: EvalSet,
     spec: HbpConfig,
     device: ComputeDevice,
+    moments: FeatureMoments,
 }
 
 impl Evaluator {
@@ -30,7 +31,15 @@ impl Evaluator {
         let data = Dataset::from_csv(std::io::BufReader::new(file), Some(spec.classes))
             .with_context(|| format!("reading eval data {}", path.display()))?;
         let set = EvalSet::new(&data, spec).with_context(|| format!("eval data {}", path.display()))?;
-        Ok(Self { set, spec: spec.clone(), device })
+        let mut moments = FeatureMoments::new(spec.inputs);
+        (0..data.len()).for_each(|row| moments.add_row(data.row(row)));
+        Ok(Self { set, spec: spec.clone(), device, moments })
+    }
+
+    /// The raw feature statistics of the held-out rows (the served model's standardiser when
+    /// the fleet sends none).
+    pub fn moments(&self) -> &FeatureMoments {
+        &self.moments
     }
 
     /// The error rate (percent) of `params` on the held-out rows.

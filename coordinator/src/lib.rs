@@ -7,6 +7,8 @@
 
 pub mod config;
 pub mod eval;
+pub mod http;
+pub mod metrics;
 pub mod persist;
 mod server;
 pub mod state;

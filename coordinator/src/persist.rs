@@ -61,10 +61,11 @@ pub fn load_checkpoint(path: &Path) -> anyhow::Result<Option<Checkpoint>> {
     })
 }
 
-/// Writes `checkpoint` atomically to `path`.
-pub fn save_checkpoint(path: &Path, checkpoint: &Checkpoint) -> anyhow::Result<()> {
+/// Writes `checkpoint` atomically to `path`; returns the bytes written.
+pub fn save_checkpoint(path: &Path, checkpoint: &Checkpoint) -> anyhow::Result<Vec<u8>> {
     let bytes = checkpoint.encode().context("encoding the checkpoint")?;
-    write_atomically(path, &bytes).with_context(|| format!("writing checkpoint {}", path.display()))
+    write_atomically(path, &bytes).with_context(|| format!("writing checkpoint {}", path.display()))?;
+    Ok(bytes)
 }
 
 /// One line of `rounds.jsonl` (the endpoint fills it at commit, the server adds the
@@ -124,6 +125,7 @@ mod tests {
             served: None,
             accountant: None,
             adaptive_clip: None,
+            feature_moments: None,
         }
     }
 

@@ -3,22 +3,26 @@
 //! driving [`flotilla_protocol::round::Coordinator`]) and persists what it commits.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context;
 use flotilla_learner::compute::{BackendChoice, select};
-use flotilla_net::endpoint::{self, Committed, EndpointConfig};
+use flotilla_net::endpoint::{self, Committed, EndpointConfig, Observer};
 use flotilla_net::tls::{DevPki, ServerTls, quic_server_config};
 use flotilla_protocol::checkpoint::Checkpoint;
 use flotilla_protocol::round::Coordinator;
 use flotilla_protocol::wire::framing::encode_frame;
 use flotilla_protocol::wire::{ALPN, CoordinatorMessage};
 use quinn::Endpoint;
-use tokio::sync::mpsc;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, TlsSource, read_tokens};
 use crate::eval::Evaluator;
+use crate::http::{self, HttpConfig, ServedModel};
+use crate::metrics::Metrics;
 use crate::persist::{DataFiles, append_record, save_checkpoint};
 use crate::state::{Origin, initial_state};
 
@@ -36,6 +40,10 @@ pub struct Server {
     start_error: Option<f64>,
     /// Largest frame a client may send.
     upload_limit: flotilla_protocol::wire::framing::FrameLimit,
+    /// The HTTP API's listener, the served model's channel and the metrics.
+    http: Option<(TcpListener, HttpConfig)>,
+    served: watch::Sender<Option<Arc<ServedModel>>>,
+    metrics: Arc<Metrics>,
 }
 
 /// What a run did.
@@ -59,13 +67,16 @@ pub async fn bind(mut config: Config) -> anyhow::Result<Server> {
     let device = select(BackendChoice::Cpu).context("selecting the CPU backend")?;
     let (checkpoint, origin) = initial_state(&config, &files.checkpoint, &device)?;
     let start = (checkpoint.round, checkpoint.model_version);
-    match origin {
-        Origin::Resumed => tracing::info!(round = start.0, model_version = start.1, "resuming from the checkpoint"),
+    let encoded = match origin {
+        Origin::Resumed => {
+            tracing::info!(round = start.0, model_version = start.1, "resuming from the checkpoint");
+            checkpoint.encode().context("encoding the checkpoint")?
+        }
         _ => {
             tracing::info!(?origin, parameters = checkpoint.params.values.len(), "starting a new model");
-            save_checkpoint(&files.checkpoint, &checkpoint)?;
+            save_checkpoint(&files.checkpoint, &checkpoint)?
         }
-    }
+    };
     let model_message = CoordinatorMessage::Model { model_version: 0, round: 0, params: checkpoint.params.clone() };
     let model_frame = encode_frame(&model_message, config.max_frame)
         .context("the model does not fit in one frame (--max-frame-mib)")?
@@ -85,6 +96,14 @@ pub async fn bind(mut config: Config) -> anyhow::Result<Server> {
     if let Some(path) = &config.tokens_file {
         config.rounds.auth_tokens = Some(read_tokens(path)?);
     }
+    let metrics = Arc::new(Metrics::new());
+    metrics.start(start.1, start_error);
+    let fallback = eval.as_ref().map(Evaluator::moments);
+    let (served, _) = watch::channel(Some(Arc::new(ServedModel::new(&checkpoint, encoded.into(), fallback))));
+    let http = match &config.http {
+        Some(settings) => Some((http::bind(settings).await?, settings.clone())),
+        None => None,
+    };
     let (tls, dev_pki) = server_tls(&config)?;
     let server_config = quic_server_config(&tls, ALPN, &config.tuning).context("server TLS configuration")?;
     let reset_key = crate::persist::load_or_create_reset_key(&files.reset_key)?;
@@ -98,7 +117,21 @@ pub async fn bind(mut config: Config) -> anyhow::Result<Server> {
     tracing::info!(listen = %endpoint.local_addr()?, mtls = config.client_ca.is_some(),
         tokens = config.rounds.auth_tokens.is_some(), upload_limit_bytes = upload_limit.bytes(), upload_slots,
         "coordinator listening");
-    Ok(Server { endpoint, machine, config, files, origin, start, dev_pki, eval, start_error, upload_limit })
+    Ok(Server {
+        endpoint,
+        machine,
+        config,
+        files,
+        origin,
+        start,
+        dev_pki,
+        eval,
+        start_error,
+        upload_limit,
+        http,
+        served,
+        metrics,
+    })
 }
 
 fn server_tls(config: &Config) -> anyhow::Result<(ServerTls, Option<DevPki>)> {
@@ -126,6 +159,11 @@ impl Server {
         Ok(self.endpoint.local_addr()?)
     }
 
+    /// The HTTP API's address, when `--http` was given.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|(listener, _)| listener.local_addr().ok())
+    }
+
     /// The development PKI, when no production certificate was given.
     pub fn dev_pki(&self) -> Option<&DevPki> {
         self.dev_pki.as_ref()
@@ -134,16 +172,45 @@ impl Server {
     /// Serves until `shutdown` is cancelled or `--rounds` rounds are committed, then says
     /// goodbye to every client, closes the endpoint and waits for the last checkpoint.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<RunSummary> {
-        let Server { endpoint, machine, config, files, origin, start, eval, start_error, upload_limit, .. } = self;
+        let Server {
+            endpoint,
+            machine,
+            config,
+            files,
+            origin,
+            start,
+            eval,
+            start_error,
+            upload_limit,
+            http,
+            served,
+            metrics,
+            ..
+        } = self;
         let (persist_tx, persist_rx) = mpsc::unbounded_channel();
         // A persister that stops (a failed write, or a panic) stops the endpoint too: no round
         // is committed to clients that is not on disk.
         let stop = shutdown.child_token();
+        let http_stop = shutdown.child_token();
+        let http_task = http.map(|(listener, settings)| {
+            let tokens = config.rounds.auth_tokens.clone();
+            let api = http::serve(listener, settings, served.subscribe(), metrics.clone(), tokens, http_stop.clone());
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let result = api.await;
+                if let Err(error) = &result {
+                    tracing::error!(error = %format!("{error:#}"), "HTTP API stopped; stopping the coordinator");
+                    stop.cancel();
+                }
+                result
+            })
+        });
         let persister: JoinHandle<anyhow::Result<()>> = {
             let stop = stop.clone();
+            let published = Published { served, metrics: metrics.clone() };
             tokio::task::spawn_blocking(move || {
                 let _stop_on_exit = stop.drop_guard();
-                persist_loop(persist_rx, files, eval, start_error)
+                persist_loop(persist_rx, files, eval, start_error, &published)
             })
         };
         let endpoint_config = EndpointConfig {
@@ -155,8 +222,14 @@ impl Server {
             tuning: config.tuning,
             max_rounds: config.max_rounds,
         };
-        let served = endpoint::serve(&endpoint, machine, endpoint_config, persist_tx, stop).await;
+        let observer: Arc<dyn Observer> = metrics;
+        let served = endpoint::serve(&endpoint, machine, endpoint_config, persist_tx, Some(observer), stop).await;
         flatten(persister.await)?;
+        // The API serves the last model until the rounds are over and persisted.
+        http_stop.cancel();
+        if let Some(task) = http_task {
+            shutdown_http(task).await?;
+        }
         Ok(RunSummary {
             origin,
             started_at: start,
@@ -170,17 +243,41 @@ fn flatten(result: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow
     result.context("persistence task panicked")?
 }
 
-/// Writes checkpoints and round records in commit order (on a blocking thread).
+/// Where a committed round is published besides the disk: the HTTP API's model and the metrics.
+struct Published {
+    served: watch::Sender<Option<Arc<ServedModel>>>,
+    metrics: Arc<Metrics>,
+}
+
+/// Waits for the HTTP API to stop (its shutdown token is a child of the run's).
+async fn shutdown_http(task: JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
+    match tokio::time::timeout(std::time::Duration::from_secs(5), task).await {
+        Ok(result) => result.context("HTTP API task panicked")?,
+        Err(_) => {
+            tracing::warn!("HTTP API did not stop within 5 s");
+            Ok(())
+        }
+    }
+}
+
+/// Writes checkpoints and round records in commit order (on a blocking thread), then
+/// publishes each round's model to the HTTP API and its record to the metrics.
 fn persist_loop(
     mut queue: mpsc::UnboundedReceiver<Committed>,
     files: DataFiles,
     eval: Option<Evaluator>,
     start_error: Option<f64>,
+    published: &Published,
 ) -> anyhow::Result<()> {
     let mut previous_error = start_error;
+    let fallback = eval.as_ref().map(Evaluator::moments);
     while let Some(Committed { checkpoint, mut record }) = queue.blocking_recv() {
         record.start_global_error_pct = previous_error;
-        save_checkpoint(&files.checkpoint, &checkpoint)?;
+        let encoded = save_checkpoint(&files.checkpoint, &checkpoint)?;
+        if published.served.receiver_count() > 0 {
+            let model = ServedModel::new(&checkpoint, encoded.into(), fallback);
+            published.served.send_replace(Some(Arc::new(model)));
+        }
         if let Some(evaluator) = &eval {
             match evaluator.error_pct(checkpoint.served_params()) {
                 Ok(pct) => record.global_error_pct = Some(pct),
@@ -189,6 +286,7 @@ fn persist_loop(
         }
         previous_error = record.global_error_pct;
         append_record(&files.rounds, &record)?;
+        published.metrics.record(&record);
         tracing::info!(
             round = record.round,
             model_version = record.model_version,

@@ -42,7 +42,7 @@ async fn expect_error(peer: &mut RawPeer, code: ErrorCode) -> String {
 fn update(round: u64, base_version: u64, fingerprint: Fingerprint, values: Vec<f32>) -> ClientMessage {
     let delta = ParameterVector { format_version: PARAMETER_FORMAT_VERSION, fingerprint, values };
     let metrics = LocalMetrics { samples: 1, prequential_errors: 0 };
-    ClientMessage::Update(Update { round, base_version, delta, metrics })
+    ClientMessage::Update(Update { round, base_version, delta, metrics, moments: None })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

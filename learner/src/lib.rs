@@ -8,6 +8,8 @@
 //! - [`data`]: labelled CSV streams, row by row or whole, with line-numbered errors.
 //! - [`standardize`]: online feature standardisation (no peeking at future rows).
 //! - [`evaluate`]: a model's error on held-out rows (the coordinator's global error, baselines).
+//! - [`infer`]: the served model: standardisation with the fleet's statistics and the forward
+//!   pass in plain Rust, one row or a batch.
 //! - [`prequential`]: test-then-train scoring and the one-pass runner.
 //! - [`local`]: the client side of a round: local learner, contribution, rebase, durable state.
 //! - [`personal`]: personalised prediction (Hedge over the local, global and prior-adapted
@@ -23,6 +25,7 @@ pub mod compute;
 pub mod data;
 pub mod evaluate;
 pub mod hbp;
+pub mod infer;
 pub mod local;
 pub mod personal;
 pub mod prequential;

@@ -28,6 +28,7 @@ use crate::personal::{EXPERTS, LocalBias, Mixer, PersonalConfig, adapt_to_prior,
 use crate::prequential::read_labels;
 use crate::standardize::OnlineStandardizer;
 use flotilla_protocol::checkpoint::{CheckpointError, open, seal};
+use flotilla_protocol::model::FeatureMoments;
 use flotilla_protocol::model::hbp::project_alpha;
 use flotilla_protocol::params::{ParameterError, ParameterVector};
 use flotilla_protocol::wire::{Contribution, LocalMetrics};
@@ -179,11 +180,32 @@ pub struct LocalLearner {
     snapshot: Option<Snapshot>,
     standardizer: OnlineStandardizer,
     unreported: Counts,
+    /// Raw feature statistics of the samples since the last contribution (not kept across a
+    /// restart: a few rows' statistics are lost, never counted twice).
+    unreported_moments: FeatureMoments,
     total: Counts,
     rows_consumed: u64,
     pending: Vec<Tensor<1, Int>>,
     pending_labels: Vec<u32>,
     z: Vec<f32>,
+    /// Whether each row's prediction is kept for [`LocalLearner::take_predictions`].
+    emitting: bool,
+    /// Predictions not taken yet: stream row, global model version, class probabilities.
+    emitted: Vec<(u64, Option<u64>, Tensor<2>)>,
+}
+
+/// One row's prediction, made before the row was learnt from (`flotilla-client run
+/// --predictions`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RowPrediction {
+    /// The row's number in the stream (1 for the first row ever learnt, across restarts).
+    pub row: u64,
+    /// The predicted class.
+    pub class: usize,
+    /// The probability of every class (personalised where personalisation is on).
+    pub probabilities: Vec<f32>,
+    /// Version of the global model the device held (none before the first one arrived).
+    pub model_version: Option<u64>,
 }
 
 impl LocalLearner {
@@ -273,6 +295,7 @@ impl LocalLearner {
             marks: Vec::new(),
             pending_global: Vec::new(),
             standardizer: OnlineStandardizer::new(inputs),
+            unreported_moments: FeatureMoments::new(inputs),
             z: vec![0.0; inputs],
             model,
             base,
@@ -282,6 +305,8 @@ impl LocalLearner {
             rows_consumed,
             pending: Vec::new(),
             pending_labels: Vec::new(),
+            emitting: false,
+            emitted: Vec::new(),
         }
     }
 
@@ -337,6 +362,7 @@ impl LocalLearner {
             return Err(LocalError::LabelOutOfRange { line: sample.line, label: sample.label, classes });
         }
         self.standardizer.standardize(&sample.features, &mut self.z);
+        self.unreported_moments.add_row(&sample.features);
         let Batch { features, targets } = self.model.batch(&self.z, &[sample.label]);
         let device = self.model.device().clone();
         let classes = config.classes;
@@ -350,23 +376,51 @@ impl LocalLearner {
         let offset = self.personal.calibration_offset(&self.class_counts).map(row);
         let shared = self.model.learn_proba(Batch { features: features.clone(), targets: targets.clone() }, offset);
         self.pending_global.push(shared.clone().argmax(1).reshape([1]));
-        let predicted = match self.local.as_mut() {
+        let probabilities = match self.local.as_mut() {
             Some(Personal { model, bias, mixer }) => {
                 let own = model.learn_proba(Batch { features, targets: targets.clone() }, None);
                 let adapted = adapt_to_prior(shared.clone(), row(prior));
                 let biased = bias.predict_and_update(shared.clone(), &targets);
                 let experts = Tensor::stack(vec![own, shared, adapted, biased], 0);
-                mixer.predict_and_update(experts, &targets).argmax(1).reshape([1])
+                mixer.predict_and_update(experts, &targets)
             }
-            None => shared.argmax(1).reshape([1]),
+            None => shared,
         };
-        self.pending.push(predicted);
+        if self.emitting {
+            let version = self.base_version();
+            self.emitted.push((self.rows_consumed + 1, version, probabilities.clone()));
+        }
+        self.pending.push(probabilities.argmax(1).reshape([1]));
         self.pending_labels.push(sample.label);
         self.rows_consumed += 1;
         if self.pending.len() >= READBACK_EVERY {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// Keeps every row's prediction from now on for [`LocalLearner::take_predictions`] (off:
+    /// none are kept).
+    pub fn emit_predictions(&mut self, on: bool) {
+        self.emitting = on;
+        if !on {
+            self.emitted.clear();
+        }
+    }
+
+    /// The predictions of the rows learnt since the last call, in stream order.
+    pub fn take_predictions(&mut self) -> Result<Vec<RowPrediction>, LocalError> {
+        let mut out = Vec::with_capacity(self.emitted.len());
+        for (row, model_version, probabilities) in std::mem::take(&mut self.emitted) {
+            let probabilities = read_probabilities(probabilities)?;
+            let class = probabilities
+                .iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |best, (k, &p)| if p > best.1 { (k, p) } else { best })
+                .0;
+            out.push(RowPrediction { row, class, probabilities, model_version });
+        }
+        Ok(out)
     }
 
     /// Reads pending predictions back and counts them.
@@ -397,9 +451,11 @@ impl LocalLearner {
         let current = self.model.to_parameters()?;
         let delta = difference(&current, &base.params);
         let counts = std::mem::take(&mut self.unreported);
+        let inputs = self.model.config().inputs;
+        let moments = std::mem::replace(&mut self.unreported_moments, FeatureMoments::new(inputs));
         self.snapshot = Some(Snapshot { for_version: model_version, params: current });
         let metrics = LocalMetrics { samples: counts.samples, prequential_errors: counts.errors };
-        Ok(Some(Contribution { delta, metrics }))
+        Ok(Some(Contribution { delta, metrics, moments: Some(moments).filter(|m| m.count > 0) }))
     }
 
     /// Adopts a global model, keeping the local progress the coordinator has not seen (rebase).
@@ -457,6 +513,11 @@ impl LocalLearner {
 fn difference(a: &ParameterVector, b: &ParameterVector) -> ParameterVector {
     let values = a.values.iter().zip(&b.values).map(|(x, y)| x - y).collect();
     ParameterVector { values, ..a.clone() }
+}
+
+/// A `[1, C]` probability tensor read back as `f32`s.
+fn read_probabilities(tensor: Tensor<2>) -> Result<Vec<f32>, LocalError> {
+    Ok(tensor.try_into_vec_as::<f32>().map_err(|e| ModelError::Readback(format!("{e:?}")))?)
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 
 pub use connection::upload_limit;
 pub use gate::Limits;
-pub use shell::{Committed, RoundRecord, Served};
+pub use shell::{Committed, Observer, RoundRecord, Served};
 
 use crate::close::GOODBYE;
 use crate::transport::Tuning;
@@ -62,12 +62,14 @@ pub struct EndpointConfig {
 /// Serves `endpoint`'s clients with `machine` until `shutdown` is cancelled, the endpoint is
 /// closed or `config.max_rounds` rounds are committed; then says goodbye to every client,
 /// closes the endpoint and waits (briefly) for it. Each commit is queued to `committed`, which
-/// is dropped on return, so a consumer draining it ends after the last one.
+/// is dropped on return, so a consumer draining it ends after the last one; `observer` (if
+/// any) sees every event.
 pub async fn serve(
     endpoint: &Endpoint,
     machine: Coordinator,
     config: EndpointConfig,
     committed: mpsc::UnboundedSender<Committed>,
+    observer: Option<Arc<dyn Observer>>,
     shutdown: CancellationToken,
 ) -> Served {
     let (inbound_tx, mut inbound_rx) = mpsc::channel(1024);
@@ -84,7 +86,7 @@ pub async fn serve(
         logs: LogBudget::default(),
     };
     let gate = Gate::new(config.limits);
-    let mut shell = Shell::new(machine, config.max_frame, traffic, committed, context.logs.clone());
+    let mut shell = Shell::new(machine, config.max_frame, traffic, committed, context.logs.clone(), observer);
     let tracker = TaskTracker::new();
     let mut next_conn = 0u64;
     loop {

@@ -27,7 +27,7 @@ use crate::wire::framing::{FramingError, decode_bounded};
 pub const CHECKPOINT_MAGIC: [u8; 8] = *b"FLOTCKPT";
 
 /// Version of the checkpoint format written by this build.
-pub const CHECKPOINT_FORMAT_VERSION: u16 = 4;
+pub const CHECKPOINT_FORMAT_VERSION: u16 = 5;
 
 const HEADER_LEN: usize = 8 + 2 + 8;
 const CHECKSUM_LEN: usize = 32;
@@ -51,26 +51,63 @@ pub struct Checkpoint {
     /// The adaptive clipping bound and its settings, when adaptive clipping is on: a
     /// restarted coordinator goes on from the clip it had reached.
     pub adaptive_clip: Option<crate::privacy::AdaptiveClip>,
+    /// The fleet's feature statistics (an HBP model's served standardiser), when clients
+    /// have sent any.
+    pub feature_moments: Option<crate::model::FeatureMoments>,
 }
 
-/// Format 3: the same without the adaptive clip (read, never written).
-#[derive(Deserialize)]
-struct CheckpointV3 {
-    round: u64,
-    model_version: u64,
-    spec: ModelSpec,
-    params: ParameterVector,
-    served: Option<ParameterVector>,
-    accountant: Option<crate::privacy::RdpAccountant>,
-}
-
-/// Format 2: the same without the served model (read, never written).
+/// Format 2: round, version, spec and parameters (read, never written). Each later format
+/// appended fields; bincode lays a nested struct out as its fields in order, so each older
+/// format is the one before it plus what it appended.
 #[derive(Deserialize)]
 struct CheckpointV2 {
     round: u64,
     model_version: u64,
     spec: ModelSpec,
     params: ParameterVector,
+}
+
+/// Format 3: format 2 plus the served model and the accountant.
+#[derive(Deserialize)]
+struct CheckpointV3 {
+    v2: CheckpointV2,
+    served: Option<ParameterVector>,
+    accountant: Option<crate::privacy::RdpAccountant>,
+}
+
+/// Format 4: format 3 plus the adaptive clip.
+#[derive(Deserialize)]
+struct CheckpointV4 {
+    v3: CheckpointV3,
+    adaptive_clip: Option<crate::privacy::AdaptiveClip>,
+}
+
+impl From<CheckpointV2> for Checkpoint {
+    fn from(v2: CheckpointV2) -> Self {
+        let CheckpointV2 { round, model_version, spec, params } = v2;
+        Self {
+            round,
+            model_version,
+            spec,
+            params,
+            served: None,
+            accountant: None,
+            adaptive_clip: None,
+            feature_moments: None,
+        }
+    }
+}
+
+impl From<CheckpointV3> for Checkpoint {
+    fn from(v3: CheckpointV3) -> Self {
+        Self { served: v3.served, accountant: v3.accountant, ..Self::from(v3.v2) }
+    }
+}
+
+impl From<CheckpointV4> for Checkpoint {
+    fn from(v4: CheckpointV4) -> Self {
+        Self { adaptive_clip: v4.adaptive_clip, ..Self::from(v4.v3) }
+    }
 }
 
 /// Why bytes were not accepted as a checkpoint.
@@ -110,6 +147,9 @@ pub enum CheckpointError {
     /// The stored adaptive clip is not a valid one.
     #[error("checkpoint adaptive clip refused: bound, quantile, learning rate or noise out of range")]
     AdaptiveClip,
+    /// The stored feature statistics do not fit the model, or hold a non-finite value.
+    #[error("checkpoint feature statistics refused: {0}")]
+    FeatureMoments(crate::model::MomentsError),
     /// The stored parameters are not usable (NaN or ∞).
     #[error("checkpoint parameters refused: {0}")]
     Parameters(#[from] ParameterError),
@@ -118,7 +158,16 @@ pub enum CheckpointError {
 impl Checkpoint {
     /// The state before round 1: version 0 of `params`, nothing served or spent yet.
     pub fn initial(spec: ModelSpec, params: ParameterVector) -> Self {
-        Self { round: 0, model_version: 0, spec, params, served: None, accountant: None, adaptive_clip: None }
+        Self {
+            round: 0,
+            model_version: 0,
+            spec,
+            params,
+            served: None,
+            accountant: None,
+            adaptive_clip: None,
+            feature_moments: None,
+        }
     }
 
     /// The model served to users and evaluated: the iterate average when there is one, the
@@ -137,14 +186,13 @@ impl Checkpoint {
     pub fn decode(bytes: &[u8]) -> Result<Self, CheckpointError> {
         let checkpoint: Checkpoint = match open(CHECKPOINT_MAGIC, CHECKPOINT_FORMAT_VERSION, bytes) {
             Err(CheckpointError::UnsupportedVersion { found: 2, .. }) => {
-                let v2: CheckpointV2 = open(CHECKPOINT_MAGIC, 2, bytes)?;
-                let CheckpointV2 { round, model_version, spec, params } = v2;
-                Checkpoint { round, model_version, spec, params, served: None, accountant: None, adaptive_clip: None }
+                open::<CheckpointV2>(CHECKPOINT_MAGIC, 2, bytes)?.into()
             }
             Err(CheckpointError::UnsupportedVersion { found: 3, .. }) => {
-                let v3: CheckpointV3 = open(CHECKPOINT_MAGIC, 3, bytes)?;
-                let CheckpointV3 { round, model_version, spec, params, served, accountant } = v3;
-                Checkpoint { round, model_version, spec, params, served, accountant, adaptive_clip: None }
+                open::<CheckpointV3>(CHECKPOINT_MAGIC, 3, bytes)?.into()
+            }
+            Err(CheckpointError::UnsupportedVersion { found: 4, .. }) => {
+                open::<CheckpointV4>(CHECKPOINT_MAGIC, 4, bytes)?.into()
             }
             other => other?,
         };
@@ -165,6 +213,10 @@ impl Checkpoint {
         }
         if checkpoint.adaptive_clip.as_ref().is_some_and(|clip| !clip.is_valid()) {
             return Err(CheckpointError::AdaptiveClip);
+        }
+        if let Some(moments) = &checkpoint.feature_moments {
+            let features = checkpoint.spec.hbp().map_or(0, |hbp| hbp.inputs);
+            moments.check(features).map_err(CheckpointError::FeatureMoments)?;
         }
         Ok(checkpoint)
     }

@@ -9,8 +9,10 @@
 use serde::{Deserialize, Serialize};
 
 pub mod hbp;
+pub mod moments;
 
 pub use hbp::{ConfigError, HbpConfig};
+pub use moments::{FeatureMoments, MomentsError};
 
 use crate::params::{Layout, ParameterVector, Segment};
 

@@ -26,12 +26,12 @@ pub mod framing;
 use serde::{Deserialize, Serialize};
 
 use crate::compress::{CompressedDelta, Compression};
-use crate::model::ModelSpec;
+use crate::model::{FeatureMoments, ModelSpec};
 use crate::params::{Fingerprint, ParameterVector};
 use crate::secagg;
 
 /// Version of the message set below; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// QUIC application protocol name (ALPN) of this protocol version.
 pub const ALPN: &[u8] = b"flotilla/1";
@@ -105,11 +105,21 @@ pub struct UpdateRules {
     /// Most samples one update may claim: a client claims at most this many (its metrics
     /// scaled down alike); the coordinator refuses a larger claim.
     pub max_samples: Option<u64>,
+    /// Whether the coordinator takes the feature statistics of the rows behind each update
+    /// ([`FeatureMoments`]; never under secure aggregation or differential privacy).
+    pub feature_moments: bool,
 }
 
 impl Default for UpdateRules {
     fn default() -> Self {
-        Self { clip_norm: None, noise_std: None, compression: Compression::None, secure: false, max_samples: None }
+        Self {
+            clip_norm: None,
+            noise_std: None,
+            compression: Compression::None,
+            secure: false,
+            max_samples: None,
+            feature_moments: false,
+        }
     }
 }
 
@@ -122,6 +132,9 @@ pub struct Contribution {
     /// Prequential counters over the samples behind the delta; `metrics.samples` is also
     /// its weight in sample-weighted aggregation (at least 1).
     pub metrics: LocalMetrics,
+    /// Statistics of the raw features of those samples, for the served model's standardiser
+    /// (sent only where the rules take them).
+    pub moments: Option<FeatureMoments>,
 }
 
 /// A client's contribution to one round, compressed (see [`crate::compress`]).
@@ -139,6 +152,8 @@ pub struct CompressedUpdate {
     pub delta: CompressedDelta,
     /// Prequential counters over the samples behind it (`samples` is its weight).
     pub metrics: LocalMetrics,
+    /// Statistics of the raw features behind it, where the rules take them.
+    pub moments: Option<FeatureMoments>,
 }
 
 /// A message from the coordinator to a client daemon.
@@ -214,6 +229,9 @@ pub struct Update {
     /// Prequential counters over the samples trained on since the base model;
     /// `metrics.samples` is the update's FedAvg weight.
     pub metrics: LocalMetrics,
+    /// Statistics of the raw features behind the update, where the rules take them (at most
+    /// `metrics.samples` rows).
+    pub moments: Option<FeatureMoments>,
 }
 
 impl Update {

@@ -76,6 +76,7 @@ fn corpus() -> Vec<Vec<u8>> {
             fingerprint: Fingerprint(7),
             delta,
             metrics,
+            moments: None,
         })
     };
     let client = [
@@ -84,7 +85,13 @@ fn corpus() -> Vec<Vec<u8>> {
             client_name: "edge".into(),
             auth_token: Some("t".into()),
         },
-        ClientMessage::Update(Update { round: 3, base_version: 2, delta: vector(vec![0.5; 16]), metrics }),
+        ClientMessage::Update(Update {
+            round: 3,
+            base_version: 2,
+            delta: vector(vec![0.5; 16]),
+            metrics,
+            moments: None,
+        }),
         ClientMessage::Heartbeat,
         ClientMessage::Error { code: ErrorCode::Malformed, message: "bad\nline".into() },
         ClientMessage::Goodbye { reason: "bye".into() },

@@ -88,15 +88,52 @@ fn start_fleet(
     (coordinator, clients)
 }
 
+/// One HTTP/1.1 request to `port` on loopback; the status and the body.
+fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 #[test]
 fn three_clients_learn_together_and_the_global_model_improves() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("coordinator");
     let (shards, eval) = split_phishing(dir.path(), 3, 1000);
     let port = free_udp_port();
-    let args =
-        coordinator_args(port, &data_dir, &eval, &["--min-clients", "3", "--round-interval", "400ms", "--rounds", "5"]);
-    let (coordinator, clients) = start_fleet(dir.path(), &data_dir, port, &args, &shards, "150");
+    let http_port = free_tcp_port();
+    let http_addr = format!("127.0.0.1:{http_port}");
+    let extra = ["--min-clients", "3", "--round-interval", "400ms", "--http", &http_addr];
+    let args = coordinator_args(port, &data_dir, &eval, &extra);
+    let coordinator = Daemon::start("coordinator", &binary("flotilla-coordinator"), &args, dir.path());
+    wait_for_pki(&data_dir, &coordinator);
+    let predictions = dir.path().join("client0-predictions.jsonl");
+    let clients: Vec<Daemon> = shards
+        .iter()
+        .enumerate()
+        .map(|(i, shard)| {
+            let name = format!("client{i}");
+            let mut args = client_args(port, &data_dir, shard, &name, "150", &dir.path().join(&name));
+            if i == 0 {
+                args.extend(["--predictions".to_string(), predictions.to_string_lossy().into_owned()]);
+            }
+            Daemon::start(&name, &binary("flotilla-client"), &args, dir.path())
+        })
+        .collect();
     let mut logs: Vec<&Daemon> = clients.iter().collect();
     logs.push(&coordinator);
     let records = wait_for_rounds(&data_dir, Duration::from_secs(60), "5 committed rounds", &logs, |r| r.len() >= 5);
@@ -105,6 +142,29 @@ fn three_clients_learn_together_and_the_global_model_improves() {
     let baseline = records[0]["start_global_error_pct"].as_f64().expect("the initial model was evaluated");
     assert!(records.iter().all(|r| r["participants"] == 3), "{records:?}");
     assert!(errors[4] < baseline - 5.0, "global error {baseline} -> {errors:?}");
+
+    // The coordinator serves the trained model over HTTP (raw features, the fleet's statistics).
+    let (status, ready) = http(http_port, "GET", "/readyz", "");
+    assert_eq!(status, 200, "{ready}\n{}", coordinator.log());
+    let row = std::fs::read_to_string(&eval).unwrap().lines().nth(1).unwrap().to_string();
+    let features: Vec<&str> = row.split(',').collect();
+    let body = format!("{{\"features\":[{}]}}", features[..features.len() - 1].join(","));
+    let (status, answer) = http(http_port, "POST", "/v1/predict", &body);
+    assert_eq!(status, 200, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert!(answer["model_version"].as_u64().unwrap() >= 1, "{answer}");
+
+    // The client wrote each row's prediction as a JSON line, rows in order.
+    let text = std::fs::read_to_string(&predictions).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.len() >= 100, "{} predictions", lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["row"].as_u64(), Some(i as u64 + 1), "{line}");
+        let p: Vec<f64> = line["probabilities"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-4 && p.len() == 2, "{line}");
+        assert!(line["class"].as_u64().unwrap() < 2, "{line}");
+    }
+    assert!(lines.last().unwrap()["model_version"].as_u64().is_some(), "the device adopted a global model");
 }
 
 #[test]

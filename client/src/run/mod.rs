@@ -98,7 +98,11 @@ pub fn run_with(options: RunOptions, attack: Option<Attack>) -> anyhow::Result<(
         connections: stats.connections(),
     };
     let json = serde_json::to_string_pretty(&report)?;
-    println!("{json}");
+    if config.predictions.as_deref() == Some(std::path::Path::new("-")) {
+        eprintln!("{json}"); // stdout carries the predictions
+    } else {
+        println!("{json}");
+    }
     if let Some(path) = &config.report {
         std::fs::write(path, format!("{json}\n")).with_context(|| format!("writing {}", path.display()))?;
     }

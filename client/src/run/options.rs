@@ -64,6 +64,12 @@ pub struct RunOptions {
     /// Write a JSON summary (samples, error, bytes on the wire) here on exit.
     #[arg(long, value_name = "FILE.json")]
     pub report: Option<PathBuf>,
+    /// Write each row's prediction, made before the row is learnt from (the personalised
+    /// one where personalisation is on), as a JSON line `{"row", "class", "probabilities",
+    /// "model_version"}`: appended to FILE, or on stdout with `-` (the exit summary then goes
+    /// to stderr).
+    #[arg(long, value_name = "FILE|-")]
+    pub predictions: Option<PathBuf>,
     /// Predict with the shared (global) model alone, without a local model mixed in
     /// [default: personalised: a Hedge mix of this device's own model, the global model, the
     /// global model adapted to the local label mix, and the global model with a class bias
@@ -148,6 +154,8 @@ pub struct RunConfig {
     pub backend: BackendChoiceArg,
     /// Where the exit report is written.
     pub report: Option<PathBuf>,
+    /// Where each row's prediction is written (`-`: stdout).
+    pub predictions: Option<PathBuf>,
     /// Corrupts every update sent (robustness experiments; `None` in the daemon).
     pub attack: Option<Attack>,
     /// The personalised prediction's settings.
@@ -195,6 +203,7 @@ impl RunOptions {
             checkpoint_every: o.checkpoint_every.unwrap_or(1000).max(1),
             backend: o.backend.unwrap_or(BackendChoiceArg(flotilla_learner::compute::BackendChoice::Auto)),
             report: o.report,
+            predictions: o.predictions,
             attack: None,
         })
     }

@@ -1,7 +1,8 @@
 //! The learner thread: learns from every row as it arrives, answers the session's requests
 //! between rows, and keeps its state on disk.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -51,6 +52,8 @@ struct Worker {
     learnt: u64,
     contributions: u64,
     started: Instant,
+    /// Where each row's prediction goes (`--predictions`).
+    predictions: Option<Box<dyn Write + Send>>,
 }
 
 /// Runs until `stop` is cancelled or the session goes away; saves the state on the way out.
@@ -61,6 +64,7 @@ pub fn run(
     stop: CancellationToken,
 ) -> anyhow::Result<WorkerSummary> {
     let learner = load_state(&config, &device)?;
+    let predictions = config.predictions.as_deref().map(open_predictions).transpose()?;
     let mut worker = Worker {
         config,
         device,
@@ -71,6 +75,7 @@ pub fn run(
         learnt: 0,
         contributions: 0,
         started: Instant::now(),
+        predictions,
     };
     let result = worker.run_loop(&mut requests);
     worker.stop.cancel();
@@ -133,7 +138,15 @@ impl Worker {
         match rows.recv_timeout(POLL) {
             Ok(Row::Sample(sample)) => {
                 let Some(learner) = self.learner.as_mut() else { return Ok(()) };
+                learner.emit_predictions(self.predictions.is_some());
                 learner.learn(&sample).with_context(|| format!("learning from {}", self.config.data.display()))?;
+                if let Some(out) = self.predictions.as_mut() {
+                    for prediction in learner.take_predictions()? {
+                        serde_json::to_writer(&mut *out, &prediction)?;
+                        out.write_all(b"\n")?;
+                    }
+                    out.flush().context("writing --predictions")?;
+                }
                 self.learnt += 1;
                 if self.learnt.is_multiple_of(self.config.checkpoint_every) {
                     self.save()?;
@@ -178,6 +191,20 @@ impl Worker {
         let bytes = learner.state()?.encode()?;
         flotilla_net::persist::write_atomically(&path, &bytes).with_context(|| format!("writing {}", path.display()))
     }
+}
+
+/// The `--predictions` sink: `-` is stdout, anything else a file appended to (a restarted
+/// daemon goes on after the rows it already predicted).
+fn open_predictions(path: &Path) -> anyhow::Result<Box<dyn Write + Send>> {
+    if path == Path::new("-") {
+        return Ok(Box::new(std::io::stdout()));
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening --predictions {}", path.display()))?;
+    Ok(Box::new(std::io::BufWriter::new(file)))
 }
 
 /// What answering a session request did.

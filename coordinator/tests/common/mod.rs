@@ -12,6 +12,7 @@ use flotilla_coordinator::{Options, RunSummary};
 use flotilla_net::framed::{FrameReader, send_message};
 use flotilla_net::session::{ClientSessionConfig, LearnerRequest};
 use flotilla_net::tls::{ClientTls, quic_client_config};
+use flotilla_protocol::model::FeatureMoments;
 use flotilla_protocol::model::hbp::{HbpConfig, layout};
 use flotilla_protocol::params::{Fingerprint, ParameterVector};
 use flotilla_protocol::wire::Contribution;
@@ -51,6 +52,8 @@ pub fn spec() -> HbpConfig {
 /// A coordinator running in-process.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The HTTP API's address, with `--http`.
+    pub http: Option<SocketAddr>,
     pub ca: PathBuf,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<anyhow::Result<RunSummary>>,
@@ -72,10 +75,11 @@ pub async fn start(options: Options) -> Running {
         }
     };
     let addr = server.local_addr().unwrap();
+    let http = server.http_addr();
     let ca = server.dev_pki().unwrap().ca_cert.clone();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(server.run(shutdown.clone()));
-    Running { addr, ca, shutdown, task }
+    Running { addr, http, ca, shutdown, task }
 }
 
 impl Running {
@@ -120,10 +124,18 @@ pub fn fake_learner_after(step: f32, samples: u64, delay: Duration) -> (mpsc::Se
                     let values = (0..len).map(|i| if i < len - heads { step } else { 0.0 }).collect();
                     let delta = ParameterVector::new(&layout(spec), values).unwrap();
                     let metrics = LocalMetrics { samples, prequential_errors: samples / 2 };
+                    // Rows of mean 1 and variance 1 in every feature (the session drops them
+                    // where the rules take none).
+                    let n = samples as f64;
+                    let moments = FeatureMoments {
+                        count: samples,
+                        sum: vec![n; spec.inputs],
+                        sum_squares: vec![2.0 * n; spec.inputs],
+                    };
                     let counter = counter.clone();
                     let answer = async move {
                         tokio::time::sleep(delay).await;
-                        if reply.send(Contribution { delta, metrics }).is_ok() {
+                        if reply.send(Contribution { delta, metrics, moments: Some(moments) }).is_ok() {
                             counter.fetch_add(1, Ordering::SeqCst);
                         }
                     };
@@ -177,6 +189,47 @@ impl FakeClient {
             assert!(tokio::time::Instant::now() < deadline, "only {} answers", self.answered.load(Ordering::SeqCst));
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// A minimal HTTP/1.1 client for the API tests: one request per connection; returns the
+/// status and the body.
+pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // A server refusing an oversized body may answer and close before reading it all.
+    let _ = stream.write_all(body).await;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&response);
+    let status: u16 = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let start = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = text[..start].to_ascii_lowercase();
+    let mut content = response[start..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        content = dechunk(&content);
+    }
+    (status, content)
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size = usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16).unwrap();
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
     }
 }
 

@@ -70,6 +70,13 @@ pub struct Served {
     pub checkpoint: Checkpoint,
 }
 
+/// Sees every event of the state machine as the round task handles it (for metrics): the
+/// [`Committed`] queue carries what must be persisted, this what is only counted.
+pub trait Observer: Send + Sync {
+    /// `event` was just handled; `joined` clients are joined after it.
+    fn observe(&self, event: &CoordinatorEvent, joined: usize);
+}
+
 /// A round in progress: when it started and the traffic counters then.
 struct RoundStart {
     round: u64,
@@ -92,6 +99,7 @@ pub(crate) struct Shell {
     /// Text of the `Error` just sent to a connection, for the close that follows it.
     error_text: HashMap<ConnectionId, String>,
     logs: LogBudget,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl Shell {
@@ -101,6 +109,7 @@ impl Shell {
         traffic: Arc<Traffic>,
         persist: mpsc::UnboundedSender<Committed>,
         logs: LogBudget,
+        observer: Option<Arc<dyn Observer>>,
     ) -> Self {
         Self {
             machine,
@@ -114,6 +123,7 @@ impl Shell {
             persist,
             error_text: HashMap::new(),
             logs,
+            observer,
         }
     }
 
@@ -237,6 +247,9 @@ impl Shell {
     }
 
     fn on_event(&mut self, event: CoordinatorEvent) {
+        if let Some(observer) = &self.observer {
+            observer.observe(&event, self.machine.joined());
+        }
         match event {
             CoordinatorEvent::ClientJoined { conn, client_id, client_name } => {
                 let remote = self.links.get_mut(&conn).map(|link| {

@@ -15,6 +15,7 @@ fn checkpoint() -> Checkpoint {
         served: None,
         accountant: None,
         adaptive_clip: None,
+        feature_moments: None,
     }
 }
 
@@ -128,4 +129,41 @@ fn a_checksummed_but_invalid_payload_is_refused() {
     state.params.values[1] = f32::NAN;
     let err = Checkpoint::decode(&state.encode().unwrap()).unwrap_err();
     assert!(matches!(err, CheckpointError::Parameters(ParameterError::NotFinite { index: 1, .. })));
+}
+
+#[test]
+fn format_4_is_read_and_feature_statistics_round_trip_or_are_refused_when_they_do_not_fit() {
+    #[derive(serde::Serialize)]
+    struct V4<'a> {
+        round: u64,
+        model_version: u64,
+        spec: &'a ModelSpec,
+        params: &'a ParameterVector,
+        served: Option<ParameterVector>,
+        accountant: Option<crate::privacy::RdpAccountant>,
+        adaptive_clip: Option<crate::privacy::AdaptiveClip>,
+    }
+    let old = checkpoint();
+    let v4 = V4 {
+        round: old.round,
+        model_version: old.model_version,
+        spec: &old.spec,
+        params: &old.params,
+        served: None,
+        accountant: None,
+        adaptive_clip: None,
+    };
+    assert_eq!(Checkpoint::decode(&seal(CHECKPOINT_MAGIC, 4, &v4).unwrap()).unwrap(), old);
+
+    let inputs = old.spec.hbp().map_or(0, |hbp| hbp.inputs);
+    let mut moments = crate::model::FeatureMoments::new(inputs);
+    moments.add_row(&vec![1.5; inputs]);
+    let with_moments = Checkpoint { feature_moments: Some(moments.clone()), ..old.clone() };
+    assert_eq!(Checkpoint::decode(&with_moments.encode().unwrap()).unwrap(), with_moments);
+    let mut wrong = moments;
+    wrong.sum.push(1.0);
+    wrong.sum_squares.push(1.0);
+    let wrong = Checkpoint { feature_moments: Some(wrong), ..old };
+    let bytes = seal(CHECKPOINT_MAGIC, CHECKPOINT_FORMAT_VERSION, &wrong).unwrap();
+    assert!(matches!(Checkpoint::decode(&bytes), Err(CheckpointError::FeatureMoments(_))));
 }

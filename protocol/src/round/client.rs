@@ -269,7 +269,7 @@ impl Client {
     /// Queues the answer to the pending request: the contribution's delta is the local
     /// parameters minus the requested model version's.
     pub fn submit_update(&mut self, contribution: Contribution) -> Result<(), SubmitError> {
-        let Contribution { delta, metrics } = contribution;
+        let Contribution { delta, metrics, moments } = contribution;
         let Session::Ready { fingerprint, .. } = self.session else {
             return Err(if self.is_closed() { SubmitError::Closed } else { SubmitError::NoPendingRequest });
         };
@@ -287,6 +287,12 @@ impl Client {
             Some(cap) => metrics.capped(cap),
             None => metrics,
         };
+        // Feature statistics go only where the rules take them (never masked or under DP),
+        // over at most the samples claimed.
+        let rules = &self.preparer.rules;
+        let moments = moments
+            .filter(|m| rules.feature_moments && !rules.secure && m.count > 0)
+            .map(|m| m.scaled_to(metrics.samples));
         let ParameterVector { format_version, fingerprint, mut values } = delta;
         self.preparer.privatise(&mut values)?;
         let (round, base_version) = (request.round, request.model_version);
@@ -304,10 +310,11 @@ impl Client {
                 fingerprint,
                 delta: compressed?,
                 metrics,
+                moments,
             }),
             None => {
                 let delta = ParameterVector { format_version, fingerprint, values };
-                ClientMessage::Update(Update { round, base_version, delta, metrics })
+                ClientMessage::Update(Update { round, base_version, delta, metrics, moments })
             }
         };
         self.request = None;

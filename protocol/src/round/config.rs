@@ -388,6 +388,13 @@ impl CoordinatorConfig {
         Ok(())
     }
 
+    /// Whether clients send the feature statistics of their rows with each update: only where
+    /// the coordinator sees plain updates anyway (no secure aggregation, no differential
+    /// privacy, whose guarantees a client's moments would bypass).
+    pub fn takes_feature_moments(&self) -> bool {
+        self.privacy.is_none() && self.secure.is_none()
+    }
+
     /// What clients are told to do with their updates.
     pub fn update_rules(&self) -> UpdateRules {
         let (clip_norm, noise_std) = match &self.privacy {
@@ -408,6 +415,7 @@ impl CoordinatorConfig {
             compression: self.compression,
             secure: self.secure.is_some(),
             max_samples: Some(self.sample_cap()),
+            feature_moments: self.takes_feature_moments(),
         }
     }
 

@@ -134,7 +134,7 @@ impl Coordinator {
 
     /// The durable state to persist (after each commit).
     pub fn checkpoint(&self) -> Checkpoint {
-        let (accountant, adaptive_clip) = self.pipeline.durable();
+        let (accountant, adaptive_clip, feature_moments) = self.pipeline.durable();
         Checkpoint {
             round: self.round,
             model_version: self.model_version,
@@ -143,6 +143,7 @@ impl Coordinator {
             served: self.served.clone(),
             accountant,
             adaptive_clip,
+            feature_moments,
         }
     }
 
@@ -487,9 +488,9 @@ impl Coordinator {
             return Err(UpdateRefusal::Compressed(format!("{found} values, the model has {expected}")));
         }
         let values = compressed.delta.to_dense().map_err(|e| UpdateRefusal::Compressed(e.to_string()))?;
-        let CompressedUpdate { round, base_version, format_version, fingerprint, metrics, .. } = compressed;
+        let CompressedUpdate { round, base_version, format_version, fingerprint, metrics, moments, .. } = compressed;
         let delta = ParameterVector { format_version, fingerprint, values };
-        Ok(Update { round, base_version, delta, metrics })
+        Ok(Update { round, base_version, delta, metrics, moments })
     }
 
     /// Records a sampled client's answer if it had none; ends the round once all have

@@ -148,21 +148,44 @@ pub enum UpdateRefusal {
     /// Rounds run secure aggregation: updates must come masked, in the round's session.
     #[error("this coordinator runs secure aggregation: send the update masked, not in the clear")]
     MaskedExpected,
+    /// The feature statistics sent with the update were refused (see
+    /// [`FeatureMoments`](crate::model::FeatureMoments)).
+    #[error("feature statistics refused: {0}")]
+    Moments(String),
     /// A compressed update could not be read.
     #[error("compressed update refused: {0}")]
     Compressed(String),
 }
 
 impl UpdateRefusal {
+    /// A short stable name of the reason (a metrics label).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::NoRoundInProgress => "no_round",
+            Self::WrongRound { .. } => "wrong_round",
+            Self::StaleBase { .. } => "stale_base",
+            Self::NotSampled => "not_sampled",
+            Self::Duplicate => "duplicate",
+            Self::InconsistentMetrics { .. } => "inconsistent_metrics",
+            Self::SamplesOverCap { .. } => "samples_over_cap",
+            Self::Invalid(_) => "invalid",
+            Self::MaskedExpected => "masked_expected",
+            Self::Compressed(_) => "compressed",
+            Self::Moments(_) => "feature_statistics",
+        }
+    }
+
     /// The code sent to the client in the `Error` message.
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::Invalid(AggregateError::TooStale { .. } | AggregateError::FutureBase { .. }) => {
                 ErrorCode::StaleUpdate
             }
-            Self::InconsistentMetrics { .. } | Self::SamplesOverCap { .. } | Self::Invalid(_) | Self::Compressed(_) => {
-                ErrorCode::InvalidUpdate
-            }
+            Self::InconsistentMetrics { .. }
+            | Self::SamplesOverCap { .. }
+            | Self::Invalid(_)
+            | Self::Compressed(_)
+            | Self::Moments(_) => ErrorCode::InvalidUpdate,
             Self::MaskedExpected => ErrorCode::UnexpectedMessage,
             Self::NotSampled | Self::Duplicate => ErrorCode::UnexpectedMessage,
             Self::NoRoundInProgress | Self::WrongRound { .. } | Self::StaleBase { .. } => ErrorCode::StaleUpdate,
@@ -190,4 +213,16 @@ pub enum RoundFailure {
     /// The secure-aggregation session failed (too few survivors, unreadable shares…).
     #[error("secure aggregation failed: {0}")]
     Secure(String),
+}
+
+impl RoundFailure {
+    /// A short stable name of the reason (a metrics label).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::QuorumMissed { .. } => "quorum_missed",
+            Self::Aggregation(_) => "aggregation",
+            Self::ShuttingDown => "shutting_down",
+            Self::Secure(_) => "secure_aggregation",
+        }
+    }
 }

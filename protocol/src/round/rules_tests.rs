@@ -112,6 +112,7 @@ fn pump(coordinator: &mut Coordinator, edges: &mut [Edge], now: Instant) {
                         .submit_update(Contribution {
                             delta,
                             metrics: LocalMetrics { samples: 10, prequential_errors: 1 },
+                            moments: None,
                         })
                         .unwrap();
                 }
@@ -230,7 +231,7 @@ fn plain_updates_are_refused_by_a_secure_coordinator() {
         values: vec![0.0; LEN],
     };
     let metrics = LocalMetrics { samples: 1, prequential_errors: 0 };
-    let update = crate::wire::Update { round: 1, base_version: 0, delta, metrics };
+    let update = crate::wire::Update { round: 1, base_version: 0, delta, metrics, moments: None };
     coordinator.handle_message(ConnectionId(1), ClientMessage::Update(update), t0);
     let refused = std::iter::from_fn(|| coordinator.poll_event())
         .any(|e| matches!(e, CoordinatorEvent::UpdateRefused { reason: UpdateRefusal::MaskedExpected, .. }));

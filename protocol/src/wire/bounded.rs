@@ -22,6 +22,9 @@ pub const MAX_COHORT: usize = 65_536;
 /// Most bytes of one sealed share pair (two shares and the AEAD tag, with room to spare).
 pub const MAX_SEALED_BYTES: usize = 256;
 
+/// Most features of a model's input (and so entries of its feature statistics).
+pub const MAX_FEATURES: usize = 1 << 20;
+
 /// Deserialises a `Vec<T>` of at most `MAX` elements; serialises it unchanged.
 pub fn deserialize<'de, D, T, const MAX: usize>(deserializer: D) -> Result<Vec<T>, D::Error>
 where
@@ -91,6 +94,11 @@ bounded_module!(
     /// At most [`MAX_COHORT`] elements: one per client of a session.
     cohort,
     super::MAX_COHORT
+);
+bounded_module!(
+    /// At most [`MAX_FEATURES`] elements: one per input feature.
+    features,
+    super::MAX_FEATURES
 );
 bounded_module!(
     /// At most [`MAX_SEALED_BYTES`] bytes: one sealed share pair.

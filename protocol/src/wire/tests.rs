@@ -57,7 +57,7 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
         (any::<u64>(), any::<u64>(), params(), any::<u64>(), any::<u64>()).prop_map(
             |(round, base_version, delta, samples, prequential_errors)| {
                 let metrics = LocalMetrics { samples, prequential_errors };
-                ClientMessage::Update(Update { round, base_version, delta, metrics })
+                ClientMessage::Update(Update { round, base_version, delta, metrics, moments: None })
             }
         ),
         Just(ClientMessage::Heartbeat),

@@ -95,6 +95,21 @@ fn run(args: &Args) -> anyhow::Result<String> {
     result
 }
 
+/// The aggregation the f64 reference describes (FedAvg, a fixed server step of 1), unless
+/// the extra coordinator flags choose a strategy or a step themselves: the coordinator's own
+/// defaults (FedAvgM, a participant-scaled step) would not match it.
+fn reference_strategy(extra: &[String]) -> Vec<String> {
+    let chooses = |flag: &str| extra.iter().any(|arg| arg == flag || arg.starts_with(&format!("{flag}=")));
+    let mut flags = Vec::new();
+    if !chooses("--strategy") {
+        flags.extend(["--strategy".to_string(), "fedavg".to_string()]);
+    }
+    if !chooses("--server-step") {
+        flags.extend(["--server-step".to_string(), "fixed".to_string()]);
+    }
+    flags
+}
+
 fn measure(args: &Args, setup: &Setup, interrupt: &Interrupt) -> anyhow::Result<String> {
     let total_rounds = args.rounds + 1;
     let initial = setup.work.join("initial.bin");
@@ -139,6 +154,7 @@ fn measure(args: &Args, setup: &Setup, interrupt: &Interrupt) -> anyhow::Result<
     ]
     .map(String::from)
     .into_iter()
+    .chain(reference_strategy(&args.coordinator_args))
     .chain(args.coordinator_args.iter().cloned())
     .collect();
     let mut coordinator = start(setup, "coordinator", "flotilla-coordinator", &coordinator_args)?;

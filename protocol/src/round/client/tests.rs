@@ -1,7 +1,7 @@
 use super::*;
 use crate::model::HbpConfig;
 use crate::params::PARAMETER_FORMAT_VERSION;
-use crate::wire::LocalMetrics;
+use crate::wire::{LocalMetrics, UpdateRules};
 
 const FINGERPRINT: Fingerprint = Fingerprint(42);
 
@@ -30,7 +30,7 @@ fn events(client: &mut Client) -> Vec<ClientEvent> {
 
 /// Submits `delta` over `samples` samples (the counters' sample count set to it).
 fn submit(client: &mut Client, delta: ParameterVector, samples: u64, metrics: LocalMetrics) -> Result<(), SubmitError> {
-    client.submit_update(Contribution { delta, metrics: LocalMetrics { samples, ..metrics } })
+    client.submit_update(Contribution { delta, metrics: LocalMetrics { samples, ..metrics }, moments: None })
 }
 
 /// A client welcomed and holding model version 2.
@@ -75,7 +75,7 @@ fn join_welcome_model_request_update() {
     assert_eq!((client.client_id(), client.model_version(), client.poll_timeout()), (Some(5), Some(2), Some(deadline)));
     let metrics = LocalMetrics { samples: 10, prequential_errors: 3 };
     submit(&mut client, vector(vec![0.25, -0.25]), 10, metrics).unwrap();
-    let update = Update { round: 3, base_version: 2, delta: vector(vec![0.25, -0.25]), metrics };
+    let update = Update { round: 3, base_version: 2, delta: vector(vec![0.25, -0.25]), metrics, moments: None };
     assert_eq!(client.poll_transmit(), Some(ClientMessage::Update(update)));
     assert_eq!(submit(&mut client, vector(vec![0.0, 0.0]), 1, metrics), Err(SubmitError::NoPendingRequest));
     assert_eq!(client.poll_timeout(), None);
@@ -183,7 +183,7 @@ fn a_standing_request_rests_on_the_model_held_and_survives_newer_models() {
     assert!(!events(&mut client).iter().any(|e| matches!(e, ClientEvent::RequestExpired { .. })));
     let metrics = LocalMetrics { samples: 1, prequential_errors: 0 };
     submit(&mut client, vector(vec![0.5, 0.5]), 1, metrics).unwrap();
-    let update = Update { round: 7, base_version: held, delta: vector(vec![0.5, 0.5]), metrics };
+    let update = Update { round: 7, base_version: held, delta: vector(vec![0.5, 0.5]), metrics, moments: None };
     assert_eq!(client.poll_transmit(), Some(ClientMessage::Update(update)));
     // Asked again; the learner could not answer on the older model, so it rests on the newer.
     client.handle_message(
@@ -221,4 +221,32 @@ fn a_claim_above_the_coordinators_cap_is_sent_as_the_cap() {
     });
     let update = sent.expect("the update is sent");
     assert_eq!(update.metrics, LocalMetrics { samples: 50, prequential_errors: 10 });
+}
+
+/// Feature statistics go with a plain update only where the rules take them, scaled down with
+/// a capped sample claim; a secure or DP coordinator never sees them.
+#[test]
+fn feature_statistics_are_sent_only_where_the_rules_take_them() {
+    use crate::model::FeatureMoments;
+    let t0 = Instant::now();
+    let mut stats = FeatureMoments::new(4);
+    (0..10).for_each(|i| stats.add_row(&[i as f32, 1.0, 2.0, 3.0]));
+    let request = CoordinatorMessage::UpdateRequest { round: 3, model_version: 2, deadline_ms: 2500 };
+    let metrics = LocalMetrics { samples: 10, prequential_errors: 1 };
+    let send = |rules: UpdateRules| {
+        let mut client = ready(t0);
+        client.handle_message(CoordinatorMessage::Rules(rules), t0);
+        client.handle_message(request.clone(), t0);
+        let contribution = Contribution { delta: vector(vec![0.1, 0.1]), metrics, moments: Some(stats.clone()) };
+        client.submit_update(contribution).unwrap();
+        match client.poll_transmit() {
+            Some(ClientMessage::Update(update)) => update.moments,
+            other => panic!("expected an update, got {other:?}"),
+        }
+    };
+    assert_eq!(send(UpdateRules { feature_moments: true, ..UpdateRules::default() }), Some(stats.clone()));
+    assert_eq!(send(UpdateRules::default()), None, "not taken: not sent");
+    let capped = send(UpdateRules { feature_moments: true, max_samples: Some(5), ..UpdateRules::default() }).unwrap();
+    assert_eq!(capped.count, 5);
+    assert_eq!(capped.mean_std(), stats.mean_std(), "scaled, the mean and spread kept");
 }

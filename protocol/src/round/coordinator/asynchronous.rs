@@ -68,7 +68,7 @@ impl Coordinator {
         });
         match folded {
             Ok(folded) => {
-                self.pipeline.folded(&folded);
+                self.pipeline.folded(&folded, update.moments.as_ref());
                 let claimed = update.metrics;
                 let metrics = &mut state.metrics;
                 metrics.samples = metrics.samples.saturating_add(claimed.samples);

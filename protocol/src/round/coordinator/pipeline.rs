@@ -8,6 +8,7 @@ use rand_core::SeedableRng;
 use super::scheduler::{AsyncState, Rounds, Scheduler, SecureRounds};
 use crate::aggregate::{DpRelease, Folded};
 use crate::checkpoint::Checkpoint;
+use crate::model::FeatureMoments;
 use crate::privacy::{AdaptiveClip, ClipBound, NoiseKey, RdpAccountant};
 use crate::round::config::{NoisePlacement, PrivacyConfig};
 use crate::round::events::UpdateRefusal;
@@ -39,7 +40,16 @@ pub(super) fn build(config: &CoordinatorConfig, checkpoint: &Checkpoint) -> Resu
         }
         (None, _) => None,
     };
-    Ok((scheduler, Pipeline { sample_cap: config.sample_cap(), privacy }))
+    // Feature statistics of an HBP model: resumed from the checkpoint (also when this run takes
+    // no more of them), added to where clients send them.
+    let inputs = checkpoint.spec.hbp().map(|hbp| hbp.inputs);
+    let resumed = checkpoint.feature_moments.clone().filter(|m| Some(m.features()) == inputs);
+    let takes_moments = config.takes_feature_moments() && inputs.is_some();
+    let moments = match inputs {
+        Some(inputs) if takes_moments => Some(resumed.unwrap_or_else(|| FeatureMoments::new(inputs))),
+        _ => resumed,
+    };
+    Ok((scheduler, Pipeline { sample_cap: config.sample_cap(), privacy, moments, takes_moments }))
 }
 
 /// What every mode applies to an update and to a round (see the module docs).
@@ -47,6 +57,10 @@ pub(super) fn build(config: &CoordinatorConfig, checkpoint: &Checkpoint) -> Resu
 pub(super) struct Pipeline {
     sample_cap: u64,
     privacy: Option<Privacy>,
+    /// The fleet's feature statistics so far.
+    moments: Option<FeatureMoments>,
+    /// Whether updates may bring more (see `CoordinatorConfig::takes_feature_moments`).
+    takes_moments: bool,
 }
 
 /// Client-level differential privacy in force.
@@ -141,14 +155,30 @@ impl Pipeline {
         if samples > self.sample_cap {
             return Err(UpdateRefusal::SamplesOverCap { claimed: samples, cap: self.sample_cap });
         }
+        if let Some(moments) = &update.moments {
+            let Some(total) = self.moments.as_ref().filter(|_| self.takes_moments) else {
+                return Err(UpdateRefusal::Moments("this coordinator takes none".into()));
+            };
+            moments.check(total.features()).map_err(|e| UpdateRefusal::Moments(e.to_string()))?;
+            if moments.count > samples {
+                let count = moments.count;
+                return Err(UpdateRefusal::Moments(format!("{count} rows, more than the {samples} samples claimed")));
+            }
+        }
         Ok(if self.privacy.is_some() { 1 } else { samples })
     }
 
-    /// Notes what folding an accepted update found (for the adaptive clip's count).
-    pub(super) fn folded(&mut self, folded: &Folded) {
+    /// Notes what folding an accepted update found (for the adaptive clip's count) and adds
+    /// its feature statistics (checked by [`Pipeline::accept`]) to the fleet's.
+    pub(super) fn folded(&mut self, folded: &Folded, moments: Option<&FeatureMoments>) {
         if let Some(privacy) = &mut self.privacy {
             privacy.reported += 1;
             privacy.below += u64::from(!folded.clipped);
+        }
+        if let (Some(total), Some(moments), true) = (&mut self.moments, moments, self.takes_moments)
+            && let Err(error) = total.merge(moments)
+        {
+            tracing::warn!(%error, "feature statistics not added");
         }
     }
 
@@ -179,10 +209,11 @@ impl Pipeline {
     }
 
     /// What the checkpoint keeps of privacy: the accountant and the adaptive clip.
-    pub(super) fn durable(&self) -> (Option<RdpAccountant>, Option<AdaptiveClip>) {
+    pub(super) fn durable(&self) -> (Option<RdpAccountant>, Option<AdaptiveClip>, Option<FeatureMoments>) {
+        let moments = self.moments.clone().filter(|m| m.count > 0);
         match &self.privacy {
-            Some(privacy) => (Some(privacy.accountant.clone()), privacy.adaptive.clone()),
-            None => (None, None),
+            Some(privacy) => (Some(privacy.accountant.clone()), privacy.adaptive.clone(), moments),
+            None => (None, None, moments),
         }
     }
 }

@@ -65,7 +65,7 @@ impl Coordinator {
             weight.and_then(|weight| rounds.aggregator.fold(&update.delta, weight).map_err(UpdateRefusal::from));
         match folded {
             Ok(folded) => {
-                self.pipeline.folded(&folded);
+                self.pipeline.folded(&folded, update.moments.as_ref());
                 if folded.outlier {
                     let bound = self.config.aggregation.outlier_norm;
                     tracing::warn!(%conn, norm = folded.norm, ?bound, clipped = folded.clipped,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::aggregate::AggregateError;
+use crate::model::FeatureMoments;
 use crate::params::{Fingerprint, PARAMETER_FORMAT_VERSION, ParameterError};
 use crate::round::{RoundFailure, UpdateRefusal};
 use crate::wire::{LocalMetrics, Update};
@@ -40,7 +41,7 @@ fn join(coordinator: &mut Coordinator, conn: u64, now: Instant) {
 
 fn update(round: u64, base_version: u64, delta: Vec<f32>, samples: u64, errors: u64) -> ClientMessage {
     let metrics = LocalMetrics { samples, prequential_errors: errors };
-    ClientMessage::Update(Update { round, base_version, delta: vector(delta), metrics })
+    ClientMessage::Update(Update { round, base_version, delta: vector(delta), metrics, moments: None })
 }
 
 fn transmits(coordinator: &mut Coordinator) -> Vec<(ConnectionId, CoordinatorMessage)> {
@@ -112,7 +113,7 @@ fn joining_client_gets_welcome_then_model_and_round_starts_at_quorum() {
     assert!(
         matches!(&sent[0], (ConnectionId(7), CoordinatorMessage::Welcome { client_id: 1, protocol_version: PROTOCOL_VERSION, round: 0, model_version: 0, fingerprint, .. }) if *fingerprint == FINGERPRINT)
     );
-    let rules = UpdateRules { max_samples: Some(1000), ..UpdateRules::default() };
+    let rules = UpdateRules { max_samples: Some(1000), feature_moments: true, ..UpdateRules::default() };
     assert_eq!(sent[1], (ConnectionId(7), CoordinatorMessage::Rules(rules)));
     assert!(
         matches!(&sent[2], (ConnectionId(7), CoordinatorMessage::Model { model_version: 0, params, .. }) if params.values == vec![1.0, 2.0])
@@ -246,6 +247,79 @@ fn peer_text_is_escaped_and_truncated_and_errors_before_join_are_violations() {
     assert!(!super::constant_time_eq(b"token", b"tokem") && !super::constant_time_eq(b"token", b"tok"));
     let accepted: BTreeSet<String> = ["a-token".to_string(), "b-token".to_string()].into();
     assert!(super::token_accepted(&accepted, "b-token") && !super::token_accepted(&accepted, "c-token"));
+}
+
+fn with_moments(message: ClientMessage, moments: FeatureMoments) -> ClientMessage {
+    match message {
+        ClientMessage::Update(update) => ClientMessage::Update(Update { moments: Some(moments), ..update }),
+        other => other,
+    }
+}
+
+fn moments(rows: &[[f32; 4]]) -> FeatureMoments {
+    let mut moments = FeatureMoments::new(4);
+    rows.iter().for_each(|row| moments.add_row(row));
+    moments
+}
+
+/// Feature statistics come with plain updates, add up across clients and rounds, survive in
+/// the checkpoint, and are refused when they do not fit the update or the model.
+#[test]
+fn feature_statistics_add_up_and_bad_ones_refuse_the_update() {
+    let t0 = Instant::now();
+    // Quorum 1: the round commits with the one accepted update once all three have answered.
+    let mut coordinator = three_clients_in_round_one(1, t0);
+    let t1 = t0 + GATHER;
+    let a = moments(&[[1.0, 2.0, 3.0, 4.0], [3.0, 2.0, 1.0, 0.0]]);
+    coordinator.handle_message(ConnectionId(1), with_moments(update(1, 0, vec![1.0, 0.0], 2, 0), a.clone()), t1);
+    // More rows than samples claimed, and statistics of another number of features.
+    let too_many = moments(&[[0.0; 4]; 3]);
+    coordinator.handle_message(ConnectionId(2), with_moments(update(1, 0, vec![1.0, 0.0], 2, 0), too_many), t1);
+    let three_features = FeatureMoments { count: 1, sum: vec![1.0; 3], sum_squares: vec![1.0; 3] };
+    coordinator.handle_message(ConnectionId(3), with_moments(update(1, 0, vec![1.0, 0.0], 2, 0), three_features), t1);
+    let events = events(&mut coordinator);
+    let refusals = refused(&events);
+    assert_eq!(refusals.len(), 2, "{events:?}");
+    assert!(refusals.iter().all(|r| matches!(r, UpdateRefusal::Moments(_))), "{refusals:?}");
+    assert!(refusals[0].to_string().contains("more than the 2 samples"), "{}", refusals[0]);
+    assert_eq!(coordinator.checkpoint().feature_moments, Some(a.clone()), "only the accepted update's statistics");
+
+    // The next round adds to them; a restart goes on from the checkpoint.
+    assert_eq!(coordinator.model_version(), 1);
+    let t2 = t1 + GATHER;
+    coordinator.handle_timeout(t2);
+    let b = moments(&[[5.0, 5.0, 5.0, 5.0]]);
+    for conn in 1..=3 {
+        coordinator.handle_message(ConnectionId(conn), with_moments(update(2, 1, vec![0.0, 0.0], 1, 0), b.clone()), t2);
+    }
+    let total = coordinator.checkpoint().feature_moments.unwrap();
+    assert_eq!(total.count, 5);
+    assert_eq!(total.sum, vec![19.0, 19.0, 19.0, 19.0]);
+    let resumed = Coordinator::from_checkpoint(config(3), coordinator.checkpoint()).unwrap();
+    assert_eq!(resumed.checkpoint().feature_moments, Some(total));
+}
+
+#[test]
+fn under_dp_or_secure_aggregation_no_feature_statistics_are_taken() {
+    use crate::privacy::NoiseKey;
+    use crate::round::config::{NoisePlacement, PrivacyConfig};
+    let t0 = Instant::now();
+    let privacy = PrivacyConfig {
+        noise_multiplier: 1.0,
+        clip: 10.0,
+        placement: NoisePlacement::Central,
+        delta: 1e-5,
+        adaptive: None,
+    };
+    let dp = CoordinatorConfig { privacy: Some(privacy), noise_key: Some(NoiseKey([9; 32])), ..config(2) };
+    assert!(!dp.update_rules().feature_moments, "clients are told to send none");
+    let (mut coordinator, _) = gathered(dp, 2, t0);
+    let t1 = t0 + GATHER + Duration::from_secs(1);
+    let a = moments(&[[1.0, 2.0, 3.0, 4.0]]);
+    coordinator.handle_message(ConnectionId(1), with_moments(update(1, 0, vec![1.0, 0.0], 1, 0), a), t1);
+    let refusals = events(&mut coordinator);
+    assert!(matches!(refused(&refusals)[..], [UpdateRefusal::Moments(_)]), "{refusals:?}");
+    assert_eq!(coordinator.checkpoint().feature_moments, None);
 }
 
 #[test]
@@ -490,6 +564,7 @@ fn resumes_from_a_checkpoint() {
         served: None,
         accountant: None,
         adaptive_clip: None,
+        feature_moments: None,
     };
     let mut coordinator = Coordinator::from_checkpoint(config(1), checkpoint.clone()).unwrap();
     assert_eq!(coordinator.checkpoint(), checkpoint);

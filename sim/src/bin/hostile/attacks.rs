@@ -437,7 +437,7 @@ impl Listener {
         let layout = self.layout.as_ref().context("no Welcome yet")?;
         let delta = ParameterVector::new(layout, values).context("building a delta")?;
         let metrics = LocalMetrics { samples, prequential_errors: 0 };
-        let update = Update { round, base_version: base, delta, metrics };
+        let update = Update { round, base_version: base, delta, metrics, moments: None };
         encode_frame(&ClientMessage::Update(update), limit).context("encoding an update")
     }
 

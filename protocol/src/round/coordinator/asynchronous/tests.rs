@@ -38,7 +38,7 @@ fn joined(config: CoordinatorConfig, n: u64, t0: Instant) -> Coordinator {
 
 fn send(coordinator: &mut Coordinator, conn: u64, base_version: u64, delta: Vec<f32>, now: Instant) {
     let metrics = LocalMetrics { samples: 2, prequential_errors: 1 };
-    let update = Update { round: 0, base_version, delta: vector(delta), metrics };
+    let update = Update { round: 0, base_version, delta: vector(delta), metrics, moments: None };
     coordinator.handle_message(ConnectionId(conn), ClientMessage::Update(update), now);
 }
 
@@ -55,7 +55,12 @@ fn sent(coordinator: &mut Coordinator) -> Vec<(u64, String)> {
                 }
                 CoordinatorMessage::Error { code, .. } => format!("error {code:?}"),
                 CoordinatorMessage::Rules(rules)
-                    if rules == UpdateRules { max_samples: rules.max_samples, ..UpdateRules::default() } =>
+                    if rules
+                        == UpdateRules {
+                            max_samples: rules.max_samples,
+                            feature_moments: true,
+                            ..UpdateRules::default()
+                        } =>
                 {
                     "rules".to_string()
                 }

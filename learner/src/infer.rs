@@ -1,0 +1,360 @@
+//! The served model: a global HBP network with the feature statistics it is served with, and
+//! its forward pass in plain Rust over the flat parameter vector (no tensors to set up per
+//! request, no allocation beyond two row buffers): one sample per request, or a batch in one
+//! pass that streams every weight matrix once for all its rows.
+//!
+//! The pass is the learner's ([`crate::hbp`]): raw features standardised with the fleet's
+//! mean and standard deviation (clipped to ±[`Z_CLIP`], zero for a feature without spread),
+//! the ReLU trunk, a softmax per head and the α-weighted mix of the heads' probabilities. A
+//! test checks it against [`HbpModel::predict_proba`](crate::hbp::HbpModel::predict_proba).
+
+use flotilla_protocol::model::FeatureMoments;
+use flotilla_protocol::model::hbp::{HbpConfig, layout};
+use flotilla_protocol::params::{ParameterError, ParameterVector};
+
+use crate::standardize::Z_CLIP;
+
+/// Why a predictor could not be built or a row not predicted.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum InferError {
+    /// The parameters do not fit the network.
+    #[error(transparent)]
+    Parameters(#[from] ParameterError),
+    /// The feature statistics are for another number of features.
+    #[error("feature statistics for {found} features, the model has {expected}")]
+    Statistics {
+        /// The model's inputs.
+        expected: usize,
+        /// The statistics' features.
+        found: usize,
+    },
+    /// A row has the wrong number of features.
+    #[error("row {row}: {found} features, the model takes {expected}")]
+    RowLength {
+        /// Index of the row in the request.
+        row: usize,
+        /// The model's inputs.
+        expected: usize,
+        /// Features given.
+        found: usize,
+    },
+    /// A feature value is NaN or infinite.
+    #[error("row {row}, feature {feature}: {value} is not a finite number")]
+    NotFinite {
+        /// Index of the row in the request.
+        row: usize,
+        /// Index of the feature.
+        feature: usize,
+        /// The value.
+        value: f32,
+    },
+}
+
+/// How raw features become the network's inputs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Standardization {
+    /// Per-feature mean.
+    pub mean: Vec<f32>,
+    /// Per-feature 1 / standard deviation; 0 for a feature without spread (its input is 0).
+    pub inv_std: Vec<f32>,
+}
+
+impl Standardization {
+    /// From pooled feature statistics (`None` over zero rows).
+    pub fn from_moments(moments: &FeatureMoments) -> Option<Self> {
+        let (mean, std) = moments.mean_std()?;
+        Some(Self {
+            mean: mean.iter().map(|&m| m as f32).collect(),
+            inv_std: std.iter().map(|&s| if s > 0.0 { (1.0 / s) as f32 } else { 0.0 }).collect(),
+        })
+    }
+
+    fn apply(&self, row: &[f32], out: &mut [f32]) {
+        let clip = Z_CLIP as f32;
+        for (((o, &x), &m), &inv) in out.iter_mut().zip(row).zip(&self.mean).zip(&self.inv_std) {
+            *o = ((x - m) * inv).clamp(-clip, clip);
+        }
+    }
+}
+
+/// One row's prediction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// The most probable class.
+    pub class: usize,
+    /// The mixture's probability of every class.
+    pub probabilities: Vec<f32>,
+}
+
+/// Offsets of each segment in the flat vector (see `flotilla_protocol::model::hbp::layout`).
+#[derive(Debug, Clone)]
+struct Offsets {
+    hidden: Vec<(usize, usize)>,
+    input_head: Option<(usize, usize)>,
+    heads_weight: usize,
+    heads_bias: usize,
+    alpha: usize,
+}
+
+/// A network ready to predict.
+#[derive(Debug, Clone)]
+pub struct Predictor {
+    config: HbpConfig,
+    values: Vec<f32>,
+    offsets: Offsets,
+    standardization: Option<Standardization>,
+}
+
+impl Predictor {
+    /// The network of `config` holding `params`, fed through `standardization` (none: the rows
+    /// given are already standardised).
+    pub fn new(
+        config: &HbpConfig,
+        params: &ParameterVector,
+        standardization: Option<Standardization>,
+    ) -> Result<Self, InferError> {
+        let layout = layout(config);
+        params.check(&layout)?;
+        if let Some(s) = &standardization
+            && (s.mean.len() != config.inputs || s.inv_std.len() != config.inputs)
+        {
+            return Err(InferError::Statistics { expected: config.inputs, found: s.mean.len() });
+        }
+        let mut offset = 0;
+        let mut next = |len: usize| {
+            let at = offset;
+            offset += len;
+            at
+        };
+        let (d, w, c) = (config.inputs, config.width, config.classes);
+        let hidden = (0..config.hidden_layers)
+            .map(|l| {
+                let input = if l == 0 { d } else { w };
+                (next(input * w), next(w))
+            })
+            .collect();
+        let input_head = config.input_head.then(|| (next(d * c), next(c)));
+        let heads_weight = next(config.hidden_layers * w * c);
+        let heads_bias = next(config.hidden_layers * c);
+        let alpha = next(config.heads());
+        let offsets = Offsets { hidden, input_head, heads_weight, heads_bias, alpha };
+        Ok(Self { config: config.clone(), values: params.values.clone(), offsets, standardization })
+    }
+
+    /// The network's shape and hyper-parameters.
+    pub fn config(&self) -> &HbpConfig {
+        &self.config
+    }
+
+    /// How raw rows are standardised, if they are.
+    pub fn standardization(&self) -> Option<&Standardization> {
+        self.standardization.as_ref()
+    }
+
+    /// The flat parameters, in `flotilla_protocol::model::hbp::layout` order.
+    pub fn values(&self) -> &[f32] {
+        &self.values
+    }
+
+    /// The model as JSON, for other runtimes (NumPy, a browser): the shape and
+    /// hyper-parameters, the standardisation (`mean`, `inv_std`, the ±`z_clip` clip), and every
+    /// parameter segment by name with its shape and row-major values.
+    pub fn to_json(&self) -> serde_json::Value {
+        let layout = layout(&self.config);
+        let mut offset = 0;
+        let segments: Vec<serde_json::Value> = layout
+            .segments()
+            .iter()
+            .map(|segment| {
+                let values = &self.values[offset..offset + segment.len()];
+                offset += segment.len();
+                serde_json::json!({ "name": segment.name, "shape": segment.shape, "values": values })
+            })
+            .collect();
+        serde_json::json!({
+            "format": "flotilla-hbp-json/1",
+            "config": self.config,
+            "standardization": self.standardization.as_ref().map(|s| serde_json::json!({
+                "mean": s.mean, "inv_std": s.inv_std, "z_clip": Z_CLIP,
+            })),
+            "segments": segments,
+        })
+    }
+
+    /// Predicts every row (each with the model's number of features, all finite) in one pass.
+    pub fn predict(&self, rows: &[&[f32]]) -> Result<Vec<Prediction>, InferError> {
+        let (d, w, c) = (self.config.inputs, self.config.width, self.config.classes);
+        for (row, values) in rows.iter().enumerate() {
+            if values.len() != d {
+                return Err(InferError::RowLength { row, expected: d, found: values.len() });
+            }
+            if let Some(feature) = values.iter().position(|v| !v.is_finite()) {
+                return Err(InferError::NotFinite { row, feature, value: values[feature] });
+            }
+        }
+        let b = rows.len();
+        let mut input = vec![0.0f32; b * d];
+        for (row, out) in rows.iter().zip(input.chunks_exact_mut(d.max(1))) {
+            match &self.standardization {
+                Some(s) => s.apply(row, out),
+                None => out.copy_from_slice(row),
+            }
+        }
+        let heads = self.config.heads();
+        // Mixed probabilities of every row, accumulated head by head.
+        let mut mixed = vec![0.0f32; b * c];
+        let mut logits = vec![0.0f32; b * c];
+        let alpha = &self.values[self.offsets.alpha..self.offsets.alpha + heads];
+        let mut head = 0;
+        if let Some((weight, bias)) = self.offsets.input_head {
+            self.affine(&input, d, weight, bias, c, &mut logits);
+            mix(&mut logits, c, alpha[head], &mut mixed);
+            head += 1;
+        }
+        let mut h = input;
+        let mut next = vec![0.0f32; b * w];
+        for (l, &(weight, bias)) in self.offsets.hidden.iter().enumerate() {
+            let width_in = if l == 0 { d } else { w };
+            next.resize(b * w, 0.0);
+            self.affine(&h, width_in, weight, bias, w, &mut next);
+            next.iter_mut().for_each(|v| *v = v.max(0.0));
+            std::mem::swap(&mut h, &mut next);
+            let head_weight = self.offsets.heads_weight + l * w * c;
+            let head_bias = self.offsets.heads_bias + l * c;
+            self.affine(&h, w, head_weight, head_bias, c, &mut logits);
+            mix(&mut logits, c, alpha[head], &mut mixed);
+            head += 1;
+        }
+        Ok(mixed
+            .chunks_exact(c)
+            .map(|p| {
+                let class = p
+                    .iter()
+                    .enumerate()
+                    .fold((0, f32::NEG_INFINITY), |best, (k, &v)| if v > best.1 { (k, v) } else { best })
+                    .0;
+                Prediction { class, probabilities: p.to_vec() }
+            })
+            .collect())
+    }
+
+    /// `out[b, n] = x[b, m] · W[m, n] + bias[n]`, W row-major at `weight`: each row of W is
+    /// read once for all the batch's rows.
+    fn affine(&self, x: &[f32], m: usize, weight: usize, bias: usize, n: usize, out: &mut [f32]) {
+        let bias = &self.values[bias..bias + n];
+        let rows = x.len() / m.max(1);
+        for r in 0..rows {
+            out[r * n..(r + 1) * n].copy_from_slice(bias);
+        }
+        for k in 0..m {
+            let w_row = &self.values[weight + k * n..weight + (k + 1) * n];
+            for r in 0..rows {
+                let xv = x[r * m + k];
+                if xv != 0.0 {
+                    let o = &mut out[r * n..(r + 1) * n];
+                    o.iter_mut().zip(w_row).for_each(|(o, w)| *o += xv * w);
+                }
+            }
+        }
+    }
+}
+
+/// Turns each row of `logits` into probabilities (a stable softmax) and adds `alpha` times
+/// them to `mixed`.
+fn mix(logits: &mut [f32], c: usize, alpha: f32, mixed: &mut [f32]) {
+    for (z, m) in logits.chunks_exact_mut(c).zip(mixed.chunks_exact_mut(c)) {
+        let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut total = 0.0;
+        z.iter_mut().for_each(|v| {
+            *v = (*v - max).exp();
+            total += *v;
+        });
+        m.iter_mut().zip(z.iter()).for_each(|(m, p)| *m += alpha * p / total);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, Tensor, TensorData};
+
+    use super::*;
+    use crate::hbp::HbpModel;
+
+    fn rows(n: usize, d: usize, seed: u64) -> Vec<Vec<f32>> {
+        let mut state = seed;
+        (0..n)
+            .map(|_| {
+                (0..d)
+                    .map(|j| {
+                        state = flotilla_protocol::workload::splitmix64(state);
+                        // Features on very different scales, as raw data has them.
+                        ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 10f32.powi(j as i32 % 4)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The plain-Rust pass predicts what the burn learner predicts on the same standardised
+    /// rows, with and without the input head, one row at a time and as a batch.
+    #[test]
+    fn matches_the_burn_model_on_standardised_rows() {
+        for input_head in [true, false] {
+            let config = HbpConfig { hidden_layers: 3, width: 16, input_head, seed: 7, ..HbpConfig::new(5, 4) };
+            let device = Device::flex();
+            let mut model = HbpModel::new(config.clone(), &device).unwrap();
+            // A few learning steps so that α and the weights are not at their initial values.
+            let train = rows(200, 5, 1);
+            let mut moments = FeatureMoments::new(5);
+            train.iter().for_each(|r| moments.add_row(r));
+            let standardization = Standardization::from_moments(&moments).unwrap();
+            let standardize = |row: &[f32]| {
+                let mut z = vec![0.0; row.len()];
+                standardization.apply(row, &mut z);
+                z
+            };
+            for (i, row) in train.iter().enumerate() {
+                let batch = model.batch(&standardize(row), &[(i % 4) as u32]);
+                model.learn(batch);
+            }
+            let params = model.to_parameters().unwrap();
+            let predictor = Predictor::new(&config, &params, Some(standardization.clone())).unwrap();
+            let test = rows(300, 5, 2);
+            let refs: Vec<&[f32]> = test.iter().map(Vec::as_slice).collect();
+            let batched = predictor.predict(&refs).unwrap();
+            let z: Vec<f32> = test.iter().flat_map(|row| standardize(row)).collect();
+            let expected = model.predict_proba(Tensor::from_data(TensorData::new(z, [test.len(), 5]), &device));
+            let expected: Vec<f32> = expected.try_into_vec_as::<f32>().unwrap();
+            for (row, (prediction, probabilities)) in batched.iter().zip(expected.chunks(4)).enumerate() {
+                for (a, b) in prediction.probabilities.iter().zip(probabilities) {
+                    assert!((a - b).abs() < 1e-5, "row {row}: {:?} vs {probabilities:?}", prediction.probabilities);
+                }
+                let best =
+                    probabilities.iter().enumerate().fold((0, f32::MIN), |m, (k, &p)| if p > m.1 { (k, p) } else { m });
+                // Ties within float noise may break either way; anything else must agree.
+                if (prediction.probabilities[prediction.class] - best.1).abs() > 1e-6 {
+                    assert_eq!(prediction.class, best.0, "row {row}");
+                }
+                assert_eq!(predictor.predict(&[refs[row]]).unwrap()[0], *prediction, "row {row} alone");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_rows_and_shapes_are_errors() {
+        let config = HbpConfig { hidden_layers: 1, width: 4, ..HbpConfig::new(2, 2) };
+        let params = HbpModel::new(config.clone(), &Device::flex()).unwrap().to_parameters().unwrap();
+        let predictor = Predictor::new(&config, &params, None).unwrap();
+        assert!(matches!(predictor.predict(&[&[1.0]]), Err(InferError::RowLength { row: 0, expected: 2, found: 1 })));
+        let nan = [0.0, f32::NAN];
+        assert!(matches!(
+            predictor.predict(&[&[0.0, 0.0], &nan]),
+            Err(InferError::NotFinite { row: 1, feature: 1, .. })
+        ));
+        let wrong = Standardization { mean: vec![0.0; 3], inv_std: vec![1.0; 3] };
+        assert!(matches!(Predictor::new(&config, &params, Some(wrong)), Err(InferError::Statistics { .. })));
+        let other = HbpConfig { width: 5, ..config.clone() };
+        assert!(matches!(Predictor::new(&other, &params, None), Err(InferError::Parameters(_))));
+        assert!(predictor.predict(&[]).unwrap().is_empty());
+    }
+}
