@@ -12,10 +12,13 @@ use flotilla_protocol::model::FeatureMoments;
 use flotilla_protocol::model::hbp::{HbpConfig, layout};
 use flotilla_protocol::params::{ParameterError, ParameterVector};
 
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::hbp::{HbpModel, ModelError};
 use crate::standardize::Z_CLIP;
 
 /// Why a predictor could not be built or a row not predicted.
-#[derive(Debug, PartialEq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum InferError {
     /// The parameters do not fit the network.
     #[error(transparent)]
@@ -38,6 +41,9 @@ pub enum InferError {
         /// Features given.
         found: usize,
     },
+    /// The network could not be built or read back on the CPU backend.
+    #[error(transparent)]
+    Model(#[from] ModelError),
     /// A feature value is NaN or infinite.
     #[error("row {row}, feature {feature}: {value} is not a finite number")]
     NotFinite {
@@ -96,6 +102,10 @@ struct Offsets {
     alpha: usize,
 }
 
+/// Rows from which a pass goes through burn's CPU backend (blocked, SIMD matrix products on
+/// every core) instead of the plain loops, which win on a few rows (no tensor set-up).
+pub const BATCH_ROWS: usize = 64;
+
 /// A network ready to predict.
 #[derive(Debug, Clone)]
 pub struct Predictor {
@@ -103,6 +113,8 @@ pub struct Predictor {
     values: Vec<f32>,
     offsets: Offsets,
     standardization: Option<Standardization>,
+    /// The same network as burn tensors on the CPU, for large batches.
+    batched: HbpModel,
 }
 
 impl Predictor {
@@ -138,7 +150,8 @@ impl Predictor {
         let heads_bias = next(config.hidden_layers * c);
         let alpha = next(config.heads());
         let offsets = Offsets { hidden, input_head, heads_weight, heads_bias, alpha };
-        Ok(Self { config: config.clone(), values: params.values.clone(), offsets, standardization })
+        let batched = HbpModel::from_parameters(config.clone(), params, &Device::flex()).map_err(InferError::Model)?;
+        Ok(Self { config: config.clone(), values: params.values.clone(), offsets, standardization, batched })
     }
 
     /// The network's shape and hyper-parameters.
@@ -200,6 +213,14 @@ impl Predictor {
                 None => out.copy_from_slice(row),
             }
         }
+        if b >= BATCH_ROWS {
+            let features = Tensor::from_data(TensorData::new(input, [b, d]), self.batched.device());
+            let mixed = self.batched.predict_proba(features);
+            let mixed = mixed
+                .try_into_vec_as::<f32>()
+                .map_err(|e| InferError::Model(ModelError::Readback(format!("{e:?}"))))?;
+            return Ok(predictions(&mixed, c));
+        }
         let heads = self.config.heads();
         // Mixed probabilities of every row, accumulated head by head.
         let mut mixed = vec![0.0f32; b * c];
@@ -225,17 +246,7 @@ impl Predictor {
             mix(&mut logits, c, alpha[head], &mut mixed);
             head += 1;
         }
-        Ok(mixed
-            .chunks_exact(c)
-            .map(|p| {
-                let class = p
-                    .iter()
-                    .enumerate()
-                    .fold((0, f32::NEG_INFINITY), |best, (k, &v)| if v > best.1 { (k, v) } else { best })
-                    .0;
-                Prediction { class, probabilities: p.to_vec() }
-            })
-            .collect())
+        Ok(predictions(&mixed, c))
     }
 
     /// `out[b, n] = x[b, m] · W[m, n] + bias[n]`, W row-major at `weight`: each row of W is
@@ -259,6 +270,21 @@ impl Predictor {
     }
 }
 
+/// One prediction per row of `mixed` (`c` probabilities a row).
+fn predictions(mixed: &[f32], c: usize) -> Vec<Prediction> {
+    mixed
+        .chunks_exact(c)
+        .map(|p| {
+            let class = p
+                .iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |best, (k, &v)| if v > best.1 { (k, v) } else { best })
+                .0;
+            Prediction { class, probabilities: p.to_vec() }
+        })
+        .collect()
+}
+
 /// Turns each row of `logits` into probabilities (a stable softmax) and adds `alpha` times
 /// them to `mixed`.
 fn mix(logits: &mut [f32], c: usize, alpha: f32, mixed: &mut [f32]) {
@@ -275,10 +301,7 @@ fn mix(logits: &mut [f32], c: usize, alpha: f32, mixed: &mut [f32]) {
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::{Device, Tensor, TensorData};
-
     use super::*;
-    use crate::hbp::HbpModel;
 
     fn rows(n: usize, d: usize, seed: u64) -> Vec<Vec<f32>> {
         let mut state = seed;
@@ -295,8 +318,9 @@ mod tests {
             .collect()
     }
 
-    /// The plain-Rust pass predicts what the burn learner predicts on the same standardised
-    /// rows, with and without the input head, one row at a time and as a batch.
+    /// Both passes (plain loops for a few rows, burn's CPU backend for a batch) predict what
+    /// the burn learner predicts on the same standardised rows, with and without the input
+    /// head; a small batch takes the plain loops.
     #[test]
     fn matches_the_burn_model_on_standardised_rows() {
         for input_head in [true, false] {
@@ -320,11 +344,16 @@ mod tests {
             let params = model.to_parameters().unwrap();
             let predictor = Predictor::new(&config, &params, Some(standardization.clone())).unwrap();
             let test = rows(300, 5, 2);
+            let few: Vec<&[f32]> = test.iter().take(BATCH_ROWS - 1).map(Vec::as_slice).collect();
+            let few = predictor.predict(&few).unwrap();
             let refs: Vec<&[f32]> = test.iter().map(Vec::as_slice).collect();
             let batched = predictor.predict(&refs).unwrap();
             let z: Vec<f32> = test.iter().flat_map(|row| standardize(row)).collect();
             let expected = model.predict_proba(Tensor::from_data(TensorData::new(z, [test.len(), 5]), &device));
             let expected: Vec<f32> = expected.try_into_vec_as::<f32>().unwrap();
+            for (small, large) in few.iter().zip(&batched) {
+                assert!(small.probabilities.iter().zip(&large.probabilities).all(|(a, b)| (a - b).abs() < 1e-5));
+            }
             for (row, (prediction, probabilities)) in batched.iter().zip(expected.chunks(4)).enumerate() {
                 for (a, b) in prediction.probabilities.iter().zip(probabilities) {
                     assert!((a - b).abs() < 1e-5, "row {row}: {:?} vs {probabilities:?}", prediction.probabilities);
@@ -335,7 +364,16 @@ mod tests {
                 if (prediction.probabilities[prediction.class] - best.1).abs() > 1e-6 {
                     assert_eq!(prediction.class, best.0, "row {row}");
                 }
-                assert_eq!(predictor.predict(&[refs[row]]).unwrap()[0], *prediction, "row {row} alone");
+                // One row alone takes the plain loops; the batch took burn's CPU backend.
+                let alone = predictor.predict(&[refs[row]]).unwrap().remove(0);
+                for (a, b) in alone.probabilities.iter().zip(&prediction.probabilities) {
+                    assert!(
+                        (a - b).abs() < 1e-5,
+                        "row {row} alone: {:?} vs {:?}",
+                        alone.probabilities,
+                        prediction.probabilities
+                    );
+                }
             }
         }
     }
