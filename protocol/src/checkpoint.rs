@@ -85,16 +85,7 @@ struct CheckpointV4 {
 impl From<CheckpointV2> for Checkpoint {
     fn from(v2: CheckpointV2) -> Self {
         let CheckpointV2 { round, model_version, spec, params } = v2;
-        Self {
-            round,
-            model_version,
-            spec,
-            params,
-            served: None,
-            accountant: None,
-            adaptive_clip: None,
-            feature_moments: None,
-        }
+        Self { round, model_version, ..Self::initial(spec, params) }
     }
 }
 
