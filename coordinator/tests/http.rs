@@ -72,11 +72,17 @@ async fn predictions_follow_the_committed_model_and_metrics_parse() {
     let version = first["model_version"].as_u64().unwrap();
     assert!(version >= 1);
 
-    // A later commit changes the served prediction.
+    // A later commit changes the served predictions. The fake learners step every weight and
+    // bias alike, which leaves a softmax unchanged wherever a row's ReLU trunk is dead: rows on
+    // both sides of the fleet's mean, so that the steps wake some trunk up whatever their sign.
+    let probe = r#"{"rows":[[1.0,2.0,3.0],[6.0,6.0,6.0],[-4.0,-4.0,-4.0],[9.0,-7.0,1.0]]}"#;
+    let (status, before) = post(api, "/v1/predict/batch", probe).await;
+    assert_eq!(status, 200, "{before}");
+    let version = before["model_version"].as_u64().unwrap();
     ready_at(api, version + 2).await;
-    let (_, later) = post(api, "/v1/predict", r#"{"features":[1.0,2.0,3.0]}"#).await;
+    let (_, later) = post(api, "/v1/predict/batch", probe).await;
     assert!(later["model_version"].as_u64().unwrap() > version, "{later}");
-    assert_ne!(later["probabilities"], first["probabilities"], "the prediction did not change after commits");
+    assert_ne!(later["probabilities"], before["probabilities"], "no prediction changed after commits");
 
     // Batches: JSON and CSV (with a header) give the same answer as single rows.
     let (status, batch) = post(api, "/v1/predict/batch", r#"{"rows":[[1.0,2.0,3.0],[-4.0,0.5,9.0]]}"#).await;
