@@ -262,24 +262,12 @@ impl Api {
 
     /// Checks `rows` against the served model's shape, then has them predicted.
     async fn predict(&self, rows: Vec<Vec<f32>>) -> Result<(Vec<Prediction>, u64), ApiError> {
-        let inputs = self.model.borrow().as_ref().and_then(|m| m.predictor.as_ref().ok().map(|p| p.config().inputs));
-        if let Some(inputs) = inputs {
-            for (row, values) in rows.iter().enumerate() {
-                if values.len() != inputs {
-                    let found = values.len();
-                    return Err(ApiError::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        format!("row {row}: {found} features, the model takes {inputs}"),
-                    ));
-                }
-                if let Some(feature) = values.iter().position(|v| !v.is_finite()) {
-                    return Err(ApiError::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        format!("row {row}, feature {feature}: not a finite f32"),
-                    ));
-                }
-            }
-        }
+        // Checked here, so that one bad request never fails the others of a coalesced pass.
+        let checked = match self.model.borrow().as_ref().map(|m| &m.predictor) {
+            Some(Ok(predictor)) => predictor.check_rows(&rows),
+            _ => Ok(()),
+        };
+        checked.map_err(|error| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, error.to_string()))?;
         let (reply, answer) = oneshot::channel();
         self.jobs.try_send(Job { rows, reply }).map_err(|error| match error {
             std_mpsc::TrySendError::Full(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded: try again"),

@@ -194,10 +194,10 @@ impl Predictor {
         })
     }
 
-    /// Predicts every row (each with the model's number of features, all finite) in one pass.
-    pub fn predict(&self, rows: &[&[f32]]) -> Result<Vec<Prediction>, InferError> {
-        let (d, w, c) = (self.config.inputs, self.config.width, self.config.classes);
-        for (row, values) in rows.iter().enumerate() {
+    /// Checks that every row has the model's number of features, all finite.
+    pub fn check_rows<R: AsRef<[f32]>>(&self, rows: &[R]) -> Result<(), InferError> {
+        let d = self.config.inputs;
+        for (row, values) in rows.iter().map(AsRef::as_ref).enumerate() {
             if values.len() != d {
                 return Err(InferError::RowLength { row, expected: d, found: values.len() });
             }
@@ -205,6 +205,13 @@ impl Predictor {
                 return Err(InferError::NotFinite { row, feature, value: values[feature] });
             }
         }
+        Ok(())
+    }
+
+    /// Predicts every row (checked by [`Predictor::check_rows`]) in one pass.
+    pub fn predict(&self, rows: &[&[f32]]) -> Result<Vec<Prediction>, InferError> {
+        let (d, w, c) = (self.config.inputs, self.config.width, self.config.classes);
+        self.check_rows(rows)?;
         let b = rows.len();
         let mut input = vec![0.0f32; b * d];
         for (row, out) in rows.iter().zip(input.chunks_exact_mut(d.max(1))) {
@@ -272,17 +279,16 @@ impl Predictor {
 
 /// One prediction per row of `mixed` (`c` probabilities a row).
 fn predictions(mixed: &[f32], c: usize) -> Vec<Prediction> {
-    mixed
-        .chunks_exact(c)
-        .map(|p| {
-            let class = p
-                .iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |best, (k, &v)| if v > best.1 { (k, v) } else { best })
-                .0;
-            Prediction { class, probabilities: p.to_vec() }
-        })
-        .collect()
+    mixed.chunks_exact(c).map(|p| Prediction { class: argmax(p), probabilities: p.to_vec() }).collect()
+}
+
+/// The index of the largest probability (the first of equals).
+pub fn argmax(probabilities: &[f32]) -> usize {
+    probabilities
+        .iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (k, &p)| if p > best.1 { (k, p) } else { best })
+        .0
 }
 
 /// Turns each row of `logits` into probabilities (a stable softmax) and adds `alpha` times

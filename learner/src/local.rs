@@ -413,11 +413,7 @@ impl LocalLearner {
         let mut out = Vec::with_capacity(self.emitted.len());
         for (row, model_version, probabilities) in std::mem::take(&mut self.emitted) {
             let probabilities = read_probabilities(probabilities)?;
-            let class = probabilities
-                .iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |best, (k, &p)| if p > best.1 { (k, p) } else { best })
-                .0;
+            let class = crate::infer::argmax(&probabilities);
             out.push(RowPrediction { row, class, probabilities, model_version });
         }
         Ok(out)
