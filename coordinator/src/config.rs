@@ -152,6 +152,12 @@ pub struct Options {
     /// Most rows in one POST /v1/predict/batch request [default: 100000].
     #[arg(long, value_name = "N")]
     pub http_max_rows: Option<usize>,
+    /// Serve the HTTP API over TLS (HTTPS, TLS 1.3) with the QUIC certificate and key (--cert
+    /// and --key, or the development PKI); with --client-ca, HTTP clients must present a
+    /// certificate too.
+    #[arg(long)]
+    #[serde(default)]
+    pub http_tls: bool,
     /// Number of input features D of the model (with --classes, unless resuming or
     /// loading a checkpoint with --initial-params).
     #[arg(long, value_name = "D")]
@@ -237,6 +243,12 @@ pub struct Options {
     /// (round interval + round deadline), at least 1,000].
     #[arg(long, value_name = "N")]
     pub max_samples_per_update: Option<u64>,
+    /// Fine-tune a pruned model (from `flotilla-coordinator export --prune … --checkpoint-out`,
+    /// started with --initial-params): every weight that is zero in the global model stays
+    /// zero; clients zero those coordinates of their updates and every commit zeroes them again.
+    #[arg(long)]
+    #[serde(default)]
+    pub keep_pruned: bool,
     /// Iterate averaging ρ in [0, 1): the served model (evaluated, checkpointed) is
     /// ρ·served + (1 − ρ)·latest after each commit; clients train on the latest; 0 serves
     /// the latest [default: 0.85].
@@ -579,6 +591,7 @@ impl Options {
             sessions_per_identity: self.sessions_per_identity.unwrap_or(1),
             round_goal: self.round_goal,
             misbehaviour_penalty: duration(self.penalty, Duration::from_secs(60)),
+            keep_pruned: self.keep_pruned,
             ..CoordinatorConfig::default()
         };
         rounds.validate().context("invalid round settings")?;
@@ -646,8 +659,9 @@ impl Options {
                 // A row of JSON is at most ~16 bytes a feature; room for the largest batch.
                 let inputs = spec.as_ref().and_then(ModelSpec::hbp).map_or(1024, |hbp| hbp.inputs);
                 let max_body = max_rows.saturating_mul(inputs.saturating_mul(24).max(64)).clamp(1 << 20, 256 << 20);
-                Some(HttpConfig { listen: http, max_rows, max_body })
+                Some(HttpConfig { listen: http, max_rows, max_body, tls: self.http_tls })
             }
+            None if self.http_tls => bail!("--http-tls needs --http ADDR to serve on"),
             None => None,
         };
         Ok(Config {

@@ -17,6 +17,8 @@
 //! is a 4xx (or 503) with a JSON body `{"error": "…"}`; when the coordinator has tokens,
 //! every route but `/healthz` and `/readyz` wants one as `Authorization: Bearer TOKEN`.
 
+mod tls;
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -56,6 +58,8 @@ pub struct HttpConfig {
     pub max_rows: usize,
     /// Largest request body, bytes.
     pub max_body: usize,
+    /// HTTPS with the QUIC certificate (`--http-tls`).
+    pub tls: bool,
 }
 
 /// The model the API serves: the latest committed checkpoint and a predictor built from it.
@@ -151,6 +155,7 @@ pub async fn bind(config: &HttpConfig) -> anyhow::Result<TcpListener> {
 /// Serves the API on `listener` until `shutdown`; starts (and ends with it) the inference thread.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     config: HttpConfig,
     model: watch::Receiver<Option<Arc<ServedModel>>>,
     metrics: Arc<Metrics>,
@@ -176,7 +181,13 @@ pub async fn serve(
         .layer(DefaultBodyLimit::max(config.max_body))
         .with_state(api);
     tracing::info!(listen = %listener.local_addr()?, "HTTP API listening");
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+    let served = match tls {
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await,
+        Some(tls) => {
+            let listener = tls::TlsListener::new(listener, tls).context("HTTPS listener")?;
+            axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+        }
+    };
     // The router (and with it the last job sender) is gone: the thread ends.
     let _ = tokio::task::spawn_blocking(move || inference.join()).await;
     served.context("HTTP API")

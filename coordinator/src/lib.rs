@@ -4,6 +4,8 @@
 //! The round logic is the sans-IO [`flotilla_protocol::round::Coordinator`]; this crate is its shell:
 //! options ([`config`]), connections, durable state ([`persist`]) and held-out evaluation
 //! ([`eval`]). Tests and the binary start it with [`bind`] + [`Server::run`], or [`run`].
+//! [`tools`] holds the `export` and `distill` subcommands (a checkpoint's model as ONNX, fused,
+//! pruned, quantised or distilled).
 
 pub mod config;
 pub mod eval;
@@ -12,6 +14,7 @@ pub mod metrics;
 pub mod persist;
 mod server;
 pub mod state;
+pub mod tools;
 
 pub use config::{Config, Options};
 pub use server::{RunSummary, Server, bind};

@@ -2,19 +2,33 @@
 
 use anyhow::Context;
 use clap::Parser;
-use flotilla_coordinator::Options;
+use flotilla_coordinator::{Options, tools};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-/// Runs federated online learning rounds with Flotilla client daemons over QUIC.
+/// Runs federated online learning rounds with Flotilla client daemons over QUIC; with a
+/// subcommand, exports or distils a checkpoint's model instead.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)]
     options: Options,
     /// Log line format on stderr (filter with RUST_LOG, default info).
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
+}
+
+/// What to do instead of running the coordinator.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Write a checkpoint's served model as ONNX (optionally fused, pruned, int8), with a
+    /// report of size, single-row latency and held-back error before and after.
+    Export(tools::ExportArgs),
+    /// Train a small student on a checkpoint's soft labels and write it as ONNX (and as a
+    /// checkpoint a fleet can start from), with teacher vs student figures.
+    Distill(tools::DistillArgs),
 }
 
 /// How log lines are written.
@@ -45,6 +59,11 @@ fn init_logging(format: LogFormat) {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    match &cli.command {
+        Some(Command::Export(args)) => return tools::export(args),
+        Some(Command::Distill(args)) => return tools::distill(args),
+        None => {}
+    }
     let config = cli.options.resolve().context("configuration")?;
     let server = flotilla_coordinator::bind(config).await?;
     let shutdown = CancellationToken::new();

@@ -41,7 +41,8 @@ pub struct Server {
     /// Largest frame a client may send.
     upload_limit: flotilla_protocol::wire::framing::FrameLimit,
     /// The HTTP API's listener, the served model's channel and the metrics.
-    http: Option<(TcpListener, HttpConfig)>,
+    /// The HTTP API's listener, settings and HTTPS configuration.
+    http: Option<(TcpListener, HttpConfig, Option<Arc<rustls::ServerConfig>>)>,
     served: watch::Sender<Option<Arc<ServedModel>>>,
     metrics: Arc<Metrics>,
 }
@@ -105,6 +106,14 @@ pub async fn bind(mut config: Config) -> anyhow::Result<Server> {
         None => None,
     };
     let (tls, dev_pki) = server_tls(&config)?;
+    // HTTPS with the same certificate and key as QUIC (and the same client CA, if any).
+    let http_tls = match &config.http {
+        Some(settings) if settings.tls => {
+            Some(Arc::new(flotilla_net::tls::server_crypto(&tls, b"http/1.1").context("HTTPS TLS configuration")?))
+        }
+        _ => None,
+    };
+    let http = http.map(|(listener, settings)| (listener, settings, http_tls));
     let server_config = quic_server_config(&tls, ALPN, &config.tuning).context("server TLS configuration")?;
     let reset_key = crate::persist::load_or_create_reset_key(&files.reset_key)?;
     let endpoint =
@@ -161,7 +170,7 @@ impl Server {
 
     /// The HTTP API's address, when `--http` was given.
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http.as_ref().and_then(|(listener, _)| listener.local_addr().ok())
+        self.http.as_ref().and_then(|(listener, ..)| listener.local_addr().ok())
     }
 
     /// The development PKI, when no production certificate was given.
@@ -192,9 +201,10 @@ impl Server {
         // is committed to clients that is not on disk.
         let stop = shutdown.child_token();
         let http_stop = shutdown.child_token();
-        let http_task = http.map(|(listener, settings)| {
+        let http_task = http.map(|(listener, settings, tls)| {
             let tokens = config.rounds.auth_tokens.clone();
-            let api = http::serve(listener, settings, served.subscribe(), metrics.clone(), tokens, http_stop.clone());
+            let api =
+                http::serve(listener, tls, settings, served.subscribe(), metrics.clone(), tokens, http_stop.clone());
             let stop = stop.clone();
             tokio::spawn(async move {
                 let result = api.await;

@@ -171,3 +171,43 @@ async fn bad_bodies_get_json_errors_and_tokens_are_required() {
     a.stop().await.unwrap();
     running.stop().await;
 }
+
+/// One GET over TLS trusting `ca`; returns the raw response.
+async fn https_get(addr: SocketAddr, ca: &std::path::Path, path: &str) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tls = flotilla_net::tls::ClientTls { ca: ca.to_path_buf(), identity: None };
+    let config = flotilla_net::tls::client_crypto(&tls, b"http/1.1").unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = connector.connect(name, tcp).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await.unwrap().unwrap();
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_serves_with_the_quic_certificate() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let running = start(options(dir.path(), &["--min-clients", "2", "--http", "127.0.0.1:0", "--http-tls"])).await;
+    let api = running.http.unwrap();
+    let response = https_get(api, &running.ca, "/healthz").await;
+    assert!(response.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&response));
+
+    // A peer that opens a connection and says nothing does not hold up the others.
+    let _silent = tokio::net::TcpStream::connect(api).await.unwrap();
+    let response = https_get(api, &running.ca, "/readyz").await;
+    assert!(response.starts_with(b"HTTP/1.1 503"), "{}", String::from_utf8_lossy(&response));
+
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let mut plain = tokio::net::TcpStream::connect(api).await.unwrap();
+    plain.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut answer)).await.unwrap();
+    assert!(!answer.starts_with(b"HTTP/"), "{}", String::from_utf8_lossy(&answer));
+    running.stop().await;
+}

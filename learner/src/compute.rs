@@ -10,6 +10,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+#[cfg(feature = "gpu")]
 use std::sync::OnceLock;
 
 use burn::tensor::Device;

@@ -15,6 +15,8 @@ use flotilla_protocol::params::{ParameterError, ParameterVector};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::hbp::{HbpModel, ModelError};
+pub use crate::network::argmax;
+use crate::network::{InputStage, Network, NetworkError};
 use crate::standardize::Z_CLIP;
 
 /// Why a predictor could not be built or a row not predicted.
@@ -92,16 +94,6 @@ pub struct Prediction {
     pub probabilities: Vec<f32>,
 }
 
-/// Offsets of each segment in the flat vector (see `flotilla_protocol::model::hbp::layout`).
-#[derive(Debug, Clone)]
-struct Offsets {
-    hidden: Vec<(usize, usize)>,
-    input_head: Option<(usize, usize)>,
-    heads_weight: usize,
-    heads_bias: usize,
-    alpha: usize,
-}
-
 /// Rows from which a pass goes through burn's CPU backend (blocked, SIMD matrix products on
 /// every core) instead of the plain loops, which win on a few rows (no tensor set-up).
 pub const BATCH_ROWS: usize = 64;
@@ -111,7 +103,8 @@ pub const BATCH_ROWS: usize = 64;
 pub struct Predictor {
     config: HbpConfig,
     values: Vec<f32>,
-    offsets: Offsets,
+    /// The same network as plain layers, for a few rows.
+    network: Network,
     standardization: Option<Standardization>,
     /// The same network as burn tensors on the CPU, for large batches.
     batched: HbpModel,
@@ -132,26 +125,18 @@ impl Predictor {
         {
             return Err(InferError::Statistics { expected: config.inputs, found: s.mean.len() });
         }
-        let mut offset = 0;
-        let mut next = |len: usize| {
-            let at = offset;
-            offset += len;
-            at
+        let input = match &standardization {
+            Some(s) => {
+                InputStage::Standardize { mean: s.mean.clone(), inv_std: s.inv_std.clone(), clip: Z_CLIP as f32 }
+            }
+            None => InputStage::Identity,
         };
-        let (d, w, c) = (config.inputs, config.width, config.classes);
-        let hidden = (0..config.hidden_layers)
-            .map(|l| {
-                let input = if l == 0 { d } else { w };
-                (next(input * w), next(w))
-            })
-            .collect();
-        let input_head = config.input_head.then(|| (next(d * c), next(c)));
-        let heads_weight = next(config.hidden_layers * w * c);
-        let heads_bias = next(config.hidden_layers * c);
-        let alpha = next(config.heads());
-        let offsets = Offsets { hidden, input_head, heads_weight, heads_bias, alpha };
+        let network = Network::from_hbp(config, params, input).map_err(|e| match e {
+            NetworkError::Parameters(e) => InferError::Parameters(e),
+            NetworkError::Statistics { expected, found } => InferError::Statistics { expected, found },
+        })?;
         let batched = HbpModel::from_parameters(config.clone(), params, &Device::flex()).map_err(InferError::Model)?;
-        Ok(Self { config: config.clone(), values: params.values.clone(), offsets, standardization, batched })
+        Ok(Self { config: config.clone(), values: params.values.clone(), network, standardization, batched })
     }
 
     /// The network's shape and hyper-parameters.
@@ -208,11 +193,21 @@ impl Predictor {
         Ok(())
     }
 
+    /// The network as plain layers (what fusion, pruning, quantisation and export start from).
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
     /// Predicts every row (checked by [`Predictor::check_rows`]) in one pass.
     pub fn predict(&self, rows: &[&[f32]]) -> Result<Vec<Prediction>, InferError> {
-        let (d, w, c) = (self.config.inputs, self.config.width, self.config.classes);
+        let c = self.config.classes;
         self.check_rows(rows)?;
         let b = rows.len();
+        let flat: Vec<f32> = rows.iter().flat_map(|row| row.iter().copied()).collect();
+        if b < BATCH_ROWS {
+            return Ok(predictions(&self.network.forward(&flat), c));
+        }
+        let d = self.config.inputs;
         let mut input = vec![0.0f32; b * d];
         for (row, out) in rows.iter().zip(input.chunks_exact_mut(d.max(1))) {
             match &self.standardization {
@@ -220,89 +215,17 @@ impl Predictor {
                 None => out.copy_from_slice(row),
             }
         }
-        if b >= BATCH_ROWS {
-            let features = Tensor::from_data(TensorData::new(input, [b, d]), self.batched.device());
-            let mixed = self.batched.predict_proba(features);
-            let mixed = mixed
-                .try_into_vec_as::<f32>()
-                .map_err(|e| InferError::Model(ModelError::Readback(format!("{e:?}"))))?;
-            return Ok(predictions(&mixed, c));
-        }
-        let heads = self.config.heads();
-        // Mixed probabilities of every row, accumulated head by head.
-        let mut mixed = vec![0.0f32; b * c];
-        let mut logits = vec![0.0f32; b * c];
-        let alpha = &self.values[self.offsets.alpha..self.offsets.alpha + heads];
-        let mut head = 0;
-        if let Some((weight, bias)) = self.offsets.input_head {
-            self.affine(&input, d, weight, bias, c, &mut logits);
-            mix(&mut logits, c, alpha[head], &mut mixed);
-            head += 1;
-        }
-        let mut h = input;
-        let mut next = vec![0.0f32; b * w];
-        for (l, &(weight, bias)) in self.offsets.hidden.iter().enumerate() {
-            let width_in = if l == 0 { d } else { w };
-            next.resize(b * w, 0.0);
-            self.affine(&h, width_in, weight, bias, w, &mut next);
-            next.iter_mut().for_each(|v| *v = v.max(0.0));
-            std::mem::swap(&mut h, &mut next);
-            let head_weight = self.offsets.heads_weight + l * w * c;
-            let head_bias = self.offsets.heads_bias + l * c;
-            self.affine(&h, w, head_weight, head_bias, c, &mut logits);
-            mix(&mut logits, c, alpha[head], &mut mixed);
-            head += 1;
-        }
+        let features = Tensor::from_data(TensorData::new(input, [b, d]), self.batched.device());
+        let mixed = self.batched.predict_proba(features);
+        let mixed =
+            mixed.try_into_vec_as::<f32>().map_err(|e| InferError::Model(ModelError::Readback(format!("{e:?}"))))?;
         Ok(predictions(&mixed, c))
-    }
-
-    /// `out[b, n] = x[b, m] · W[m, n] + bias[n]`, W row-major at `weight`: each row of W is
-    /// read once for all the batch's rows.
-    fn affine(&self, x: &[f32], m: usize, weight: usize, bias: usize, n: usize, out: &mut [f32]) {
-        let bias = &self.values[bias..bias + n];
-        let rows = x.len() / m.max(1);
-        for r in 0..rows {
-            out[r * n..(r + 1) * n].copy_from_slice(bias);
-        }
-        for k in 0..m {
-            let w_row = &self.values[weight + k * n..weight + (k + 1) * n];
-            for r in 0..rows {
-                let xv = x[r * m + k];
-                if xv != 0.0 {
-                    let o = &mut out[r * n..(r + 1) * n];
-                    o.iter_mut().zip(w_row).for_each(|(o, w)| *o += xv * w);
-                }
-            }
-        }
     }
 }
 
 /// One prediction per row of `mixed` (`c` probabilities a row).
 fn predictions(mixed: &[f32], c: usize) -> Vec<Prediction> {
     mixed.chunks_exact(c).map(|p| Prediction { class: argmax(p), probabilities: p.to_vec() }).collect()
-}
-
-/// The index of the largest probability (the first of equals).
-pub fn argmax(probabilities: &[f32]) -> usize {
-    probabilities
-        .iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (k, &p)| if p > best.1 { (k, p) } else { best })
-        .0
-}
-
-/// Turns each row of `logits` into probabilities (a stable softmax) and adds `alpha` times
-/// them to `mixed`.
-fn mix(logits: &mut [f32], c: usize, alpha: f32, mixed: &mut [f32]) {
-    for (z, m) in logits.chunks_exact_mut(c).zip(mixed.chunks_exact_mut(c)) {
-        let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut total = 0.0;
-        z.iter_mut().for_each(|v| {
-            *v = (*v - max).exp();
-            total += *v;
-        });
-        m.iter_mut().zip(z.iter()).for_each(|(m, p)| *m += alpha * p / total);
-    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@
 //! - [`evaluate`]: a model's error on held-out rows (the coordinator's global error, baselines).
 //! - [`infer`]: the served model: standardisation with the fleet's statistics and the forward
 //!   pass in plain Rust, one row or a batch.
+//! - [`network`]: the served network as plain dense layers (input stage, ReLU trunk, heads,
+//!   α-mix) with its forward pass; what export, fusion, pruning and quantisation reshape.
 //! - [`prequential`]: test-then-train scoring and the one-pass runner.
 //! - [`local`]: the client side of a round: local learner, contribution, rebase, durable state.
 //! - [`personal`]: personalised prediction (Hedge over the local, global and prior-adapted
@@ -27,6 +29,7 @@ pub mod evaluate;
 pub mod hbp;
 pub mod infer;
 pub mod local;
+pub mod network;
 pub mod personal;
 pub mod prequential;
 pub mod standardize;

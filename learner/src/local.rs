@@ -29,7 +29,7 @@ use crate::prequential::read_labels;
 use crate::standardize::OnlineStandardizer;
 use flotilla_protocol::checkpoint::{CheckpointError, open, seal};
 use flotilla_protocol::model::FeatureMoments;
-use flotilla_protocol::model::hbp::project_alpha;
+use flotilla_protocol::model::hbp::{layout, project_alpha};
 use flotilla_protocol::params::{ParameterError, ParameterVector};
 use flotilla_protocol::wire::{Contribution, LocalMetrics};
 
@@ -192,6 +192,10 @@ pub struct LocalLearner {
     emitting: bool,
     /// Predictions not taken yet: stream row, global model version, class probabilities.
     emitted: Vec<(u64, Option<u64>, Tensor<2>)>,
+    /// Fine-tuning a pruned model: weights zero in the global model stay zero in what this
+    /// learner adopts and sends (the coordinator's rules say so; not kept across restarts,
+    /// the rules come again with every session).
+    keep_pruned: bool,
 }
 
 /// One row's prediction, made before the row was learnt from (`flotilla-client run
@@ -307,6 +311,7 @@ impl LocalLearner {
             pending_labels: Vec::new(),
             emitting: false,
             emitted: Vec::new(),
+            keep_pruned: false,
         }
     }
 
@@ -445,7 +450,10 @@ impl LocalLearner {
             return Ok(None);
         }
         let current = self.model.to_parameters()?;
-        let delta = difference(&current, &base.params);
+        let mut delta = difference(&current, &base.params);
+        if self.keep_pruned {
+            layout(self.model.config()).keep_pruned(&base.params.values, &mut delta.values);
+        }
         let counts = std::mem::take(&mut self.unreported);
         let inputs = self.model.config().inputs;
         let moments = std::mem::replace(&mut self.unreported_moments, FeatureMoments::new(inputs));
@@ -459,7 +467,7 @@ impl LocalLearner {
     /// `global` is checked once, where it becomes tensors ([`HbpModel::from_parameters`]: version,
     /// layout, length, finite values, α); a rebase keeps its header and length.
     pub fn adopt(&mut self, version: u64, global: ParameterVector) -> Result<(), LocalError> {
-        let rebased = match &self.base {
+        let mut rebased = match &self.base {
             None => global.clone(),
             Some(base) => {
                 let current = self.model.to_parameters()?;
@@ -476,10 +484,20 @@ impl LocalLearner {
                 rebased
             }
         };
+        if self.keep_pruned {
+            layout(self.model.config()).keep_pruned(&global.values, &mut rebased.values);
+        }
         self.model = HbpModel::from_parameters(self.model.config().clone(), &rebased, self.model.device())?;
         self.base = Some(Base { version, params: global });
         self.snapshot = None;
         Ok(())
+    }
+
+    /// Whether weights that are zero in the global model stay zero: in the model adopted
+    /// (local progress on them is dropped) and in every contribution (the coordinator's
+    /// [`flotilla_protocol::wire::UpdateRules::keep_pruned`]).
+    pub fn set_keep_pruned(&mut self, on: bool) {
+        self.keep_pruned = on;
     }
 
     /// A durable copy of everything needed to resume.

@@ -47,6 +47,8 @@ pub enum LearnerRequest {
         round: u64,
         /// The parameters.
         params: ParameterVector,
+        /// Whether weights zero in it must stay zero (the rules' `keep_pruned`).
+        keep_pruned: bool,
     },
     /// The coordinator wants this client's update; answer on `reply` before the deadline
     /// (a dropped or late reply just lets the request expire).
@@ -57,6 +59,9 @@ pub enum LearnerRequest {
         model_version: u64,
         /// Where to send the answer.
         reply: oneshot::Sender<Contribution>,
+        /// Whether the weights zero in the base must stay zero in the delta (the rules'
+        /// `keep_pruned`).
+        keep_pruned: bool,
     },
 }
 

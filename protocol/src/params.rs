@@ -70,6 +70,29 @@ impl Layout {
         self.len() == 0
     }
 
+    /// Zeroes in `values` every weight (a scalar of a segment named `*.weight`) that is zero
+    /// in `base`: a pruned model's mask, kept through federated fine-tuning. Biases and other
+    /// segments are left alone (a fresh model's zero biases are not pruned weights). Vectors
+    /// not of this layout's length are left alone.
+    pub fn keep_pruned(&self, base: &[f32], values: &mut [f32]) {
+        if base.len() != self.len() || values.len() != self.len() {
+            return;
+        }
+        let mut offset = 0;
+        for segment in &self.segments {
+            let range = offset..offset + segment.len();
+            offset = range.end;
+            if !segment.name.ends_with(".weight") {
+                continue;
+            }
+            for (v, b) in values[range.clone()].iter_mut().zip(&base[range]) {
+                if *b == 0.0 {
+                    *v = 0.0;
+                }
+            }
+        }
+    }
+
     /// Hash of the format version and every segment's name and shape.
     pub fn fingerprint(&self) -> Fingerprint {
         let mut hasher = Sha256::new();

@@ -31,7 +31,7 @@ use crate::params::{Fingerprint, ParameterVector};
 use crate::secagg;
 
 /// Version of the message set below; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// QUIC application protocol name (ALPN) of this protocol version.
 pub const ALPN: &[u8] = b"flotilla/1";
@@ -108,6 +108,10 @@ pub struct UpdateRules {
     /// Whether the coordinator takes the feature statistics of the rows behind each update
     /// ([`FeatureMoments`]; never under secure aggregation or differential privacy).
     pub feature_moments: bool,
+    /// Fine-tuning a pruned model: every weight that is zero in the global model stays zero,
+    /// so a client zeroes those coordinates of each update it sends
+    /// ([`crate::params::Layout::keep_pruned`]).
+    pub keep_pruned: bool,
 }
 
 impl Default for UpdateRules {
@@ -119,6 +123,7 @@ impl Default for UpdateRules {
             secure: false,
             max_samples: None,
             feature_moments: false,
+            keep_pruned: false,
         }
     }
 }

@@ -253,14 +253,16 @@ pub fn answer(
             *learner = Some(fresh);
             Ok(Answer::NewLearner)
         }
-        LearnerRequest::Adopt { model_version, round, params } => {
+        LearnerRequest::Adopt { model_version, round, params, keep_pruned } => {
             let Some(learner) = learner.as_mut() else { return Ok(Answer::Nothing) };
+            learner.set_keep_pruned(keep_pruned);
             learner.adopt(model_version, params)?;
             tracing::debug!(model_version, round, "global model adopted");
             Ok(Answer::Adopted)
         }
-        LearnerRequest::Update { round, model_version, reply } => {
+        LearnerRequest::Update { round, model_version, reply, keep_pruned } => {
             let Some(learner) = learner.as_mut() else { return Ok(Answer::Nothing) };
+            learner.set_keep_pruned(keep_pruned);
             match learner.contribute(model_version)? {
                 Some(mut c) => {
                     if let Some(attack) = attack {

@@ -147,3 +147,36 @@ fn personalisation_can_be_turned_off_and_on() {
     learner.set_personal(PersonalConfig::default()).unwrap();
     assert!(learner.state().unwrap().local.is_some());
 }
+
+#[test]
+fn pruned_weights_stay_zero_when_the_rules_say_so() {
+    let device = Device::flex();
+    let mut global = HbpModel::new(HbpConfig { seed: 9, ..spec() }, &device).unwrap().to_parameters().unwrap();
+    // Prune a few weights of hidden layer 0 (its weight segment comes first).
+    let pruned = [0usize, 4, 7];
+    pruned.iter().for_each(|&i| global.values[i] = 0.0);
+    let mut learner = LocalLearner::new(spec(), &device).unwrap();
+    learner.set_keep_pruned(true);
+    learner.adopt(1, global.clone()).unwrap();
+    for i in 0..20 {
+        learner.learn(&sample(i)).unwrap();
+    }
+    let delta = learner.contribute(1).unwrap().unwrap().delta;
+    assert!(pruned.iter().all(|&i| delta.values[i] == 0.0));
+    assert!(delta.values.iter().filter(|d| d.abs() > 1e-7).count() > pruned.len());
+    // A rebase onto the next global drops local progress on the pruned weights.
+    for i in 20..30 {
+        learner.learn(&sample(i)).unwrap();
+    }
+    learner.adopt(2, global.clone()).unwrap();
+    let params = current(&mut learner);
+    assert!(pruned.iter().all(|&i| params.values[i] == 0.0));
+    // Without the rule the same learning moves them.
+    let mut free = LocalLearner::new(spec(), &device).unwrap();
+    free.adopt(1, global).unwrap();
+    for i in 0..20 {
+        free.learn(&sample(i)).unwrap();
+    }
+    let delta = free.contribute(1).unwrap().unwrap().delta;
+    assert!(pruned.iter().any(|&i| delta.values[i] != 0.0));
+}

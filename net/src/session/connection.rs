@@ -179,7 +179,7 @@ impl Link<'_> {
         let (round, model_version) = self.client.rebase_standing_request()?;
         let (reply, answer) = oneshot::channel();
         self.pending = Some((round, answer));
-        Some(LearnerRequest::Update { round, model_version, reply })
+        Some(LearnerRequest::Update { round, model_version, reply, keep_pruned: self.client.rules().keep_pruned })
     }
 
     fn lost(&self, reason: String) -> Outcome {
@@ -240,12 +240,14 @@ impl Link<'_> {
             }
             ClientEvent::ModelReceived { model_version, round, params } => {
                 tracing::debug!(model_version, round, "global model received");
-                Some(LearnerRequest::Adopt { model_version, round, params })
+                let keep_pruned = self.client.rules().keep_pruned;
+                Some(LearnerRequest::Adopt { model_version, round, params, keep_pruned })
             }
             ClientEvent::UpdateRequested { round, model_version, .. } => {
                 let (reply, answer) = oneshot::channel();
                 self.pending = Some((round, answer));
-                Some(LearnerRequest::Update { round, model_version, reply })
+                let keep_pruned = self.client.rules().keep_pruned;
+                Some(LearnerRequest::Update { round, model_version, reply, keep_pruned })
             }
             ClientEvent::RequestExpired { round } => {
                 if self.pending.as_ref().is_some_and(|(pending, _)| *pending == round) {

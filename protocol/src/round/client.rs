@@ -19,7 +19,7 @@ use crate::privacy::PrivacyError;
 use crate::secagg::{SecAggError, ServerMessage as SecAggServerMessage};
 use crate::wire::framing::decode_message;
 use crate::wire::{
-    ClientMessage, CompressedUpdate, Contribution, CoordinatorMessage, ErrorCode, PROTOCOL_VERSION, Update,
+    ClientMessage, CompressedUpdate, Contribution, CoordinatorMessage, ErrorCode, PROTOCOL_VERSION, Update, UpdateRules,
 };
 
 mod prepare;
@@ -178,6 +178,11 @@ impl Client {
     /// Version of the latest global model received.
     pub fn model_version(&self) -> Option<u64> {
         self.model.map(|(version, _)| version)
+    }
+
+    /// The coordinator's rules for updates in force (the defaults until it sends any).
+    pub fn rules(&self) -> &UpdateRules {
+        &self.preparer.rules
     }
 
     /// Whether the session is over.

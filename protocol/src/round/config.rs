@@ -86,6 +86,10 @@ pub struct CoordinatorConfig {
     /// Live sessions one identity (client certificate, else auth token) may hold; a newer
     /// session closes the oldest. 0: no limit (a fleet sharing one token).
     pub sessions_per_identity: usize,
+    /// Fine-tune a pruned model: weights that are zero in the global model stay zero
+    /// (clients are told in [`UpdateRules::keep_pruned`]; every commit zeroes them again,
+    /// whatever the server optimiser or the noise did).
+    pub keep_pruned: bool,
 }
 
 /// Samples per second a device is assumed to learn at most, for the default sample cap.
@@ -197,6 +201,7 @@ impl Default for CoordinatorConfig {
             sessions_per_identity: 1,
             round_goal: None,
             misbehaviour_penalty: Duration::from_secs(60),
+            keep_pruned: false,
         }
     }
 }
@@ -416,6 +421,7 @@ impl CoordinatorConfig {
             secure: self.secure.is_some(),
             max_samples: Some(self.sample_cap()),
             feature_moments: self.takes_feature_moments(),
+            keep_pruned: self.keep_pruned,
         }
     }
 

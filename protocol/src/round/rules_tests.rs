@@ -441,3 +441,53 @@ fn the_adaptive_clip_grows_under_large_updates_and_survives_a_restart() {
     let resumed = Coordinator::from_checkpoint(config, restored).unwrap();
     assert_eq!(resumed.checkpoint().adaptive_clip, Some(clip));
 }
+
+#[test]
+fn a_pruned_model_stays_pruned_through_fine_tuning() {
+    // 2 inputs, 3 classes, 2 hidden layers of 4, no input head: exactly LEN parameters.
+    let spec = HbpConfig { hidden_layers: 2, width: 4, input_head: false, ..HbpConfig::new(2, 3) };
+    assert_eq!(crate::model::hbp::layout(&spec).len(), LEN);
+    let mut values = vec![0.5; LEN];
+    // Biases start at zero (they are not pruned weights); α is [0.5, 0.5].
+    values[8..12].fill(0.0);
+    values[28..32].fill(0.0);
+    values[56..62].fill(0.0);
+    let pruned = [0usize, 5, 13, 27, 40];
+    pruned.iter().for_each(|&i| values[i] = 0.0);
+    let initial = ParameterVector { format_version: PARAMETER_FORMAT_VERSION, fingerprint: Fingerprint(9), values };
+    let config = CoordinatorConfig {
+        min_clients: 3,
+        round_deadline: DEADLINE,
+        round_interval: Duration::from_secs(1),
+        keep_pruned: true,
+        ..CoordinatorConfig::default()
+    };
+    let mut coordinator = Coordinator::new(config, spec, initial.clone()).unwrap();
+    let t0 = Instant::now();
+    let mut edges = edges(&[Drop::Never; 3]);
+    for edge in &edges {
+        coordinator.handle_connect(edge.conn, t0);
+    }
+    pump(&mut coordinator, &mut edges, t0);
+    let mut now = t0;
+    for _ in 0..4 {
+        if coordinator.model_version() > 0 {
+            break;
+        }
+        now = coordinator.poll_timeout().unwrap_or(now).max(now);
+        coordinator.handle_timeout(now);
+        pump(&mut coordinator, &mut edges, now);
+    }
+    assert_eq!(coordinator.model_version(), 1);
+    assert!(edges.iter().all(|e| e.client.rules().keep_pruned), "clients are told");
+    let params = &coordinator.params().values;
+    for &i in &pruned {
+        assert_eq!(params[i], 0.0, "pruned weight {i} moved");
+    }
+    // Everything else moved with the mean delta (biases too, though they started at zero).
+    let mean = mean_of(&edges, |_| true);
+    for i in (0..62).filter(|i| !pruned.contains(i) && mean[*i].abs() > 1e-3) {
+        let moved = params[i] - initial.values[i];
+        assert!(moved.abs() > 1e-4 && moved.signum() == mean[i].signum(), "coordinate {i}: {moved} vs {}", mean[i]);
+    }
+}

@@ -120,6 +120,9 @@ impl Coordinator {
     /// Makes `params` the new global model version and queues it for every joined client.
     /// α is a constrained parameter: it is put back on the floored simplex after any step.
     pub(super) fn publish_model(&mut self, mut params: ParameterVector) {
+        if self.config.keep_pruned {
+            self.spec.layout().keep_pruned(&self.params.values, &mut params.values);
+        }
         self.spec.project(&mut params);
         let rho = self.config.aggregation.serve_average;
         self.served = match self.served.take() {
