@@ -21,7 +21,7 @@ enum Command {
     /// One prequential (test-then-train) pass over a CSV stream; prints a JSON report.
     Learn(learn::LearnArgs),
     /// The daemon: join a coordinator, learn online from a local stream, send updates.
-    Run(run::RunOptions),
+    Run(Box<run::RunOptions>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -29,7 +29,7 @@ fn main() -> std::process::ExitCode {
     logging::init(cli.log_format);
     let result = match cli.command {
         Command::Learn(args) => learn::run(args).map(|_| ()),
-        Command::Run(options) => run::run(options),
+        Command::Run(options) => run::run(*options),
     };
     flotilla_client::exit_code(result)
 }

@@ -17,26 +17,22 @@
 //! is a 4xx (or 503) with a JSON body `{"error": "…"}`; when the coordinator has tokens,
 //! every route but `/healthz` and `/readyz` wants one as `Authorization: Bearer TOKEN`.
 
-mod tls;
-
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
-use std::time::Instant;
 
 use anyhow::Context;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use flotilla_learner::infer::{Prediction, Predictor, Standardization};
 use flotilla_protocol::checkpoint::Checkpoint;
 use flotilla_protocol::model::FeatureMoments;
-use serde::Deserialize;
+use flotilla_serve::{ApiError, Auth, Backend, json_response};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -119,32 +115,7 @@ struct Api {
     jobs: std_mpsc::SyncSender<Job>,
     model: watch::Receiver<Option<Arc<ServedModel>>>,
     metrics: Arc<Metrics>,
-    tokens: Option<Arc<BTreeSet<String>>>,
-    max_rows: usize,
-}
-
-/// A refusal: a status and a message, sent as `{"error": message}`.
-#[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into() }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        json_response(self.status, &json!({ "error": self.message }))
-    }
-}
-
-fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
-    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    auth: Auth,
 }
 
 /// Binds the API's listener (so that a bad address fails at start).
@@ -168,26 +139,19 @@ pub async fn serve(
         .name("inference".into())
         .spawn(move || inference_loop(&queue, &thread_model))
         .context("starting the inference thread")?;
-    let api = Api { jobs, model, metrics, tokens: tokens.map(Arc::new), max_rows: config.max_rows };
+    let auth = Auth::new(tokens);
+    let api = Api { jobs, model, metrics, auth: auth.clone() };
     let app = Router::new()
-        .route("/v1/predict", post(predict_one))
-        .route("/v1/predict/batch", post(predict_batch))
         .route("/v1/model", get(model_file))
         .route("/v1/model/json", get(model_json))
-        .route("/healthz", get(|| async { json_response(StatusCode::OK, &json!({ "status": "ok" })) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
-        .layer(DefaultBodyLimit::max(config.max_body))
-        .with_state(api);
+        .with_state(api.clone())
+        .merge(flotilla_serve::prediction_routes(api, auth, config.max_rows))
+        .fallback(flotilla_serve::not_found)
+        .layer(DefaultBodyLimit::max(config.max_body));
     tracing::info!(listen = %listener.local_addr()?, "HTTP API listening");
-    let served = match tls {
-        None => axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await,
-        Some(tls) => {
-            let listener = tls::TlsListener::new(listener, tls).context("HTTPS listener")?;
-            axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
-        }
-    };
+    let served = flotilla_serve::serve(listener, tls, app, shutdown.cancelled_owned()).await;
     // The router (and with it the last job sender) is gone: the thread ends.
     let _ = tokio::task::spawn_blocking(move || inference.join()).await;
     served.context("HTTP API")
@@ -253,24 +217,7 @@ fn inference_loop(queue: &std_mpsc::Receiver<Job>, model: &watch::Receiver<Optio
     }
 }
 
-impl Api {
-    /// Refuses a request without an accepted bearer token, when tokens are configured.
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(tokens) = &self.tokens else { return Ok(()) };
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim);
-        match given {
-            Some(token) if tokens.contains(token) => Ok(()),
-            Some(_) => Err(ApiError::new(StatusCode::UNAUTHORIZED, "token not accepted")),
-            None => {
-                Err(ApiError::new(StatusCode::UNAUTHORIZED, "a bearer token is required (Authorization: Bearer TOKEN)"))
-            }
-        }
-    }
-
+impl Backend for Api {
     /// Checks `rows` against the served model's shape, then has them predicted.
     async fn predict(&self, rows: Vec<Vec<f32>>) -> Result<(Vec<Prediction>, u64), ApiError> {
         // Checked here, so that one bad request never fails the others of a coalesced pass.
@@ -288,117 +235,14 @@ impl Api {
         })?;
         answer.await.map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the inference thread has stopped"))?
     }
-}
 
-fn body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))
-}
-
-fn parse_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes)
-        .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {error}")))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct One {
-    features: Vec<f32>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Many {
-    rows: Vec<Vec<f32>>,
-}
-
-async fn predict_one(State(api): State<Api>, headers: HeaderMap, raw: Result<Bytes, BytesRejection>) -> Response {
-    let started = Instant::now();
-    let answer = async {
-        api.authorize(&headers)?;
-        let One { features } = parse_json(&body(raw)?)?;
-        let (mut predictions, version) = api.predict(vec![features]).await?;
-        let Prediction { class, probabilities } = predictions
-            .pop()
-            .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no prediction came back"))?;
-        Ok::<_, ApiError>(json!({ "class": class, "probabilities": probabilities, "model_version": version }))
+    fn served(&self, route: &'static str, rows: usize, seconds: f64) {
+        self.metrics.predicted(route, rows, seconds);
     }
-    .await;
-    match answer {
-        Ok(value) => {
-            api.metrics.predicted("predict", 1, started.elapsed().as_secs_f64());
-            json_response(StatusCode::OK, &value)
-        }
-        Err(error) => error.into_response(),
-    }
-}
-
-async fn predict_batch(State(api): State<Api>, headers: HeaderMap, raw: Result<Bytes, BytesRejection>) -> Response {
-    let started = Instant::now();
-    let answer = async {
-        api.authorize(&headers)?;
-        let bytes = body(raw)?;
-        let csv = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .is_some_and(|value| value.trim_start().starts_with("text/csv"));
-        let rows = if csv { parse_csv(&bytes, api.max_rows)? } else { parse_json::<Many>(&bytes)?.rows };
-        if rows.len() > api.max_rows {
-            let (found, max) = (rows.len(), api.max_rows);
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("{found} rows; at most {max} per request"),
-            ));
-        }
-        if rows.is_empty() {
-            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no rows"));
-        }
-        let count = rows.len();
-        let (predictions, version) = api.predict(rows).await?;
-        let classes: Vec<usize> = predictions.iter().map(|p| p.class).collect();
-        let probabilities: Vec<Vec<f32>> = predictions.into_iter().map(|p| p.probabilities).collect();
-        Ok::<_, ApiError>((
-            count,
-            json!({ "classes": classes, "probabilities": probabilities, "model_version": version }),
-        ))
-    }
-    .await;
-    match answer {
-        Ok((count, value)) => {
-            api.metrics.predicted("batch", count, started.elapsed().as_secs_f64());
-            json_response(StatusCode::OK, &value)
-        }
-        Err(error) => error.into_response(),
-    }
-}
-
-/// Rows of comma-separated numbers; a first line that is not all numbers is a header.
-fn parse_csv(bytes: &[u8], max_rows: usize) -> Result<Vec<Vec<f32>>, ApiError> {
-    let text =
-        std::str::from_utf8(bytes).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "CSV body is not UTF-8"))?;
-    let mut rows = Vec::new();
-    for (index, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let parsed: Result<Vec<f32>, _> = line.split(',').map(|field| field.trim().parse::<f32>()).collect();
-        match parsed {
-            Ok(row) => rows.push(row),
-            Err(_) if index == 0 => continue, // a header
-            Err(error) => {
-                let line_number = index + 1;
-                return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("CSV line {line_number}: {error}")));
-            }
-        }
-        if rows.len() > max_rows {
-            return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("more than {max_rows} rows per request")));
-        }
-    }
-    Ok(rows)
 }
 
 async fn model_file(State(api): State<Api>, headers: HeaderMap) -> Response {
-    if let Err(error) = api.authorize(&headers) {
+    if let Err(error) = api.auth.check(&headers) {
         return error.into_response();
     }
     let served = api.model.borrow().clone();
@@ -417,7 +261,7 @@ async fn model_file(State(api): State<Api>, headers: HeaderMap) -> Response {
 }
 
 async fn model_json(State(api): State<Api>, headers: HeaderMap) -> Response {
-    if let Err(error) = api.authorize(&headers) {
+    if let Err(error) = api.auth.check(&headers) {
         return error.into_response();
     }
     let served = api.model.borrow().clone();
@@ -445,7 +289,7 @@ async fn readyz(State(api): State<Api>) -> Response {
 }
 
 async fn metrics_text(State(api): State<Api>, headers: HeaderMap) -> Response {
-    if let Err(error) = api.authorize(&headers) {
+    if let Err(error) = api.auth.check(&headers) {
         return error.into_response();
     }
     match api.metrics.encode() {

@@ -9,6 +9,7 @@
 //! test checks it against [`HbpModel::predict_proba`](crate::hbp::HbpModel::predict_proba).
 
 use flotilla_protocol::model::FeatureMoments;
+pub use flotilla_protocol::model::Prediction;
 use flotilla_protocol::model::hbp::{HbpConfig, layout};
 use flotilla_protocol::params::{ParameterError, ParameterVector};
 
@@ -83,15 +84,6 @@ impl Standardization {
             *o = ((x - m) * inv).clamp(-clip, clip);
         }
     }
-}
-
-/// One row's prediction.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Prediction {
-    /// The most probable class.
-    pub class: usize,
-    /// The mixture's probability of every class.
-    pub probabilities: Vec<f32>,
 }
 
 /// Rows from which a pass goes through burn's CPU backend (blocked, SIMD matrix products on

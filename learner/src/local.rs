@@ -28,8 +28,8 @@ use crate::personal::{EXPERTS, LocalBias, Mixer, PersonalConfig, adapt_to_prior,
 use crate::prequential::read_labels;
 use crate::standardize::OnlineStandardizer;
 use flotilla_protocol::checkpoint::{CheckpointError, open, seal};
-use flotilla_protocol::model::FeatureMoments;
 use flotilla_protocol::model::hbp::{layout, project_alpha};
+use flotilla_protocol::model::{FeatureMoments, Prediction};
 use flotilla_protocol::params::{ParameterError, ParameterVector};
 use flotilla_protocol::wire::{Contribution, LocalMetrics};
 
@@ -402,6 +402,44 @@ impl LocalLearner {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// Predicts `rows` (raw features) with the device's current models, standardised with the
+    /// statistics of the stream so far, without learning from them or folding them into
+    /// those statistics: the personalised mix where personalisation is on (a device's own
+    /// prediction API).
+    pub fn predict(&self, rows: &[Vec<f32>]) -> Result<Vec<Prediction>, LocalError> {
+        let config = self.model.config();
+        let (d, c) = (config.inputs, config.classes);
+        let mut z = vec![0.0f32; rows.len() * d];
+        for (i, (row, out)) in rows.iter().zip(z.chunks_exact_mut(d.max(1))).enumerate() {
+            if row.len() != d {
+                return Err(LocalError::FeatureCount { line: i as u64 + 1, expected: d, found: row.len() });
+            }
+            self.standardizer.apply(row, out);
+        }
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let device = self.model.device();
+        let features = Tensor::<2>::from_data(burn::tensor::TensorData::new(z, [rows.len(), d]), device);
+        let shared = self.model.predict_proba(features.clone());
+        let mixed = match &self.local {
+            Some(Personal { model, bias, mixer }) => {
+                let prior = label_prior(&self.class_counts);
+                let prior = Tensor::<2>::from_data(burn::tensor::TensorData::new(prior, [1, c]), device);
+                let own = model.predict_proba(features);
+                let adapted = adapt_to_prior(shared.clone(), prior);
+                let biased = bias.predict(shared.clone());
+                mixer.predict(Tensor::stack(vec![own, shared, adapted, biased], 0))
+            }
+            None => shared,
+        };
+        let probabilities = read_probabilities(mixed)?;
+        Ok(probabilities
+            .chunks_exact(c.max(1))
+            .map(|p| Prediction { class: crate::infer::argmax(p), probabilities: p.to_vec() })
+            .collect())
     }
 
     /// Keeps every row's prediction from now on for [`LocalLearner::take_predictions`] (off:

@@ -138,6 +138,12 @@ impl Mixer {
         mixed
     }
 
+    /// The mix `Σ_e w_e · p_e` of `experts` (`[E, b, C]`), without a step.
+    pub fn predict(&self, experts: Tensor<3>) -> Tensor<2> {
+        let [e, b, c] = experts.dims();
+        (experts * self.weights.clone().reshape([e, 1, 1])).sum_dim(0).reshape([b, c])
+    }
+
     /// The current weights (read back from the device).
     pub fn weights(&self) -> Result<Vec<f32>, ModelError> {
         read(self.weights.clone())
@@ -175,6 +181,12 @@ impl LocalBias {
         let gradient = (predicted.clone() - targets.clone()).sum_dim(0).div_scalar(rows.max(1) as f32);
         self.values = self.values.clone() - gradient.mul_scalar(self.learning_rate);
         predicted
+    }
+
+    /// The expert's prediction `softmax(ln p + b)` (`[b, C]`), without a step.
+    pub fn predict(&self, probabilities: Tensor<2>) -> Tensor<2> {
+        let logits = probabilities.clamp_min(PROBABILITY_FLOOR).log() + self.values.clone();
+        burn::tensor::activation::softmax(logits, 1)
     }
 
     /// The current bias (read back from the device).

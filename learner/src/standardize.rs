@@ -30,6 +30,17 @@ impl OnlineStandardizer {
     }
 
     /// Folds `row` into the statistics, then writes its standardised values to `out`.
+    /// Writes `row` standardised with the statistics so far to `out`, without folding it in
+    /// (a prediction for a row that is not part of the stream).
+    pub fn apply(&self, row: &[f32], out: &mut [f32]) {
+        let k = self.count.max(1) as f64;
+        for (j, (&x, z)) in row.iter().zip(out.iter_mut()).enumerate() {
+            let std = (self.sum_squares[j] / k).sqrt();
+            *z = if std > 0.0 { ((f64::from(x) - self.mean[j]) / std).clamp(-Z_CLIP, Z_CLIP) as f32 } else { 0.0 };
+        }
+    }
+
+    /// Folds `row` into the statistics, then writes its standardised values to `out`.
     pub fn standardize(&mut self, row: &[f32], out: &mut [f32]) {
         self.count += 1;
         let k = self.count as f64;

@@ -14,6 +14,16 @@ pub mod moments;
 pub use hbp::{ConfigError, HbpConfig};
 pub use moments::{FeatureMoments, MomentsError};
 
+/// One row's prediction: the most probable class and every class's probability (what the
+/// coordinator's and a device's HTTP API answer, whatever computed it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    /// The most probable class.
+    pub class: usize,
+    /// The probability of every class.
+    pub probabilities: Vec<f32>,
+}
+
 use crate::params::{Layout, ParameterVector, Segment};
 
 /// Largest [`ModelSpec::Vector`]: 2^28 parameters (1 GiB of `f32`).

@@ -122,6 +122,7 @@ fn three_clients_learn_together_and_the_global_model_improves() {
     let coordinator = Daemon::start("coordinator", &binary("flotilla-coordinator"), &args, dir.path());
     wait_for_pki(&data_dir, &coordinator);
     let predictions = dir.path().join("client0-predictions.jsonl");
+    let device_port = free_tcp_port();
     let clients: Vec<Daemon> = shards
         .iter()
         .enumerate()
@@ -130,6 +131,9 @@ fn three_clients_learn_together_and_the_global_model_improves() {
             let mut args = client_args(port, &data_dir, shard, &name, "150", &dir.path().join(&name));
             if i == 0 {
                 args.extend(["--predictions".to_string(), predictions.to_string_lossy().into_owned()]);
+            }
+            if i == 1 {
+                args.extend(["--http".to_string(), format!("127.0.0.1:{device_port}")]);
             }
             Daemon::start(&name, &binary("flotilla-client"), &args, dir.path())
         })
@@ -153,6 +157,22 @@ fn three_clients_learn_together_and_the_global_model_improves() {
     assert_eq!(status, 200, "{answer}");
     let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
     assert!(answer["model_version"].as_u64().unwrap() >= 1, "{answer}");
+
+    // A device serves its own (personalised) model with the same API.
+    let (status, ready) = http(device_port, "GET", "/readyz", "");
+    assert_eq!(status, 200, "{ready}\n{}", clients[1].log());
+    let (status, answer) = http(device_port, "POST", "/v1/predict", &body);
+    assert_eq!(status, 200, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let p: Vec<f64> = answer["probabilities"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert!(p.len() == 2 && (p.iter().sum::<f64>() - 1.0).abs() < 1e-4, "{answer}");
+    let rows = features[..features.len() - 1].join(",");
+    let (status, answer) = http(device_port, "POST", "/v1/predict/batch", &format!("{{\"rows\":[[{rows}],[{rows}]]}}"));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&answer).unwrap()["classes"].as_array().unwrap().len(), 2);
+    let (status, answer) = http(device_port, "POST", "/v1/predict", r#"{"features":[1.0]}"#);
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer.contains("the model takes 9"), "{answer}");
 
     // The client wrote each row's prediction as a JSON line, rows in order.
     let text = std::fs::read_to_string(&predictions).unwrap();

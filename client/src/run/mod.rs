@@ -2,6 +2,8 @@
 //! local stream without pause, sends its weight deltas when asked and adopts each new global
 //! model. Only parameter vectors and two counters ever leave the device.
 
+#[cfg(feature = "http")]
+mod http;
 mod options;
 mod source;
 mod worker;
@@ -76,9 +78,20 @@ pub fn run_with(options: RunOptions, attack: Option<Attack>) -> anyhow::Result<(
     tracing::info!(coordinator = %config.coordinator, name = %config.name, "joining");
     let session = runtime.spawn(run_client_session(session, requests, shutdown.clone()));
     runtime.spawn(stop_on_signal(shutdown.clone()));
+    let (jobs, api) = match &config.http {
+        Some(settings) => serve_http(&runtime, settings, &shutdown)?,
+        None => (None, None),
+    };
 
-    let worked = worker::run(config.clone(), device.device, inbox, shutdown.clone());
+    let worked = worker::run(config.clone(), device.device, inbox, jobs, shutdown.clone());
     shutdown.cancel();
+    if let Some(api) = api {
+        match runtime.block_on(api) {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "the device HTTP API failed"),
+            Err(error) => tracing::warn!(%error, "the device HTTP API task failed"),
+        }
+    }
     let session_result = runtime.block_on(session).context("the session task failed")?;
     let summary = worked?;
     session_result?;
@@ -107,6 +120,33 @@ pub fn run_with(options: RunOptions, attack: Option<Attack>) -> anyhow::Result<(
         std::fs::write(path, format!("{json}\n")).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// The receiving end of the device API's requests and its task.
+type DeviceApi =
+    (Option<std::sync::mpsc::Receiver<worker::PredictJob>>, Option<tokio::task::JoinHandle<std::io::Result<()>>>);
+
+/// Binds and starts the device's own prediction API (`--http`).
+#[cfg(feature = "http")]
+fn serve_http(
+    runtime: &tokio::runtime::Runtime,
+    settings: &options::DeviceHttp,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<DeviceApi> {
+    let listener = runtime.block_on(http::bind(settings))?;
+    let (jobs, inbox) = std::sync::mpsc::sync_channel(http::QUEUE);
+    let task = runtime.spawn(http::serve(listener, settings.clone(), jobs, shutdown.clone()));
+    Ok((Some(inbox), Some(task)))
+}
+
+/// Without the `http` feature there is no API to serve.
+#[cfg(not(feature = "http"))]
+fn serve_http(
+    _runtime: &tokio::runtime::Runtime,
+    _settings: &options::DeviceHttp,
+    _shutdown: &CancellationToken,
+) -> anyhow::Result<DeviceApi> {
+    anyhow::bail!("--http: this flotilla-client was built without its `http` feature (a lean edge build)")
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM (or returns when it is cancelled otherwise).

@@ -70,6 +70,18 @@ pub struct RunOptions {
     /// to stderr).
     #[arg(long, value_name = "FILE|-")]
     pub predictions: Option<PathBuf>,
+    /// Serve this device's own model (the personalised prediction) on this TCP address with
+    /// the coordinator's prediction API (`POST /v1/predict`, `/v1/predict/batch`, `GET
+    /// /healthz`, `/readyz`), for an application on the device [default: off]. A
+    /// non-loopback address needs --http-tokens-file.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// Bearer tokens (one a line) the device's HTTP API accepts as `Authorization: Bearer TOKEN`.
+    #[arg(long, value_name = "FILE")]
+    pub http_tokens_file: Option<PathBuf>,
+    /// Most rows in one POST /v1/predict/batch request to the device [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub http_max_rows: Option<usize>,
     /// Predict with the shared (global) model alone, without a local model mixed in
     /// [default: personalised: a Hedge mix of this device's own model, the global model, the
     /// global model adapted to the local label mix, and the global model with a class bias
@@ -156,10 +168,23 @@ pub struct RunConfig {
     pub report: Option<PathBuf>,
     /// Where each row's prediction is written (`-`: stdout).
     pub predictions: Option<PathBuf>,
+    /// The device's own prediction API, when `--http` is given.
+    pub http: Option<DeviceHttp>,
     /// Corrupts every update sent (robustness experiments; `None` in the daemon).
     pub attack: Option<Attack>,
     /// The personalised prediction's settings.
     pub personal: PersonalConfig,
+}
+
+/// The device's own prediction API (`--http`).
+#[derive(Debug, Clone)]
+pub struct DeviceHttp {
+    /// TCP address to listen on.
+    pub listen: SocketAddr,
+    /// Bearer tokens accepted (none: no token needed; loopback only).
+    pub tokens: Option<std::collections::BTreeSet<String>>,
+    /// Most rows in one batch request.
+    pub max_rows: usize,
 }
 
 impl RunOptions {
@@ -188,6 +213,25 @@ impl RunOptions {
             bias_lr: defaults.bias_lr,
         };
         personal.validate().context("--mix-beta / --calibration-tau")?;
+        let http = match o.http {
+            Some(listen) => {
+                let tokens = match &o.http_tokens_file {
+                    Some(path) => Some(flotilla_net::tokens::read_token_file(path)?.into_iter().collect()),
+                    None if !listen.ip().is_loopback() => bail!(
+                        "serving this device's model on {listen} would let anyone who can reach the port use it; \
+                         give --http-tokens-file or listen on a loopback address"
+                    ),
+                    None => None,
+                };
+                let max_rows = o.http_max_rows.unwrap_or(10_000);
+                if max_rows == 0 {
+                    bail!("--http-max-rows must be at least 1");
+                }
+                Some(DeviceHttp { listen, tokens, max_rows })
+            }
+            None if o.http_tokens_file.is_some() => bail!("--http-tokens-file needs --http ADDR"),
+            None => None,
+        };
         Ok(RunConfig {
             personal,
             coordinator,
@@ -204,6 +248,7 @@ impl RunOptions {
             backend: o.backend.unwrap_or(BackendChoiceArg(flotilla_learner::compute::BackendChoice::Auto)),
             report: o.report,
             predictions: o.predictions,
+            http,
             attack: None,
         })
     }

@@ -13,6 +13,7 @@ use flotilla_learner::local::{ClientState, Counts, LocalLearner};
 use flotilla_learner::personal::PersonalConfig;
 use flotilla_net::LearnerRequest;
 use flotilla_protocol::model::ModelSpec;
+use flotilla_protocol::model::Prediction;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +26,24 @@ pub const STATE_FILE: &str = "client-state.bin";
 const POLL: Duration = Duration::from_millis(10);
 
 /// What the learner did, for the exit report.
+/// A prediction request from the device's HTTP API, answered between two rows.
+pub struct PredictJob {
+    /// Raw feature rows.
+    pub rows: Vec<Vec<f32>>,
+    /// Where the answer goes: the predictions and the version of the global model last
+    /// adopted (0 before any).
+    pub reply: tokio::sync::oneshot::Sender<Result<(Vec<Prediction>, u64), PredictRefusal>>,
+}
+
+/// Why the learner did not predict.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PredictRefusal {
+    /// No model yet (the coordinator has not said which to learn).
+    NotReady(String),
+    /// A row does not fit the model.
+    BadRow(String),
+}
+
 pub struct WorkerSummary {
     /// Samples learnt since the daemon first started (over restarts), scored on the
     /// predictions it emitted (personalised when personalisation is on).
@@ -54,6 +73,8 @@ struct Worker {
     started: Instant,
     /// Where each row's prediction goes (`--predictions`).
     predictions: Option<Box<dyn Write + Send>>,
+    /// The device's HTTP API's requests, when it serves one.
+    jobs: Option<Receiver<PredictJob>>,
 }
 
 /// Runs until `stop` is cancelled or the session goes away; saves the state on the way out.
@@ -61,6 +82,7 @@ pub fn run(
     config: RunConfig,
     device: Device,
     mut requests: tokio::sync::mpsc::Receiver<LearnerRequest>,
+    jobs: Option<Receiver<PredictJob>>,
     stop: CancellationToken,
 ) -> anyhow::Result<WorkerSummary> {
     let learner = load_state(&config, &device)?;
@@ -76,6 +98,7 @@ pub fn run(
         contributions: 0,
         started: Instant::now(),
         predictions,
+        jobs,
     };
     let result = worker.run_loop(&mut requests);
     worker.stop.cancel();
@@ -111,15 +134,38 @@ impl Worker {
                     Err(TryRecvError::Disconnected) => return Ok(()),
                 }
             }
+            self.answer_jobs();
             if self.stop.is_cancelled() {
                 return Ok(());
             }
             if self.learner.is_none() || self.ended || self.over_rate() {
-                std::thread::sleep(POLL);
+                // Idle: wait for a prediction request rather than sleep through it.
+                match self.jobs.as_ref().map(|jobs| jobs.recv_timeout(POLL)) {
+                    Some(Ok(job)) => self.answer_job(job),
+                    Some(Err(_)) => {}
+                    None => std::thread::sleep(POLL),
+                }
                 continue;
             }
             self.next_row()?;
         }
+    }
+
+    /// Answers every prediction request waiting.
+    fn answer_jobs(&mut self) {
+        while let Some(job) = self.jobs.as_ref().and_then(|jobs| jobs.try_recv().ok()) {
+            self.answer_job(job);
+        }
+    }
+
+    fn answer_job(&mut self, job: PredictJob) {
+        let answer = match self.learner.as_ref() {
+            None => Err(PredictRefusal::NotReady(
+                "no model yet: the coordinator has not told this device which model to learn".into(),
+            )),
+            Some(learner) => predict_rows(learner, &job.rows),
+        };
+        let _ = job.reply.send(answer);
     }
 
     fn over_rate(&self) -> bool {
@@ -284,6 +330,21 @@ pub fn answer(
             }
         }
     }
+}
+
+/// `rows` checked against the learner's model, then predicted as the next stream row would be.
+fn predict_rows(learner: &LocalLearner, rows: &[Vec<f32>]) -> Result<(Vec<Prediction>, u64), PredictRefusal> {
+    let inputs = learner.spec().inputs;
+    for (i, row) in rows.iter().enumerate() {
+        if row.len() != inputs {
+            return Err(PredictRefusal::BadRow(format!("row {i}: {} features, the model takes {inputs}", row.len())));
+        }
+        if let Some(feature) = row.iter().position(|v| !v.is_finite()) {
+            return Err(PredictRefusal::BadRow(format!("row {i}, feature {feature}: not a finite number")));
+        }
+    }
+    let predictions = learner.predict(rows).map_err(|e| PredictRefusal::NotReady(format!("prediction failed: {e}")))?;
+    Ok((predictions, learner.base_version().unwrap_or(0)))
 }
 
 /// The learner saved in `--state-dir`, if any; a corrupt file is an error, never ignored.

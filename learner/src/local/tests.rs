@@ -180,3 +180,26 @@ fn pruned_weights_stay_zero_when_the_rules_say_so() {
     let delta = free.contribute(1).unwrap().unwrap().delta;
     assert!(pruned.iter().any(|&i| delta.values[i] != 0.0));
 }
+
+#[test]
+fn predicting_rows_learns_nothing() {
+    let (mut learner, _) = learner_with_base();
+    for i in 0..30 {
+        learner.learn(&sample(i)).unwrap();
+    }
+    let before = current(&mut learner);
+    let rows: Vec<Vec<f32>> = (30..40).map(|i| sample(i).features).collect();
+    let first = learner.predict(&rows).unwrap();
+    let second = learner.predict(&rows).unwrap();
+    assert_eq!(first, second);
+    assert_eq!(first.len(), 10);
+    for p in &first {
+        assert!((p.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        assert_eq!(p.class, crate::infer::argmax(&p.probabilities));
+    }
+    let after = current(&mut learner);
+    assert_eq!(before.values, after.values);
+    assert_eq!(learner.rows_consumed(), 30);
+    assert!(matches!(learner.predict(&[vec![1.0]]), Err(LocalError::FeatureCount { expected: 3, found: 1, .. })));
+    assert!(learner.predict(&[]).unwrap().is_empty());
+}

@@ -518,7 +518,7 @@ mod secure;
 
 /// Whether `token` is one of `accepted`, comparing every accepted token in full whatever
 /// matches (the time taken does not tell how much of a guess was right; only lengths leak).
-fn token_accepted(accepted: &std::collections::BTreeSet<String>, token: &str) -> bool {
+pub fn token_accepted(accepted: &std::collections::BTreeSet<String>, token: &str) -> bool {
     accepted.iter().fold(false, |found, candidate| found | constant_time_eq(candidate.as_bytes(), token.as_bytes()))
 }
 
