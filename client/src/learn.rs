@@ -6,12 +6,12 @@ use std::io::{BufReader, Read};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use cpu_time::ProcessTime;
 use flotilla_learner::compute::{self, BackendChoice, BackendKind};
 use flotilla_learner::data::Dataset;
 use flotilla_learner::evaluate::EvalSet;
-use flotilla_learner::hbp::{HbpConfig, HbpModel};
+use flotilla_learner::hbp::{FusedHbp, HbpConfig, HbpModel};
 use flotilla_learner::prequential;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -43,12 +43,29 @@ pub struct LearnArgs {
     /// Learn from the first N rows only (default: all).
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+    /// The learner's implementation: `auto` (the fused CPU learner at --batch 1 on the CPU,
+    /// burn's otherwise), `fused` (plain Rust over the flat weights, CPU, --batch 1) or `burn`
+    /// (tensor ops on the chosen backend).
+    #[arg(long, value_enum, default_value_t = Engine::Auto)]
+    pub engine: Engine,
     /// Record the cumulative error every this many samples.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub mark_every: u64,
     /// The model's hyper-parameters.
     #[command(flatten)]
     pub model: ModelArgs,
+}
+
+/// Which implementation of the learner runs the pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// The fastest correct one: fused on the CPU at micro-batch 1, burn otherwise.
+    Auto,
+    /// The fused CPU learner (micro-batch 1).
+    Fused,
+    /// burn's tensor ops on the chosen backend.
+    Burn,
 }
 
 /// `auto`, `gpu` or `cpu`, parsed for clap.
@@ -85,6 +102,8 @@ pub struct LearnReport {
     pub wall_seconds: f64,
     /// Backend used: `gpu` or `cpu`.
     pub backend: BackendKind,
+    /// Implementation used: `fused` or `burn`.
+    pub engine: Engine,
     /// The device, in words.
     pub device: String,
     /// Error of the final model on `--eval-data`, in percent.
@@ -105,12 +124,22 @@ pub fn run(args: LearnArgs) -> Result<LearnReport> {
     let config = args.model.config(data.features, data.classes);
     let device = compute::select(args.backend.0)?;
     tracing::info!(backend = %device.kind, device = %device.description, reason = %device.reason, "compute device chosen");
-    let mut model = HbpModel::new(config.clone(), &device.device).context("building the HBP model")?;
+    let fused = match args.engine {
+        Engine::Burn => false,
+        Engine::Auto => args.batch == 1 && device.kind == BackendKind::Cpu,
+        Engine::Fused if args.batch != 1 => bail!("--engine fused learns one row at a time: drop --batch or give 1"),
+        Engine::Fused if device.kind != BackendKind::Cpu => {
+            bail!("--engine fused runs on the CPU: give --backend cpu (or auto without a hardware GPU)")
+        }
+        Engine::Fused => true,
+    };
+    let engine = if fused { Engine::Fused } else { Engine::Burn };
     tracing::info!(
+        engine = if fused { "fused" } else { "burn" },
         rows = data.len(),
         features = data.features,
         classes = data.classes,
-        parameters = model.layout().len(),
+        parameters = flotilla_protocol::model::hbp::layout(&config).len(),
         "prequential pass starts"
     );
 
@@ -120,8 +149,18 @@ pub fn run(args: LearnArgs) -> Result<LearnReport> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let (wall, cpu) = (Instant::now(), ProcessTime::try_now().ok());
-    let score =
-        prequential::run_pass(&mut model, &data, args.batch as usize, args.mark_every, |done| bar.set_position(done))?;
+    let (score, model) = if fused {
+        let mut model = FusedHbp::new(config.clone()).context("building the HBP model")?;
+        let score = prequential::run_fused(&mut model, &data, args.mark_every, |done| bar.set_position(done));
+        let params = model.to_parameters().context("reading the model")?;
+        (score, HbpModel::from_parameters(config.clone(), &params, &device.device).context("the learnt model")?)
+    } else {
+        let mut model = HbpModel::new(config.clone(), &device.device).context("building the HBP model")?;
+        let score = prequential::run_pass(&mut model, &data, args.batch as usize, args.mark_every, |done| {
+            bar.set_position(done)
+        })?;
+        (score, model)
+    };
     let wall_seconds = wall.elapsed().as_secs_f64();
     let cpu_seconds = cpu.and_then(|start| start.try_elapsed().ok()).map_or(f64::NAN, |d| d.as_secs_f64());
     bar.finish_and_clear();
@@ -143,6 +182,7 @@ pub fn run(args: LearnArgs) -> Result<LearnReport> {
         samples_per_cpu_sec: (score.samples() as f64 / cpu_seconds).round(),
         wall_seconds,
         backend: device.kind,
+        engine,
         device: device.description,
         eval_error_pct,
         alpha,

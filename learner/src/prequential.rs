@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use burn::tensor::{Int, Tensor};
 
 use crate::data::Dataset;
-use crate::hbp::{HbpModel, ModelError};
+use crate::hbp::{FusedHbp, HbpModel, ModelError};
 use crate::standardize::OnlineStandardizer;
 
 /// Counts of a prequential pass: each prediction made before its label was learnt from.
@@ -92,6 +92,29 @@ pub fn run_pass(
         }
     }
     Ok(score)
+}
+
+/// [`run_pass`] at micro-batch 1 with the fused CPU learner ([`FusedHbp`]).
+pub fn run_fused(
+    model: &mut FusedHbp,
+    data: &Dataset,
+    mark_every: u64,
+    mut progress: impl FnMut(u64),
+) -> PrequentialScore {
+    let mut standardizer = OnlineStandardizer::new(data.features);
+    let mut score = PrequentialScore::new(mark_every);
+    let mut z = vec![0.0f32; data.features];
+    let mut mixture = vec![0.0f32; model.config().classes];
+    for row in 0..data.len() {
+        standardizer.standardize(data.row(row), &mut z);
+        let label = data.labels[row];
+        let predicted = model.learn(&z, label as usize, &mut mixture);
+        score.record(predicted as u32, label);
+        if (row + 1) % (READBACK_EVERY * 16) == 0 || row + 1 == data.len() {
+            progress(row as u64 + 1);
+        }
+    }
+    score
 }
 
 /// Reads a list of predicted-label tensors back in one transfer.

@@ -1,0 +1,342 @@
+//! HBP at micro-batch 1 on the CPU in plain Rust: the whole step (forward through every layer
+//! and head, the mixture, the analytic backward pass, SGD and the hedge) over the flat
+//! parameter vector, with no tensor set-up and no allocation per step.
+//!
+//! The arithmetic is [`super::math`]'s, row by row: `g_k = α_k (p_k − y)` for every head,
+//! each hidden layer's error the sum of what flows down from the layer above and from its own
+//! head, every gradient taken with the weights before the step. It differs from the burn path
+//! only in the order of float additions; a test holds the two to the same predictions and to
+//! parameters within 1e-4.
+//!
+//! Each weight matrix is read once forward and once backward, where the backward pass reads
+//! a row (the error it sends down) and updates it in the same sweep; rows whose input is zero
+//! (a ReLU that did not fire) are skipped both ways, as their gradient and the error they would
+//! send down are zero.
+
+use flotilla_protocol::model::hbp::{HbpConfig, layout};
+use flotilla_protocol::params::ParameterVector;
+
+use super::model::{HbpModel, ModelError};
+
+/// Offsets of each segment in the flat vector.
+#[derive(Debug, Clone)]
+struct Offsets {
+    /// Per hidden layer: weight `[in, w]` and bias `[w]`.
+    hidden: Vec<(usize, usize)>,
+    /// The input head's weight `[d, C]` and bias `[C]`.
+    input_head: Option<(usize, usize)>,
+    /// The hidden heads' weights `[L, w, C]`.
+    heads_weight: usize,
+    /// The hidden heads' biases `[L, C]`.
+    heads_bias: usize,
+    /// α `[K]`.
+    alpha: usize,
+}
+
+/// An HBP network learning one row at a time on the CPU.
+#[derive(Debug, Clone)]
+pub struct FusedHbp {
+    config: HbpConfig,
+    values: Vec<f32>,
+    offsets: Offsets,
+    /// Hidden activations `[L, w]` of the current row.
+    hidden: Vec<f32>,
+    /// Every head's probabilities `[K, C]` (input head first when present).
+    probabilities: Vec<f32>,
+    /// The error each hidden layer receives from its own head `[L, w]`.
+    from_heads: Vec<f32>,
+    /// Error at a layer's pre-activation, and the one sent down to the layer below.
+    dz: Vec<f32>,
+    down: Vec<f32>,
+    /// α as the step found it, and every head's loss.
+    alpha_before: Vec<f32>,
+    losses: Vec<f32>,
+}
+
+impl FusedHbp {
+    /// A freshly initialised network, with exactly [`HbpModel::new`]'s weights.
+    pub fn new(config: HbpConfig) -> Result<Self, ModelError> {
+        let params = HbpModel::new(config.clone(), &burn::tensor::Device::flex())?.to_parameters()?;
+        Self::from_parameters(config, &params)
+    }
+
+    /// A network of `config` holding `params` (checked as [`HbpModel::from_parameters`] checks).
+    pub fn from_parameters(config: HbpConfig, params: &ParameterVector) -> Result<Self, ModelError> {
+        config.validate()?;
+        // Version, layout, length and finite values.
+        params.check(&layout(&config))?;
+        let (d, w, c, layers) = (config.inputs, config.width, config.classes, config.hidden_layers);
+        let mut offset = 0;
+        let mut next = |len: usize| {
+            let at = offset;
+            offset += len;
+            at
+        };
+        let hidden = (0..layers).map(|l| (next(if l == 0 { d } else { w } * w), next(w))).collect();
+        let input_head = config.input_head.then(|| (next(d * c), next(c)));
+        let heads_weight = next(layers * w * c);
+        let heads_bias = next(layers * c);
+        let alpha = next(config.heads());
+        let sum: f32 = params.values[alpha..].iter().sum();
+        if (sum - 1.0).abs() > 1e-3 || params.values[alpha..].iter().any(|a| *a < 0.0) {
+            return Err(ModelError::InvalidAlpha { sum });
+        }
+        Ok(Self {
+            values: params.values.clone(),
+            offsets: Offsets { hidden, input_head, heads_weight, heads_bias, alpha },
+            hidden: vec![0.0; layers * w],
+            probabilities: vec![0.0; config.heads() * c],
+            from_heads: vec![0.0; layers * w],
+            dz: vec![0.0; w.max(d)],
+            down: vec![0.0; w.max(d)],
+            alpha_before: vec![0.0; config.heads()],
+            losses: vec![0.0; config.heads()],
+            config,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &HbpConfig {
+        &self.config
+    }
+
+    /// Every parameter in layout order.
+    pub fn to_parameters(&self) -> Result<ParameterVector, ModelError> {
+        Ok(ParameterVector::new(&layout(&self.config), self.values.clone())?)
+    }
+
+    /// Current hedge weights α, input head first when present.
+    pub fn alpha(&self) -> &[f32] {
+        &self.values[self.offsets.alpha..]
+    }
+
+    /// Predicts the standardised row `x` (writing the mixture's class probabilities to
+    /// `mixture`, `C` long), then takes one HBP step on `label`; returns the predicted class.
+    /// `x` must have the model's inputs and `label` be below its classes (the data readers
+    /// guarantee both).
+    pub fn learn(&mut self, x: &[f32], label: usize, mixture: &mut [f32]) -> usize {
+        let Self { config, values, offsets: o, hidden, probabilities, from_heads, dz, down, alpha_before, losses } =
+            self;
+        let (d, w, c, layers) = (config.inputs, config.width, config.classes, config.hidden_layers);
+        let k = config.heads();
+        let first_hidden_head = k - layers;
+        let lr = config.learning_rate;
+
+        // Forward: hidden layers, then every head's softmax.
+        for l in 0..layers {
+            let (weight, bias) = o.hidden[l];
+            let (below, rest) = hidden.split_at_mut(l * w);
+            let input = if l == 0 { x } else { &below[(l - 1) * w..] };
+            let m = if l == 0 { d } else { w };
+            let out = &mut rest[..w];
+            out.copy_from_slice(&values[bias..bias + w]);
+            for (kk, &xv) in input.iter().enumerate().take(m) {
+                if xv != 0.0 {
+                    axpy(out, xv, &values[weight + kk * w..weight + (kk + 1) * w]);
+                }
+            }
+            out.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+        if let Some((weight, bias)) = o.input_head {
+            head_probabilities(values, x, weight, bias, c, &mut probabilities[..c]);
+        }
+        for l in 0..layers {
+            let at = (first_hidden_head + l) * c;
+            let h = &hidden[l * w..(l + 1) * w];
+            let (weight, bias) = (o.heads_weight + l * w * c, o.heads_bias + l * c);
+            head_probabilities(values, h, weight, bias, c, &mut probabilities[at..at + c]);
+        }
+        alpha_before.copy_from_slice(&values[o.alpha..o.alpha + k]);
+        mixture.iter_mut().for_each(|m| *m = 0.0);
+        for (head, a) in alpha_before.iter().enumerate() {
+            axpy(mixture, *a, &probabilities[head * c..(head + 1) * c]);
+        }
+        let predicted = crate::network::argmax(mixture);
+
+        // Each head's loss, then its logit error g = α (p − y) in place of its probabilities.
+        for (head, (a, loss)) in alpha_before.iter().zip(losses.iter_mut()).enumerate() {
+            let g = &mut probabilities[head * c..(head + 1) * c];
+            *loss = -g[label].max(super::math::PROBABILITY_FLOOR).ln();
+            g[label] -= 1.0;
+            g.iter_mut().for_each(|v| *v *= a);
+        }
+
+        // Heads: the error each sends down (with its weights before the step), then the step.
+        if let Some((weight, bias)) = o.input_head {
+            let g = &probabilities[..c];
+            for (kk, &xv) in x.iter().enumerate().take(d) {
+                if xv != 0.0 {
+                    axpy(&mut values[weight + kk * c..weight + (kk + 1) * c], -lr * xv, g);
+                }
+            }
+            axpy(&mut values[bias..bias + c], -lr, g);
+        }
+        for l in 0..layers {
+            let g = &probabilities[(first_hidden_head + l) * c..(first_hidden_head + l + 1) * c];
+            let h = &hidden[l * w..(l + 1) * w];
+            let from = &mut from_heads[l * w..(l + 1) * w];
+            let base = o.heads_weight + l * w * c;
+            for j in 0..w {
+                from[j] = if h[j] > 0.0 {
+                    dot_then_axpy(&mut values[base + j * c..base + (j + 1) * c], -lr * h[j], g)
+                } else {
+                    0.0
+                };
+            }
+            let bias = o.heads_bias + l * c;
+            axpy(&mut values[bias..bias + c], -lr, g);
+        }
+
+        // Hidden layers, top down: dz = (down + from head) masked by the ReLU; each weight row
+        // sends its error down and takes its step in one sweep.
+        for l in (0..layers).rev() {
+            let h = &hidden[l * w..(l + 1) * w];
+            let from = &from_heads[l * w..(l + 1) * w];
+            let top = l + 1 == layers;
+            for j in 0..w {
+                let upstream = if top { 0.0 } else { down[j] };
+                dz[j] = if h[j] > 0.0 { upstream + from[j] } else { 0.0 };
+            }
+            let (weight, bias) = o.hidden[l];
+            let m = if l == 0 { d } else { w };
+            let dz = &dz[..w];
+            for kk in 0..m {
+                let input = if l == 0 { x[kk] } else { hidden[(l - 1) * w + kk] };
+                let row = &mut values[weight + kk * w..weight + (kk + 1) * w];
+                if input == 0.0 {
+                    if l > 0 {
+                        down[kk] = 0.0;
+                    }
+                } else if l > 0 {
+                    down[kk] = dot_then_axpy(row, -lr * input, dz);
+                } else {
+                    axpy(row, -lr * input, dz);
+                }
+            }
+            axpy(&mut values[bias..bias + w], -lr, dz);
+        }
+
+        // Hedge: α ← α · β^loss, floored at s / L, renormalised.
+        let ln_beta = config.beta.ln();
+        let floor = config.smoothing / layers as f32;
+        let alpha = &mut values[o.alpha..o.alpha + k];
+        for (a, loss) in alpha.iter_mut().zip(losses.iter()) {
+            *a = (*a * (loss * ln_beta).exp()).max(floor);
+        }
+        let total: f32 = alpha.iter().sum();
+        alpha.iter_mut().for_each(|a| *a /= total);
+        predicted
+    }
+}
+
+/// `softmax(x · W + b)` of one head into `out` (`c` long), W row-major `[len(x), c]` at `weight`.
+fn head_probabilities(values: &[f32], x: &[f32], weight: usize, bias: usize, c: usize, out: &mut [f32]) {
+    out.copy_from_slice(&values[bias..bias + c]);
+    for (kk, &xv) in x.iter().enumerate() {
+        if xv != 0.0 {
+            axpy(out, xv, &values[weight + kk * c..weight + (kk + 1) * c]);
+        }
+    }
+    let max = out.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut total = 0.0;
+    out.iter_mut().for_each(|v| {
+        *v = (*v - max).exp();
+        total += *v;
+    });
+    out.iter_mut().for_each(|v| *v /= total);
+}
+
+/// `y ← y + a · x`.
+#[inline]
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
+}
+
+/// `Σ row_i · g_i` with the row as it was, then `row ← row + a · g`, in one sweep; the sum
+/// in eight independent partial sums (so that the compiler vectorises it).
+#[inline]
+fn dot_then_axpy(row: &mut [f32], a: f32, g: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let mut row_chunks = row.chunks_exact_mut(8);
+    let mut g_chunks = g.chunks_exact(8);
+    for (r, x) in (&mut row_chunks).zip(&mut g_chunks) {
+        for i in 0..8 {
+            lanes[i] += r[i] * x[i];
+            r[i] += a * x[i];
+        }
+    }
+    let mut tail = 0.0;
+    for (r, x) in row_chunks.into_remainder().iter_mut().zip(g_chunks.remainder()) {
+        tail += *r * x;
+        *r += a * x;
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Device;
+
+    /// A learnable stream: standardised-looking features, the label a function of them.
+    fn stream(n: usize, d: usize, classes: usize, seed: u64) -> Vec<(Vec<f32>, u32)> {
+        let mut state = seed;
+        (0..n)
+            .map(|i| {
+                let x: Vec<f32> = (0..d)
+                    .map(|j| {
+                        state = flotilla_protocol::workload::splitmix64(state);
+                        // Some exact zeros, as standardisation gives the first rows.
+                        if (i + j) % 11 == 0 { 0.0 } else { ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0 }
+                    })
+                    .collect();
+                let score = x[0] + 0.5 * x[1] - x[d - 1];
+                let label = ((score + 3.0).max(0.0) as usize).min(classes - 1) as u32;
+                (x, label)
+            })
+            .collect()
+    }
+
+    /// Same predictions over 1,000 rows as the burn learner on the CPU, and parameters
+    /// within 1e-4 (relative, or absolute below 1) after them, with and without the input
+    /// head.
+    #[test]
+    fn matches_the_burn_learner() {
+        for input_head in [true, false] {
+            let config = HbpConfig { hidden_layers: 4, width: 24, input_head, seed: 5, ..HbpConfig::new(6, 3) };
+            let device = Device::flex();
+            let mut reference = HbpModel::new(config.clone(), &device).unwrap();
+            let mut fused = FusedHbp::new(config.clone()).unwrap();
+            assert_eq!(fused.to_parameters().unwrap(), reference.to_parameters().unwrap());
+            let mut mixture = vec![0.0; 3];
+            let mut agree = 0;
+            for (row, (x, y)) in stream(1000, 6, 3, 42).iter().enumerate() {
+                let batch = reference.batch(x, &[*y]);
+                let expected: Vec<f32> = reference.learn_proba(batch, None).try_into_vec_as::<f32>().unwrap();
+                let class = fused.learn(x, *y as usize, &mut mixture);
+                for (a, b) in mixture.iter().zip(&expected) {
+                    assert!((a - b).abs() < 1e-4, "row {row}: {mixture:?} vs {expected:?}");
+                }
+                agree += usize::from(class == crate::network::argmax(&expected));
+            }
+            assert_eq!(agree, 1000, "input head {input_head}");
+            let (a, b) = (fused.to_parameters().unwrap(), reference.to_parameters().unwrap());
+            for (i, (x, y)) in a.values.iter().zip(&b.values).enumerate() {
+                assert!((x - y).abs() <= 1e-4 * y.abs().max(1.0), "parameter {i}: {x} vs {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_parameters_are_refused() {
+        let config = HbpConfig { hidden_layers: 1, width: 4, ..HbpConfig::new(2, 2) };
+        let mut params = FusedHbp::new(config.clone()).unwrap().to_parameters().unwrap();
+        let last = params.values.len() - 1;
+        params.values[last] = 5.0;
+        assert!(matches!(FusedHbp::from_parameters(config.clone(), &params), Err(ModelError::InvalidAlpha { .. })));
+        params.values[0] = f32::NAN;
+        assert!(FusedHbp::from_parameters(config.clone(), &params).is_err());
+        let other = HbpConfig { width: 5, ..config };
+        assert!(FusedHbp::from_parameters(other, &params).is_err());
+    }
+}
