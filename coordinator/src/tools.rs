@@ -56,6 +56,10 @@ pub struct ExportArgs {
     /// 80 %); pruned matrices are stored sparse.
     #[arg(long, value_name = "FRACTION")]
     prune: Option<f64>,
+    /// Remove this fraction of every hidden layer's units (those whose weights in and out
+    /// matter least): physically narrower layers.
+    #[arg(long, value_name = "FRACTION")]
+    prune_units: Option<f64>,
     /// Remove the heads whose α is below ALPHA and the hidden layers only they need.
     #[arg(long, value_name = "ALPHA")]
     drop_depth_below: Option<f32>,
@@ -64,7 +68,7 @@ pub struct ExportArgs {
     int8: bool,
     /// With --prune alone: also write the pruned model as a coordinator checkpoint, to
     /// fine-tune it federated (start a coordinator on it with --initial-params --keep-pruned).
-    #[arg(long, value_name = "FILE", requires = "prune", conflicts_with_all = ["fuse", "int8", "drop_depth_below"])]
+    #[arg(long, value_name = "FILE", requires = "prune", conflicts_with_all = ["fuse", "int8", "drop_depth_below", "prune_units"])]
     checkpoint_out: Option<PathBuf>,
 }
 
@@ -296,6 +300,12 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
             network.layers.len(),
             before.1
         ));
+    }
+    if let Some(fraction) = args.prune_units {
+        let (narrower, removed) = prune::units(&network, fraction).context("--prune-units")?;
+        network = narrower;
+        applied.push(format!("prune-units={fraction}"));
+        notes.push(format!("unit pruning removed {removed} hidden units"));
     }
     if let Some(fraction) = args.prune {
         prune::magnitude(&mut network, fraction).context("--prune")?;

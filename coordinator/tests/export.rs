@@ -94,6 +94,12 @@ fn export_writes_onnx_and_reports_before_and_after() {
         "{notes:?}"
     );
 
+    // Unit pruning: physically narrower, fewer parameters.
+    let narrow = report(&coordinator(&[&args[..], &["--prune-units", "0.5", "--json"]].concat()));
+    let models = narrow["models"].as_array().unwrap();
+    assert!(models[1]["parameters"].as_u64().unwrap() < models[0]["parameters"].as_u64().unwrap() / 2);
+    assert!(models[1]["onnx_bytes"].as_u64().unwrap() < models[0]["onnx_bytes"].as_u64().unwrap());
+
     // The table form names both models.
     let table = coordinator(&[&args[..], &["--drop-depth-below", "0.1"]].concat());
     let text = String::from_utf8_lossy(&table.stdout);

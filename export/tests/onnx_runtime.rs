@@ -95,6 +95,16 @@ fn pruning_and_quantisation_do_what_they_say() {
     // Depth 0 keeps everything.
     assert_eq!(prune::drop_depth_below(&network, 0.0).unwrap().heads.len(), network.heads.len());
 
+    let (narrow, removed) = prune::units(&network, 0.5).unwrap();
+    assert_eq!(removed, 6 * 12);
+    assert!(narrow.layers.iter().all(|l| l.outputs == 12));
+    assert!(narrow.layers.iter().skip(1).all(|l| l.inputs == 12));
+    assert!(narrow.heads.iter().filter(|h| h.source > 0).all(|h| h.dense.inputs == 12));
+    let p = narrow.forward(&data.values);
+    assert!(p.chunks(2).all(|row| (row[0] + row[1] - 1.0).abs() < 1e-5));
+    assert!(narrow.parameters() < network.parameters() / 2);
+    assert!(prune::units(&network, 1.0).is_err());
+
     let mut int8 = network.clone();
     quantize::int8(&mut int8);
     let agree =
@@ -161,6 +171,7 @@ fn onnxruntime_predicts_what_rust_predicts() {
             ("pruned", pruned, onnx::Mix::PerHead),
             ("int8", int8, onnx::Mix::Fused),
             ("shallow", prune::drop_depth_below(&network, best / 2.0).unwrap(), onnx::Mix::PerHead),
+            ("narrow", prune::units(&network, 0.5).unwrap().0, onnx::Mix::Fused),
         ];
         for (name, variant, mix) in variants {
             let path = dir.path().join(format!("{name}.onnx"));
