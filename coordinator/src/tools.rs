@@ -13,7 +13,7 @@ use flotilla_export::{distill, fuse, onnx, prune, quantize, rows};
 use flotilla_learner::data::Dataset;
 use flotilla_learner::hbp::HbpConfig;
 use flotilla_learner::infer::Standardization;
-use flotilla_learner::network::{InputStage, Network, argmax};
+use flotilla_learner::network::{Network, argmax};
 use flotilla_learner::standardize::Z_CLIP;
 use flotilla_protocol::checkpoint::Checkpoint;
 use flotilla_protocol::model::{FeatureMoments, ModelSpec};
@@ -157,9 +157,7 @@ fn load(source: &Source) -> anyhow::Result<Loaded> {
         ),
     };
     let standardization = Standardization::from_moments(&moments).context("the feature statistics cover no rows")?;
-    let input =
-        InputStage::Standardize { mean: standardization.mean, inv_std: standardization.inv_std, clip: Z_CLIP as f32 };
-    let network = Network::from_hbp(&config, checkpoint.served_params(), input)
+    let network = Network::from_hbp(&config, checkpoint.served_params(), standardization.input_stage())
         .with_context(|| format!("the parameters in {} do not fit their spec", path.display()))?;
     Ok(Loaded { checkpoint, config, moments, network, eval })
 }

@@ -283,10 +283,7 @@ impl Builder {
                     .weight
                     .chunks_exact(dense.outputs.max(1))
                     .flat_map(|row| {
-                        row.iter().zip(scales).map(|(&w, &s)| {
-                            let q = if s > 0.0 { (w / s).round().clamp(-127.0, 127.0) } else { 0.0 };
-                            (q as i8).to_le_bytes()[0]
-                        })
+                        row.iter().zip(scales).map(|(&w, &s)| crate::quantize::level(w, s).to_le_bytes()[0])
                     })
                     .collect();
                 let quantised = format!("{name}_int8");

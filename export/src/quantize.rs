@@ -23,10 +23,15 @@ fn quantize(dense: &mut Dense) {
     scales.iter_mut().for_each(|s| *s /= 127.0);
     for row in dense.weight.chunks_exact_mut(n) {
         for (w, &s) in row.iter_mut().zip(&scales) {
-            *w = if s > 0.0 { (*w / s).round().clamp(-127.0, 127.0) * s } else { 0.0 };
+            *w = f32::from(level(*w, s)) * s;
         }
     }
     dense.storage = Storage::Int8 { scales };
+}
+
+/// The int8 level of weight `w` at scale `s` (0 for a column of zeros).
+pub fn level(w: f32, s: f32) -> i8 {
+    if s > 0.0 { (w / s).round().clamp(-127.0, 127.0) as i8 } else { 0 }
 }
 
 #[cfg(test)]

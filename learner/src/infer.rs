@@ -78,12 +78,23 @@ impl Standardization {
         })
     }
 
-    fn apply(&self, row: &[f32], out: &mut [f32]) {
-        let clip = Z_CLIP as f32;
-        for (((o, &x), &m), &inv) in out.iter_mut().zip(row).zip(&self.mean).zip(&self.inv_std) {
-            *o = ((x - m) * inv).clamp(-clip, clip);
+    /// The network's input stage that standardises as the learner does (clipped to ±[`Z_CLIP`]).
+    pub fn input_stage(&self) -> InputStage {
+        InputStage::Standardize { mean: self.mean.clone(), inv_std: self.inv_std.clone(), clip: Z_CLIP as f32 }
+    }
+}
+
+/// Checks that every row has `inputs` features, all finite.
+pub fn check_rows<R: AsRef<[f32]>>(inputs: usize, rows: &[R]) -> Result<(), InferError> {
+    for (row, values) in rows.iter().map(AsRef::as_ref).enumerate() {
+        if values.len() != inputs {
+            return Err(InferError::RowLength { row, expected: inputs, found: values.len() });
+        }
+        if let Some(feature) = values.iter().position(|v| !v.is_finite()) {
+            return Err(InferError::NotFinite { row, feature, value: values[feature] });
         }
     }
+    Ok(())
 }
 
 /// Rows from which a pass goes through burn's CPU backend (blocked, SIMD matrix products on
@@ -110,19 +121,8 @@ impl Predictor {
         params: &ParameterVector,
         standardization: Option<Standardization>,
     ) -> Result<Self, InferError> {
-        let layout = layout(config);
-        params.check(&layout)?;
-        if let Some(s) = &standardization
-            && (s.mean.len() != config.inputs || s.inv_std.len() != config.inputs)
-        {
-            return Err(InferError::Statistics { expected: config.inputs, found: s.mean.len() });
-        }
-        let input = match &standardization {
-            Some(s) => {
-                InputStage::Standardize { mean: s.mean.clone(), inv_std: s.inv_std.clone(), clip: Z_CLIP as f32 }
-            }
-            None => InputStage::Identity,
-        };
+        // The network checks the parameters against the layout and the statistics' length.
+        let input = standardization.as_ref().map_or(InputStage::Identity, Standardization::input_stage);
         let network = Network::from_hbp(config, params, input).map_err(|e| match e {
             NetworkError::Parameters(e) => InferError::Parameters(e),
             NetworkError::Statistics { expected, found } => InferError::Statistics { expected, found },
@@ -173,21 +173,7 @@ impl Predictor {
 
     /// Checks that every row has the model's number of features, all finite.
     pub fn check_rows<R: AsRef<[f32]>>(&self, rows: &[R]) -> Result<(), InferError> {
-        let d = self.config.inputs;
-        for (row, values) in rows.iter().map(AsRef::as_ref).enumerate() {
-            if values.len() != d {
-                return Err(InferError::RowLength { row, expected: d, found: values.len() });
-            }
-            if let Some(feature) = values.iter().position(|v| !v.is_finite()) {
-                return Err(InferError::NotFinite { row, feature, value: values[feature] });
-            }
-        }
-        Ok(())
-    }
-
-    /// The network as plain layers (what fusion, pruning, quantisation and export start from).
-    pub fn network(&self) -> &Network {
-        &self.network
+        check_rows(self.config.inputs, rows)
     }
 
     /// Predicts every row (checked by [`Predictor::check_rows`]) in one pass.
@@ -200,13 +186,7 @@ impl Predictor {
             return Ok(predictions(&self.network.forward(&flat), c));
         }
         let d = self.config.inputs;
-        let mut input = vec![0.0f32; b * d];
-        for (row, out) in rows.iter().zip(input.chunks_exact_mut(d.max(1))) {
-            match &self.standardization {
-                Some(s) => s.apply(row, out),
-                None => out.copy_from_slice(row),
-            }
-        }
+        let input = self.network.input_stage(&flat);
         let features = Tensor::from_data(TensorData::new(input, [b, d]), self.batched.device());
         let mixed = self.batched.predict_proba(features);
         let mixed =
@@ -253,11 +233,8 @@ mod tests {
             let mut moments = FeatureMoments::new(5);
             train.iter().for_each(|r| moments.add_row(r));
             let standardization = Standardization::from_moments(&moments).unwrap();
-            let standardize = |row: &[f32]| {
-                let mut z = vec![0.0; row.len()];
-                standardization.apply(row, &mut z);
-                z
-            };
+            let stage = standardization.input_stage();
+            let standardize = |row: &[f32]| stage.apply(row, row.len());
             for (i, row) in train.iter().enumerate() {
                 let batch = model.batch(&standardize(row), &[(i % 4) as u32]);
                 model.learn(batch);

@@ -35,6 +35,26 @@ pub enum InputStage {
     },
 }
 
+impl InputStage {
+    /// Depth 0 of every row of `rows` (row-major, `inputs` a row).
+    pub fn apply(&self, rows: &[f32], inputs: usize) -> Vec<f32> {
+        let d = inputs.max(1);
+        match self {
+            InputStage::Identity => rows.to_vec(),
+            InputStage::Standardize { mean, inv_std, clip } => rows
+                .chunks_exact(d)
+                .flat_map(|row| {
+                    row.iter().zip(mean).zip(inv_std).map(|((&x, &m), &s)| ((x - m) * s).clamp(-clip, *clip))
+                })
+                .collect(),
+            InputStage::Clamp { low, high } => rows
+                .chunks_exact(d)
+                .flat_map(|row| row.iter().zip(low).zip(high).map(|((&x, &lo), &hi)| x.max(lo).min(hi)))
+                .collect(),
+        }
+    }
+}
+
 /// How a layer's weights are stored when exported (the values used by [`Network::forward`]
 /// are always [`Dense::weight`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -197,20 +217,7 @@ impl Network {
     /// Depth 0 of every row of `rows` (`b × inputs`, row-major): what the trunk and the input
     /// head read.
     pub fn input_stage(&self, rows: &[f32]) -> Vec<f32> {
-        let d = self.inputs.max(1);
-        match &self.input {
-            InputStage::Identity => rows.to_vec(),
-            InputStage::Standardize { mean, inv_std, clip } => rows
-                .chunks_exact(d)
-                .flat_map(|row| {
-                    row.iter().zip(mean).zip(inv_std).map(|((&x, &m), &s)| ((x - m) * s).clamp(-clip, *clip))
-                })
-                .collect(),
-            InputStage::Clamp { low, high } => rows
-                .chunks_exact(d)
-                .flat_map(|row| row.iter().zip(low).zip(high).map(|((&x, &lo), &hi)| x.max(lo).min(hi)))
-                .collect(),
-        }
+        self.input.apply(rows, self.inputs)
     }
 
     /// The mixture's class probabilities of every row (`b × classes`, row-major) of `rows`

@@ -334,15 +334,8 @@ pub fn answer(
 
 /// `rows` checked against the learner's model, then predicted as the next stream row would be.
 fn predict_rows(learner: &LocalLearner, rows: &[Vec<f32>]) -> Result<(Vec<Prediction>, u64), PredictRefusal> {
-    let inputs = learner.spec().inputs;
-    for (i, row) in rows.iter().enumerate() {
-        if row.len() != inputs {
-            return Err(PredictRefusal::BadRow(format!("row {i}: {} features, the model takes {inputs}", row.len())));
-        }
-        if let Some(feature) = row.iter().position(|v| !v.is_finite()) {
-            return Err(PredictRefusal::BadRow(format!("row {i}, feature {feature}: not a finite number")));
-        }
-    }
+    flotilla_learner::infer::check_rows(learner.spec().inputs, rows)
+        .map_err(|error| PredictRefusal::BadRow(error.to_string()))?;
     let predictions = learner.predict(rows).map_err(|e| PredictRefusal::NotReady(format!("prediction failed: {e}")))?;
     Ok((predictions, learner.base_version().unwrap_or(0)))
 }
