@@ -119,6 +119,24 @@ pub struct Options {
     /// Directory for the checkpoint, the development PKI and rounds.jsonl [default: flotilla-data].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Keep the checkpoints in an object store instead of DATA_DIR/checkpoint.bin:
+    /// `file:///abs/dir`, `s3://bucket/prefix`, `gs://…`, `az://…` (the cloud stores need the
+    /// `cloud` build feature; credentials from the environment). Each model version is
+    /// created once (a conditional put): two coordinators can never both commit a round.
+    #[arg(long, value_name = "URL")]
+    pub checkpoint_url: Option<String>,
+    /// Be one of several coordinators sharing a leader lease (`file:///abs/lease.json`, or an
+    /// object such as `s3://bucket/lease.json`): only the holder binds and serves; the others
+    /// stand by and take over, resuming from --checkpoint-url, when its lease expires.
+    #[arg(long, value_name = "URL")]
+    pub lease_url: Option<String>,
+    /// How long the lease lasts without renewal (renewed every quarter of it) [default: 15s].
+    #[arg(long, value_name = "DURATION")]
+    pub lease_duration: Option<HumanDuration>,
+    /// This coordinator's name in the lease, unique among those sharing it (e.g. the pod's
+    /// name) [default: HOSTNAME-PID].
+    #[arg(long, value_name = "NAME")]
+    pub lease_holder: Option<String>,
     /// Server certificate chain (PEM) for production; without it a development CA and
     /// certificate are created in DATA_DIR/pki on first start and reused after.
     #[arg(long, value_name = "FILE", requires = "key")]
@@ -467,6 +485,21 @@ pub struct Config {
     pub limits: Limits,
     /// The HTTP API, when `--http` is given.
     pub http: Option<HttpConfig>,
+    /// The object store of the checkpoints, when `--checkpoint-url` is given.
+    pub checkpoint_url: Option<String>,
+    /// The leader lease, when `--lease-url` is given.
+    pub lease: Option<LeaseConfig>,
+}
+
+/// A leader lease's settings.
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    /// Where the lease lives.
+    pub url: String,
+    /// How long one renewal lasts.
+    pub duration: Duration,
+    /// This coordinator's name in it.
+    pub holder: String,
 }
 
 /// How many updates may be received at once.
@@ -664,6 +697,27 @@ impl Options {
             None if self.http_tls => bail!("--http-tls needs --http ADDR to serve on"),
             None => None,
         };
+        let lease = match self.lease_url {
+            Some(url) => {
+                if self.checkpoint_url.is_none() {
+                    bail!("--lease-url needs --checkpoint-url: a standby resumes from the checkpoints they share");
+                }
+                let duration = self.lease_duration.map_or(Duration::from_secs(15), |d| d.0);
+                if duration < Duration::from_millis(200) {
+                    bail!("--lease-duration must be at least 200ms");
+                }
+                let holder = match self.lease_holder {
+                    Some(holder) if holder.trim().is_empty() => bail!("--lease-holder must not be empty"),
+                    Some(holder) => holder,
+                    None => default_holder(),
+                };
+                Some(LeaseConfig { url, duration, holder })
+            }
+            None if self.lease_duration.is_some() || self.lease_holder.is_some() => {
+                bail!("--lease-duration and --lease-holder need --lease-url")
+            }
+            None => None,
+        };
         Ok(Config {
             listen,
             data_dir: self.data_dir.unwrap_or_else(|| PathBuf::from("flotilla-data")),
@@ -685,8 +739,21 @@ impl Options {
             ),
             limits,
             http,
+            checkpoint_url: self.checkpoint_url,
+            lease,
         })
     }
+}
+
+/// `HOSTNAME-PID`: unique among processes on one host and, with the host's name, across hosts.
+fn default_holder() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "coordinator".to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 impl Options {

@@ -9,6 +9,7 @@
 //! | `GET /v1/model/json` | the served network as JSON (shape, standardisation, named weight segments), for other runtimes |
 //! | `GET /healthz` | 200 while the process serves |
 //! | `GET /readyz` | 200 once a trained model can predict, 503 with the reason before |
+//! | `GET /activez` | 200 on the active coordinator; 503 on a standby (`--lease-url`), which serves only this, `/healthz` and `/readyz` |
 //! | `GET /metrics` | OpenMetrics text ([`crate::metrics`]) |
 //!
 //! Predictions run on one dedicated thread fed by a bounded channel: it takes every request
@@ -145,6 +146,7 @@ pub async fn serve(
         .route("/v1/model", get(model_file))
         .route("/v1/model/json", get(model_json))
         .route("/readyz", get(readyz))
+        .route("/activez", get(|| async { json_response(StatusCode::OK, &json!({ "active": true })) }))
         .route("/metrics", get(metrics_text))
         .with_state(api.clone())
         .merge(flotilla_serve::prediction_routes(api, auth, config.max_rows))
@@ -274,6 +276,31 @@ async fn model_json(State(api): State<Api>, headers: HeaderMap) -> Response {
         Some((_, Err(reason))) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason.clone()).into_response(),
         None => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no model yet").into_response(),
     }
+}
+
+/// The API of a standby coordinator (one waiting for the lease): alive, neither active nor
+/// ready, until `shutdown` (it acquired the lease, or stops).
+pub async fn standby(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let waiting = || async {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "active": false, "ready": false, "reason": "standing by: another coordinator holds the lease" }),
+        )
+    };
+    let app = Router::new()
+        .route(
+            "/healthz",
+            get(|| async { json_response(StatusCode::OK, &json!({ "status": "ok", "role": "standby" })) }),
+        )
+        .route("/readyz", get(waiting))
+        .route("/activez", get(waiting))
+        .fallback(waiting);
+    tracing::info!(listen = %listener.local_addr()?, "HTTP API listening (standby)");
+    flotilla_serve::serve(listener, tls, app, shutdown.cancelled_owned()).await.context("HTTP API (standby)")
 }
 
 async fn readyz(State(api): State<Api>) -> Response {

@@ -59,16 +59,21 @@ fn init_logging(format: LogFormat) {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // The process-wide TLS provider for the object stores' HTTPS client (`cloud` feature):
+    // ring, as for QUIC. Fails only if one is already installed, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match &cli.command {
         Some(Command::Export(args)) => return tools::export(args),
         Some(Command::Distill(args)) => return tools::distill(args),
         None => {}
     }
     let config = cli.options.resolve().context("configuration")?;
-    let server = flotilla_coordinator::bind(config).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let summary = server.run(shutdown).await?;
+    let Some(summary) = flotilla_coordinator::run(config, shutdown).await? else {
+        tracing::info!("stopped while standing by");
+        return Ok(());
+    };
     tracing::info!(
         rounds_committed = summary.rounds_committed,
         round = summary.checkpoint.round,

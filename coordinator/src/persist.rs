@@ -68,6 +68,47 @@ pub fn save_checkpoint(path: &Path, checkpoint: &Checkpoint) -> anyhow::Result<V
     Ok(bytes)
 }
 
+/// Where the coordinator's checkpoints live: `DATA_DIR/checkpoint.bin` (rewritten atomically),
+/// or an object store (`--checkpoint-url`: one object per model version, each created once).
+#[derive(Debug, Clone)]
+pub enum Checkpoints {
+    /// A file.
+    File(PathBuf),
+    /// An object store.
+    Store(crate::store::CheckpointStore),
+}
+
+impl Checkpoints {
+    /// Where, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::File(path) => path.display().to_string(),
+            Self::Store(store) => store.url().to_owned(),
+        }
+    }
+
+    /// The newest checkpoint, `None` if there is none; an unusable one is an error.
+    pub async fn load(&self) -> anyhow::Result<Option<Checkpoint>> {
+        match self {
+            Self::File(path) => load_checkpoint(path),
+            Self::Store(store) => Ok(store.latest().await?),
+        }
+    }
+
+    /// Makes `checkpoint` durable; returns its encoding. In a store, a model version another
+    /// coordinator has committed is refused ([`crate::store::StoreError::Fenced`]).
+    pub async fn save(&self, checkpoint: &Checkpoint) -> anyhow::Result<Vec<u8>> {
+        match self {
+            Self::File(path) => save_checkpoint(path, checkpoint),
+            Self::Store(store) => {
+                let bytes = checkpoint.encode().context("encoding the checkpoint")?;
+                store.commit(checkpoint.model_version, bytes.clone()).await?;
+                Ok(bytes)
+            }
+        }
+    }
+}
+
 /// One line of `rounds.jsonl` (the endpoint fills it at commit, the server adds the
 /// evaluation and appends it).
 pub use flotilla_net::endpoint::RoundRecord;

@@ -23,7 +23,7 @@ use crate::config::{Config, TlsSource, read_tokens};
 use crate::eval::Evaluator;
 use crate::http::{self, HttpConfig, ServedModel};
 use crate::metrics::Metrics;
-use crate::persist::{DataFiles, append_record, save_checkpoint};
+use crate::persist::{Checkpoints, DataFiles, append_record};
 use crate::state::{Origin, initial_state};
 
 /// A bound coordinator, ready to [`Server::run`].
@@ -32,6 +32,7 @@ pub struct Server {
     machine: Coordinator,
     config: Config,
     files: DataFiles,
+    checkpoints: Checkpoints,
     origin: Origin,
     start: (u64, u64),
     dev_pki: Option<DevPki>,
@@ -66,7 +67,12 @@ pub async fn bind(mut config: Config) -> anyhow::Result<Server> {
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let files = DataFiles::new(&config.data_dir);
     let device = select(BackendChoice::Cpu).context("selecting the CPU backend")?;
-    let (checkpoint, origin) = initial_state(&config, &files.checkpoint, &device)?;
+    let checkpoints = match &config.checkpoint_url {
+        Some(url) => Checkpoints::Store(crate::store::CheckpointStore::open(url).context("--checkpoint-url")?),
+        None => Checkpoints::File(files.checkpoint.clone()),
+    };
+    let stored = checkpoints.load().await?;
+    let (checkpoint, origin) = initial_state(&config, stored, &checkpoints.describe(), &device)?;
     let start = (checkpoint.round, checkpoint.model_version);
     let encoded = match origin {
         Origin::Resumed => {
@@ -75,7 +81,7 @@ pub async fn bind(mut config: Config) -> anyhow::Result<Server> {
         }
         _ => {
             tracing::info!(?origin, parameters = checkpoint.params.values.len(), "starting a new model");
-            save_checkpoint(&files.checkpoint, &checkpoint)?
+            checkpoints.save(&checkpoint).await?
         }
     };
     let model_message = CoordinatorMessage::Model { model_version: 0, round: 0, params: checkpoint.params.clone() };
@@ -106,16 +112,13 @@ pub async fn bind(mut config: Config) -> anyhow::Result<Server> {
         None => None,
     };
     let (tls, dev_pki) = server_tls(&config)?;
-    // HTTPS with the same certificate and key as QUIC (and the same client CA, if any).
-    let http_tls = match &config.http {
-        Some(settings) if settings.tls => {
-            Some(Arc::new(flotilla_net::tls::server_crypto(&tls, b"http/1.1").context("HTTPS TLS configuration")?))
-        }
-        _ => None,
-    };
+    let http_tls = http_tls(&config, &tls)?;
     let http = http.map(|(listener, settings)| (listener, settings, http_tls));
     let server_config = quic_server_config(&tls, ALPN, &config.tuning).context("server TLS configuration")?;
-    let reset_key = crate::persist::load_or_create_reset_key(&files.reset_key)?;
+    let reset_key = match &checkpoints {
+        Checkpoints::Store(store) => store.reset_key().await?,
+        Checkpoints::File(_) => crate::persist::load_or_create_reset_key(&files.reset_key)?,
+    };
     let endpoint =
         flotilla_net::transport::bind_endpoint(config.listen, Some(server_config), &config.tuning, Some(&reset_key))
             .with_context(|| format!("binding UDP {}", config.listen))?;
@@ -131,6 +134,7 @@ pub async fn bind(mut config: Config) -> anyhow::Result<Server> {
         machine,
         config,
         files,
+        checkpoints,
         origin,
         start,
         dev_pki,
@@ -141,6 +145,30 @@ pub async fn bind(mut config: Config) -> anyhow::Result<Server> {
         served,
         metrics,
     })
+}
+
+/// HTTPS with the same certificate and key as QUIC (and the same client CA, if any), when
+/// `--http-tls` is given.
+fn http_tls(config: &Config, tls: &ServerTls) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+    match &config.http {
+        Some(settings) if settings.tls => {
+            Ok(Some(Arc::new(flotilla_net::tls::server_crypto(tls, b"http/1.1").context("HTTPS TLS configuration")?)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The standby's HTTP API (`--http`, with `--http-tls` as configured), while it waits for the lease.
+pub(crate) async fn standby_http(
+    config: &Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Option<JoinHandle<anyhow::Result<()>>>> {
+    let Some(settings) = &config.http else {
+        return Ok(None);
+    };
+    let listener = http::bind(settings).await?;
+    let tls = http_tls(config, &server_tls(config)?.0)?;
+    Ok(Some(tokio::spawn(http::standby(listener, tls, shutdown))))
 }
 
 fn server_tls(config: &Config) -> anyhow::Result<(ServerTls, Option<DevPki>)> {
@@ -186,6 +214,7 @@ impl Server {
             machine,
             config,
             files,
+            checkpoints,
             origin,
             start,
             eval,
@@ -218,9 +247,11 @@ impl Server {
         let persister: JoinHandle<anyhow::Result<()>> = {
             let stop = stop.clone();
             let published = Published { served, metrics: metrics.clone() };
+            let runtime = tokio::runtime::Handle::current();
             tokio::task::spawn_blocking(move || {
                 let _stop_on_exit = stop.drop_guard();
-                persist_loop(persist_rx, files, eval, start_error, &published)
+                let durable = Durable { files, checkpoints, runtime };
+                persist_loop(persist_rx, &durable, eval, start_error, &published)
             })
         };
         let endpoint_config = EndpointConfig {
@@ -270,11 +301,19 @@ async fn shutdown_http(task: JoinHandle<anyhow::Result<()>>) -> anyhow::Result<(
     }
 }
 
+/// Where committed rounds are written: checkpoints (a file or an object store, reached through
+/// the runtime) and `rounds.jsonl`.
+struct Durable {
+    files: DataFiles,
+    checkpoints: Checkpoints,
+    runtime: tokio::runtime::Handle,
+}
+
 /// Writes checkpoints and round records in commit order (on a blocking thread), then
 /// publishes each round's model to the HTTP API and its record to the metrics.
 fn persist_loop(
     mut queue: mpsc::UnboundedReceiver<Committed>,
-    files: DataFiles,
+    durable: &Durable,
     eval: Option<Evaluator>,
     start_error: Option<f64>,
     published: &Published,
@@ -283,7 +322,7 @@ fn persist_loop(
     let fallback = eval.as_ref().map(Evaluator::moments);
     while let Some(Committed { checkpoint, mut record }) = queue.blocking_recv() {
         record.start_global_error_pct = previous_error;
-        let encoded = save_checkpoint(&files.checkpoint, &checkpoint)?;
+        let encoded = durable.runtime.block_on(durable.checkpoints.save(&checkpoint))?;
         if published.served.receiver_count() > 0 {
             let model = ServedModel::new(&checkpoint, encoded.into(), fallback);
             published.served.send_replace(Some(Arc::new(model)));
@@ -295,7 +334,7 @@ fn persist_loop(
             }
         }
         previous_error = record.global_error_pct;
-        append_record(&files.rounds, &record)?;
+        append_record(&durable.files.rounds, &record)?;
         published.metrics.record(&record);
         tracing::info!(
             round = record.round,

@@ -11,7 +11,6 @@ use flotilla_protocol::params::ParameterVector;
 use flotilla_protocol::wire::framing::decode_message;
 
 use crate::config::Config;
-use crate::persist::load_checkpoint;
 
 /// Where the starting state came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,22 +23,23 @@ pub enum Origin {
     Fresh,
 }
 
-/// The state to start from.
+/// The state to start from: `stored` (the newest checkpoint, from `source`) when there is one.
 pub(crate) fn initial_state(
     config: &Config,
-    checkpoint_path: &Path,
+    stored: Option<Checkpoint>,
+    source: &str,
     device: &ComputeDevice,
 ) -> anyhow::Result<(Checkpoint, Origin)> {
-    if let Some(checkpoint) = load_checkpoint(checkpoint_path)? {
+    if let Some(checkpoint) = stored {
         if let Some(path) = &config.initial_params {
             tracing::warn!(ignored = %path.display(), "resuming from the checkpoint; --initial-params ignored");
         }
-        check(&checkpoint, config.spec.as_ref(), checkpoint_path)?;
+        check(&checkpoint, config.spec.as_ref(), source)?;
         return Ok((checkpoint, Origin::Resumed));
     }
     if let Some(path) = &config.initial_params {
         let checkpoint = initial_params(path, config.spec.as_ref())?;
-        check(&checkpoint, config.spec.as_ref(), path)?;
+        check(&checkpoint, config.spec.as_ref(), &path.display().to_string())?;
         return Ok((checkpoint, Origin::InitialParams));
     }
     let Some(spec) = config.spec.clone() else {
@@ -80,18 +80,17 @@ fn initial_params(path: &Path, spec: Option<&ModelSpec>) -> anyhow::Result<Check
 }
 
 /// Checks the state's parameters against its spec, and its spec against the flags' one.
-fn check(checkpoint: &Checkpoint, flags: Option<&ModelSpec>, source: &Path) -> anyhow::Result<()> {
-    checkpoint.spec.validate().with_context(|| format!("model spec in {}", source.display()))?;
+fn check(checkpoint: &Checkpoint, flags: Option<&ModelSpec>, source: &str) -> anyhow::Result<()> {
+    checkpoint.spec.validate().with_context(|| format!("model spec in {source}"))?;
     checkpoint
         .params
         .check(&checkpoint.spec.layout())
-        .with_context(|| format!("parameters in {} do not fit their spec", source.display()))?;
+        .with_context(|| format!("parameters in {source} do not fit their spec"))?;
     if let Some(flags) = flags
         && flags != &checkpoint.spec
     {
         bail!(
-            "the model flags ({flags:?}) differ from the spec in {} ({:?}); drop the flags or move the file away",
-            source.display(),
+            "the model flags ({flags:?}) differ from the spec in {source} ({:?}); drop the flags or move the file away",
             checkpoint.spec
         );
     }
