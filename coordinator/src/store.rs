@@ -118,15 +118,9 @@ impl fmt::Debug for CheckpointStore {
 impl CheckpointStore {
     /// The store at `url` (see the module documentation for the schemes).
     pub fn open(url: &str) -> Result<Self, StoreError> {
+        // Nothing is created here (a reader must not make directories): a local store's
+        // directories are made by its first write.
         let (store, prefix) = open_url(url)?;
-        if let Ok(dir) = Url::parse(url).and_then(|u| u.to_file_path().map_err(|()| url::ParseError::EmptyHost))
-            && let Err(source) = std::fs::create_dir_all(&dir)
-        {
-            return Err(StoreError::Url {
-                url: url.to_owned(),
-                reason: format!("creating {}: {source}", dir.display()),
-            });
-        }
         Ok(Self::new(store, prefix, url))
     }
 

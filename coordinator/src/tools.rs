@@ -24,8 +24,9 @@ use crate::persist::{CHECKPOINT_FILE, load_checkpoint, write_atomically};
 /// Where the model comes from and what it is measured on.
 #[derive(Debug, clap::Args)]
 pub struct Source {
-    /// The coordinator checkpoint to read (a file, or a data directory holding checkpoint.bin).
-    #[arg(long, value_name = "FILE|DIR")]
+    /// The coordinator checkpoint to read: a file, a data directory holding checkpoint.bin, or
+    /// the newest in a --checkpoint-url store (`file:///…`, `s3://…`).
+    #[arg(long, value_name = "FILE|DIR|URL")]
     pub checkpoint: PathBuf,
     /// Labelled held-back rows (CSV, label last): the error before and after is reported on
     /// them, and their statistics standardise raw features when the checkpoint holds none.
@@ -136,12 +137,32 @@ struct Loaded {
     eval: Option<Eval>,
 }
 
-fn load(source: &Source) -> anyhow::Result<Loaded> {
-    let path =
-        if source.checkpoint.is_dir() { source.checkpoint.join(CHECKPOINT_FILE) } else { source.checkpoint.clone() };
+/// The newest checkpoint at `source` (a file, a data directory or a store URL) and its name.
+fn read_checkpoint(source: &Path) -> anyhow::Result<(Checkpoint, PathBuf)> {
+    if let Some(url) = source.to_str().filter(|s| s.contains("://")) {
+        let store = crate::store::CheckpointStore::open(url)?;
+        let latest = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => tokio::task::block_in_place(|| runtime.block_on(store.latest())),
+            Err(_) => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting a runtime to read the store")?
+                .block_on(store.latest()),
+        };
+        let Some(checkpoint) = latest? else {
+            bail!("no checkpoint in {url}");
+        };
+        return Ok((checkpoint, source.to_path_buf()));
+    }
+    let path = if source.is_dir() { source.join(CHECKPOINT_FILE) } else { source.to_path_buf() };
     let Some(checkpoint) = load_checkpoint(&path)? else {
         bail!("no checkpoint at {}", path.display());
     };
+    Ok((checkpoint, path))
+}
+
+fn load(source: &Source) -> anyhow::Result<Loaded> {
+    let (checkpoint, path) = read_checkpoint(&source.checkpoint)?;
     let ModelSpec::Hbp(config) = &checkpoint.spec else {
         bail!("{} holds a {}, which has no prediction graph to export", path.display(), checkpoint.spec);
     };

@@ -100,6 +100,21 @@ fn export_writes_onnx_and_reports_before_and_after() {
     assert!(models[1]["parameters"].as_u64().unwrap() < models[0]["parameters"].as_u64().unwrap() / 2);
     assert!(models[1]["onnx_bytes"].as_u64().unwrap() < models[0]["onnx_bytes"].as_u64().unwrap());
 
+    // So does a --checkpoint-url store: its newest checkpoint.
+    let store_dir = dir.path().join("store");
+    let url = format!("file://{}", store_dir.display());
+    let store = flotilla_coordinator::store::CheckpointStore::open(&url).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(store.commit(7, std::fs::read(&ckpt).unwrap())).unwrap();
+    let stored = report(&coordinator(&["export", "--checkpoint", &url, "--onnx", onnx.to_str().unwrap(), "--json"]));
+    assert_eq!(stored["model_version"], 7);
+    let missing = coordinator(&["export", "--checkpoint", "file:///nonexistent-flotilla-store", "--onnx", "x.onnx"]);
+    let message = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        !missing.status.success() && message.contains("no checkpoint in file:///nonexistent-flotilla-store"),
+        "{message}"
+    );
+
     // The table form names both models.
     let table = coordinator(&[&args[..], &["--drop-depth-below", "0.1"]].concat());
     let text = String::from_utf8_lossy(&table.stdout);
