@@ -159,16 +159,10 @@ async fn predict_one<B: Backend>(
         let Prediction { class, probabilities } = predictions
             .pop()
             .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no prediction came back"))?;
-        Ok::<_, ApiError>(json!({ "class": class, "probabilities": probabilities, "model_version": version }))
+        Ok::<_, ApiError>((1, json!({ "class": class, "probabilities": probabilities, "model_version": version })))
     }
     .await;
-    match answer {
-        Ok(value) => {
-            routes.backend.served("predict", 1, started.elapsed().as_secs_f64());
-            json_response(StatusCode::OK, &value)
-        }
-        Err(error) => error.into_response(),
-    }
+    respond(&routes.backend, "predict", started, answer)
 }
 
 async fn predict_batch<B: Backend>(
@@ -205,9 +199,20 @@ async fn predict_batch<B: Backend>(
         ))
     }
     .await;
+    respond(&routes.backend, "batch", started, answer)
+}
+
+/// A route's response: the answer (its row count told to the backend with the time since
+/// `started`), or the error.
+fn respond<B: Backend>(
+    backend: &B,
+    route: &'static str,
+    started: Instant,
+    answer: Result<(usize, serde_json::Value), ApiError>,
+) -> Response {
     match answer {
-        Ok((count, value)) => {
-            routes.backend.served("batch", count, started.elapsed().as_secs_f64());
+        Ok((rows, value)) => {
+            backend.served(route, rows, started.elapsed().as_secs_f64());
             json_response(StatusCode::OK, &value)
         }
         Err(error) => error.into_response(),
