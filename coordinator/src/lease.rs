@@ -334,7 +334,13 @@ impl Leadership {
         Self { backend, holder, duration }
     }
 
-    /// One attempt: acquire, take over or renew; `Ok(None)` while another holds it.
+    /// How often the holder renews and a standby looks: a quarter of the duration.
+    fn interval(&self) -> Duration {
+        (self.duration / 4).max(Duration::from_millis(50))
+    }
+
+    /// One attempt: acquire, take over or renew; `Ok(Err(Decision::Wait { .. }))` while another
+    /// holds it.
     pub async fn try_hold(&self) -> Result<Result<Held, Decision>, LeaseError> {
         let started = Instant::now();
         let current = self.backend.read().await?;
@@ -343,21 +349,35 @@ impl Leadership {
             return Ok(Err(decision));
         };
         let expected = current.as_ref().map(|(_, version)| version);
-        if !self.backend.swap(expected, &record).await? {
+        match self.write(expected, record, started).await? {
+            Some(held) => Ok(Ok(held)),
             // Someone wrote between our read and our swap; look again.
-            return Ok(Err(Decision::Wait { holder: "another coordinator".into(), remaining_ms: 0 }));
+            None => Ok(Err(Decision::Wait { holder: "another coordinator".into(), remaining_ms: 0 })),
         }
-        // Read back for the version of what we wrote (the next renewal's precondition).
+    }
+
+    /// Writes `record` if the stored one is still `expected` (an attempt `started` then): the
+    /// lease held, with the version of what was written (the next write's precondition), or
+    /// `None` when another writer got there first.
+    async fn write(
+        &self,
+        expected: Option<&RecordVersion>,
+        record: LeaseRecord,
+        started: Instant,
+    ) -> Result<Option<Held>, LeaseError> {
+        if !self.backend.swap(expected, &record).await? {
+            return Ok(None);
+        }
         let version = match self.backend.read().await? {
             Some((stored, version)) if stored == record => Some(version),
             _ => None,
         };
-        Ok(Ok(Held { record, version, renewed: started }))
+        Ok(Some(Held { record, version, renewed: started }))
     }
 
     /// Waits until this process holds the lease, or `shutdown` is cancelled (`Ok(None)`).
     pub async fn acquire(&self, shutdown: &CancellationToken) -> Result<Option<Held>, LeaseError> {
-        let poll = (self.duration / 4).max(Duration::from_millis(50));
+        let poll = self.interval();
         let mut announced = None;
         loop {
             // Look again every quarter of the duration, and just after the holder's lease
@@ -394,7 +414,7 @@ impl Leadership {
         stop: CancellationToken,
         lost: CancellationToken,
     ) -> Result<(), LeaseError> {
-        let every = (self.duration / 4).max(Duration::from_millis(50));
+        let every = self.interval();
         loop {
             let deadline = held.renewed + self.duration;
             tokio::select! {
@@ -443,14 +463,7 @@ impl Leadership {
                 _ => return Ok(None),
             },
         };
-        if !self.backend.swap(Some(&expected), &record).await? {
-            return Ok(None);
-        }
-        let version = match self.backend.read().await? {
-            Some((stored, version)) if stored == record => Some(version),
-            _ => None,
-        };
-        Ok(Some(Held { record, version, renewed: started }))
+        self.write(Some(&expected), record, started).await
     }
 
     /// Gives the lease up (a standby takes over at once instead of after the expiry).

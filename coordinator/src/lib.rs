@@ -46,25 +46,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let Some(held) = held? else {
         return Ok(None);
     };
-    let (keeper_stop, lost) = (CancellationToken::new(), CancellationToken::new());
-    let keeper = tokio::spawn({
-        let (leadership, keeper_stop, lost) = (leadership.clone(), keeper_stop.clone(), lost.clone());
-        async move { leadership.keep(held, keeper_stop, lost).await }
-    });
-    // Serving stops on shutdown, or at once when the lease is lost.
+    // Serving stops on shutdown, or at once when the lease is lost (the keeper cancels it).
     let serving = shutdown.child_token();
-    let watcher = tokio::spawn({
-        let serving = serving.clone();
-        async move {
-            lost.cancelled().await;
-            serving.cancel();
-        }
+    let keeper_stop = CancellationToken::new();
+    let keeper = tokio::spawn({
+        let (leadership, keeper_stop, lost) = (leadership.clone(), keeper_stop.clone(), serving.clone());
+        async move { leadership.keep(held, keeper_stop, lost).await }
     });
     let served = match bind(config).await {
         Ok(server) => server.run(serving).await,
         Err(error) => Err(error),
     };
-    watcher.abort();
     keeper_stop.cancel();
     match keeper.await.context("lease task panicked")? {
         Ok(()) => served.map(Some),
