@@ -20,7 +20,7 @@ use flotilla_protocol::compress::Compression;
 use flotilla_protocol::model::HbpConfig;
 use flotilla_protocol::model::ModelSpec;
 use flotilla_protocol::round::config::{AdaptiveClipping, NoisePlacement, PrivacyConfig, SecureConfig};
-use flotilla_protocol::round::{CoordinatorConfig, Mode};
+use flotilla_protocol::round::{CoordinatorConfig, Hierarchy, Mode};
 use flotilla_protocol::wire::framing::FrameLimit;
 
 /// A duration written as `30s`, `500ms`, `2m`, `1h` or a plain number of seconds.
@@ -137,6 +137,29 @@ pub struct Options {
     /// name) [default: HOSTNAME-PID].
     #[arg(long, value_name = "NAME")]
     pub lease_holder: Option<String>,
+    /// Be an edge aggregator: a coordinator to its own clients and a client of the parent
+    /// coordinator at HOST:PORT. For each of the parent's rounds it runs a round over its
+    /// clients and forwards their aggregate (Σ nᵢΔᵢ / Σ nᵢ with Σ nᵢ, the counters and
+    /// FedExP's norms), so FedAvg over the tree equals FedAvg over the flat fleet. The parent
+    /// holds the model, the checkpoints and the server optimiser.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub parent: Option<String>,
+    /// CA certificate (PEM) the parent's certificate chains to (with --parent).
+    #[arg(long, value_name = "FILE")]
+    pub parent_ca: Option<PathBuf>,
+    /// Name the parent's certificate must carry [default: the host of --parent].
+    #[arg(long, value_name = "NAME")]
+    pub parent_server_name: Option<String>,
+    /// File holding this aggregator's token, one of the parent's --aggregator-tokens-file
+    /// (with --parent).
+    #[arg(long, value_name = "FILE")]
+    pub parent_token_file: Option<PathBuf>,
+    /// Be the root of a tree of coordinators: peers presenting one of these tokens (one per
+    /// line) are edge aggregators, whose cohort updates are folded as the updates of every
+    /// client behind them. Refused with robust strategies, secure aggregation or DP at the
+    /// root (each says why); run robust strategies and secure aggregation on the aggregators.
+    #[arg(long, value_name = "FILE")]
+    pub aggregator_tokens_file: Option<PathBuf>,
     /// Server certificate chain (PEM) for production; without it a development CA and
     /// certificate are created in DATA_DIR/pki on first start and reused after.
     #[arg(long, value_name = "FILE", requires = "key")]
@@ -489,6 +512,21 @@ pub struct Config {
     pub checkpoint_url: Option<String>,
     /// The leader lease, when `--lease-url` is given.
     pub lease: Option<LeaseConfig>,
+    /// The parent coordinator, for an edge aggregator (`--parent`).
+    pub parent: Option<ParentConfig>,
+}
+
+/// How an edge aggregator reaches its parent.
+#[derive(Debug, Clone)]
+pub struct ParentConfig {
+    /// The parent's UDP address.
+    pub addr: SocketAddr,
+    /// The name its certificate must carry.
+    pub server_name: String,
+    /// The CA its certificate chains to.
+    pub ca: PathBuf,
+    /// This aggregator's token.
+    pub token: String,
 }
 
 /// A leader lease's settings.
@@ -535,6 +573,7 @@ impl Options {
     /// Applies the defaults (no file involved).
     pub fn into_config(self) -> anyhow::Result<Config> {
         let aggregation = self.aggregation()?;
+        let (hierarchy, parent) = self.hierarchy()?;
         let tls = match (self.cert, self.key) {
             (Some(cert), Some(key)) => TlsSource::Files { cert, key },
             (None, None) => TlsSource::Dev { extra_names: self.dev_cert_names },
@@ -625,6 +664,7 @@ impl Options {
             round_goal: self.round_goal,
             misbehaviour_penalty: duration(self.penalty, Duration::from_secs(60)),
             keep_pruned: self.keep_pruned,
+            hierarchy,
             ..CoordinatorConfig::default()
         };
         rounds.validate().context("invalid round settings")?;
@@ -741,7 +781,64 @@ impl Options {
             http,
             checkpoint_url: self.checkpoint_url,
             lease,
+            parent,
         })
+    }
+
+    /// Where this coordinator stands in a tree (`--parent`, `--aggregator-tokens-file`).
+    fn hierarchy(&self) -> anyhow::Result<(Hierarchy, Option<ParentConfig>)> {
+        let Some(parent) = &self.parent else {
+            if self.parent_ca.is_some() || self.parent_server_name.is_some() || self.parent_token_file.is_some() {
+                bail!("--parent-ca, --parent-server-name and --parent-token-file need --parent HOST:PORT");
+            }
+            return Ok(match &self.aggregator_tokens_file {
+                Some(path) => (
+                    Hierarchy::Root { aggregator_tokens: read_tokens(path).context("--aggregator-tokens-file")? },
+                    None,
+                ),
+                None => (Hierarchy::Flat, None),
+            });
+        };
+        let conflicts = [
+            ("--aggregator-tokens-file", self.aggregator_tokens_file.is_some()),
+            ("--checkpoint-url", self.checkpoint_url.is_some()),
+            ("--lease-url", self.lease_url.is_some()),
+            ("--rounds", self.rounds.is_some()),
+            ("--eval-data", self.eval_data.is_some()),
+            ("--http", self.http.is_some()),
+            ("--initial-params", self.initial_params.is_some()),
+            ("--inputs", self.inputs.is_some()),
+            ("--vector-len", self.vector_len.is_some()),
+            ("--mode", self.mode.is_some_and(|mode| mode != ModeName::Sync)),
+        ];
+        if let Some((flag, _)) = conflicts.iter().find(|(_, given)| *given) {
+            bail!(
+                "{flag} does not apply to an edge aggregator (--parent): the parent holds the model, its \
+                 checkpoints, its rounds and its evaluation; a tree deeper than root and aggregators is not supported"
+            );
+        }
+        let addr = {
+            use std::net::ToSocketAddrs;
+            parent
+                .to_socket_addrs()
+                .with_context(|| format!("--parent {parent:?} is not HOST:PORT"))?
+                .next()
+                .with_context(|| format!("--parent {parent:?} resolves to no address"))?
+        };
+        let host = parent.rsplit_once(':').map_or(parent.as_str(), |(host, _)| host);
+        let server_name = self.parent_server_name.clone().unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
+        let ca =
+            self.parent_ca.clone().context("--parent needs --parent-ca FILE (the CA of the parent's certificate)")?;
+        let token_file = self
+            .parent_token_file
+            .as_ref()
+            .context("--parent needs --parent-token-file FILE (this aggregator's token)")?;
+        let token = flotilla_net::tokens::read_token_file(token_file)
+            .with_context(|| format!("--parent-token-file {}", token_file.display()))?
+            .into_iter()
+            .next()
+            .with_context(|| format!("{}: no token in it", token_file.display()))?;
+        Ok((Hierarchy::Edge, Some(ParentConfig { addr, server_name, ca, token })))
     }
 }
 

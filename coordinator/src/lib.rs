@@ -5,11 +5,14 @@
 //! options ([`config`]), connections, durable state ([`persist`]) and held-out evaluation
 //! ([`eval`]). Tests and the binary start it with [`bind`] + [`Server::run`], or [`run`].
 //! Checkpoints live in the data directory or in an object store ([`store`]); coordinators
-//! sharing a leader lease ([`lease`]) fail over to one another ([`run`]).
+//! sharing a leader lease ([`lease`]) fail over to one another ([`run`]). With `--parent`,
+//! [`run`] makes it an edge aggregator (`edge`): a coordinator to its clients, a client of
+//! its parent.
 //! [`tools`] holds the `export` and `distill` subcommands (a checkpoint's model as ONNX, fused,
 //! pruned, quantised or distilled).
 
 pub mod config;
+mod edge;
 pub mod eval;
 pub mod http;
 pub mod lease;
@@ -31,6 +34,9 @@ use tokio_util::sync::CancellationToken;
 /// lease (`--lease-url`), first stands by until this coordinator holds it (`Ok(None)` when
 /// `shutdown` comes first), renews it while serving, and stops with an error if it is lost.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<Option<RunSummary>> {
+    if config.parent.is_some() {
+        return edge::run(config, shutdown).await;
+    }
     let Some(settings) = config.lease.clone() else {
         return bind(config).await?.run(shutdown).await.map(Some);
     };

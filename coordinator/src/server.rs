@@ -46,6 +46,8 @@ pub struct Server {
     http: Option<(TcpListener, HttpConfig, Option<Arc<rustls::ServerConfig>>)>,
     served: watch::Sender<Option<Arc<ServedModel>>>,
     metrics: Arc<Metrics>,
+    /// An edge aggregator's link to its parent's session.
+    parent: Option<mpsc::Receiver<endpoint::ParentInput>>,
 }
 
 /// What a run did.
@@ -62,7 +64,23 @@ pub struct RunSummary {
 }
 
 /// Loads the state, the PKI and the evaluation data, and binds the endpoint.
-pub async fn bind(mut config: Config) -> anyhow::Result<Server> {
+pub async fn bind(config: Config) -> anyhow::Result<Server> {
+    bind_from(config, None).await
+}
+
+/// Binds an edge aggregator on its parent's model `start` (nothing loaded or saved: the root
+/// keeps the checkpoints); its round task takes the parent's requests from `parent`.
+pub(crate) async fn bind_edge(
+    config: Config,
+    start: Checkpoint,
+    parent: mpsc::Receiver<endpoint::ParentInput>,
+) -> anyhow::Result<Server> {
+    let mut server = bind_from(config, Some(start)).await?;
+    server.parent = Some(parent);
+    Ok(server)
+}
+
+async fn bind_from(mut config: Config, given: Option<Checkpoint>) -> anyhow::Result<Server> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let files = DataFiles::new(&config.data_dir);
@@ -71,13 +89,22 @@ pub async fn bind(mut config: Config) -> anyhow::Result<Server> {
         Some(url) => Checkpoints::Store(crate::store::CheckpointStore::open(url).context("--checkpoint-url")?),
         None => Checkpoints::File(files.checkpoint.clone()),
     };
-    let stored = checkpoints.load().await?;
-    let (checkpoint, origin) = initial_state(&config, stored, &checkpoints.describe(), &device)?;
+    let (checkpoint, origin) = match given {
+        Some(checkpoint) => (checkpoint, Origin::Parent),
+        None => {
+            let stored = checkpoints.load().await?;
+            initial_state(&config, stored, &checkpoints.describe(), &device)?
+        }
+    };
     let start = (checkpoint.round, checkpoint.model_version);
     let encoded = match origin {
         Origin::Resumed => {
             tracing::info!(round = start.0, model_version = start.1, "resuming from the checkpoint");
             checkpoint.encode().context("encoding the checkpoint")?
+        }
+        Origin::Parent => {
+            tracing::info!(round = start.0, model_version = start.1, "aggregating for the parent, on its model");
+            checkpoint.encode().context("encoding the parent's model")?
         }
         _ => {
             tracing::info!(?origin, parameters = checkpoint.params.values.len(), "starting a new model");
@@ -144,6 +171,7 @@ pub async fn bind(mut config: Config) -> anyhow::Result<Server> {
         http,
         served,
         metrics,
+        parent: None,
     })
 }
 
@@ -223,6 +251,7 @@ impl Server {
             http,
             served,
             metrics,
+            parent,
             ..
         } = self;
         let (persist_tx, persist_rx) = mpsc::unbounded_channel();
@@ -264,7 +293,8 @@ impl Server {
             max_rounds: config.max_rounds,
         };
         let observer: Arc<dyn Observer> = metrics;
-        let served = endpoint::serve(&endpoint, machine, endpoint_config, persist_tx, Some(observer), stop).await;
+        let served =
+            endpoint::serve(&endpoint, machine, endpoint_config, persist_tx, Some(observer), parent, stop).await;
         flatten(persister.await)?;
         // The API serves the last model until the rounds are over and persisted.
         http_stop.cancel();

@@ -21,6 +21,8 @@ pub enum Origin {
     InitialParams,
     /// Fresh weights from the spec's seed.
     Fresh,
+    /// The parent's model (an edge aggregator, `--parent`).
+    Parent,
 }
 
 /// The state to start from: `stored` (the newest checkpoint, from `source`) when there is one.

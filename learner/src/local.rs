@@ -497,7 +497,7 @@ impl LocalLearner {
         let moments = std::mem::replace(&mut self.unreported_moments, FeatureMoments::new(inputs));
         self.snapshot = Some(Snapshot { for_version: model_version, params: current });
         let metrics = LocalMetrics { samples: counts.samples, prequential_errors: counts.errors };
-        Ok(Some(Contribution { delta, metrics, moments: Some(moments).filter(|m| m.count > 0) }))
+        Ok(Some(Contribution { delta, metrics, moments: Some(moments).filter(|m| m.count > 0), cohort: None }))
     }
 
     /// Adopts a global model, keeping the local progress the coordinator has not seen (rebase).

@@ -59,17 +59,46 @@ pub struct EndpointConfig {
     pub max_rounds: Option<u64>,
 }
 
+/// What an edge aggregator's parent asks of its round task (the aggregator's upstream
+/// session, [`crate::session`], relays it).
+#[derive(Debug)]
+pub enum ParentInput {
+    /// The parent's new global model: adopt it and pass it on.
+    Model {
+        /// Its version.
+        model_version: u64,
+        /// The parent's latest round when it sent it.
+        round: u64,
+        /// The parameters.
+        params: flotilla_protocol::params::ParameterVector,
+    },
+    /// The parent wants this aggregator's update in `round`: run the round over its clients
+    /// and answer on `reply` with the cohort's aggregate (dropped when the round fails).
+    Request {
+        /// The parent's round.
+        round: u64,
+        /// The model version the cohort's deltas must rest on.
+        model_version: u64,
+        /// How long the parent waits for the answer.
+        deadline: Duration,
+        /// Where the answer goes.
+        reply: tokio::sync::oneshot::Sender<flotilla_protocol::wire::Contribution>,
+    },
+}
+
 /// Serves `endpoint`'s clients with `machine` until `shutdown` is cancelled, the endpoint is
 /// closed or `config.max_rounds` rounds are committed; then says goodbye to every client,
 /// closes the endpoint and waits (briefly) for it. Each commit is queued to `committed`, which
 /// is dropped on return, so a consumer draining it ends after the last one; `observer` (if
-/// any) sees every event.
+/// any) sees every event. An edge aggregator's round task also takes what its parent asks
+/// from `parent`.
 pub async fn serve(
     endpoint: &Endpoint,
     machine: Coordinator,
     config: EndpointConfig,
     committed: mpsc::UnboundedSender<Committed>,
     observer: Option<Arc<dyn Observer>>,
+    mut parent: Option<mpsc::Receiver<ParentInput>>,
     shutdown: CancellationToken,
 ) -> Served {
     let (inbound_tx, mut inbound_rx) = mpsc::channel(1024);
@@ -117,6 +146,13 @@ pub async fn serve(
                 None => break,
             },
             Some(inbound) = inbound_rx.recv() => shell.handle(inbound),
+            input = next_parent_input(&mut parent) => match input {
+                Some(input) => shell.handle_parent(input),
+                None => {
+                    tracing::warn!("the parent's session ended; stopping");
+                    break;
+                }
+            },
             () = sleep_until(timeout), if timeout.is_some() => shell.machine.handle_timeout(Instant::now()),
         }
         shell.drain();
@@ -141,6 +177,14 @@ async fn close_connections(tracker: &TaskTracker, endpoint: &Endpoint, handshake
     endpoint.close(GOODBYE, b"coordinator shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
     let _ = tokio::time::timeout(Duration::from_secs(3), endpoint.wait_idle()).await;
+}
+
+/// The next input from the parent; never, without a parent.
+async fn next_parent_input(parent: &mut Option<mpsc::Receiver<ParentInput>>) -> Option<ParentInput> {
+    match parent {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

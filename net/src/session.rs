@@ -62,6 +62,9 @@ pub enum LearnerRequest {
         /// Whether the weights zero in the base must stay zero in the delta (the rules'
         /// `keep_pruned`).
         keep_pruned: bool,
+        /// When the coordinator stops waiting for the answer (`None`: a standing request,
+        /// asked again on a newer model, with no deadline of its own).
+        deadline: Option<std::time::Instant>,
     },
 }
 

@@ -24,6 +24,7 @@
 //! the round state machine in asynchronous mode; [`StrategyConfig::build_buffered`] makes one.
 
 use crate::params::{Fingerprint, ParameterError, ParameterVector};
+use crate::wire::Cohort;
 
 mod buffered;
 mod federated;
@@ -58,6 +59,9 @@ pub enum AggregateError {
     /// The total sample count of the round overflowed `u64`.
     #[error("total sample count overflows")]
     SampleOverflow,
+    /// A cohort's figures are impossible (a negative or non-finite mean squared norm).
+    #[error("cohort figures refused: the mean squared norm must be finite and not negative")]
+    BadCohort,
     /// `finish` was called with no update folded in.
     #[error("no update to aggregate")]
     Empty,
@@ -157,6 +161,21 @@ pub trait Aggregator {
         self.fold(mean, samples)
     }
 
+    /// Folds an edge aggregator's cohort `aggregate` (see [`Cohort`]), worth `samples`: it
+    /// stands for `cohort.participants` updates, whose weighted sum it carries. No clip or
+    /// outlier bound applies to it (they bound single updates).
+    fn fold_cohort(
+        &mut self,
+        aggregate: &ParameterVector,
+        samples: u64,
+        cohort: Cohort,
+    ) -> Result<Folded, AggregateError>;
+
+    /// An edge aggregator's round end: the reduction of what was folded (the cohort's
+    /// aggregate, before any server step, noise or optimiser) and what stands behind it; the
+    /// aggregator must be begun again afterwards.
+    fn finish_cohort(&mut self) -> Result<(Vec<f32>, Cohort), AggregateError>;
+
     /// Differential privacy: how the next rounds are released (`None`: the ordinary mean
     /// with the strategy's own hygiene). See [`DpRelease`]. Strategies that take no mean
     /// ignore the denominator.
@@ -166,6 +185,10 @@ pub trait Aggregator {
 
     /// Number of updates folded since `begin`.
     fn updates(&self) -> usize;
+
+    /// Clients behind the updates folded since `begin` (an edge's cohort counts all of its
+    /// clients, a secure round's mean all its survivors).
+    fn participants(&self) -> usize;
 
     /// Total samples of the updates folded since `begin`.
     fn samples(&self) -> u64;

@@ -31,7 +31,7 @@ use crate::params::{Fingerprint, ParameterVector};
 use crate::secagg;
 
 /// Version of the message set below; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// QUIC application protocol name (ALPN) of this protocol version.
 pub const ALPN: &[u8] = b"flotilla/1";
@@ -74,6 +74,28 @@ pub enum ClientMessage {
         /// The message.
         message: secagg::ClientMessage,
     },
+    /// An edge aggregator's answer to an `UpdateRequest`: its cohort's aggregate (the
+    /// sample-weighted mean of its clients' deltas, `metrics` summed over them) and what
+    /// the parent needs to fold it as those clients' updates. Accepted only from a peer
+    /// admitted as an aggregator.
+    CohortUpdate {
+        /// The cohort's aggregate, as one update weighing `metrics.samples`.
+        update: Update,
+        /// Who and what is behind it.
+        cohort: Cohort,
+    },
+}
+
+/// What an edge aggregator's update stands for, beyond its weight (`metrics.samples`, the
+/// cohort's `Σ nᵢ`): the parent folds `Σ nᵢ·Δ̄` exactly as it would have folded each `nᵢ·Δᵢ`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Cohort {
+    /// Client updates behind the aggregate (the parent's participant count, and its server
+    /// step, count them all).
+    pub participants: u64,
+    /// `Σ nᵢ·‖Δᵢ‖² / Σ nᵢ` over the cohort's updates as folded: FedExP's numerator, per
+    /// sample (under secure aggregation the edge sees only the sum: `‖Δ̄‖²`).
+    pub mean_sq_norm: f64,
 }
 
 impl ClientMessage {
@@ -81,6 +103,8 @@ impl ClientMessage {
     pub const JOIN_VARIANT: u32 = 0;
     /// Variant index of [`ClientMessage::SecAgg`] on the wire.
     pub const SECAGG_VARIANT: u32 = 6;
+    /// Variant index of [`ClientMessage::CohortUpdate`] on the wire.
+    pub const COHORT_VARIANT: u32 = 7;
 
     /// Whether a message of this variant index may come before `Join` (`Join`, `Heartbeat`,
     /// `Goodbye`).
@@ -140,6 +164,9 @@ pub struct Contribution {
     /// Statistics of the raw features of those samples, for the served model's standardiser
     /// (sent only where the rules take them).
     pub moments: Option<FeatureMoments>,
+    /// Set by an edge aggregator: the contribution is its cohort's aggregate (sent as a
+    /// [`ClientMessage::CohortUpdate`], never clipped, noised, masked or compressed again).
+    pub cohort: Option<Cohort>,
 }
 
 /// A client's contribution to one round, compressed (see [`crate::compress`]).

@@ -13,6 +13,7 @@ use rand::seq::SliceRandom;
 use serde::Serialize;
 
 use crate::procs::{Interrupt, Proc};
+use crate::topology::Topology;
 
 /// What the fleet run needs.
 #[derive(Debug, Clone)]
@@ -73,6 +74,11 @@ pub struct FleetConfig {
     pub timeout: Duration,
     /// Show a progress bar.
     pub progress: bool,
+    /// A tree of coordinators: the root, edge aggregators and the clients behind them.
+    pub topology: Option<Topology>,
+    /// SIGKILL the first aggregator mid-run and restart it `offline_for` later (with
+    /// `topology`).
+    pub kill_aggregator: bool,
 }
 
 /// Something the simulator did to the fleet.
@@ -145,6 +151,9 @@ struct Slot {
     attack: Option<String>,
     /// Samples per second of this client's stream.
     rate: f64,
+    /// The coordinator it joins: the root's UDP port and CA, or its aggregator's.
+    port: u16,
+    ca: PathBuf,
 }
 
 impl Slot {
@@ -183,8 +192,6 @@ fn millis(d: Duration) -> String {
 
 struct Fleet<'a> {
     config: &'a FleetConfig,
-    port: u16,
-    data_dir: PathBuf,
     logs: PathBuf,
     slots: Vec<Slot>,
     started: Instant,
@@ -207,9 +214,9 @@ impl Fleet<'_> {
         let mut args: Vec<String> = vec![
             "run".into(),
             "--coordinator".into(),
-            format!("127.0.0.1:{}", self.port),
+            format!("127.0.0.1:{}", slot.port),
             "--ca".into(),
-            self.data_dir.join("pki/ca.pem").display().to_string(),
+            slot.ca.display().to_string(),
             "--data".into(),
             slot.shard.display().to_string(),
             "--name".into(),
@@ -302,6 +309,18 @@ pub fn run(config: &FleetConfig, interrupt: &Interrupt) -> anyhow::Result<FleetO
     .map(|s| s.to_string())
     .chain(config.coordinator_args.iter().cloned())
     .collect();
+    let tokens = match config.topology {
+        Some(topology) => Some(topology.write_tokens(&config.dir.join("tokens"))?),
+        None => None,
+    };
+    let mut coordinator_args = coordinator_args;
+    if let (Some(topology), Some((root_tokens, _))) = (config.topology, &tokens) {
+        // At the root the quorum counts aggregators: all of them.
+        if let Some(i) = coordinator_args.iter().position(|arg| arg == "--min-clients") {
+            coordinator_args[i + 1] = topology.aggregators.to_string();
+        }
+        coordinator_args.extend(["--aggregator-tokens-file".to_string(), root_tokens.display().to_string()]);
+    }
     let coordinator_log = logs.join("coordinator.log");
     let mut coordinator = Proc::start(
         "coordinator",
@@ -322,6 +341,13 @@ pub fn run(config: &FleetConfig, interrupt: &Interrupt) -> anyhow::Result<FleetO
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    let mut aggregators = match (config.topology, &tokens) {
+        (Some(topology), Some((_, edge_tokens))) => {
+            start_aggregators(config, topology, port, &data_dir, edge_tokens, &logs, &mut coordinator, interrupt)?
+        }
+        _ => Vec::new(),
+    };
+    let root_ca = data_dir.join("pki/ca.pem");
     let bar = if config.progress {
         ProgressBar::with_draw_target(Some(config.rounds as u64), ProgressDrawTarget::stderr())
     } else {
@@ -354,10 +380,12 @@ pub fn run(config: &FleetConfig, interrupt: &Interrupt) -> anyhow::Result<FleetO
                 } else {
                     config.rate
                 },
+                port: config.topology.map_or(port, |t| aggregators[t.aggregator_of(i)].port),
+                ca: config.topology.map_or_else(|| root_ca.clone(), |t| aggregators[t.aggregator_of(i)].ca.clone()),
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut fleet = Fleet { config, port, data_dir: data_dir.clone(), logs, slots, started, events: Vec::new(), bar };
+    let mut fleet = Fleet { config, logs, slots, started, events: Vec::new(), bar };
     for i in 0..fleet.slots.len() {
         if !fleet.slots[i].late {
             fleet.start_client(i)?;
@@ -368,6 +396,10 @@ pub fn run(config: &FleetConfig, interrupt: &Interrupt) -> anyhow::Result<FleetO
     let mut rng = StdRng::seed_from_u64(config.seed ^ 0x5eed_f1ee);
     let mut late_started = config.late_join == 0;
     let mut killed = !config.kill_restart;
+    let mut aggregator_killed = !config.kill_aggregator || aggregators.is_empty();
+    // The killed aggregator's restart: when it is due, then when it was restarted.
+    let mut aggregator_back: Option<Instant> = None;
+    let mut aggregator_restarted: Option<Instant> = None;
     let mut seen = 0usize;
     let mut last_commit = Instant::now();
     let stall = config.round_deadline + config.round_interval + Duration::from_secs(3);
@@ -468,6 +500,39 @@ pub fn run(config: &FleetConfig, interrupt: &Interrupt) -> anyhow::Result<FleetO
                 }
             }
         }
+        if aggregator_back.is_some_and(|at| now >= at) {
+            aggregator_back = None;
+            aggregators[0].start(config, port, &data_dir)?;
+            aggregator_restarted = Some(Instant::now());
+            fleet.event(records.len(), "aggregator0 restarted".into());
+        }
+        if let (Some(at), Some(topology)) = (aggregator_restarted, config.topology) {
+            let rejoined = joined_from_log(&aggregators[0].log).unwrap_or(0);
+            if rejoined >= topology.per_aggregator as u64 {
+                aggregator_restarted = None;
+                let seconds = at.elapsed().as_secs_f64();
+                fleet.event(
+                    records.len(),
+                    format!("aggregator0's {rejoined} clients rejoined {seconds:.1} s after its restart"),
+                );
+            } else if at.elapsed() > Duration::from_secs(60) {
+                aggregator_restarted = None;
+                fleet.event(records.len(), format!("aggregator0: only {rejoined} clients rejoined within 60 s"));
+            }
+        }
+        if !aggregator_killed && seen >= kill_at {
+            aggregator_killed = true;
+            if let Some(mut p) = aggregators[0].proc.take() {
+                p.kill();
+            }
+            aggregator_back = Some(now + config.offline_for);
+            fleet.event(seen, "aggregator0 SIGKILLed (restarts on its data dir)".into());
+        }
+        for aggregator in &mut aggregators {
+            if aggregator.proc.as_mut().and_then(Proc::exited) == Some(false) {
+                bail!("aggregator{} failed:\n{}", aggregator.index, aggregator.tail());
+            }
+        }
         let joined = joined_from_log(&coordinator_log).unwrap_or(0);
         let error = records.last().and_then(|r| r["global_error_pct"].as_f64());
         fleet.bar.set_message(format!(
@@ -515,6 +580,11 @@ pub fn run(config: &FleetConfig, interrupt: &Interrupt) -> anyhow::Result<FleetO
             slot.unexpected_exits += 1;
         }
     }
+    for aggregator in &mut aggregators {
+        if let Some(mut p) = aggregator.proc.take() {
+            p.terminate(Duration::from_secs(10));
+        }
+    }
     if coordinator.exited().is_none() {
         coordinator.terminate(Duration::from_secs(10));
     }
@@ -547,4 +617,113 @@ pub fn run(config: &FleetConfig, interrupt: &Interrupt) -> anyhow::Result<FleetO
         })
         .collect();
     Ok(FleetOutcome { rounds: records, clients, events: fleet.events, wall_s, stop_reason, port })
+}
+
+/// An edge aggregator of the simulated tree.
+struct Aggregator {
+    index: usize,
+    /// Its current process (none while it is killed).
+    proc: Option<Proc>,
+    processes: u32,
+    port: u16,
+    dir: PathBuf,
+    ca: PathBuf,
+    token: PathBuf,
+    logs: PathBuf,
+    /// Its current process's log.
+    log: PathBuf,
+    per_aggregator: usize,
+}
+
+impl Aggregator {
+    fn args(&self, config: &FleetConfig, root_port: u16, root_data: &Path) -> Vec<String> {
+        let quorum = (config.min_clients / config.topology.map_or(1, |t| t.aggregators)).clamp(1, self.per_aggregator);
+        [
+            "--listen",
+            &format!("127.0.0.1:{}", self.port),
+            "--data-dir",
+            &self.dir.display().to_string(),
+            "--parent",
+            &format!("127.0.0.1:{root_port}"),
+            "--parent-ca",
+            &root_data.join("pki/ca.pem").display().to_string(),
+            "--parent-token-file",
+            &self.token.display().to_string(),
+            "--min-clients",
+            &quorum.to_string(),
+            "--sample-fraction",
+            &config.sample_fraction.to_string(),
+            "--round-deadline",
+            &millis(config.round_deadline),
+            "--log-format",
+            "json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// Starts (or restarts) its process, logging to a new file.
+    fn start(&mut self, config: &FleetConfig, root_port: u16, root_data: &Path) -> anyhow::Result<()> {
+        self.processes += 1;
+        let name = format!("aggregator{}", self.index);
+        let n = self.processes;
+        self.log = self.logs.join(format!("{name}.{n}.log"));
+        let out = self.logs.join(format!("{name}.{n}.out"));
+        let args = self.args(config, root_port, root_data);
+        self.proc = Some(Proc::start(&format!("{name}#{n}"), &config.coordinator_bin, &args, &out, &self.log)?);
+        Ok(())
+    }
+
+    fn tail(&self) -> String {
+        self.proc.as_ref().map_or_else(String::new, |p| p.log_tail(20))
+    }
+}
+
+/// Starts the tree's aggregators and waits until each serves (its CA exists: it has the
+/// root's model and bound its port).
+#[allow(clippy::too_many_arguments)]
+fn start_aggregators(
+    config: &FleetConfig,
+    topology: Topology,
+    root_port: u16,
+    root_data: &Path,
+    tokens: &[PathBuf],
+    logs: &Path,
+    root: &mut Proc,
+    interrupt: &Interrupt,
+) -> anyhow::Result<Vec<Aggregator>> {
+    let mut aggregators = Vec::new();
+    for (index, token) in tokens.iter().enumerate().take(topology.aggregators) {
+        let dir = config.dir.join(format!("aggregator{index}"));
+        let mut aggregator = Aggregator {
+            index,
+            proc: None,
+            processes: 0,
+            port: free_udp_port()?,
+            ca: dir.join("pki/ca.pem"),
+            dir,
+            token: token.clone(),
+            logs: logs.to_path_buf(),
+            log: PathBuf::new(),
+            per_aggregator: topology.per_aggregator,
+        };
+        aggregator.start(config, root_port, root_data)?;
+        aggregators.push(aggregator);
+    }
+    let started = Instant::now();
+    for aggregator in &mut aggregators {
+        while !aggregator.ca.exists() {
+            interrupt.check()?;
+            let stopped = aggregator.proc.as_mut().is_none_or(|p| p.exited().is_some());
+            if stopped || root.exited().is_some() {
+                bail!("aggregator{} stopped at start:\n{}", aggregator.index, aggregator.tail());
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("aggregator{} did not serve within 60 s:\n{}", aggregator.index, aggregator.tail());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(aggregators)
 }

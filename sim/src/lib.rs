@@ -11,3 +11,4 @@ pub mod partition;
 pub mod plot;
 pub mod procs;
 pub mod report;
+pub mod topology;

@@ -114,6 +114,15 @@ struct Args {
     /// No progress bar (one line per round instead).
     #[arg(long)]
     no_progress: bool,
+    /// A tree of coordinators, AGGREGATORSxCLIENTS (e.g. 4x25): the root, that many edge
+    /// aggregators (`flotilla-coordinator --parent`) and that many clients behind each;
+    /// sets --clients. --coordinator-arg options go to the root only.
+    #[arg(long, value_name = "AxB")]
+    topology: Option<flotilla_sim::topology::Topology>,
+    /// SIGKILL the first aggregator after a third of the rounds and restart it --offline-for
+    /// later (with --topology); the report's events say when its clients were back.
+    #[arg(long, requires = "topology")]
+    kill_aggregator: bool,
 }
 
 /// `400ms`, `5s`, `1.5s`, `2m`, or a bare number of seconds.
@@ -177,7 +186,10 @@ fn main() {
     }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
+fn run(mut args: Args) -> anyhow::Result<()> {
+    if let Some(topology) = args.topology {
+        args.clients = topology.clients();
+    }
     let interrupt = Interrupt::install()?;
     let exe = std::env::current_exe().context("finding this binary's path")?;
     let bin_dir = match &args.bin_dir {
@@ -307,6 +319,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         attack: args.attack.clone(),
         timeout: args.timeout,
         progress: !args.no_progress,
+        topology: args.topology,
+        kill_aggregator: args.kill_aggregator,
     };
     let outcome = fleet::run(&fleet_config, &interrupt)?;
     if outcome.rounds.is_empty() {
@@ -399,6 +413,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         "offline_for_s": args.offline_for.as_secs_f64(),
         "late_join": args.late_join,
         "kill_restart": args.kill_restart,
+        "topology": args.topology.map(|t| t.to_string()),
+        "kill_aggregator": args.kill_aggregator,
         "port": outcome.port,
     });
     let report = Report {

@@ -116,3 +116,41 @@ fn federation_pays_on_a_bundled_label_skewed_fleet() {
     let verdict = s["verdict"].as_str().unwrap();
     assert!(verdict.contains("federation pays"), "{verdict}");
 }
+
+/// A tree of coordinators: a root, two edge aggregators (`--parent`) and two clients behind
+/// each commit rounds like the flat fleet; killing an aggregator loses only its cohort's
+/// contributions while it is away, and its clients rejoin it when it is back.
+#[test]
+fn a_fleet_through_edge_aggregators_learns_and_survives_a_killed_aggregator() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    let report = run_fleet(
+        &out,
+        &[
+            "--topology",
+            "2x2",
+            "--kill-aggregator",
+            "--rounds",
+            "6",
+            "--rate",
+            "15",
+            "--round-deadline",
+            "3s",
+            "--offline-for",
+            "1s",
+            "--partition",
+            "iid",
+        ],
+    );
+    assert!(report["summary"]["rounds_committed"].as_u64().unwrap() >= 5, "{}", report["summary"]);
+    let rounds = report["rounds"].as_array().unwrap();
+    // The root counts the clients behind its aggregators, not the aggregators.
+    assert_eq!(rounds[0]["participants"].as_u64(), Some(4), "{}", rounds[0]);
+    let events: Vec<String> =
+        report["events"].as_array().unwrap().iter().map(|e| e["what"].as_str().unwrap().to_string()).collect();
+    assert!(events.iter().any(|e| e.contains("aggregator0 SIGKILLed")), "{events:?}");
+    let rejoined = events.iter().find(|e| e.contains("clients rejoined")).unwrap_or_else(|| panic!("{events:?}"));
+    let seconds: f64 = rejoined.split(" rejoined ").nth(1).and_then(|t| t.split(' ').next()).unwrap().parse().unwrap();
+    assert!(seconds <= 5.0, "{rejoined}");
+    assert_eq!(report["config"]["topology"], "2x2");
+}

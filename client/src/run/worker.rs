@@ -306,7 +306,7 @@ pub fn answer(
             tracing::debug!(model_version, round, "global model adopted");
             Ok(Answer::Adopted)
         }
-        LearnerRequest::Update { round, model_version, reply, keep_pruned } => {
+        LearnerRequest::Update { round, model_version, reply, keep_pruned, .. } => {
             let Some(learner) = learner.as_mut() else { return Ok(Answer::Nothing) };
             learner.set_keep_pruned(keep_pruned);
             match learner.contribute(model_version)? {

@@ -135,7 +135,7 @@ pub fn fake_learner_after(step: f32, samples: u64, delay: Duration) -> (mpsc::Se
                     let counter = counter.clone();
                     let answer = async move {
                         tokio::time::sleep(delay).await;
-                        if reply.send(Contribution { delta, metrics, moments: Some(moments) }).is_ok() {
+                        if reply.send(Contribution { delta, metrics, moments: Some(moments), cohort: None }).is_ok() {
                             counter.fetch_add(1, Ordering::SeqCst);
                         }
                     };

@@ -10,10 +10,11 @@ use bytes::Bytes;
 use flotilla_protocol::checkpoint::Checkpoint;
 use flotilla_protocol::round::{CloseReason, ConnectionId, Coordinator, CoordinatorEvent};
 use flotilla_protocol::wire::framing::{FrameLimit, FramingError};
-use flotilla_protocol::wire::{CoordinatorMessage, ErrorCode};
-use tokio::sync::mpsc;
+use flotilla_protocol::wire::{Contribution, CoordinatorMessage, ErrorCode};
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot};
 
+use super::ParentInput;
 use super::connection::{Inbound, Link, Outbound, Traffic, close_refused};
 use super::logs::LogBudget;
 
@@ -100,6 +101,8 @@ pub(crate) struct Shell {
     error_text: HashMap<ConnectionId, String>,
     logs: LogBudget,
     observer: Option<Arc<dyn Observer>>,
+    /// An edge aggregator's pending answer to its parent: (round, where it goes).
+    parent_reply: Option<(u64, oneshot::Sender<Contribution>)>,
 }
 
 impl Shell {
@@ -124,6 +127,26 @@ impl Shell {
             error_text: HashMap::new(),
             logs,
             observer,
+            parent_reply: None,
+        }
+    }
+
+    /// What an edge aggregator's parent asks.
+    pub(crate) fn handle_parent(&mut self, input: ParentInput) {
+        let now = Instant::now();
+        match input {
+            ParentInput::Model { model_version, round, params } => {
+                match self.machine.adopt_model(model_version, round, params, now) {
+                    Ok(()) => tracing::debug!(model_version, round, "parent's model adopted"),
+                    Err(error) => {
+                        tracing::error!(%error, model_version, "the parent's model does not fit; not adopted")
+                    }
+                }
+            }
+            ParentInput::Request { round, model_version, deadline, reply } => {
+                self.parent_reply = Some((round, reply));
+                self.machine.handle_parent_request(round, model_version, deadline, now);
+            }
         }
     }
 
@@ -329,6 +352,26 @@ impl Shell {
             }
             CoordinatorEvent::RoundFailed { round, reason } => {
                 tracing::warn!(round, %reason, "round failed");
+                if self.parent_reply.as_ref().is_some_and(|(asked, _)| *asked == round) {
+                    self.parent_reply = None; // The parent's request lapses unanswered.
+                }
+            }
+            CoordinatorEvent::CohortReady { round, contribution } => {
+                let participants = contribution.cohort.map_or(0, |c| c.participants);
+                let samples = contribution.metrics.samples;
+                match self.parent_reply.take() {
+                    Some((asked, reply)) if asked == round => {
+                        if reply.send(contribution).is_ok() {
+                            tracing::info!(round, participants, samples, "cohort update sent to the parent");
+                        } else {
+                            tracing::warn!(round, "the parent's request lapsed before the cohort was ready");
+                        }
+                    }
+                    other => {
+                        self.parent_reply = other;
+                        tracing::warn!(round, "cohort ready for a round the parent no longer asks for");
+                    }
+                }
             }
         }
     }

@@ -179,7 +179,8 @@ impl Link<'_> {
         let (round, model_version) = self.client.rebase_standing_request()?;
         let (reply, answer) = oneshot::channel();
         self.pending = Some((round, answer));
-        Some(LearnerRequest::Update { round, model_version, reply, keep_pruned: self.client.rules().keep_pruned })
+        let keep_pruned = self.client.rules().keep_pruned;
+        Some(LearnerRequest::Update { round, model_version, reply, keep_pruned, deadline: None })
     }
 
     fn lost(&self, reason: String) -> Outcome {
@@ -243,11 +244,11 @@ impl Link<'_> {
                 let keep_pruned = self.client.rules().keep_pruned;
                 Some(LearnerRequest::Adopt { model_version, round, params, keep_pruned })
             }
-            ClientEvent::UpdateRequested { round, model_version, .. } => {
+            ClientEvent::UpdateRequested { round, model_version, deadline } => {
                 let (reply, answer) = oneshot::channel();
                 self.pending = Some((round, answer));
                 let keep_pruned = self.client.rules().keep_pruned;
-                Some(LearnerRequest::Update { round, model_version, reply, keep_pruned })
+                Some(LearnerRequest::Update { round, model_version, reply, keep_pruned, deadline: Some(deadline) })
             }
             ClientEvent::RequestExpired { round } => {
                 if self.pending.as_ref().is_some_and(|(pending, _)| *pending == round) {

@@ -5,6 +5,7 @@ use super::optimizer::{ServerOptimizer, Sgd};
 use super::step_size::StepSize;
 use super::{AggregateError, Aggregator, Expected, Reducer};
 use crate::params::ParameterVector;
+use crate::wire::Cohort;
 
 /// Per-update checks beyond format and finiteness, applied by every strategy.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -197,8 +198,50 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Aggregator for Federated<R, O> {
         self.fold_weighted(mean, samples, participants.max(1))
     }
 
+    fn fold_cohort(
+        &mut self,
+        aggregate: &ParameterVector,
+        samples: u64,
+        cohort: Cohort,
+    ) -> Result<Folded, AggregateError> {
+        let expected = self.expected.ok_or(AggregateError::NotStarted)?;
+        if samples == 0 {
+            return Err(AggregateError::ZeroSamples);
+        }
+        aggregate.check_shape(expected.fingerprint, expected.len)?;
+        let participants = usize::try_from(cohort.participants).map_err(|_| AggregateError::SampleOverflow)?.max(1);
+        let total = self.samples.checked_add(samples).ok_or(AggregateError::SampleOverflow)?;
+        if !(cohort.mean_sq_norm.is_finite() && cohort.mean_sq_norm >= 0.0) {
+            return Err(AggregateError::BadCohort);
+        }
+        self.reducer.add(&aggregate.values, 1.0, samples)?;
+        self.samples = total;
+        self.updates += 1;
+        self.participants += participants;
+        self.weighted_sq_norms += samples as f64 * cohort.mean_sq_norm;
+        Ok(Folded { norm: l2_norm(&aggregate.values), clipped: false, outlier: false })
+    }
+
+    fn finish_cohort(&mut self) -> Result<(Vec<f32>, Cohort), AggregateError> {
+        self.expected.take().ok_or(AggregateError::NotStarted)?;
+        if self.updates == 0 {
+            return Err(AggregateError::Empty);
+        }
+        let aggregate: Vec<f32> = self.reducer.reduce()?.into_iter().map(|v| v as f32).collect();
+        if let Some(index) = aggregate.iter().position(|v| !v.is_finite()) {
+            return Err(AggregateError::ResultNotFinite { index });
+        }
+        let weight = self.samples as f64;
+        let mean_sq_norm = if weight > 0.0 { self.weighted_sq_norms / weight } else { 0.0 };
+        Ok((aggregate, Cohort { participants: self.participants as u64, mean_sq_norm }))
+    }
+
     fn updates(&self) -> usize {
         self.updates
+    }
+
+    fn participants(&self) -> usize {
+        self.participants
     }
 
     fn samples(&self) -> u64 {

@@ -112,6 +112,10 @@ pub enum SubmitError {
     /// Masking the delta failed.
     #[error("secure aggregation failed: {0}")]
     Secure(#[from] SecAggError),
+    /// A cohort's aggregate (an edge aggregator's contribution) cannot follow the parent's
+    /// rules: it is never clipped, noised or masked again.
+    #[error("the parent's rules ({0}) cannot apply to a cohort's aggregate")]
+    CohortRules(&'static str),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,7 +278,7 @@ impl Client {
     /// Queues the answer to the pending request: the contribution's delta is the local
     /// parameters minus the requested model version's.
     pub fn submit_update(&mut self, contribution: Contribution) -> Result<(), SubmitError> {
-        let Contribution { delta, metrics, moments } = contribution;
+        let Contribution { delta, metrics, moments, cohort } = contribution;
         let Session::Ready { fingerprint, .. } = self.session else {
             return Err(if self.is_closed() { SubmitError::Closed } else { SubmitError::NoPendingRequest });
         };
@@ -287,9 +291,10 @@ impl Client {
             return Err(SubmitError::InconsistentMetrics);
         }
         delta.check_shape(fingerprint, len)?;
-        // The coordinator refuses claims above its cap: claim at most that, the counters scaled alike.
+        // The coordinator refuses claims above its cap (per client behind the update): claim at
+        // most that, the counters scaled alike.
         let metrics = match self.preparer.rules.max_samples {
-            Some(cap) => metrics.capped(cap),
+            Some(cap) => metrics.capped(cap.saturating_mul(cohort.map_or(1, |c| c.participants.max(1)))),
             None => metrics,
         };
         // Feature statistics go only where the rules take them (never masked or under DP),
@@ -298,9 +303,24 @@ impl Client {
         let moments = moments
             .filter(|m| rules.feature_moments && !rules.secure && m.count > 0)
             .map(|m| m.scaled_to(metrics.samples));
+        let (round, base_version) = (request.round, request.model_version);
+        if let Some(cohort) = cohort {
+            let rules = &self.preparer.rules;
+            let refused = [
+                (rules.secure, "secure aggregation"),
+                (rules.clip_norm.is_some(), "a clip norm"),
+                (rules.noise_std.is_some(), "noise"),
+            ];
+            if let Some((_, what)) = refused.iter().find(|(set, _)| *set) {
+                return Err(SubmitError::CohortRules(what));
+            }
+            let update = Update { round, base_version, delta, metrics, moments };
+            self.request = None;
+            self.transmits.push_back(ClientMessage::CohortUpdate { update, cohort });
+            return Ok(());
+        }
         let ParameterVector { format_version, fingerprint, mut values } = delta;
         self.preparer.privatise(&mut values)?;
-        let (round, base_version) = (request.round, request.model_version);
         if self.preparer.rules.secure {
             let messages = self.preparer.submit_secure(round, values)?;
             self.request = None;

@@ -90,6 +90,36 @@ pub struct CoordinatorConfig {
     /// (clients are told in [`UpdateRules::keep_pruned`]; every commit zeroes them again,
     /// whatever the server optimiser or the noise did).
     pub keep_pruned: bool,
+    /// Where this coordinator stands in a tree of coordinators.
+    pub hierarchy: Hierarchy,
+}
+
+/// Where a coordinator stands in a tree of coordinators (`--parent`, `--aggregator-tokens`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Hierarchy {
+    /// Clients only: every peer is a client.
+    #[default]
+    Flat,
+    /// The root of a tree: peers joining with one of these tokens are edge aggregators, whose
+    /// [`CohortUpdate`](crate::wire::ClientMessage::CohortUpdate)s are folded as the updates of
+    /// every client behind them; other peers are clients.
+    Root {
+        /// The aggregators' tokens.
+        aggregator_tokens: BTreeSet<String>,
+    },
+    /// An edge aggregator: a coordinator to its clients and a client of its parent. It starts
+    /// no round of its own: each is started by the parent's request
+    /// ([`Coordinator::handle_parent_request`](crate::round::Coordinator::handle_parent_request)),
+    /// on the parent's model, and ends with the cohort's aggregate for the parent instead of a
+    /// new model.
+    Edge,
+}
+
+impl Hierarchy {
+    /// Whether this coordinator is an edge aggregator.
+    pub fn is_edge(&self) -> bool {
+        matches!(self, Self::Edge)
+    }
 }
 
 /// Samples per second a device is assumed to learn at most, for the default sample cap.
@@ -202,6 +232,7 @@ impl Default for CoordinatorConfig {
             round_goal: None,
             misbehaviour_penalty: Duration::from_secs(60),
             keep_pruned: false,
+            hierarchy: Hierarchy::Flat,
         }
     }
 }
@@ -291,6 +322,7 @@ impl CoordinatorConfig {
             return Err(ConfigError::ZeroSampleCap);
         }
         self.validate_privacy_and_security()?;
+        self.validate_hierarchy()?;
         let cap = self.aggregation.max_held_updates;
         if self.mode == Mode::Sync && self.aggregation.kind.is_robust() && cap < self.min_clients {
             return Err(ConfigError::HeldCapBelowQuorum { cap, min_clients: self.min_clients });
@@ -305,6 +337,41 @@ impl CoordinatorConfig {
             Some((name, _)) => Err(ConfigError::TooLong(name)),
             None => Ok(()),
         }
+    }
+
+    /// What a tree of coordinators cannot do: the root folds cohorts' aggregates, never
+    /// single updates, and an edge aggregator releases nothing itself.
+    fn validate_hierarchy(&self) -> Result<(), ConfigError> {
+        let refusal = match &self.hierarchy {
+            Hierarchy::Flat => None,
+            Hierarchy::Root { .. } if self.aggregation.kind.is_robust() => Some(
+                "a robust strategy needs each client's update, and an edge aggregator forwards its cohort's \
+                 aggregate: run the robust strategy on the aggregators (they hold the updates), FedAvg at the root",
+            ),
+            Hierarchy::Root { .. } if self.secure.is_some() => Some(
+                "secure aggregation runs per edge cohort: turn it on at the aggregators; the root then sees \
+                 each cohort's sum, never a single client's update",
+            ),
+            Hierarchy::Root { .. } if self.privacy.is_some() => Some(
+                "client-level DP samples clients and bounds each one's contribution, and behind an aggregator \
+                 the root sees neither: differential privacy is not supported in a tree of coordinators",
+            ),
+            Hierarchy::Root { .. } if self.mode != Mode::Sync => {
+                Some("an edge aggregator answers synchronous rounds only: use --mode sync at the root")
+            }
+            Hierarchy::Root { .. } if self.aggregation.clip_norm.is_some() => {
+                Some("a clip norm bounds single updates; a cohort's aggregate is not one: clip at the aggregators")
+            }
+            Hierarchy::Root { .. } => None,
+            Hierarchy::Edge if self.mode != Mode::Sync => {
+                Some("an edge aggregator answers its parent's synchronous rounds: use --mode sync")
+            }
+            Hierarchy::Edge if self.privacy.is_some() => {
+                Some("differential privacy is not supported in a tree of coordinators")
+            }
+            Hierarchy::Edge => None,
+        };
+        refusal.map_or(Ok(()), |reason| Err(ConfigError::Incompatible(reason)))
     }
 
     fn validate_privacy_and_security(&self) -> Result<(), ConfigError> {

@@ -13,13 +13,13 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
 use super::events::{CoordinatorEvent, RoundFailure};
-use super::{CloseReason, ConfigError, ConnectionId, CoordinatorConfig};
+use super::{CloseReason, ConfigError, ConnectionId, CoordinatorConfig, Hierarchy};
 use crate::checkpoint::Checkpoint;
 use crate::model::ModelSpec;
 use crate::params::ParameterVector;
 use crate::round::events::UpdateRefusal;
 use crate::wire::framing::decode_message;
-use crate::wire::{ClientMessage, CompressedUpdate, CoordinatorMessage, ErrorCode, PROTOCOL_VERSION, Update};
+use crate::wire::{ClientMessage, Cohort, CompressedUpdate, CoordinatorMessage, ErrorCode, PROTOCOL_VERSION, Update};
 use pipeline::Pipeline;
 use scheduler::{Answer, Scheduler};
 
@@ -28,8 +28,9 @@ use scheduler::{Answer, Scheduler};
 enum Peer {
     /// Connected, `Join` not yet received; `identity` from the transport (a client certificate).
     Connecting { join_by: Instant, identity: Option<Identity> },
-    /// Welcomed, under `identity` when it presented a credential.
-    Joined { client_id: u64, identity: Option<Identity> },
+    /// Welcomed, under `identity` when it presented a credential; `aggregator` when it was
+    /// admitted as an edge aggregator (see [`crate::round::Hierarchy::Root`]).
+    Joined { client_id: u64, identity: Option<Identity>, aggregator: bool },
 }
 
 /// Who a peer is, as far as its credentials tell: a digest of its client certificate or of
@@ -96,6 +97,8 @@ pub struct Coordinator {
     events: VecDeque<CoordinatorEvent>,
     /// Identities barred from joining until the instant given (see `misbehaviour_penalty`).
     barred: BTreeMap<Identity, Instant>,
+    /// An edge aggregator's parent request waiting for the cohort's quorum.
+    parent_request: Option<rounds::ParentRequest>,
 }
 
 impl Coordinator {
@@ -129,6 +132,7 @@ impl Coordinator {
             closes: VecDeque::new(),
             events: VecDeque::new(),
             barred: BTreeMap::new(),
+            parent_request: None,
         })
     }
 
@@ -223,10 +227,17 @@ impl Coordinator {
             (Peer::Connecting { identity, .. }, ClientMessage::Join { protocol_version, client_name, auth_token }) => {
                 self.handle_join(conn, identity, protocol_version, client_name, auth_token, now);
             }
-            (Peer::Joined { .. }, ClientMessage::Update(update)) => self.handle_update(conn, Ok(update), now),
+            (Peer::Joined { .. }, ClientMessage::Update(update)) => self.handle_update(conn, Ok(update), None, now),
             (Peer::Joined { .. }, ClientMessage::CompressedUpdate(compressed)) => {
                 let update = self.decompress(compressed);
-                self.handle_update(conn, update, now);
+                self.handle_update(conn, update, None, now);
+            }
+            (Peer::Joined { aggregator: true, .. }, ClientMessage::CohortUpdate { update, cohort }) => {
+                self.handle_update(conn, Ok(update), Some(cohort), now);
+            }
+            (Peer::Joined { aggregator: false, .. }, ClientMessage::CohortUpdate { .. }) => {
+                let reason = "a cohort update from a peer not admitted as an aggregator".into();
+                self.violation(conn, ErrorCode::UnexpectedMessage, reason, now);
             }
             (Peer::Joined { client_id, .. }, ClientMessage::SecAgg { round, message }) => {
                 self.handle_secure_message(conn, client_id, round, message, now);
@@ -353,7 +364,8 @@ impl Coordinator {
             Peer::Joined { .. } => None,
         });
         let scheduled = self.scheduler.next_deadline(self.joined() >= self.config.min_clients);
-        joins.chain(scheduled).min()
+        let parent = self.parent_request.map(|request| request.deadline);
+        joins.chain(scheduled).chain(parent).min()
     }
 
     fn handle_join(
@@ -372,14 +384,26 @@ impl Coordinator {
             let reason = format!("coordinator speaks protocol version {PROTOCOL_VERSION}, client sent {version}");
             return self.refuse(conn, ErrorCode::UnsupportedVersion, reason, now);
         }
+        // An aggregator's token admits it as one (whatever the clients' tokens).
+        let aggregator = match &self.config.hierarchy {
+            Hierarchy::Root { aggregator_tokens } => {
+                token.as_deref().is_some_and(|token| token_accepted(aggregator_tokens, token))
+            }
+            Hierarchy::Flat | Hierarchy::Edge => false,
+        };
         if let Some(accepted) = &self.config.auth_tokens
+            && !aggregator
             && !token.as_deref().is_some_and(|token| token_accepted(accepted, token))
         {
             return self.refuse(conn, ErrorCode::Unauthorized, "auth token refused".into(), now);
         }
         // A certificate names the peer best; else the token it was admitted with.
-        let identity =
-            identity.or_else(|| self.config.auth_tokens.as_ref().and(token.as_deref()).map(Identity::of_token));
+        let identity = identity.or_else(|| {
+            (self.config.auth_tokens.is_some() || aggregator)
+                .then_some(token.as_deref())
+                .flatten()
+                .map(Identity::of_token)
+        });
         if let Some(until) = identity.and_then(|id| self.barred.get(&id)).filter(|until| **until > now) {
             let seconds = until.duration_since(now).as_secs().max(1);
             let reason = format!("this identity misbehaved; it may join again in {seconds} s");
@@ -390,7 +414,7 @@ impl Coordinator {
         }
         let client_id = self.next_client_id;
         self.next_client_id += 1;
-        self.peers.insert(conn, Peer::Joined { client_id, identity });
+        self.peers.insert(conn, Peer::Joined { client_id, identity, aggregator });
         let welcome = CoordinatorMessage::Welcome {
             client_id,
             protocol_version: PROTOCOL_VERSION,
@@ -420,7 +444,7 @@ impl Coordinator {
             .peers
             .iter()
             .filter_map(|(conn, peer)| match peer {
-                Peer::Joined { client_id, identity: Some(id) } if *id == identity => Some((*client_id, *conn)),
+                Peer::Joined { client_id, identity: Some(id), .. } if *id == identity => Some((*client_id, *conn)),
                 _ => None,
             })
             .collect();
@@ -452,11 +476,19 @@ impl Coordinator {
         self.remove_peer(conn, now);
     }
 
-    /// An update (or why it could not be read) from `conn`, to the mode that takes it.
-    fn handle_update(&mut self, conn: ConnectionId, update: Result<Update, UpdateRefusal>, now: Instant) {
+    /// An update (or why it could not be read) from `conn`, to the mode that takes it; `cohort`
+    /// when an edge aggregator sent its cohort's aggregate.
+    fn handle_update(
+        &mut self,
+        conn: ConnectionId,
+        update: Result<Update, UpdateRefusal>,
+        cohort: Option<Cohort>,
+        now: Instant,
+    ) {
         match (&self.scheduler, update) {
-            (Scheduler::Sync(_), Ok(update)) => self.handle_round_update(conn, update, now),
+            (Scheduler::Sync(_), Ok(update)) => self.handle_round_update(conn, update, cohort, now),
             (Scheduler::Secure(..), Ok(_)) => self.refuse_update(conn, UpdateRefusal::MaskedExpected),
+            (Scheduler::Async(_), Ok(_)) if cohort.is_some() => self.refuse_update(conn, UpdateRefusal::CohortRefused),
             (Scheduler::Async(_), Ok(update)) => self.handle_async_update(conn, update, now),
             (_, Err(refusal)) => {
                 self.refuse_update(conn, refusal);

@@ -79,7 +79,8 @@ pub enum CoordinatorEvent {
         round: u64,
         /// The new model version.
         model_version: u64,
-        /// Updates folded in.
+        /// Clients behind the updates folded in (each edge aggregator's cohort counts all
+        /// of its clients).
         participants: usize,
         /// Their total samples.
         samples: u64,
@@ -87,6 +88,14 @@ pub enum CoordinatorEvent {
         mean_local_error: Option<f64>,
         /// Differential privacy spent so far (ε at the configured δ), when DP is on.
         epsilon: Option<f64>,
+    },
+    /// An edge aggregator's round ended with its cohort's aggregate: the answer to the
+    /// parent's request for `round` (see [`crate::round::Hierarchy::Edge`]).
+    CohortReady {
+        /// The parent's round.
+        round: u64,
+        /// The aggregate, its counters and the cohort behind it.
+        contribution: crate::wire::Contribution,
     },
     /// A round ended without a new model; the next one starts when possible.
     RoundFailed {
@@ -155,6 +164,9 @@ pub enum UpdateRefusal {
     /// A compressed update could not be read.
     #[error("compressed update refused: {0}")]
     Compressed(String),
+    /// A cohort update where this coordinator's mode folds none.
+    #[error("this coordinator's mode takes no cohort updates")]
+    CohortRefused,
 }
 
 impl UpdateRefusal {
@@ -172,6 +184,7 @@ impl UpdateRefusal {
             Self::MaskedExpected => "masked_expected",
             Self::Compressed(_) => "compressed",
             Self::Moments(_) => "feature_statistics",
+            Self::CohortRefused => "cohort_refused",
         }
     }
 
@@ -186,7 +199,7 @@ impl UpdateRefusal {
             | Self::Invalid(_)
             | Self::Compressed(_)
             | Self::Moments(_) => ErrorCode::InvalidUpdate,
-            Self::MaskedExpected => ErrorCode::UnexpectedMessage,
+            Self::MaskedExpected | Self::CohortRefused => ErrorCode::UnexpectedMessage,
             Self::NotSampled | Self::Duplicate => ErrorCode::UnexpectedMessage,
             Self::NoRoundInProgress | Self::WrongRound { .. } | Self::StaleBase { .. } => ErrorCode::StaleUpdate,
         }
@@ -213,6 +226,18 @@ pub enum RoundFailure {
     /// The secure-aggregation session failed (too few survivors, unreadable shares…).
     #[error("secure aggregation failed: {0}")]
     Secure(String),
+    /// An edge aggregator's round was abandoned: its parent asked for another round or sent
+    /// a new model.
+    #[error("superseded by the parent's next request or model")]
+    Superseded,
+    /// An edge aggregator was asked for an update on a model version it does not hold.
+    #[error("the parent asked for an update on model version {asked}; this aggregator holds {held}")]
+    ParentModel {
+        /// The version asked for.
+        asked: u64,
+        /// The version held.
+        held: u64,
+    },
 }
 
 impl RoundFailure {
@@ -223,6 +248,8 @@ impl RoundFailure {
             Self::Aggregation(_) => "aggregation",
             Self::ShuttingDown => "shutting_down",
             Self::Secure(_) => "secure_aggregation",
+            Self::Superseded => "superseded",
+            Self::ParentModel { .. } => "parent_model",
         }
     }
 }

@@ -13,7 +13,7 @@ pub mod events;
 mod sampling;
 
 pub use client::{ANY_MODEL_VERSION, Client, ClientEvent, SubmitError};
-pub use config::{ConfigError, CoordinatorConfig, Mode, StalenessPolicy};
+pub use config::{ConfigError, CoordinatorConfig, Hierarchy, Mode, StalenessPolicy};
 pub use coordinator::{Coordinator, Identity};
 pub use events::{CoordinatorEvent, RoundFailure, UpdateRefusal};
 

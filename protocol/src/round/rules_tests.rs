@@ -113,6 +113,7 @@ fn pump(coordinator: &mut Coordinator, edges: &mut [Edge], now: Instant) {
                             delta,
                             metrics: LocalMetrics { samples: 10, prequential_errors: 1 },
                             moments: None,
+                            cohort: None,
                         })
                         .unwrap();
                 }

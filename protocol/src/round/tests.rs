@@ -54,7 +54,9 @@ fn pump(coordinator: &mut Coordinator, edges: &mut [Edge], now: Instant) {
                             values: delta,
                         };
                         let metrics = LocalMetrics { samples: edge.samples, prequential_errors: 1 };
-                        edge.client.submit_update(crate::wire::Contribution { delta, metrics, moments: None }).unwrap();
+                        edge.client
+                            .submit_update(crate::wire::Contribution { delta, metrics, moments: None, cohort: None })
+                            .unwrap();
                     }
                     ClientEvent::UpdateRequested { .. } | ClientEvent::Welcomed { .. } => {}
                     other => panic!("unexpected {other:?}"),

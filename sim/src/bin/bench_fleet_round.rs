@@ -19,6 +19,7 @@ use flotilla_sim::bench::{
 };
 use flotilla_sim::fleet::{free_udp_port, read_rounds};
 use flotilla_sim::procs::{Interrupt, Proc};
+use flotilla_sim::topology::Topology;
 use serde_json::json;
 
 /// Run the fleet-round benchmark and print one JSON line of figures.
@@ -66,10 +67,21 @@ struct Args {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 900)]
     timeout_s: u64,
+    /// A tree of coordinators, AGGREGATORSxCLIENTS (e.g. 10x100): a root, that many edge
+    /// aggregators (`flotilla-coordinator --parent`) and that many clients behind each (one
+    /// virtual-client process per aggregator); replaces --clients. Reports the peak memory
+    /// of the root and of each aggregator; the final model is checked against the same flat
+    /// FedAvg reference.
+    #[arg(long, value_name = "AxB", conflicts_with_all = ["clients", "processes", "idle"])]
+    topology: Option<Topology>,
 }
 
 fn main() -> std::process::ExitCode {
-    exit_with(run(&Args::parse()))
+    let mut args = Args::parse();
+    if let Some(topology) = args.topology {
+        args.clients = u32::try_from(topology.clients()).unwrap_or(u32::MAX);
+    }
+    exit_with(run(&args))
 }
 
 struct Setup {
@@ -117,6 +129,12 @@ fn measure(args: &Args, setup: &Setup, interrupt: &Interrupt) -> anyhow::Result<
     let model_mib = (args.params * 4).div_ceil(1 << 20);
     let data_dir = setup.work.join("coordinator");
     let quorum = if args.idle { args.clients + 1 } else { args.clients };
+    let tokens = match args.topology {
+        Some(topology) => Some(topology.write_tokens(&setup.work.join("tokens"))?),
+        None => None,
+    };
+    // At the root of a tree the quorum counts aggregators.
+    let root_quorum = args.topology.map_or(quorum, |t| u32::try_from(t.aggregators).unwrap_or(u32::MAX));
     let coordinator_args: Vec<String> = [
         "--listen",
         &format!("127.0.0.1:{}", setup.port),
@@ -127,7 +145,7 @@ fn measure(args: &Args, setup: &Setup, interrupt: &Interrupt) -> anyhow::Result<
         "--initial-params",
         &initial.display().to_string(),
         "--min-clients",
-        &quorum.to_string(),
+        &root_quorum.to_string(),
         "--sample-fraction",
         "1",
         "--rounds",
@@ -156,6 +174,7 @@ fn measure(args: &Args, setup: &Setup, interrupt: &Interrupt) -> anyhow::Result<
     .into_iter()
     .chain(reference_strategy(&args.coordinator_args))
     .chain(args.coordinator_args.iter().cloned())
+    .chain(tokens.iter().flat_map(|(root, _)| ["--aggregator-tokens-file".to_string(), root.display().to_string()]))
     .collect();
     let mut coordinator = start(setup, "coordinator", "flotilla-coordinator", &coordinator_args)?;
     let coordinator_pid = coordinator.pid().context("coordinator not running")?;
@@ -164,7 +183,17 @@ fn measure(args: &Args, setup: &Setup, interrupt: &Interrupt) -> anyhow::Result<
     std::thread::sleep(Duration::from_millis(200));
     let baseline_kib = status_kib(coordinator_pid, "VmRSS:").unwrap_or(0);
     let started = Instant::now();
-    let mut clients = start_clients(args, setup, &ca, model_mib)?;
+    let mut aggregators = match (args.topology, &tokens) {
+        (Some(topology), Some((_, edge_tokens))) => {
+            start_aggregators(args, setup, topology, &ca, edge_tokens, model_mib, &mut coordinator, interrupt)?
+        }
+        _ => Vec::new(),
+    };
+    let mut clients = match args.topology {
+        Some(topology) => start_tree_clients(args, setup, topology, &aggregators, model_mib)?,
+        None => start_clients(args, setup, &ca, model_mib)?,
+    };
+    let aggregator_pids: Vec<u32> = aggregators.iter().filter_map(|a| a.proc.pid()).collect();
     let mut peaks = PeakMemory::default();
     let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
     let client_pids: Vec<u32> = clients.iter().filter_map(Proc::pid).collect();
@@ -172,14 +201,14 @@ fn measure(args: &Args, setup: &Setup, interrupt: &Interrupt) -> anyhow::Result<
     loop {
         interrupt.check()?;
         peaks.sample(coordinator_pid);
-        client_pids.iter().for_each(|pid| peaks.sample(*pid));
+        client_pids.iter().chain(&aggregator_pids).for_each(|pid| peaks.sample(*pid));
         if let Some(success) = coordinator.exited() {
             if !success {
                 bail!("the coordinator failed:\n{}", coordinator.log_tail(20));
             }
             break;
         }
-        for client in &mut clients {
+        for client in clients.iter_mut().chain(aggregators.iter_mut().map(|a| &mut a.proc)) {
             if client.exited() == Some(false) {
                 bail!("{} failed:\n{}", client.name, client.log_tail(20));
             }
@@ -202,7 +231,11 @@ fn measure(args: &Args, setup: &Setup, interrupt: &Interrupt) -> anyhow::Result<
     for client in &mut clients {
         client.terminate(Duration::from_secs(10));
     }
+    for aggregator in &mut aggregators {
+        aggregator.proc.terminate(Duration::from_secs(10));
+    }
     let cpu_s = reaped_children_cpu_s().unwrap_or(f64::NAN);
+    let aggregators_mib: Vec<f64> = aggregator_pids.iter().map(|pid| peaks.mib(*pid)).collect();
     let coordinator_mib = peaks.mib(coordinator_pid);
     let clients_mib = peaks.total_mib(client_pids);
     if let Some(idle) = idle_kib {
@@ -216,7 +249,116 @@ fn measure(args: &Args, setup: &Setup, interrupt: &Interrupt) -> anyhow::Result<
         })
         .to_string());
     }
-    report(args, &data_dir, cpu_s, coordinator_mib, clients_mib, baseline_kib)
+    let mut figures = report(args, &data_dir, cpu_s, coordinator_mib, clients_mib, baseline_kib)?;
+    if let Some(topology) = args.topology {
+        figures["topology"] = json!(topology.to_string());
+        figures["aggregators_peak_rss_mib"] = json!(aggregators_mib);
+        figures["aggregator_peak_rss_mib_max"] = json!(aggregators_mib.iter().copied().fold(0.0, f64::max));
+    }
+    Ok(figures.to_string())
+}
+
+/// An edge aggregator of the tree: its process and where its clients reach it.
+struct Aggregator {
+    proc: Proc,
+    port: u16,
+    ca: PathBuf,
+}
+
+/// Starts the tree's aggregators under the root and waits until each has the root's model
+/// (its development CA, made when it binds, exists).
+#[allow(clippy::too_many_arguments)]
+fn start_aggregators(
+    args: &Args,
+    setup: &Setup,
+    topology: Topology,
+    root_ca: &Path,
+    tokens: &[PathBuf],
+    model_mib: u64,
+    root: &mut Proc,
+    interrupt: &Interrupt,
+) -> anyhow::Result<Vec<Aggregator>> {
+    let mut aggregators = Vec::new();
+    for (a, token) in tokens.iter().enumerate().take(topology.aggregators) {
+        let port = free_udp_port()?;
+        let dir = setup.work.join(format!("aggregator-{a}"));
+        let per = topology.per_aggregator.to_string();
+        let flags: Vec<String> = [
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+            &dir.display().to_string(),
+            "--parent",
+            &format!("127.0.0.1:{}", setup.port),
+            "--parent-ca",
+            &root_ca.display().to_string(),
+            "--parent-token-file",
+            &token.display().to_string(),
+            "--min-clients",
+            &per,
+            "--sample-fraction",
+            "1",
+            "--round-deadline",
+            "300s",
+            "--join-timeout",
+            "120s",
+            "--max-frame-mib",
+            &(model_mib + 1).to_string(),
+            "--max-udp-payload",
+            &args.max_udp_payload.to_string(),
+            "--concurrent-uploads",
+            &args.concurrent_uploads.to_string(),
+            "--max-connections-per-address",
+            &(topology.per_aggregator + 64).to_string(),
+            "--handshake-rate",
+            &per,
+        ]
+        .map(String::from)
+        .into_iter()
+        .collect();
+        let proc = start(setup, &format!("aggregator-{a}"), "flotilla-coordinator", &flags)?;
+        aggregators.push(Aggregator { proc, port, ca: dir.join("pki").join("ca.pem") });
+    }
+    for aggregator in &mut aggregators {
+        let ca = aggregator.ca.clone();
+        wait_for(|| ca.exists() || root.exited().is_some(), Duration::from_secs(120), &mut aggregator.proc, interrupt)?;
+    }
+    Ok(aggregators)
+}
+
+/// One virtual-client process per aggregator, holding its clients (numbered as in the flat
+/// fleet, so that the workload's deltas are the same).
+fn start_tree_clients(
+    args: &Args,
+    setup: &Setup,
+    topology: Topology,
+    aggregators: &[Aggregator],
+    model_mib: u64,
+) -> anyhow::Result<Vec<Proc>> {
+    aggregators
+        .iter()
+        .enumerate()
+        .map(|(a, aggregator)| {
+            let flags: Vec<String> = vec![
+                "fleet-round".into(),
+                "--coordinator".into(),
+                format!("127.0.0.1:{}", aggregator.port),
+                "--ca".into(),
+                aggregator.ca.display().to_string(),
+                "--clients".into(),
+                topology.per_aggregator.to_string(),
+                "--first-client".into(),
+                (a * topology.per_aggregator).to_string(),
+                "--threads".into(),
+                args.client_threads.to_string(),
+                "--max-frame-mib".into(),
+                (model_mib + 1).to_string(),
+                "--max-udp-payload".into(),
+                args.max_udp_payload.to_string(),
+            ];
+            start(setup, &format!("clients-{a}"), "flotilla-sim-client", &flags)
+        })
+        .collect()
 }
 
 /// Connections the client processes have logged as established.
@@ -295,7 +437,7 @@ fn report(
     coordinator_mib: f64,
     clients_mib: f64,
     baseline_kib: u64,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<serde_json::Value> {
     let records = read_rounds(data_dir);
     if records.len() as u64 != args.rounds + 1 {
         bail!("{} rounds recorded, {} expected", records.len(), args.rounds + 1);
@@ -340,6 +482,5 @@ fn report(
         "reference": reference,
         "max_relative_difference": difference,
         "matches_reference": difference <= 1e-3,
-    })
-    .to_string())
+    }))
 }

@@ -30,7 +30,12 @@ fn events(client: &mut Client) -> Vec<ClientEvent> {
 
 /// Submits `delta` over `samples` samples (the counters' sample count set to it).
 fn submit(client: &mut Client, delta: ParameterVector, samples: u64, metrics: LocalMetrics) -> Result<(), SubmitError> {
-    client.submit_update(Contribution { delta, metrics: LocalMetrics { samples, ..metrics }, moments: None })
+    client.submit_update(Contribution {
+        delta,
+        metrics: LocalMetrics { samples, ..metrics },
+        moments: None,
+        cohort: None,
+    })
 }
 
 /// A client welcomed and holding model version 2.
@@ -237,7 +242,8 @@ fn feature_statistics_are_sent_only_where_the_rules_take_them() {
         let mut client = ready(t0);
         client.handle_message(CoordinatorMessage::Rules(rules), t0);
         client.handle_message(request.clone(), t0);
-        let contribution = Contribution { delta: vector(vec![0.1, 0.1]), metrics, moments: Some(stats.clone()) };
+        let contribution =
+            Contribution { delta: vector(vec![0.1, 0.1]), metrics, moments: Some(stats.clone()), cohort: None };
         client.submit_update(contribution).unwrap();
         match client.poll_transmit() {
             Some(ClientMessage::Update(update)) => update.moments,

@@ -57,7 +57,7 @@ impl Coordinator {
     /// Folds an update by its staleness (or refuses it), applies a full buffer, then asks the
     /// client again.
     pub(super) fn handle_async_update(&mut self, conn: ConnectionId, update: Update, now: Instant) {
-        let claims = self.pipeline.accept(&update);
+        let claims = self.pipeline.accept(&update, 1);
         let (current, version, round) = (&self.params, self.model_version, self.round.saturating_add(1));
         let Scheduler::Async(state) = &mut self.scheduler else { return };
         if state.asks.remove(&conn).is_none() {

@@ -145,15 +145,17 @@ impl Privacy {
 
 impl Pipeline {
     /// The one routine every mode accepts an update's claims with: counters consistent and no
-    /// more samples than the cap. Returns the weight it folds with: 1 under differential
+    /// more samples than the cap (per client behind it: `participants`, more than 1 for an
+    /// edge aggregator's cohort). Returns the weight it folds with: 1 under differential
     /// privacy (every clipped update weighs the same), else its samples.
-    pub(super) fn accept(&self, update: &Update) -> Result<u64, UpdateRefusal> {
+    pub(super) fn accept(&self, update: &Update, participants: u64) -> Result<u64, UpdateRefusal> {
         let LocalMetrics { samples, prequential_errors: errors } = update.metrics;
         if !update.metrics.is_consistent() {
             return Err(UpdateRefusal::InconsistentMetrics { errors, samples });
         }
-        if samples > self.sample_cap {
-            return Err(UpdateRefusal::SamplesOverCap { claimed: samples, cap: self.sample_cap });
+        let cap = self.sample_cap.saturating_mul(participants.max(1));
+        if samples > cap {
+            return Err(UpdateRefusal::SamplesOverCap { claimed: samples, cap });
         }
         if let Some(moments) = &update.moments {
             let Some(total) = self.moments.as_ref().filter(|_| self.takes_moments) else {

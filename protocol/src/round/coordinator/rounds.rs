@@ -1,20 +1,23 @@
 //! Starting, feeding and ending rounds.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::scheduler::{ActiveRound, Answer};
 use super::{Coordinator, Outgoing, Peer};
 use crate::params::ParameterVector;
 use crate::round::events::{CoordinatorEvent, RoundFailure, UpdateRefusal};
 use crate::round::{ConnectionId, StalenessPolicy};
-use crate::wire::{CoordinatorMessage, LocalMetrics, Update};
+use crate::wire::{Cohort, Contribution, CoordinatorMessage, LocalMetrics, Update};
 
 impl Coordinator {
     /// Starts a round if none runs, a quorum is joined and the pause before the round is over
-    /// (the pause starts when both of the former first hold).
+    /// (the pause starts when both of the former first hold). An edge aggregator starts none
+    /// of its own (see [`Coordinator::handle_parent_request`]).
     pub(super) fn maybe_start_round(&mut self, now: Instant) {
-        let candidates: Vec<ConnectionId> =
-            self.peers.iter().filter(|(_, peer)| matches!(peer, Peer::Joined { .. })).map(|(conn, _)| *conn).collect();
+        if self.config.hierarchy.is_edge() {
+            return self.maybe_start_cohort_round(now);
+        }
+        let candidates = self.joined_connections();
         let count = self.config.sample_size(candidates.len());
         let shutting_down = self.shutting_down;
         let Some(rounds) = self.scheduler.rounds_mut() else { return };
@@ -30,11 +33,22 @@ impl Coordinator {
             return;
         }
         rounds.next_round_at = None;
-        self.round = self.round.saturating_add(1);
-        let (sampled, release) = self.pipeline.sample(&candidates, count, self.config.seed, self.round);
+        let round = self.round.saturating_add(1);
+        self.start_round(round, &candidates, count, self.config.round_deadline, now);
+    }
+
+    fn joined_connections(&self) -> Vec<ConnectionId> {
+        self.peers.iter().filter(|(_, peer)| matches!(peer, Peer::Joined { .. })).map(|(conn, _)| *conn).collect()
+    }
+
+    /// Starts round `round` over `count` of `candidates` (at least one), waiting `deadline`.
+    fn start_round(&mut self, round: u64, candidates: &[ConnectionId], count: usize, deadline: Duration, now: Instant) {
+        self.round = round;
+        let (sampled, release) = self.pipeline.sample(candidates, count, self.config.seed, self.round);
+        let Some(rounds) = self.scheduler.rounds_mut() else { return };
         rounds.aggregator.set_release(release);
         rounds.aggregator.begin(&self.params);
-        let deadline_ms = u64::try_from(self.config.round_deadline.as_millis()).unwrap_or(u64::MAX);
+        let deadline_ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
         for conn in &sampled {
             let request =
                 CoordinatorMessage::UpdateRequest { round: self.round, model_version: self.model_version, deadline_ms };
@@ -42,7 +56,7 @@ impl Coordinator {
         }
         rounds.active = Some(ActiveRound {
             number: self.round,
-            deadline: now + self.config.round_deadline,
+            deadline: now + deadline,
             answers: sampled.iter().map(|conn| (*conn, Answer::Pending)).collect(),
             metrics: LocalMetrics::default(),
         });
@@ -54,15 +68,97 @@ impl Coordinator {
         self.open_secure_round(&sampled, now);
     }
 
+    /// An edge aggregator's parent asks for its update in `round` on `model_version`, to arrive
+    /// within `deadline`: the aggregator runs that round over its own clients (sampled as its
+    /// configuration says) as soon as its quorum is joined, ending it by 80 % of `deadline` at
+    /// the latest, with a [`CoordinatorEvent::CohortReady`] or a `RoundFailed`. A round still
+    /// running is abandoned first (the parent moved on).
+    pub fn handle_parent_request(&mut self, round: u64, model_version: u64, deadline: Duration, now: Instant) {
+        if !self.config.hierarchy.is_edge() || self.shutting_down {
+            return;
+        }
+        self.fail_round(RoundFailure::Superseded, now);
+        if let Some(superseded) = self.parent_request.take() {
+            let reason = RoundFailure::Superseded;
+            self.events.push_back(CoordinatorEvent::RoundFailed { round: superseded.round, reason });
+        }
+        if model_version != self.model_version {
+            let reason = RoundFailure::ParentModel { asked: model_version, held: self.model_version };
+            return self.events.push_back(CoordinatorEvent::RoundFailed { round, reason });
+        }
+        let deadline = now + deadline.mul_f64(EDGE_DEADLINE_SHARE).min(self.config.round_deadline);
+        self.parent_request = Some(ParentRequest { round, deadline });
+        self.maybe_start_cohort_round(now);
+    }
+
+    /// Starts the round the parent asked for once the quorum is joined; fails it when its
+    /// deadline passes first.
+    fn maybe_start_cohort_round(&mut self, now: Instant) {
+        let Some(request) = self.parent_request else { return };
+        if self.scheduler.round_in_progress() || self.shutting_down {
+            return;
+        }
+        if now >= request.deadline {
+            self.parent_request = None;
+            let reason = RoundFailure::QuorumMissed { accepted: 0, needed: self.config.min_clients };
+            return self.events.push_back(CoordinatorEvent::RoundFailed { round: request.round, reason });
+        }
+        let candidates = self.joined_connections();
+        let count = self.config.sample_size(candidates.len());
+        if count == 0 {
+            return; // Waits for the quorum (or the deadline).
+        }
+        self.parent_request = None;
+        self.start_round(request.round, &candidates, count, request.deadline - now, now);
+    }
+
+    /// An edge aggregator adopts its parent's model `params` (version `model_version`, sent
+    /// in round `round`) and passes it on to its clients. A round still running is
+    /// abandoned (its base is gone). Refused when the layout is not the one this aggregator
+    /// serves.
+    pub fn adopt_model(
+        &mut self,
+        model_version: u64,
+        round: u64,
+        params: ParameterVector,
+        now: Instant,
+    ) -> Result<(), crate::params::ParameterError> {
+        params.check_shape(self.params.fingerprint, self.params.values.len())?;
+        self.fail_round(RoundFailure::Superseded, now);
+        if let Some(superseded) = self.parent_request.take() {
+            let reason = RoundFailure::Superseded;
+            self.events.push_back(CoordinatorEvent::RoundFailed { round: superseded.round, reason });
+        }
+        self.params = params;
+        self.served = None;
+        self.model_version = model_version;
+        self.round = round;
+        let joined = self.joined_connections();
+        self.transmits.extend(joined.into_iter().map(Outgoing::LatestModel));
+        Ok(())
+    }
+
     /// Validates a synchronous round's update and folds it into the round's aggregate.
-    pub(super) fn handle_round_update(&mut self, conn: ConnectionId, update: Update, now: Instant) {
+    /// `cohort`: the update is an edge aggregator's, standing for that many clients.
+    pub(super) fn handle_round_update(
+        &mut self,
+        conn: ConnectionId,
+        update: Update,
+        cohort: Option<Cohort>,
+        now: Instant,
+    ) {
         if let Err(refusal) = self.route_update(conn, &update) {
             return self.refuse_update(conn, refusal);
         }
-        let weight = self.pipeline.accept(&update);
+        let weight = self.pipeline.accept(&update, cohort.map_or(1, |c| c.participants));
         let Some(rounds) = self.scheduler.rounds_mut() else { return };
-        let folded =
-            weight.and_then(|weight| rounds.aggregator.fold(&update.delta, weight).map_err(UpdateRefusal::from));
+        let folded = weight.and_then(|weight| {
+            match cohort {
+                Some(cohort) => rounds.aggregator.fold_cohort(&update.delta, weight, cohort),
+                None => rounds.aggregator.fold(&update.delta, weight),
+            }
+            .map_err(UpdateRefusal::from)
+        });
         match folded {
             Ok(folded) => {
                 self.pipeline.folded(&folded, update.moments.as_ref());
@@ -146,12 +242,17 @@ impl Coordinator {
     }
 
     /// Commits the round if it reached the quorum, fails it otherwise; then tries the next.
+    /// An edge aggregator's round ends with its cohort's aggregate for the parent instead.
     pub(super) fn end_round(&mut self, now: Instant) {
+        if self.config.hierarchy.is_edge() {
+            return self.end_cohort_round();
+        }
         let Some(active) = self.scheduler.take_active() else { return };
         let Some(rounds) = self.scheduler.rounds_mut() else { return };
         let accepted = active.answers.values().filter(|a| **a == Answer::Accepted).count();
         let round = active.number;
         let samples_folded = rounds.aggregator.samples();
+        let participants = rounds.aggregator.participants();
         let outcome = if accepted < self.config.min_clients {
             Err(RoundFailure::QuorumMissed { accepted, needed: self.config.min_clients })
         } else {
@@ -167,7 +268,7 @@ impl Coordinator {
                 self.events.push_back(CoordinatorEvent::RoundCommitted {
                     round,
                     model_version: self.model_version,
-                    participants: accepted,
+                    participants,
                     samples: samples_folded,
                     mean_local_error,
                     epsilon,
@@ -179,4 +280,40 @@ impl Coordinator {
         }
         self.maybe_start_round(now);
     }
+
+    /// An edge aggregator's round end: the cohort's aggregate and counters, for the parent.
+    fn end_cohort_round(&mut self) {
+        let Some(active) = self.scheduler.take_active() else { return };
+        let Some(rounds) = self.scheduler.rounds_mut() else { return };
+        let accepted = active.answers.values().filter(|a| **a == Answer::Accepted).count();
+        let round = active.number;
+        let outcome = if accepted < self.config.min_clients {
+            Err(RoundFailure::QuorumMissed { accepted, needed: self.config.min_clients })
+        } else {
+            rounds.aggregator.finish_cohort().map_err(RoundFailure::Aggregation)
+        };
+        match outcome {
+            Ok((values, cohort)) => {
+                let delta = ParameterVector {
+                    format_version: self.params.format_version,
+                    fingerprint: self.params.fingerprint,
+                    values,
+                };
+                let contribution = Contribution { delta, metrics: active.metrics, moments: None, cohort: Some(cohort) };
+                self.events.push_back(CoordinatorEvent::CohortReady { round, contribution });
+            }
+            Err(reason) => self.events.push_back(CoordinatorEvent::RoundFailed { round, reason }),
+        }
+    }
 }
+
+/// A parent's request an edge aggregator has not started yet (its quorum is not joined).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ParentRequest {
+    pub(super) round: u64,
+    pub(super) deadline: Instant,
+}
+
+/// Share of the parent's deadline an edge aggregator's round may take: the rest is left for
+/// the cohort's aggregate to reach the parent.
+pub(super) const EDGE_DEADLINE_SHARE: f64 = 0.8;

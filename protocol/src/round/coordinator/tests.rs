@@ -729,3 +729,5 @@ fn an_identity_closed_for_misbehaviour_waits_out_its_penalty() {
     join_with_token(&mut machine, 4, "alpha", t0 + Duration::from_secs(63));
     assert_eq!(machine.joined(), 0, "a second Join is a violation and bars the identity");
 }
+
+mod tree;

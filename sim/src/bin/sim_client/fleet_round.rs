@@ -184,7 +184,7 @@ async fn respond(index: u64, mut inbox: mpsc::Receiver<LearnerRequest>) -> anyho
                 let Some(layout) = &layout else { continue };
                 let delta = ParameterVector::new(layout, workload::client_delta(round, index, layout.len()))?;
                 let metrics = LocalMetrics { samples: workload::SAMPLES, prequential_errors: 0 };
-                let _ = reply.send(Contribution { delta, metrics, moments: None });
+                let _ = reply.send(Contribution { delta, metrics, moments: None, cohort: None });
             }
         }
     }

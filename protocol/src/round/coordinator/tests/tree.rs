@@ -1,0 +1,240 @@
+//! A tree of coordinators: a root, edge aggregators and their clients, driven by hand.
+
+use super::*;
+use crate::aggregate::StepSize;
+use crate::round::Hierarchy;
+use crate::wire::{Cohort, Contribution};
+
+/// One token per aggregator (a second session with a token replaces the first).
+const AGGREGATOR_TOKENS: [&str; 2] = ["edge-a", "edge-b"];
+const AGGREGATOR_TOKEN: &str = AGGREGATOR_TOKENS[0];
+
+fn root_config(min_clients: usize) -> CoordinatorConfig {
+    let aggregator_tokens = AGGREGATOR_TOKENS.iter().map(|t| t.to_string()).collect();
+    CoordinatorConfig { hierarchy: Hierarchy::Root { aggregator_tokens }, ..config(min_clients) }
+}
+
+fn edge_config(min_clients: usize) -> CoordinatorConfig {
+    CoordinatorConfig { hierarchy: Hierarchy::Edge, ..config(min_clients) }
+}
+
+/// Clients' deltas and samples of one round, by client index.
+fn client_update(index: usize) -> (Vec<f32>, u64) {
+    let i = index as f32;
+    (vec![0.1 * i - 0.2, 0.05 * i * i - 0.3], 3 + 2 * index as u64)
+}
+
+/// Round 1 over `clients` clients joined straight to one coordinator of `config`.
+fn flat_round(config: CoordinatorConfig, clients: usize, t0: Instant) -> ParameterVector {
+    let mut flat = joined_quietly(config, clients as u64, t0);
+    for index in 0..clients {
+        let (delta, samples) = client_update(index);
+        flat.handle_message(ConnectionId(index as u64 + 1), update(1, 0, delta, samples, 1), t0);
+    }
+    assert!(events(&mut flat).iter().any(|e| matches!(e, CoordinatorEvent::RoundCommitted { .. })));
+    flat.params().clone()
+}
+
+/// An edge aggregator's answer to its parent's request for round 1, over clients
+/// `first..first + count`.
+fn edge_round(first: usize, count: usize, t0: Instant) -> Contribution {
+    let mut edge = coordinator(edge_config(count));
+    for conn in 1..=count as u64 {
+        join(&mut edge, conn, t0);
+    }
+    transmits(&mut edge);
+    assert!(
+        !events(&mut edge).iter().any(|e| matches!(e, CoordinatorEvent::RoundStarted { .. })),
+        "an edge starts no round of its own"
+    );
+    edge.handle_parent_request(1, 0, Duration::from_secs(10), t0);
+    let requests = transmits(&mut edge);
+    assert_eq!(requests.len(), count);
+    // The cohort's deadline leaves part of the parent's for the answer to travel.
+    assert!(requests.iter().all(|(_, m)| matches!(
+        m,
+        CoordinatorMessage::UpdateRequest { round: 1, model_version: 0, deadline_ms: 8000 }
+    )));
+    for (conn, index) in (first..first + count).enumerate() {
+        let (delta, samples) = client_update(index);
+        edge.handle_message(ConnectionId(conn as u64 + 1), update(1, 0, delta, samples, 1), t0);
+    }
+    let ready = events(&mut edge).into_iter().find_map(|e| match e {
+        CoordinatorEvent::CohortReady { round: 1, contribution } => Some(contribution),
+        _ => None,
+    });
+    assert_eq!(edge.model_version(), 0, "an edge publishes no model of its own");
+    ready.expect("the cohort's aggregate")
+}
+
+fn cohort_message(contribution: Contribution) -> ClientMessage {
+    let Contribution { delta, metrics, moments, cohort } = contribution;
+    let update = Update { round: 1, base_version: 0, delta, metrics, moments };
+    ClientMessage::CohortUpdate { update, cohort: cohort.expect("an edge's contribution names its cohort") }
+}
+
+#[test]
+fn fedavg_over_a_tree_equals_fedavg_over_the_flat_fleet() {
+    let t0 = Instant::now();
+    for step_size in [StepSize::Fixed, StepSize::Participants, StepSize::FedExp] {
+        let with_step = |config: CoordinatorConfig| {
+            let mut config = config;
+            config.aggregation.step_size = step_size;
+            config
+        };
+        let flat = flat_round(with_step(config(6)), 6, t0);
+        let mut root = coordinator(with_step(root_config(2)));
+        for (conn, token) in (1..).zip(AGGREGATOR_TOKENS) {
+            join_with_token(&mut root, conn, token, t0);
+        }
+        transmits(&mut root);
+        events(&mut root);
+        let cohorts = [edge_round(0, 4, t0), edge_round(4, 2, t0)];
+        assert_eq!(cohorts[0].cohort.map(|c| c.participants), Some(4));
+        assert_eq!(cohorts[0].metrics, LocalMetrics { samples: 3 + 5 + 7 + 9, prequential_errors: 4 });
+        for (conn, contribution) in (1..).zip(cohorts) {
+            root.handle_message(ConnectionId(conn), cohort_message(contribution), t0);
+        }
+        let committed = events(&mut root).into_iter().find_map(|e| match e {
+            CoordinatorEvent::RoundCommitted { participants, samples, .. } => Some((participants, samples)),
+            _ => None,
+        });
+        // The record counts the clients behind the cohorts, not the aggregators.
+        assert_eq!(committed, Some((6, (0..6).map(|i| client_update(i).1).sum())), "{step_size}");
+        for (tree, flat) in root.params().values.iter().zip(&flat.values) {
+            assert!((tree - flat).abs() <= 1e-6 * flat.abs().max(1.0), "{step_size}: tree {tree} vs flat {flat}");
+        }
+    }
+}
+
+#[test]
+fn only_admitted_aggregators_send_cohort_updates_and_their_claims_are_capped_per_client() {
+    let t0 = Instant::now();
+    let capped = CoordinatorConfig { max_samples_per_update: Some(10), round_interval: GATHER, ..root_config(1) };
+    let mut root = coordinator(capped);
+    join(&mut root, 1, t0); // A client (no token: this root takes anonymous clients).
+    join_with_token(&mut root, 2, AGGREGATOR_TOKENS[0], t0);
+    join_with_token(&mut root, 3, AGGREGATOR_TOKENS[1], t0);
+    root.handle_timeout(t0 + GATHER);
+    transmits(&mut root);
+    events(&mut root);
+    let cohort = |samples: u64, participants: u64| {
+        let metrics = LocalMetrics { samples, prequential_errors: 0 };
+        let update = Update { round: 1, base_version: 0, delta: vector(vec![0.1, 0.1]), metrics, moments: None };
+        ClientMessage::CohortUpdate { update, cohort: Cohort { participants, mean_sq_norm: 0.02 } }
+    };
+    // Three clients may claim 30 samples together, not 31.
+    root.handle_message(ConnectionId(2), cohort(31, 3), t0);
+    assert_eq!(refused(&events(&mut root)), [&UpdateRefusal::SamplesOverCap { claimed: 31, cap: 30 }]);
+    root.handle_message(ConnectionId(3), cohort(30, 3), t0);
+    let accepted = events(&mut root);
+    assert!(accepted.iter().any(|e| matches!(e, CoordinatorEvent::UpdateAccepted { samples: 30, .. })), "{accepted:?}");
+    // A client posing as an aggregator is closed.
+    root.handle_message(ConnectionId(1), cohort(5, 1), t0);
+    assert!(events(&mut root).iter().any(|e| matches!(e, CoordinatorEvent::ProtocolViolation { .. })));
+    assert!(closes(&mut root).contains(&(ConnectionId(1), CloseReason::Error(ErrorCode::UnexpectedMessage))));
+    // Impossible cohort figures are refused.
+    let mut root = joined_aggregator(t0);
+    let metrics = LocalMetrics { samples: 5, prequential_errors: 0 };
+    let update = Update { round: 1, base_version: 0, delta: vector(vec![0.1, 0.1]), metrics, moments: None };
+    let bad = ClientMessage::CohortUpdate { update, cohort: Cohort { participants: 1, mean_sq_norm: f64::NAN } };
+    root.handle_message(ConnectionId(1), bad, t0);
+    assert_eq!(refused(&events(&mut root)), [&UpdateRefusal::Invalid(AggregateError::BadCohort)]);
+}
+
+fn joined_aggregator(t0: Instant) -> Coordinator {
+    let mut root = coordinator(root_config(1));
+    join_with_token(&mut root, 1, AGGREGATOR_TOKEN, t0);
+    transmits(&mut root);
+    events(&mut root);
+    root
+}
+
+#[test]
+fn a_root_refuses_what_needs_each_clients_update_and_an_edge_what_it_cannot_release() {
+    use crate::aggregate::StrategyKind;
+    let mut robust = root_config(2);
+    robust.aggregation.kind = StrategyKind::Median;
+    assert!(matches!(robust.validate(), Err(ConfigError::Incompatible(reason)) if reason.contains("robust")));
+    let asynchronous =
+        CoordinatorConfig { mode: crate::round::Mode::Async { buffer_size: 2, max_staleness: 2 }, ..edge_config(2) };
+    assert!(matches!(asynchronous.validate(), Err(ConfigError::Incompatible(_))));
+    // The robust strategy runs where the updates are: at the edge.
+    let mut edge = edge_config(2);
+    edge.aggregation.kind = StrategyKind::Median;
+    assert_eq!(edge.validate(), Ok(()));
+}
+
+#[test]
+fn an_edge_follows_its_parents_model_and_abandons_a_superseded_round() {
+    let t0 = Instant::now();
+    let mut edge = coordinator(edge_config(1));
+    join(&mut edge, 1, t0);
+    transmits(&mut edge);
+    events(&mut edge);
+    edge.handle_parent_request(4, 0, Duration::from_secs(5), t0);
+    transmits(&mut edge);
+    // The parent moves on: a new model; the running round is abandoned, the model passed on.
+    edge.adopt_model(3, 4, vector(vec![5.0, 6.0]), t0).expect("same layout");
+    let failed = events(&mut edge);
+    assert!(
+        failed
+            .iter()
+            .any(|e| matches!(e, CoordinatorEvent::RoundFailed { round: 4, reason: RoundFailure::Superseded }))
+    );
+    let sent = transmits(&mut edge);
+    assert!(
+        matches!(&sent[..], [(ConnectionId(1), CoordinatorMessage::Model { model_version: 3, round: 4, params })] if params.values == [5.0, 6.0])
+    );
+    // A request on a version it does not hold fails at once; a model of another layout is refused.
+    edge.handle_parent_request(5, 2, Duration::from_secs(5), t0);
+    let failed = events(&mut edge);
+    assert!(failed.iter().any(|e| matches!(
+        e,
+        CoordinatorEvent::RoundFailed { round: 5, reason: RoundFailure::ParentModel { asked: 2, held: 3 } }
+    )));
+    assert!(edge.adopt_model(4, 5, vector(vec![1.0]), t0).is_err());
+    // The deadline passes with no update: the round fails, nothing goes to the parent.
+    edge.handle_parent_request(6, 3, Duration::from_secs(5), t0);
+    edge.handle_timeout(t0 + Duration::from_secs(4));
+    let ended = events(&mut edge);
+    assert!(ended.iter().any(|e| matches!(e, CoordinatorEvent::RoundFailed { round: 6, .. })));
+    assert!(!ended.iter().any(|e| matches!(e, CoordinatorEvent::CohortReady { .. })));
+}
+
+#[test]
+fn a_parents_request_waits_for_the_cohorts_quorum_until_its_deadline() {
+    let t0 = Instant::now();
+    let mut edge = coordinator(edge_config(2));
+    join(&mut edge, 1, t0);
+    transmits(&mut edge);
+    edge.handle_parent_request(1, 0, Duration::from_secs(10), t0);
+    assert!(transmits(&mut edge).is_empty(), "one client joined, two needed");
+    assert_eq!(edge.poll_timeout(), Some(t0 + Duration::from_secs(8)));
+    // The second client joins 3 s later: the round starts with what is left of the deadline.
+    let t3 = t0 + Duration::from_secs(3);
+    join(&mut edge, 2, t3);
+    let requests: Vec<_> = transmits(&mut edge)
+        .into_iter()
+        .filter(|(_, m)| matches!(m, CoordinatorMessage::UpdateRequest { .. }))
+        .collect();
+    assert_eq!(requests.len(), 2);
+    assert!(
+        requests
+            .iter()
+            .all(|(_, m)| matches!(m, CoordinatorMessage::UpdateRequest { round: 1, deadline_ms: 5000, .. }))
+    );
+    // Without the quorum by the deadline, the request fails.
+    let mut lonely = coordinator(edge_config(2));
+    join(&mut lonely, 1, t0);
+    lonely.handle_parent_request(2, 0, Duration::from_secs(10), t0);
+    events(&mut lonely);
+    lonely.handle_timeout(t0 + Duration::from_secs(8));
+    assert!(
+        events(&mut lonely).iter().any(|e| matches!(
+            e,
+            CoordinatorEvent::RoundFailed { round: 2, reason: RoundFailure::QuorumMissed { .. } }
+        ))
+    );
+    assert_eq!(lonely.poll_timeout(), None);
+}
