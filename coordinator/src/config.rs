@@ -160,6 +160,20 @@ pub struct Options {
     /// root (each says why); run robust strategies and secure aggregation on the aggregators.
     #[arg(long, value_name = "FILE")]
     pub aggregator_tokens_file: Option<PathBuf>,
+    /// At a root: answer each client's join with a redirect to the edge aggregator serving the
+    /// fewest redirected clients (among those that gave --advertise); clients join the root
+    /// itself while none has. Clients must trust the aggregators' certificates (one CA).
+    #[arg(long)]
+    #[serde(default)]
+    pub redirect_clients: bool,
+    /// At an edge aggregator: the HOST:PORT its clients reach it at, announced to the root for
+    /// its redirects (with --parent).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
+    /// The name of this aggregator's certificate that redirected clients check [default: the
+    /// host of --advertise].
+    #[arg(long, value_name = "NAME")]
+    pub advertise_name: Option<String>,
     /// Server certificate chain (PEM) for production; without it a development CA and
     /// certificate are created in DATA_DIR/pki on first start and reused after.
     #[arg(long, value_name = "FILE", requires = "key")]
@@ -527,6 +541,8 @@ pub struct ParentConfig {
     pub ca: PathBuf,
     /// This aggregator's token.
     pub token: String,
+    /// Where its clients reach it, announced to the parent (`--advertise`).
+    pub advertise: Option<flotilla_protocol::wire::Endpoint>,
 }
 
 /// A leader lease's settings.
@@ -788,19 +804,29 @@ impl Options {
     /// Where this coordinator stands in a tree (`--parent`, `--aggregator-tokens-file`).
     fn hierarchy(&self) -> anyhow::Result<(Hierarchy, Option<ParentConfig>)> {
         let Some(parent) = &self.parent else {
-            if self.parent_ca.is_some() || self.parent_server_name.is_some() || self.parent_token_file.is_some() {
-                bail!("--parent-ca, --parent-server-name and --parent-token-file need --parent HOST:PORT");
+            if self.parent_ca.is_some()
+                || self.parent_server_name.is_some()
+                || self.parent_token_file.is_some()
+                || self.advertise.is_some()
+                || self.advertise_name.is_some()
+            {
+                bail!(
+                    "--parent-ca, --parent-server-name, --parent-token-file, --advertise and --advertise-name \
+                     need --parent HOST:PORT"
+                );
             }
             return Ok(match &self.aggregator_tokens_file {
-                Some(path) => (
-                    Hierarchy::Root { aggregator_tokens: read_tokens(path).context("--aggregator-tokens-file")? },
-                    None,
-                ),
+                Some(path) => {
+                    let aggregator_tokens = read_tokens(path).context("--aggregator-tokens-file")?;
+                    (Hierarchy::Root { aggregator_tokens, redirect_clients: self.redirect_clients }, None)
+                }
+                None if self.redirect_clients => bail!("--redirect-clients needs --aggregator-tokens-file"),
                 None => (Hierarchy::Flat, None),
             });
         };
         let conflicts = [
             ("--aggregator-tokens-file", self.aggregator_tokens_file.is_some()),
+            ("--redirect-clients", self.redirect_clients),
             ("--checkpoint-url", self.checkpoint_url.is_some()),
             ("--lease-url", self.lease_url.is_some()),
             ("--rounds", self.rounds.is_some()),
@@ -838,7 +864,20 @@ impl Options {
             .into_iter()
             .next()
             .with_context(|| format!("{}: no token in it", token_file.display()))?;
-        Ok((Hierarchy::Edge, Some(ParentConfig { addr, server_name, ca, token })))
+        let advertise = match &self.advertise {
+            Some(address) => {
+                let host = address.rsplit_once(':').map_or(address.as_str(), |(host, _)| host);
+                let server_name = self.advertise_name.clone().unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
+                let endpoint = flotilla_protocol::wire::Endpoint { address: address.clone(), server_name };
+                if !endpoint.is_valid() || address.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
+                    bail!("--advertise {address:?} must be HOST:PORT (at most 255 bytes)");
+                }
+                Some(endpoint)
+            }
+            None if self.advertise_name.is_some() => bail!("--advertise-name needs --advertise HOST:PORT"),
+            None => None,
+        };
+        Ok((Hierarchy::Edge, Some(ParentConfig { addr, server_name, ca, token, advertise })))
     }
 }
 

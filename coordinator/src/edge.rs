@@ -32,6 +32,7 @@ pub(crate) async fn run(config: Config, shutdown: CancellationToken) -> anyhow::
     let mut session = ClientSessionConfig::new(parent.addr, parent.server_name.clone(), parent.ca.clone(), name);
     session.auth_token = Some(parent.token.clone());
     session.max_frame = config.max_frame;
+    session.announce = parent.advertise.clone();
     let session_stop = CancellationToken::new();
     let upstream = tokio::spawn(run_client_session(session, learner_tx, session_stop.clone()));
     tracing::info!(parent = %parent.addr, "waiting for the parent's model");

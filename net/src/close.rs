@@ -10,7 +10,7 @@ use quinn::VarInt;
 /// Code of a normal close (goodbye, shutdown).
 pub const GOODBYE: VarInt = VarInt::from_u32(0);
 
-const CODES: [ErrorCode; 10] = [
+const CODES: [ErrorCode; 11] = [
     ErrorCode::UnsupportedVersion,
     ErrorCode::Unauthorized,
     ErrorCode::Malformed,
@@ -21,6 +21,7 @@ const CODES: [ErrorCode; 10] = [
     ErrorCode::ShuttingDown,
     ErrorCode::Internal,
     ErrorCode::SessionReplaced,
+    ErrorCode::Declined,
 ];
 
 /// The application close code of an error.

@@ -129,6 +129,9 @@ pub struct ClientSessionConfig {
     pub endpoint: Option<Endpoint>,
     /// Flow-control windows and MTU ceiling of the session's own endpoint.
     pub tuning: Tuning,
+    /// An edge aggregator's own serving address, announced once welcomed (for the parent's
+    /// redirects).
+    pub announce: Option<flotilla_protocol::wire::Endpoint>,
 }
 
 impl ClientSessionConfig {
@@ -151,6 +154,7 @@ impl ClientSessionConfig {
             stats: Arc::default(),
             endpoint: None,
             tuning: Tuning::CLIENT,
+            announce: None,
         }
     }
 }
@@ -176,7 +180,23 @@ enum Outcome {
     Refused(SessionRefused),
     /// Lost or closed; worth retrying. `welcomed` resets the backoff.
     Lost { reason: String, welcomed: bool },
+    /// Sent to an edge aggregator instead of being welcomed.
+    Redirected(flotilla_protocol::wire::Endpoint),
 }
+
+/// Where one connection attempt goes: the configured coordinator, or the aggregator it
+/// redirected this client to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    addr: SocketAddr,
+    server_name: String,
+}
+
+/// Redirects followed in a row without being welcomed before the session backs off.
+const MAX_REDIRECTS: u32 = 3;
+
+/// Failed attempts at a redirected aggregator before the session asks its coordinator again.
+const AWAY_ATTEMPTS: u32 = 4;
 
 /// Runs the client session until `shutdown` is cancelled, the learner's receiver is dropped
 /// or the coordinator refuses the client (an error, downcastable to [`SessionRefused`]).
@@ -190,25 +210,52 @@ pub async fn run_client_session(
         None => (client_endpoint(&config.tls, config.server_addr, &config.tuning)?, true),
     };
     let mut failures = 0u32;
+    let home = Target { addr: config.server_addr, server_name: config.server_name.clone() };
+    let mut target = home.clone();
+    let (mut redirects, mut away_failures) = (0u32, 0u32);
     let result = loop {
-        match connection::attempt(&endpoint, &config, &learner, &shutdown).await {
+        let (reason, welcomed) = match connection::attempt(&endpoint, &config, &target, &learner, &shutdown).await {
             Outcome::Shutdown | Outcome::LearnerGone => break Ok(()),
             Outcome::Refused(refused) => {
                 tracing::error!(code = %refused.code, message = %refused.message, "coordinator refused this client");
                 break Err(anyhow::Error::new(refused));
             }
-            Outcome::Lost { reason, welcomed } => {
-                if welcomed {
-                    failures = 0;
-                }
-                let delay = config.backoff.delay(failures);
-                failures = failures.saturating_add(1);
-                tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "no session with the coordinator");
-                tokio::select! {
-                    () = shutdown.cancelled() => break Ok(()),
-                    () = tokio::time::sleep(delay) => {}
+            Outcome::Redirected(to) => {
+                redirects += 1;
+                match tokio::net::lookup_host(to.address.as_str()).await.map(|mut addrs| addrs.next()) {
+                    Ok(Some(addr)) if redirects <= MAX_REDIRECTS => {
+                        target = Target { addr, server_name: to.server_name };
+                        away_failures = 0;
+                        continue;
+                    }
+                    Ok(Some(_)) => (format!("redirected {redirects} times in a row"), false),
+                    Ok(None) | Err(_) => {
+                        target = home.clone();
+                        (format!("redirected to {:?}, which resolves to no address", to.address), false)
+                    }
                 }
             }
+            Outcome::Lost { reason, welcomed } => (reason, welcomed),
+        };
+        if welcomed {
+            failures = 0;
+            redirects = 0;
+            away_failures = 0;
+        }
+        if target != home {
+            away_failures += 1;
+            if away_failures >= AWAY_ATTEMPTS {
+                tracing::info!(aggregator = %target.addr, "the aggregator is away; asking the coordinator again");
+                target = home.clone();
+                away_failures = 0;
+            }
+        }
+        let delay = config.backoff.delay(failures);
+        failures = failures.saturating_add(1);
+        tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "no session with the coordinator");
+        tokio::select! {
+            () = shutdown.cancelled() => break Ok(()),
+            () = tokio::time::sleep(delay) => {}
         }
     };
     if owned {

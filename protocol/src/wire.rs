@@ -84,6 +84,31 @@ pub enum ClientMessage {
         /// Who and what is behind it.
         cohort: Cohort,
     },
+    /// An edge aggregator announces where clients reach it, for the root's redirects.
+    /// Accepted only from a peer admitted as an aggregator.
+    Serving(Endpoint),
+}
+
+/// Where clients reach a coordinator: its address and the name its certificate carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// `HOST:PORT` (UDP).
+    pub address: String,
+    /// The name its certificate must carry.
+    pub server_name: String,
+}
+
+impl Endpoint {
+    /// Longest address or name accepted, in bytes.
+    pub const MAX_LEN: usize = 255;
+
+    /// Whether both parts are non-empty, at most [`Endpoint::MAX_LEN`] bytes and free of
+    /// control characters.
+    pub fn is_valid(&self) -> bool {
+        [&self.address, &self.server_name]
+            .iter()
+            .all(|part| !part.is_empty() && part.len() <= Self::MAX_LEN && !part.chars().any(char::is_control))
+    }
 }
 
 /// What an edge aggregator's update stands for, beyond its weight (`metrics.samples`, the
@@ -247,6 +272,9 @@ pub enum CoordinatorMessage {
         /// The message.
         message: secagg::ServerMessage,
     },
+    /// The answer to a `Join` at a root that sends its clients to edge aggregators: join this
+    /// one instead (the connection closes after this message).
+    Redirect(Endpoint),
 }
 
 /// A client's contribution to one round.
@@ -324,6 +352,9 @@ pub enum ErrorCode {
     /// A newer session with the same credentials replaced this one (one live session per
     /// identity); retrying would only replace the other session in turn.
     SessionReplaced,
+    /// The client has no update for the request it answers (nothing learnt yet, or an edge
+    /// aggregator whose cohort round failed): the round need not wait for it.
+    Declined,
 }
 
 impl std::fmt::Display for ErrorCode {

@@ -79,6 +79,9 @@ pub struct FleetConfig {
     /// SIGKILL the first aggregator mid-run and restart it `offline_for` later (with
     /// `topology`).
     pub kill_aggregator: bool,
+    /// Every client joins the root, which redirects it to an aggregator (with `topology`;
+    /// the aggregators share the root's development PKI).
+    pub redirect: bool,
 }
 
 /// Something the simulator did to the fleet.
@@ -315,11 +318,16 @@ pub fn run(config: &FleetConfig, interrupt: &Interrupt) -> anyhow::Result<FleetO
     };
     let mut coordinator_args = coordinator_args;
     if let (Some(topology), Some((root_tokens, _))) = (config.topology, &tokens) {
-        // At the root the quorum counts aggregators: all of them.
+        // At the root the quorum counts aggregators: as many full cohorts as the fleet's
+        // quorum of clients needs (an edge's own quorum is its share of it).
         if let Some(i) = coordinator_args.iter().position(|arg| arg == "--min-clients") {
-            coordinator_args[i + 1] = topology.aggregators.to_string();
+            let cohorts = config.min_clients.div_ceil(topology.per_aggregator).clamp(1, topology.aggregators);
+            coordinator_args[i + 1] = cohorts.to_string();
         }
         coordinator_args.extend(["--aggregator-tokens-file".to_string(), root_tokens.display().to_string()]);
+        if config.redirect {
+            coordinator_args.push("--redirect-clients".to_string());
+        }
     }
     let coordinator_log = logs.join("coordinator.log");
     let mut coordinator = Proc::start(
@@ -380,8 +388,12 @@ pub fn run(config: &FleetConfig, interrupt: &Interrupt) -> anyhow::Result<FleetO
                 } else {
                     config.rate
                 },
-                port: config.topology.map_or(port, |t| aggregators[t.aggregator_of(i)].port),
-                ca: config.topology.map_or_else(|| root_ca.clone(), |t| aggregators[t.aggregator_of(i)].ca.clone()),
+                // Redirected clients start at the root, whose CA the aggregators share.
+                port: config.topology.filter(|_| !config.redirect).map_or(port, |t| aggregators[t.aggregator_of(i)].port),
+                ca: config
+                    .topology
+                    .filter(|_| !config.redirect)
+                    .map_or_else(|| root_ca.clone(), |t| aggregators[t.aggregator_of(i)].ca.clone()),
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -400,6 +412,8 @@ pub fn run(config: &FleetConfig, interrupt: &Interrupt) -> anyhow::Result<FleetO
     // The killed aggregator's restart: when it is due, then when it was restarted.
     let mut aggregator_back: Option<Instant> = None;
     let mut aggregator_restarted: Option<Instant> = None;
+    // When the aggregator was killed, until every client is back with one.
+    let mut aggregator_kill: Option<Instant> = None;
     let mut seen = 0usize;
     let mut last_commit = Instant::now();
     let stall = config.round_deadline + config.round_interval + Duration::from_secs(3);
@@ -506,18 +520,28 @@ pub fn run(config: &FleetConfig, interrupt: &Interrupt) -> anyhow::Result<FleetO
             aggregator_restarted = Some(Instant::now());
             fleet.event(records.len(), "aggregator0 restarted".into());
         }
-        if let (Some(at), Some(topology)) = (aggregator_restarted, config.topology) {
-            let rejoined = joined_from_log(&aggregators[0].log).unwrap_or(0);
-            if rejoined >= topology.per_aggregator as u64 {
-                aggregator_restarted = None;
-                let seconds = at.elapsed().as_secs_f64();
+        if let Some(killed_at) = aggregator_kill {
+            // Clients joined to an aggregator (the restarted one, or another by redirect).
+            let joined: u64 = aggregators
+                .iter()
+                .filter(|a| a.proc.is_some())
+                .map(|a| joined_from_log(&a.log).unwrap_or(0))
+                .sum();
+            let running = fleet.running() as u64;
+            if joined >= running {
+                aggregator_kill = None;
+                let since_kill = killed_at.elapsed().as_secs_f64();
+                let how = match aggregator_restarted {
+                    Some(at) => format!("{:.1} s after aggregator0's restart", at.elapsed().as_secs_f64()),
+                    None => "redirected by the root before aggregator0's restart".to_string(),
+                };
                 fleet.event(
                     records.len(),
-                    format!("aggregator0's {rejoined} clients rejoined {seconds:.1} s after its restart"),
+                    format!("all {joined} clients back with an aggregator {since_kill:.1} s after the kill ({how})"),
                 );
-            } else if at.elapsed() > Duration::from_secs(60) {
-                aggregator_restarted = None;
-                fleet.event(records.len(), format!("aggregator0: only {rejoined} clients rejoined within 60 s"));
+            } else if killed_at.elapsed() > Duration::from_secs(60) {
+                aggregator_kill = None;
+                fleet.event(records.len(), format!("only {joined} of {running} clients back within 60 s of the kill"));
             }
         }
         if !aggregator_killed && seen >= kill_at {
@@ -526,6 +550,7 @@ pub fn run(config: &FleetConfig, interrupt: &Interrupt) -> anyhow::Result<FleetO
                 p.kill();
             }
             aggregator_back = Some(now + config.offline_for);
+            aggregator_kill = Some(Instant::now());
             fleet.event(seen, "aggregator0 SIGKILLed (restarts on its data dir)".into());
         }
         for aggregator in &mut aggregators {
@@ -637,7 +662,8 @@ struct Aggregator {
 
 impl Aggregator {
     fn args(&self, config: &FleetConfig, root_port: u16, root_data: &Path) -> Vec<String> {
-        let quorum = (config.min_clients / config.topology.map_or(1, |t| t.aggregators)).clamp(1, self.per_aggregator);
+        let aggregators = config.topology.map_or(1, |t| t.aggregators);
+        let quorum = config.min_clients.div_ceil(aggregators).clamp(1, self.per_aggregator);
         [
             "--listen",
             &format!("127.0.0.1:{}", self.port),
@@ -660,6 +686,7 @@ impl Aggregator {
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(config.redirect.then(|| ["--advertise".to_string(), format!("127.0.0.1:{}", self.port)]).into_iter().flatten())
         .collect()
     }
 
@@ -696,6 +723,11 @@ fn start_aggregators(
     let mut aggregators = Vec::new();
     for (index, token) in tokens.iter().enumerate().take(topology.aggregators) {
         let dir = config.dir.join(format!("aggregator{index}"));
+        if config.redirect {
+            // One CA for the tree: a redirected client checks the aggregator's certificate
+            // with the root's CA (in production: certificates from the fleet's own CA).
+            copy_dir(&root_data.join("pki"), &dir.join("pki"))?;
+        }
         let mut aggregator = Aggregator {
             index,
             proc: None,
@@ -726,4 +758,18 @@ fn start_aggregators(
         }
     }
     Ok(aggregators)
+}
+
+/// Copies the files of `from` into `to` (created), keeping their permissions.
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let entry = entry.with_context(|| format!("reading {}", from.display()))?;
+        if entry.file_type().is_ok_and(|kind| kind.is_file()) {
+            let target = to.join(entry.file_name());
+            std::fs::copy(entry.path(), &target)
+                .with_context(|| format!("copying {} to {}", entry.path().display(), target.display()))?;
+        }
+    }
+    Ok(())
 }

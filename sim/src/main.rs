@@ -123,6 +123,10 @@ struct Args {
     /// later (with --topology); the report's events say when its clients were back.
     #[arg(long, requires = "topology")]
     kill_aggregator: bool,
+    /// Every client joins the root, which redirects it to the aggregator serving the fewest
+    /// (with --topology; `flotilla-coordinator --redirect-clients` and `--advertise`).
+    #[arg(long, requires = "topology")]
+    redirect: bool,
 }
 
 /// `400ms`, `5s`, `1.5s`, `2m`, or a bare number of seconds.
@@ -272,7 +276,9 @@ fn run(mut args: Args) -> anyhow::Result<()> {
         }
     };
     let online = args.clients - args.late_join;
-    let away = (online as f64 * args.offline_fraction).ceil() as usize + usize::from(args.kill_restart);
+    let away = (online as f64 * args.offline_fraction).ceil() as usize
+        + usize::from(args.kill_restart)
+        + args.topology.filter(|_| args.kill_aggregator).map_or(0, |t| t.per_aggregator);
     let min_clients = args.min_clients.unwrap_or_else(|| online.saturating_sub(away).max(1));
     if min_clients == 0 || min_clients > args.clients {
         bail!("--min-clients must be in 1..={}, got {min_clients}", args.clients);
@@ -321,6 +327,7 @@ fn run(mut args: Args) -> anyhow::Result<()> {
         progress: !args.no_progress,
         topology: args.topology,
         kill_aggregator: args.kill_aggregator,
+        redirect: args.redirect,
     };
     let outcome = fleet::run(&fleet_config, &interrupt)?;
     if outcome.rounds.is_empty() {
@@ -415,6 +422,7 @@ fn run(mut args: Args) -> anyhow::Result<()> {
         "kill_restart": args.kill_restart,
         "topology": args.topology.map(|t| t.to_string()),
         "kill_aggregator": args.kill_aggregator,
+        "redirect": args.redirect,
         "port": outcome.port,
     });
     let report = Report {

@@ -290,6 +290,14 @@ impl Shell {
                     tracing::warn!(%conn, ?remote, %code, %reason, "client refused");
                 }
             }
+            CoordinatorEvent::ClientRedirected { conn, address } => {
+                if self.may_log(conn) {
+                    tracing::debug!(%conn, %address, "client redirected to an aggregator");
+                }
+            }
+            CoordinatorEvent::AggregatorServing { conn, address } => {
+                tracing::info!(%conn, %address, "aggregator serves clients at this address");
+            }
             CoordinatorEvent::ClientLeft { conn, client_id } => {
                 tracing::info!(%conn, client_id, joined = self.machine.joined(), "client left");
             }

@@ -8,7 +8,7 @@ use quinn::{Connection, ConnectionError, Endpoint, ReadError, SendStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{ClientSessionConfig, LearnerRequest, Outcome, SessionRefused, SessionStats};
+use super::{ClientSessionConfig, LearnerRequest, Outcome, SessionRefused, SessionStats, Target};
 use crate::close::{close_code, error_close_code, error_of_close_code};
 use crate::framed::{FrameReader, FramedError, encode, send_frame};
 use flotilla_protocol::wire::Contribution;
@@ -46,20 +46,21 @@ fn is_fatal(code: ErrorCode) -> bool {
 pub(super) async fn attempt(
     endpoint: &Endpoint,
     config: &ClientSessionConfig,
+    target: &Target,
     learner: &mpsc::Sender<LearnerRequest>,
     shutdown: &CancellationToken,
 ) -> Outcome {
     let lost = |reason: String| Outcome::Lost { reason, welcomed: false };
-    let connecting = match endpoint.connect(config.server_addr, &config.server_name) {
+    let connecting = match endpoint.connect(target.addr, &target.server_name) {
         Ok(connecting) => connecting,
-        Err(error) => return lost(format!("cannot connect to {}: {error}", config.server_addr)),
+        Err(error) => return lost(format!("cannot connect to {}: {error}", target.addr)),
     };
     let connection = tokio::select! {
         () = shutdown.cancelled() => return Outcome::Shutdown,
         result = tokio::time::timeout(config.connect_timeout, connecting) => match result {
             Ok(Ok(connection)) => connection,
             Ok(Err(error)) => return connection_lost(error, false),
-            Err(_) => return lost(format!("handshake with {} timed out", config.server_addr)),
+            Err(_) => return lost(format!("handshake with {} timed out", target.addr)),
         },
     };
     let (send, recv) = match connection.open_bi().await {
@@ -67,7 +68,7 @@ pub(super) async fn attempt(
         Err(error) => return connection_lost(error, false),
     };
     SessionStats::add(&config.stats.connections, 1);
-    tracing::info!(server = %config.server_addr, "connected to the coordinator");
+    tracing::info!(server = %target.addr, "connected to the coordinator");
     let mut link = Link {
         connection,
         send,
@@ -76,6 +77,7 @@ pub(super) async fn attempt(
         retry_at: None,
         welcomed: false,
         refused: None,
+        redirect: None,
         config,
     };
     link.relay(FrameReader::new(recv, config.max_frame), learner, shutdown).await
@@ -104,6 +106,8 @@ struct Link<'a> {
     retry_at: Option<Instant>,
     welcomed: bool,
     refused: Option<SessionRefused>,
+    /// Where the coordinator sent this client instead of welcoming it.
+    redirect: Option<flotilla_protocol::wire::Endpoint>,
     config: &'a ClientSessionConfig,
 }
 
@@ -161,13 +165,19 @@ impl Link<'_> {
         match reply {
             Ok(contribution) => match self.client.submit_update(contribution) {
                 Ok(()) => SessionStats::add(&self.config.stats.updates_sent, 1),
-                Err(error) => tracing::warn!(round, %error, "local update not sent"),
+                Err(error) => {
+                    tracing::warn!(round, %error, "local update not sent");
+                    self.client.decline(format!("update not sent: {error}"));
+                }
             },
             Err(_) if self.client.standing_request() => {
                 tracing::trace!(round, "learner had nothing to send yet; asking again shortly");
                 self.retry_at = Some(Instant::now() + STANDING_RETRY);
             }
-            Err(_) => tracing::debug!(round, "learner dropped the update request"),
+            Err(_) => {
+                tracing::debug!(round, "learner dropped the update request");
+                self.client.decline("nothing to send for this round");
+            }
         }
     }
 
@@ -215,10 +225,11 @@ impl Link<'_> {
         let _ = self.send.finish();
         let _ = tokio::time::timeout(CLOSE_GRACE, self.send.stopped()).await;
         self.connection.close(close_code(&reason), b"client closing");
-        Some(match (self.refused.take(), learner_gone) {
-            (Some(refused), _) => Outcome::Refused(refused),
-            (None, true) => Outcome::LearnerGone,
-            (None, false) => self.lost(format!("session closed ({reason:?})")),
+        Some(match (self.refused.take(), learner_gone, self.redirect.take()) {
+            (Some(refused), ..) => Outcome::Refused(refused),
+            (None, true, _) => Outcome::LearnerGone,
+            (None, false, Some(endpoint)) => Outcome::Redirected(endpoint),
+            (None, false, None) => self.lost(format!("session closed ({reason:?})")),
         })
     }
 
@@ -237,6 +248,9 @@ impl Link<'_> {
             ClientEvent::Welcomed { client_id, spec, fingerprint, round, model_version } => {
                 tracing::info!(client_id, round, model_version, %fingerprint, "joined");
                 self.welcomed = true;
+                if let Some(serving) = &self.config.announce {
+                    self.client.announce(serving.clone());
+                }
                 Some(LearnerRequest::Welcome { spec, fingerprint })
             }
             ClientEvent::ModelReceived { model_version, round, params } => {
@@ -266,6 +280,11 @@ impl Link<'_> {
             }
             ClientEvent::Closed { reason } => {
                 tracing::info!(%reason, "session closed");
+                None
+            }
+            ClientEvent::Redirected(endpoint) => {
+                tracing::info!(address = %endpoint.address, "the coordinator sent this client to an aggregator");
+                self.redirect = Some(endpoint);
                 None
             }
         }

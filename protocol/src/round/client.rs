@@ -19,7 +19,8 @@ use crate::privacy::PrivacyError;
 use crate::secagg::{SecAggError, ServerMessage as SecAggServerMessage};
 use crate::wire::framing::decode_message;
 use crate::wire::{
-    ClientMessage, CompressedUpdate, Contribution, CoordinatorMessage, ErrorCode, PROTOCOL_VERSION, Update, UpdateRules,
+    ClientMessage, CompressedUpdate, Contribution, CoordinatorMessage, Endpoint, ErrorCode, PROTOCOL_VERSION, Update,
+    UpdateRules,
 };
 
 mod prepare;
@@ -78,6 +79,9 @@ pub enum ClientEvent {
         /// Its detail.
         message: String,
     },
+    /// The coordinator sent this client to an edge aggregator: join it instead (the
+    /// session is over).
+    Redirected(Endpoint),
     /// The session is over (goodbye from either side, refusal or protocol violation).
     Closed {
         /// Why.
@@ -223,6 +227,14 @@ impl Client {
                 self.session = Session::Ready { client_id, fingerprint };
                 self.events.push_back(ClientEvent::Welcomed { client_id, spec, fingerprint, round, model_version });
             }
+            (Session::Joining, CoordinatorMessage::Redirect(endpoint)) => {
+                if !endpoint.is_valid() {
+                    return self.violation(ErrorCode::Malformed, "redirect to an unreadable address".into());
+                }
+                let reason = format!("redirected to {}", endpoint.address);
+                self.events.push_back(ClientEvent::Redirected(endpoint));
+                self.end(CloseReason::Goodbye, reason);
+            }
             (Session::Joining, CoordinatorMessage::Error { code, message }) => {
                 self.events.push_back(ClientEvent::Refused { code, message: message.clone() });
                 self.end(CloseReason::Error(code), message);
@@ -262,6 +274,9 @@ impl Client {
             }
             (_, CoordinatorMessage::Goodbye { reason }) => self.end(CloseReason::Goodbye, reason),
             (Session::Joining, _) => self.violation(ErrorCode::UnexpectedMessage, "message before Welcome".into()),
+            (Session::Ready { .. }, CoordinatorMessage::Redirect(_)) => {
+                self.violation(ErrorCode::UnexpectedMessage, "redirect after Welcome".into());
+            }
             (Session::Ready { .. }, CoordinatorMessage::Welcome { .. }) => {
                 self.violation(ErrorCode::UnexpectedMessage, "second Welcome".into());
             }
@@ -378,6 +393,23 @@ impl Client {
         let request = self.request.as_mut().filter(|request| request.standing)?;
         request.model_version = held;
         Some((request.round, held))
+    }
+
+    /// An edge aggregator announces where its own clients reach it (sent once welcomed).
+    pub fn announce(&mut self, endpoint: Endpoint) {
+        if matches!(self.session, Session::Ready { .. }) {
+            self.transmits.push_back(ClientMessage::Serving(endpoint));
+        }
+    }
+
+    /// Tells the coordinator that the pending request gets no update (`reason` for its log),
+    /// so that its round need not wait for this client; a standing request stays pending.
+    pub fn decline(&mut self, reason: impl Into<String>) {
+        if self.is_closed() || self.request.is_none_or(|request| request.standing) {
+            return;
+        }
+        self.request = None;
+        self.transmits.push_back(ClientMessage::Error { code: ErrorCode::Declined, message: reason.into() });
     }
 
     /// Says goodbye and ends the session.

@@ -106,6 +106,10 @@ pub enum Hierarchy {
     Root {
         /// The aggregators' tokens.
         aggregator_tokens: BTreeSet<String>,
+        /// Answer a client's `Join` with a redirect to the aggregator serving the fewest
+        /// redirected clients, among those that announced where they serve (clients join
+        /// here while none has).
+        redirect_clients: bool,
     },
     /// An edge aggregator: a coordinator to its clients and a client of its parent. It starts
     /// no round of its own: each is started by the parent's request

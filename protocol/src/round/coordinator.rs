@@ -19,7 +19,9 @@ use crate::model::ModelSpec;
 use crate::params::ParameterVector;
 use crate::round::events::UpdateRefusal;
 use crate::wire::framing::decode_message;
-use crate::wire::{ClientMessage, Cohort, CompressedUpdate, CoordinatorMessage, ErrorCode, PROTOCOL_VERSION, Update};
+use crate::wire::{
+    ClientMessage, Cohort, CompressedUpdate, CoordinatorMessage, Endpoint, ErrorCode, PROTOCOL_VERSION, Update,
+};
 use pipeline::Pipeline;
 use scheduler::{Answer, Scheduler};
 
@@ -97,8 +99,10 @@ pub struct Coordinator {
     events: VecDeque<CoordinatorEvent>,
     /// Identities barred from joining until the instant given (see `misbehaviour_penalty`).
     barred: BTreeMap<Identity, Instant>,
-    /// An edge aggregator's parent request waiting for the cohort's quorum.
-    parent_request: Option<rounds::ParentRequest>,
+    /// At a root: the aggregators that announced where they serve.
+    announced: BTreeMap<ConnectionId, Announced>,
+    /// Announcements so far (orders them: the latest wins among equals).
+    announcements: u64,
 }
 
 impl Coordinator {
@@ -132,7 +136,8 @@ impl Coordinator {
             closes: VecDeque::new(),
             events: VecDeque::new(),
             barred: BTreeMap::new(),
-            parent_request: None,
+            announced: BTreeMap::new(),
+            announcements: 0,
         })
     }
 
@@ -239,10 +244,28 @@ impl Coordinator {
                 let reason = "a cohort update from a peer not admitted as an aggregator".into();
                 self.violation(conn, ErrorCode::UnexpectedMessage, reason, now);
             }
+            (Peer::Joined { aggregator: true, .. }, ClientMessage::Serving(endpoint)) => {
+                if !endpoint.is_valid() {
+                    return self.violation(conn, ErrorCode::Malformed, "unreadable serving address".into(), now);
+                }
+                let address = sanitize_peer_text(&endpoint.address);
+                self.announcements += 1;
+                let announced = Announced { endpoint, redirected: 0, order: self.announcements, silent: false };
+                self.announced.insert(conn, announced);
+                self.events.push_back(CoordinatorEvent::AggregatorServing { conn, address });
+            }
+            (Peer::Joined { aggregator: false, .. }, ClientMessage::Serving(_)) => {
+                let reason = "a serving address from a peer not admitted as an aggregator".into();
+                self.violation(conn, ErrorCode::UnexpectedMessage, reason, now);
+            }
             (Peer::Joined { client_id, .. }, ClientMessage::SecAgg { round, message }) => {
                 self.handle_secure_message(conn, client_id, round, message, now);
             }
             (_, ClientMessage::Heartbeat) => {}
+            (Peer::Joined { .. }, ClientMessage::Error { code: ErrorCode::Declined, .. }) => {
+                // A sampled client with nothing to send: the round stops waiting for it.
+                self.record_answer(conn, Answer::Refused, now);
+            }
             (Peer::Joined { .. }, ClientMessage::Error { code, message }) => {
                 let message = sanitize_peer_text(&message);
                 self.events.push_back(CoordinatorEvent::ClientError { conn, code, message });
@@ -364,8 +387,7 @@ impl Coordinator {
             Peer::Joined { .. } => None,
         });
         let scheduled = self.scheduler.next_deadline(self.joined() >= self.config.min_clients);
-        let parent = self.parent_request.map(|request| request.deadline);
-        joins.chain(scheduled).chain(parent).min()
+        joins.chain(scheduled).min()
     }
 
     fn handle_join(
@@ -386,7 +408,7 @@ impl Coordinator {
         }
         // An aggregator's token admits it as one (whatever the clients' tokens).
         let aggregator = match &self.config.hierarchy {
-            Hierarchy::Root { aggregator_tokens } => {
+            Hierarchy::Root { aggregator_tokens, .. } => {
                 token.as_deref().is_some_and(|token| token_accepted(aggregator_tokens, token))
             }
             Hierarchy::Flat | Hierarchy::Edge => false,
@@ -409,6 +431,14 @@ impl Coordinator {
             let reason = format!("this identity misbehaved; it may join again in {seconds} s");
             return self.refuse(conn, ErrorCode::Timeout, reason, now);
         }
+        if !aggregator && let Some(endpoint) = self.redirect_target() {
+            let address = endpoint.address.clone();
+            self.transmits.push_back(Outgoing::Message(conn, CoordinatorMessage::Redirect(endpoint)));
+            self.closes.push_back((conn, CloseReason::Goodbye));
+            self.peers.remove(&conn);
+            self.events.push_back(CoordinatorEvent::ClientRedirected { conn, address });
+            return;
+        }
         if let Some(identity) = identity {
             self.make_room_for(identity, now);
         }
@@ -430,6 +460,24 @@ impl Coordinator {
         self.events.push_back(CoordinatorEvent::ClientJoined { conn, client_id, client_name });
         self.ask(conn, now);
         self.maybe_start_round(now);
+    }
+
+    /// Where a root that redirects its clients sends the next one: the announced aggregator
+    /// with the fewest redirected so far (the latest announced among equals: a restarted one),
+    /// passing over those that let a round's request lapse unanswered (likely gone) while any
+    /// other is left.
+    fn redirect_target(&mut self) -> Option<Endpoint> {
+        if !matches!(self.config.hierarchy, Hierarchy::Root { redirect_clients: true, .. }) {
+            return None;
+        }
+        let answering = self.announced.values().any(|a| !a.silent);
+        let chosen = self
+            .announced
+            .values_mut()
+            .filter(|a| !(answering && a.silent))
+            .min_by_key(|a| (a.redirected, std::cmp::Reverse(a.order)))?;
+        chosen.redirected += 1;
+        Some(chosen.endpoint.clone())
     }
 
     /// Closes the oldest sessions of `identity` until one more fits under
@@ -504,6 +552,7 @@ impl Coordinator {
 
     /// Forgets `conn`; a sampled client that had not answered counts as gone.
     fn remove_peer(&mut self, conn: ConnectionId, now: Instant) {
+        self.announced.remove(&conn);
         let Some(peer) = self.peers.remove(&conn) else { return };
         if let Peer::Joined { client_id, .. } = peer {
             self.events.push_back(CoordinatorEvent::ClientLeft { conn, client_id });
@@ -532,6 +581,9 @@ impl Coordinator {
         let Some(active) = self.scheduler.rounds_mut().and_then(|rounds| rounds.active.as_mut()) else { return };
         if let Some(slot) = active.answers.get_mut(&conn).filter(|slot| **slot == Answer::Pending) {
             *slot = answer;
+            if let Some(announced) = self.announced.get_mut(&conn) {
+                announced.silent = false;
+            }
         }
         let count = |wanted: Answer| active.answers.values().filter(|a| **a == wanted).count();
         let (pending, accepted) = (count(Answer::Pending), count(Answer::Accepted));
@@ -547,6 +599,18 @@ mod pipeline;
 mod rounds;
 mod scheduler;
 mod secure;
+
+/// An edge aggregator that announced where it serves, at a root.
+#[derive(Debug, Clone)]
+struct Announced {
+    endpoint: Endpoint,
+    /// Clients redirected to it.
+    redirected: u64,
+    /// When it announced, among all announcements.
+    order: u64,
+    /// It let the last request lapse unanswered.
+    silent: bool,
+}
 
 /// Whether `token` is one of `accepted`, comparing every accepted token in full whatever
 /// matches (the time taken does not tell how much of a guess was right; only lengths leak).

@@ -25,6 +25,20 @@ pub enum CoordinatorEvent {
         /// Detail sent to the client.
         reason: String,
     },
+    /// A root sent a joining client to an edge aggregator; it is being closed.
+    ClientRedirected {
+        /// Its connection.
+        conn: ConnectionId,
+        /// The aggregator's address.
+        address: String,
+    },
+    /// An edge aggregator announced where its clients reach it.
+    AggregatorServing {
+        /// Its connection.
+        conn: ConnectionId,
+        /// The address it announced.
+        address: String,
+    },
     /// A joined client disconnected or said goodbye.
     ClientLeft {
         /// Its connection.

@@ -256,3 +256,30 @@ fn feature_statistics_are_sent_only_where_the_rules_take_them() {
     assert_eq!(capped.count, 5);
     assert_eq!(capped.mean_std(), stats.mean_std(), "scaled, the mean and spread kept");
 }
+
+#[test]
+fn a_redirect_ends_the_session_with_where_to_go_and_a_decline_frees_the_round() {
+    let now = Instant::now();
+    let endpoint = crate::wire::Endpoint { address: "10.0.0.7:4433".into(), server_name: "edge-7".into() };
+    let mut client = Client::new("device", None);
+    client.poll_transmit(); // Join
+    client.handle_message(CoordinatorMessage::Redirect(endpoint.clone()), now);
+    assert!(events(&mut client).contains(&ClientEvent::Redirected(endpoint)));
+    assert_eq!(client.poll_close(), Some(CloseReason::Goodbye));
+    // An unreadable redirect is a violation.
+    let mut client = Client::new("device", None);
+    let bad = crate::wire::Endpoint { address: "evil\n:1".into(), server_name: String::new() };
+    client.handle_message(CoordinatorMessage::Redirect(bad), now);
+    assert!(matches!(client.poll_close(), Some(CloseReason::Error(ErrorCode::Malformed))));
+    // Declining a pending request tells the coordinator once; nothing is pending after it.
+    let mut client = Client::new("device", None);
+    client.handle_message(welcome(PROTOCOL_VERSION), now);
+    client.handle_message(model(2, vec![0.0, 0.0]), now);
+    client.handle_message(CoordinatorMessage::UpdateRequest { round: 3, model_version: 2, deadline_ms: 1000 }, now);
+    while client.poll_transmit().is_some() {}
+    client.decline("nothing learnt");
+    client.decline("nothing learnt");
+    let sent: Vec<_> = std::iter::from_fn(|| client.poll_transmit()).collect();
+    assert!(matches!(&sent[..], [ClientMessage::Error { code: ErrorCode::Declined, .. }]), "{sent:?}");
+    assert_eq!(submit(&mut client, vector(vec![0.1, 0.1]), 3, LocalMetrics::default()), Err(SubmitError::NoPendingRequest));
+}

@@ -15,7 +15,7 @@ impl Coordinator {
     /// of its own (see [`Coordinator::handle_parent_request`]).
     pub(super) fn maybe_start_round(&mut self, now: Instant) {
         if self.config.hierarchy.is_edge() {
-            return self.maybe_start_cohort_round(now);
+            return;
         }
         let candidates = self.joined_connections();
         let count = self.config.sample_size(candidates.len());
@@ -70,46 +70,27 @@ impl Coordinator {
 
     /// An edge aggregator's parent asks for its update in `round` on `model_version`, to arrive
     /// within `deadline`: the aggregator runs that round over its own clients (sampled as its
-    /// configuration says) as soon as its quorum is joined, ending it by 80 % of `deadline` at
-    /// the latest, with a [`CoordinatorEvent::CohortReady`] or a `RoundFailed`. A round still
-    /// running is abandoned first (the parent moved on).
+    /// configuration says), ending it by 80 % of `deadline` at the latest, with a
+    /// [`CoordinatorEvent::CohortReady`] or a `RoundFailed` (at once when its quorum is not
+    /// joined: the parent's round goes on without this cohort instead of waiting for it). A
+    /// round still running is abandoned first (the parent moved on).
     pub fn handle_parent_request(&mut self, round: u64, model_version: u64, deadline: Duration, now: Instant) {
         if !self.config.hierarchy.is_edge() || self.shutting_down {
             return;
         }
         self.fail_round(RoundFailure::Superseded, now);
-        if let Some(superseded) = self.parent_request.take() {
-            let reason = RoundFailure::Superseded;
-            self.events.push_back(CoordinatorEvent::RoundFailed { round: superseded.round, reason });
-        }
         if model_version != self.model_version {
             let reason = RoundFailure::ParentModel { asked: model_version, held: self.model_version };
             return self.events.push_back(CoordinatorEvent::RoundFailed { round, reason });
         }
-        let deadline = now + deadline.mul_f64(EDGE_DEADLINE_SHARE).min(self.config.round_deadline);
-        self.parent_request = Some(ParentRequest { round, deadline });
-        self.maybe_start_cohort_round(now);
-    }
-
-    /// Starts the round the parent asked for once the quorum is joined; fails it when its
-    /// deadline passes first.
-    fn maybe_start_cohort_round(&mut self, now: Instant) {
-        let Some(request) = self.parent_request else { return };
-        if self.scheduler.round_in_progress() || self.shutting_down {
-            return;
-        }
-        if now >= request.deadline {
-            self.parent_request = None;
-            let reason = RoundFailure::QuorumMissed { accepted: 0, needed: self.config.min_clients };
-            return self.events.push_back(CoordinatorEvent::RoundFailed { round: request.round, reason });
-        }
         let candidates = self.joined_connections();
         let count = self.config.sample_size(candidates.len());
         if count == 0 {
-            return; // Waits for the quorum (or the deadline).
+            let reason = RoundFailure::QuorumMissed { accepted: 0, needed: self.config.min_clients };
+            return self.events.push_back(CoordinatorEvent::RoundFailed { round, reason });
         }
-        self.parent_request = None;
-        self.start_round(request.round, &candidates, count, request.deadline - now, now);
+        let deadline = deadline.mul_f64(EDGE_DEADLINE_SHARE).min(self.config.round_deadline);
+        self.start_round(round, &candidates, count, deadline, now);
     }
 
     /// An edge aggregator adopts its parent's model `params` (version `model_version`, sent
@@ -125,10 +106,6 @@ impl Coordinator {
     ) -> Result<(), crate::params::ParameterError> {
         params.check_shape(self.params.fingerprint, self.params.values.len())?;
         self.fail_round(RoundFailure::Superseded, now);
-        if let Some(superseded) = self.parent_request.take() {
-            let reason = RoundFailure::Superseded;
-            self.events.push_back(CoordinatorEvent::RoundFailed { round: superseded.round, reason });
-        }
         self.params = params;
         self.served = None;
         self.model_version = model_version;
@@ -248,6 +225,12 @@ impl Coordinator {
             return self.end_cohort_round();
         }
         let Some(active) = self.scheduler.take_active() else { return };
+        // Aggregators that let the request lapse are passed over by redirects until they answer.
+        for (conn, _) in active.answers.iter().filter(|(_, answer)| **answer == Answer::Pending) {
+            if let Some(announced) = self.announced.get_mut(conn) {
+                announced.silent = true;
+            }
+        }
         let Some(rounds) = self.scheduler.rounds_mut() else { return };
         let accepted = active.answers.values().filter(|a| **a == Answer::Accepted).count();
         let round = active.number;
@@ -305,13 +288,6 @@ impl Coordinator {
             Err(reason) => self.events.push_back(CoordinatorEvent::RoundFailed { round, reason }),
         }
     }
-}
-
-/// A parent's request an edge aggregator has not started yet (its quorum is not joined).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct ParentRequest {
-    pub(super) round: u64,
-    pub(super) deadline: Instant,
 }
 
 /// Share of the parent's deadline an edge aggregator's round may take: the rest is left for

@@ -11,7 +11,7 @@ const AGGREGATOR_TOKEN: &str = AGGREGATOR_TOKENS[0];
 
 fn root_config(min_clients: usize) -> CoordinatorConfig {
     let aggregator_tokens = AGGREGATOR_TOKENS.iter().map(|t| t.to_string()).collect();
-    CoordinatorConfig { hierarchy: Hierarchy::Root { aggregator_tokens }, ..config(min_clients) }
+    CoordinatorConfig { hierarchy: Hierarchy::Root { aggregator_tokens, redirect_clients: false }, ..config(min_clients) }
 }
 
 fn edge_config(min_clients: usize) -> CoordinatorConfig {
@@ -203,38 +203,79 @@ fn an_edge_follows_its_parents_model_and_abandons_a_superseded_round() {
 }
 
 #[test]
-fn a_parents_request_waits_for_the_cohorts_quorum_until_its_deadline() {
+fn a_parents_request_without_the_cohorts_quorum_fails_at_once() {
     let t0 = Instant::now();
     let mut edge = coordinator(edge_config(2));
     join(&mut edge, 1, t0);
     transmits(&mut edge);
+    events(&mut edge);
     edge.handle_parent_request(1, 0, Duration::from_secs(10), t0);
     assert!(transmits(&mut edge).is_empty(), "one client joined, two needed");
-    assert_eq!(edge.poll_timeout(), Some(t0 + Duration::from_secs(8)));
-    // The second client joins 3 s later: the round starts with what is left of the deadline.
-    let t3 = t0 + Duration::from_secs(3);
-    join(&mut edge, 2, t3);
-    let requests: Vec<_> = transmits(&mut edge)
-        .into_iter()
-        .filter(|(_, m)| matches!(m, CoordinatorMessage::UpdateRequest { .. }))
-        .collect();
-    assert_eq!(requests.len(), 2);
-    assert!(
-        requests
-            .iter()
-            .all(|(_, m)| matches!(m, CoordinatorMessage::UpdateRequest { round: 1, deadline_ms: 5000, .. }))
-    );
-    // Without the quorum by the deadline, the request fails.
-    let mut lonely = coordinator(edge_config(2));
-    join(&mut lonely, 1, t0);
-    lonely.handle_parent_request(2, 0, Duration::from_secs(10), t0);
-    events(&mut lonely);
-    lonely.handle_timeout(t0 + Duration::from_secs(8));
-    assert!(
-        events(&mut lonely).iter().any(|e| matches!(
-            e,
-            CoordinatorEvent::RoundFailed { round: 2, reason: RoundFailure::QuorumMissed { .. } }
-        ))
-    );
-    assert_eq!(lonely.poll_timeout(), None);
+    let failed = events(&mut edge);
+    assert!(failed.iter().any(|e| matches!(e, CoordinatorEvent::RoundFailed { round: 1, reason: RoundFailure::QuorumMissed { accepted: 0, needed: 2 } })));
+    assert_eq!(edge.poll_timeout(), None);
+}
+
+#[test]
+fn a_declining_client_ends_the_wait_for_it() {
+    let t0 = Instant::now();
+    let mut root = three_clients_in_round_one(2, t0);
+    root.handle_message(ConnectionId(1), update(1, 0, vec![0.1, 0.1], 5, 0), t0);
+    root.handle_message(ConnectionId(2), update(1, 0, vec![0.3, 0.1], 5, 0), t0);
+    let declined = ClientMessage::Error { code: ErrorCode::Declined, message: "nothing to send".into() };
+    root.handle_message(ConnectionId(3), declined, t0);
+    // The round commits at once, without waiting for its deadline.
+    assert!(events(&mut root).iter().any(|e| matches!(e, CoordinatorEvent::RoundCommitted { round: 1, participants: 2, .. })));
+}
+
+fn serving(address: &str) -> ClientMessage {
+    ClientMessage::Serving(crate::wire::Endpoint { address: address.into(), server_name: "edge".into() })
+}
+
+/// Where the root sent client `conn` (joined at `now`).
+fn redirected(root: &mut Coordinator, conn: u64, now: Instant) -> String {
+    join(root, conn, now);
+    let sent = transmits(root);
+    let [(to, CoordinatorMessage::Redirect(endpoint))] = &sent[..] else { panic!("no redirect: {sent:?}") };
+    assert_eq!(*to, ConnectionId(conn));
+    assert!(closes(root).contains(&(ConnectionId(conn), CloseReason::Goodbye)));
+    endpoint.address.clone()
+}
+
+#[test]
+fn a_root_redirects_clients_to_its_aggregators_passing_over_a_silent_one() {
+    let t0 = Instant::now();
+    let aggregator_tokens = AGGREGATOR_TOKENS.iter().map(|t| t.to_string()).collect();
+    let config = CoordinatorConfig { hierarchy: Hierarchy::Root { aggregator_tokens, redirect_clients: true }, ..config(2) };
+    let mut root = coordinator(config);
+    // Before any aggregator announces, clients join the root itself.
+    join(&mut root, 9, t0);
+    assert!(transmits(&mut root).iter().any(|(_, m)| matches!(m, CoordinatorMessage::Welcome { .. })));
+    // A client announcing where it serves is closed.
+    root.handle_message(ConnectionId(9), serving("10.0.0.9:4433"), t0);
+    assert!(events(&mut root).iter().any(|e| matches!(e, CoordinatorEvent::ProtocolViolation { .. })));
+    join_with_token(&mut root, 1, AGGREGATOR_TOKENS[0], t0);
+    join_with_token(&mut root, 2, AGGREGATOR_TOKENS[1], t0);
+    root.handle_message(ConnectionId(1), serving("10.0.0.1:4433"), t0);
+    transmits(&mut root);
+    closes(&mut root);
+    assert_eq!(redirected(&mut root, 3, t0), "10.0.0.1:4433");
+    root.handle_message(ConnectionId(2), serving("10.0.0.2:4433"), t0);
+    // The fewest redirected first; the latest announced among equals.
+    assert_eq!(redirected(&mut root, 4, t0), "10.0.0.2:4433");
+    assert_eq!(redirected(&mut root, 5, t0), "10.0.0.2:4433");
+    assert_eq!(redirected(&mut root, 6, t0), "10.0.0.1:4433");
+    assert_eq!(root.joined(), 2, "redirected clients are not joined");
+    // Round 1 asked both aggregators; the second lets the request lapse: it is passed over.
+    let metrics = LocalMetrics { samples: 4, prequential_errors: 0 };
+    let update = Update { round: 1, base_version: 0, delta: vector(vec![0.1, 0.1]), metrics, moments: None };
+    let cohort = Cohort { participants: 2, mean_sq_norm: 0.02 };
+    root.handle_message(ConnectionId(1), ClientMessage::CohortUpdate { update, cohort }, t0);
+    root.handle_timeout(t0 + Duration::from_secs(10));
+    transmits(&mut root);
+    assert_eq!(redirected(&mut root, 7, t0), "10.0.0.1:4433");
+    assert_eq!(redirected(&mut root, 8, t0), "10.0.0.1:4433");
+    // An unreadable announcement closes the aggregator.
+    root.handle_message(ConnectionId(1), serving(""), t0);
+    assert!(events(&mut root).iter().any(|e| matches!(e, CoordinatorEvent::ProtocolViolation { .. })));
 }
