@@ -867,9 +867,11 @@ impl Options {
         let advertise = match &self.advertise {
             Some(address) => {
                 let host = address.rsplit_once(':').map_or(address.as_str(), |(host, _)| host);
-                let server_name = self.advertise_name.clone().unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
+                let server_name =
+                    self.advertise_name.clone().unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
                 let endpoint = flotilla_protocol::wire::Endpoint { address: address.clone(), server_name };
-                if !endpoint.is_valid() || address.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
+                if !endpoint.is_valid() || address.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err())
+                {
                     bail!("--advertise {address:?} must be HOST:PORT (at most 255 bytes)");
                 }
                 Some(endpoint)

@@ -109,9 +109,15 @@ impl ModelSummary {
 /// The expected final model after `rounds` rounds of `clients` clients (all taking part in
 /// every round), computed in `f64`: each round adds the mean of the clients' steps.
 pub fn reference(len: usize, clients: u64, rounds: u64) -> ModelSummary {
+    reference_of_rounds(len, clients, 1..=rounds)
+}
+
+/// [`reference`] over the rounds that committed, by number (a run whose first rounds failed
+/// commits rounds 2, 3, … and its clients' steps are those of these rounds).
+pub fn reference_of_rounds(len: usize, clients: u64, rounds: impl IntoIterator<Item = u64>) -> ModelSummary {
     let mut model: Vec<f64> = initial_model(len).into_iter().map(f64::from).collect();
     let mut sum = vec![0.0f64; len];
-    for round in 1..=rounds {
+    for round in rounds {
         sum.iter_mut().for_each(|s| *s = 0.0);
         for client in 0..clients {
             let mixed = splitmix64(client_seed(round, client));

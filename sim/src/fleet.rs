@@ -389,7 +389,10 @@ pub fn run(config: &FleetConfig, interrupt: &Interrupt) -> anyhow::Result<FleetO
                     config.rate
                 },
                 // Redirected clients start at the root, whose CA the aggregators share.
-                port: config.topology.filter(|_| !config.redirect).map_or(port, |t| aggregators[t.aggregator_of(i)].port),
+                port: config
+                    .topology
+                    .filter(|_| !config.redirect)
+                    .map_or(port, |t| aggregators[t.aggregator_of(i)].port),
                 ca: config
                     .topology
                     .filter(|_| !config.redirect)
@@ -522,11 +525,8 @@ pub fn run(config: &FleetConfig, interrupt: &Interrupt) -> anyhow::Result<FleetO
         }
         if let Some(killed_at) = aggregator_kill {
             // Clients joined to an aggregator (the restarted one, or another by redirect).
-            let joined: u64 = aggregators
-                .iter()
-                .filter(|a| a.proc.is_some())
-                .map(|a| joined_from_log(&a.log).unwrap_or(0))
-                .sum();
+            let joined: u64 =
+                aggregators.iter().filter(|a| a.proc.is_some()).map(|a| joined_from_log(&a.log).unwrap_or(0)).sum();
             let running = fleet.running() as u64;
             if joined >= running {
                 aggregator_kill = None;
@@ -686,7 +686,13 @@ impl Aggregator {
         ]
         .iter()
         .map(|s| s.to_string())
-        .chain(config.redirect.then(|| ["--advertise".to_string(), format!("127.0.0.1:{}", self.port)]).into_iter().flatten())
+        .chain(
+            config
+                .redirect
+                .then(|| ["--advertise".to_string(), format!("127.0.0.1:{}", self.port)])
+                .into_iter()
+                .flatten(),
+        )
         .collect()
     }
 

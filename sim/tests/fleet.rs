@@ -150,7 +150,8 @@ fn a_fleet_through_edge_aggregators_learns_and_survives_a_killed_aggregator() {
         report["events"].as_array().unwrap().iter().map(|e| e["what"].as_str().unwrap().to_string()).collect();
     assert!(events.iter().any(|e| e.contains("aggregator0 SIGKILLed")), "{events:?}");
     let back = events.iter().find(|e| e.contains("clients back")).unwrap_or_else(|| panic!("{events:?}"));
-    let seconds: f64 = back.split(" after the kill (").nth(1).and_then(|t| t.split(' ').next()).unwrap().parse().unwrap();
+    let seconds: f64 =
+        back.split(" after the kill (").nth(1).and_then(|t| t.split(' ').next()).unwrap().parse().unwrap();
     assert!(seconds <= 5.0, "{back}");
     assert_eq!(report["config"]["topology"], "2x2");
 }

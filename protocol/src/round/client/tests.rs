@@ -281,5 +281,8 @@ fn a_redirect_ends_the_session_with_where_to_go_and_a_decline_frees_the_round() 
     client.decline("nothing learnt");
     let sent: Vec<_> = std::iter::from_fn(|| client.poll_transmit()).collect();
     assert!(matches!(&sent[..], [ClientMessage::Error { code: ErrorCode::Declined, .. }]), "{sent:?}");
-    assert_eq!(submit(&mut client, vector(vec![0.1, 0.1]), 3, LocalMetrics::default()), Err(SubmitError::NoPendingRequest));
+    assert_eq!(
+        submit(&mut client, vector(vec![0.1, 0.1]), 3, LocalMetrics::default()),
+        Err(SubmitError::NoPendingRequest)
+    );
 }

@@ -241,7 +241,14 @@ impl Coordinator {
         } else {
             rounds.aggregator.finish(&self.params).map_err(RoundFailure::Aggregation)
         };
-        rounds.next_round_at = Some(now + self.config.round_interval);
+        // After a failed round, a pause of at least a second: rounds whose clients all decline
+        // (none has learnt anything yet) must not follow each other back to back.
+        let pause = if outcome.is_ok() {
+            self.config.round_interval
+        } else {
+            self.config.round_interval.max(FAILED_ROUND_PAUSE)
+        };
+        rounds.next_round_at = Some(now + pause);
         match outcome {
             Ok(params) => {
                 self.publish_model(params);
@@ -289,6 +296,9 @@ impl Coordinator {
         }
     }
 }
+
+/// Shortest pause after a failed round before the next one starts.
+pub(super) const FAILED_ROUND_PAUSE: Duration = Duration::from_secs(1);
 
 /// Share of the parent's deadline an edge aggregator's round may take: the rest is left for
 /// the cohort's aggregate to reach the parent.

@@ -174,7 +174,7 @@ impl Coordinator {
         let Some(active) = self.scheduler.take_active() else { return };
         self.events.push_back(CoordinatorEvent::RoundFailed { round: active.number, reason });
         if let Some(rounds) = self.scheduler.rounds_mut() {
-            rounds.next_round_at = Some(now + self.config.round_interval.max(std::time::Duration::from_secs(1)));
+            rounds.next_round_at = Some(now + self.config.round_interval.max(super::rounds::FAILED_ROUND_PAUSE));
         }
     }
 }

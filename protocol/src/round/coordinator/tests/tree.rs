@@ -11,7 +11,10 @@ const AGGREGATOR_TOKEN: &str = AGGREGATOR_TOKENS[0];
 
 fn root_config(min_clients: usize) -> CoordinatorConfig {
     let aggregator_tokens = AGGREGATOR_TOKENS.iter().map(|t| t.to_string()).collect();
-    CoordinatorConfig { hierarchy: Hierarchy::Root { aggregator_tokens, redirect_clients: false }, ..config(min_clients) }
+    CoordinatorConfig {
+        hierarchy: Hierarchy::Root { aggregator_tokens, redirect_clients: false },
+        ..config(min_clients)
+    }
 }
 
 fn edge_config(min_clients: usize) -> CoordinatorConfig {
@@ -212,7 +215,10 @@ fn a_parents_request_without_the_cohorts_quorum_fails_at_once() {
     edge.handle_parent_request(1, 0, Duration::from_secs(10), t0);
     assert!(transmits(&mut edge).is_empty(), "one client joined, two needed");
     let failed = events(&mut edge);
-    assert!(failed.iter().any(|e| matches!(e, CoordinatorEvent::RoundFailed { round: 1, reason: RoundFailure::QuorumMissed { accepted: 0, needed: 2 } })));
+    assert!(failed.iter().any(|e| matches!(
+        e,
+        CoordinatorEvent::RoundFailed { round: 1, reason: RoundFailure::QuorumMissed { accepted: 0, needed: 2 } }
+    )));
     assert_eq!(edge.poll_timeout(), None);
 }
 
@@ -225,7 +231,11 @@ fn a_declining_client_ends_the_wait_for_it() {
     let declined = ClientMessage::Error { code: ErrorCode::Declined, message: "nothing to send".into() };
     root.handle_message(ConnectionId(3), declined, t0);
     // The round commits at once, without waiting for its deadline.
-    assert!(events(&mut root).iter().any(|e| matches!(e, CoordinatorEvent::RoundCommitted { round: 1, participants: 2, .. })));
+    assert!(
+        events(&mut root)
+            .iter()
+            .any(|e| matches!(e, CoordinatorEvent::RoundCommitted { round: 1, participants: 2, .. }))
+    );
 }
 
 fn serving(address: &str) -> ClientMessage {
@@ -246,7 +256,8 @@ fn redirected(root: &mut Coordinator, conn: u64, now: Instant) -> String {
 fn a_root_redirects_clients_to_its_aggregators_passing_over_a_silent_one() {
     let t0 = Instant::now();
     let aggregator_tokens = AGGREGATOR_TOKENS.iter().map(|t| t.to_string()).collect();
-    let config = CoordinatorConfig { hierarchy: Hierarchy::Root { aggregator_tokens, redirect_clients: true }, ..config(2) };
+    let config =
+        CoordinatorConfig { hierarchy: Hierarchy::Root { aggregator_tokens, redirect_clients: true }, ..config(2) };
     let mut root = coordinator(config);
     // Before any aggregator announces, clients join the root itself.
     join(&mut root, 9, t0);
@@ -278,4 +289,18 @@ fn a_root_redirects_clients_to_its_aggregators_passing_over_a_silent_one() {
     // An unreadable announcement closes the aggregator.
     root.handle_message(ConnectionId(1), serving(""), t0);
     assert!(events(&mut root).iter().any(|e| matches!(e, CoordinatorEvent::ProtocolViolation { .. })));
+}
+
+#[test]
+fn rounds_whose_clients_all_decline_fail_at_once_but_do_not_follow_back_to_back() {
+    let t0 = Instant::now();
+    let mut root = three_clients_in_round_one(2, t0);
+    for conn in 1..=3 {
+        let declined = ClientMessage::Error { code: ErrorCode::Declined, message: "nothing yet".into() };
+        root.handle_message(ConnectionId(conn), declined, t0);
+    }
+    let ended = events(&mut root);
+    assert!(ended.iter().any(|e| matches!(e, CoordinatorEvent::RoundFailed { round: 1, .. })));
+    assert!(!ended.iter().any(|e| matches!(e, CoordinatorEvent::RoundStarted { round: 2, .. })), "{ended:?}");
+    assert_eq!(root.poll_timeout(), Some(t0 + Duration::from_secs(1)));
 }
