@@ -190,13 +190,20 @@ enum Outcome {
 struct Target {
     addr: SocketAddr,
     server_name: String,
+    /// Longest wait for its handshake: the configured one for the coordinator, at most
+    /// [`AWAY_CONNECT_TIMEOUT`] for an aggregator it redirected to (a dead one does not answer,
+    /// and the client should soon ask its coordinator again).
+    connect_timeout: Duration,
 }
+
+/// Longest handshake wait at an aggregator the coordinator redirected this client to.
+const AWAY_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Redirects followed in a row without being welcomed before the session backs off.
 const MAX_REDIRECTS: u32 = 3;
 
 /// Failed attempts at a redirected aggregator before the session asks its coordinator again.
-const AWAY_ATTEMPTS: u32 = 4;
+const AWAY_ATTEMPTS: u32 = 2;
 
 /// Runs the client session until `shutdown` is cancelled, the learner's receiver is dropped
 /// or the coordinator refuses the client (an error, downcastable to [`SessionRefused`]).
@@ -210,7 +217,11 @@ pub async fn run_client_session(
         None => (client_endpoint(&config.tls, config.server_addr, &config.tuning)?, true),
     };
     let mut failures = 0u32;
-    let home = Target { addr: config.server_addr, server_name: config.server_name.clone() };
+    let home = Target {
+        addr: config.server_addr,
+        server_name: config.server_name.clone(),
+        connect_timeout: config.connect_timeout,
+    };
     let mut target = home.clone();
     let (mut redirects, mut away_failures) = (0u32, 0u32);
     let result = loop {
@@ -224,7 +235,8 @@ pub async fn run_client_session(
                 redirects += 1;
                 match tokio::net::lookup_host(to.address.as_str()).await.map(|mut addrs| addrs.next()) {
                     Ok(Some(addr)) if redirects <= MAX_REDIRECTS => {
-                        target = Target { addr, server_name: to.server_name };
+                        let connect_timeout = config.connect_timeout.min(AWAY_CONNECT_TIMEOUT);
+                        target = Target { addr, server_name: to.server_name, connect_timeout };
                         away_failures = 0;
                         continue;
                     }

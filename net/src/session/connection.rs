@@ -57,7 +57,7 @@ pub(super) async fn attempt(
     };
     let connection = tokio::select! {
         () = shutdown.cancelled() => return Outcome::Shutdown,
-        result = tokio::time::timeout(config.connect_timeout, connecting) => match result {
+        result = tokio::time::timeout(target.connect_timeout, connecting) => match result {
             Ok(Ok(connection)) => connection,
             Ok(Err(error)) => return connection_lost(error, false),
             Err(_) => return lost(format!("handshake with {} timed out", target.addr)),

@@ -277,6 +277,9 @@ impl Coordinator {
         let Some(rounds) = self.scheduler.rounds_mut() else { return };
         let accepted = active.answers.values().filter(|a| **a == Answer::Accepted).count();
         let round = active.number;
+        // The cohort weighs what it was folded with: its samples, or under secure aggregation
+        // (whose clients reveal no count) one per surviving client, as at a flat coordinator.
+        let weight = rounds.aggregator.samples();
         let outcome = if accepted < self.config.min_clients {
             Err(RoundFailure::QuorumMissed { accepted, needed: self.config.min_clients })
         } else {
@@ -289,7 +292,9 @@ impl Coordinator {
                     fingerprint: self.params.fingerprint,
                     values,
                 };
-                let contribution = Contribution { delta, metrics: active.metrics, moments: None, cohort: Some(cohort) };
+                let errors = active.metrics.prequential_errors.min(weight);
+                let metrics = LocalMetrics { samples: weight, prequential_errors: errors };
+                let contribution = Contribution { delta, metrics, moments: None, cohort: Some(cohort) };
                 self.events.push_back(CoordinatorEvent::CohortReady { round, contribution });
             }
             Err(reason) => self.events.push_back(CoordinatorEvent::RoundFailed { round, reason }),
