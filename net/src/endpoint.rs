@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 
 pub use connection::upload_limit;
 pub use gate::Limits;
-pub use shell::{Committed, Observer, RoundRecord, Served};
+pub use shell::{Committed, Observer, ParentInput, RoundRecord, Served};
 
 use crate::close::GOODBYE;
 use crate::transport::Tuning;
@@ -57,33 +57,6 @@ pub struct EndpointConfig {
     pub tuning: Tuning,
     /// Stop after this many committed rounds.
     pub max_rounds: Option<u64>,
-}
-
-/// What an edge aggregator's parent asks of its round task (the aggregator's upstream
-/// session, [`crate::session`], relays it).
-#[derive(Debug)]
-pub enum ParentInput {
-    /// The parent's new global model: adopt it and pass it on.
-    Model {
-        /// Its version.
-        model_version: u64,
-        /// The parent's latest round when it sent it.
-        round: u64,
-        /// The parameters.
-        params: flotilla_protocol::params::ParameterVector,
-    },
-    /// The parent wants this aggregator's update in `round`: run the round over its clients
-    /// and answer on `reply` with the cohort's aggregate (dropped when the round fails).
-    Request {
-        /// The parent's round.
-        round: u64,
-        /// The model version the cohort's deltas must rest on.
-        model_version: u64,
-        /// How long the parent waits for the answer.
-        deadline: Duration,
-        /// Where the answer goes.
-        reply: tokio::sync::oneshot::Sender<flotilla_protocol::wire::Contribution>,
-    },
 }
 
 /// Serves `endpoint`'s clients with `machine` until `shutdown` is cancelled, the endpoint is

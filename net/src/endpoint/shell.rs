@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::framed::encode;
 use bytes::Bytes;
@@ -14,7 +14,6 @@ use flotilla_protocol::wire::{Contribution, CoordinatorMessage, ErrorCode};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 
-use super::ParentInput;
 use super::connection::{Inbound, Link, Outbound, Traffic, close_refused};
 use super::logs::LogBudget;
 
@@ -76,6 +75,33 @@ pub struct Served {
 pub trait Observer: Send + Sync {
     /// `event` was just handled; `joined` clients are joined after it.
     fn observe(&self, event: &CoordinatorEvent, joined: usize);
+}
+
+/// What an edge aggregator's parent asks of its round task (the aggregator's upstream
+/// session, [`crate::session`], relays it).
+#[derive(Debug)]
+pub enum ParentInput {
+    /// The parent's new global model: adopt it and pass it on.
+    Model {
+        /// Its version.
+        model_version: u64,
+        /// The parent's latest round when it sent it.
+        round: u64,
+        /// The parameters.
+        params: flotilla_protocol::params::ParameterVector,
+    },
+    /// The parent wants this aggregator's update in `round`: run the round over its clients
+    /// and answer on `reply` with the cohort's aggregate (dropped when the round fails).
+    Request {
+        /// The parent's round.
+        round: u64,
+        /// The model version the cohort's deltas must rest on.
+        model_version: u64,
+        /// How long the parent waits for the answer.
+        deadline: Duration,
+        /// Where the answer goes.
+        reply: tokio::sync::oneshot::Sender<flotilla_protocol::wire::Contribution>,
+    },
 }
 
 /// A round in progress: when it started and the traffic counters then.
