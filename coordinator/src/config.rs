@@ -843,16 +843,9 @@ impl Options {
                  checkpoints, its rounds and its evaluation; a tree deeper than root and aggregators is not supported"
             );
         }
-        let addr = {
-            use std::net::ToSocketAddrs;
-            parent
-                .to_socket_addrs()
-                .with_context(|| format!("--parent {parent:?} is not HOST:PORT"))?
-                .next()
-                .with_context(|| format!("--parent {parent:?} resolves to no address"))?
-        };
-        let host = parent.rsplit_once(':').map_or(parent.as_str(), |(host, _)| host);
-        let server_name = self.parent_server_name.clone().unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
+        let addr = flotilla_net::options::resolve("--parent", parent)?;
+        let server_name =
+            self.parent_server_name.clone().unwrap_or_else(|| flotilla_net::options::host_of(parent).to_string());
         let ca =
             self.parent_ca.clone().context("--parent needs --parent-ca FILE (the CA of the parent's certificate)")?;
         let token_file = self
@@ -866,9 +859,8 @@ impl Options {
             .with_context(|| format!("{}: no token in it", token_file.display()))?;
         let advertise = match &self.advertise {
             Some(address) => {
-                let host = address.rsplit_once(':').map_or(address.as_str(), |(host, _)| host);
                 let server_name =
-                    self.advertise_name.clone().unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
+                    self.advertise_name.clone().unwrap_or_else(|| flotilla_net::options::host_of(address).to_string());
                 let endpoint = flotilla_protocol::wire::Endpoint { address: address.clone(), server_name };
                 if !endpoint.is_valid() || address.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err())
                 {

@@ -43,6 +43,49 @@ pub enum OptionsError {
     },
 }
 
+/// A `--flag HOST:PORT` option that names no address.
+#[derive(Debug, thiserror::Error)]
+pub enum AddressError {
+    /// Not `HOST:PORT`, or the host does not resolve.
+    #[error("{flag} {address:?} is not HOST:PORT")]
+    NotHostPort {
+        /// The option's flag.
+        flag: String,
+        /// What it was given.
+        address: String,
+        /// The resolver's error.
+        source: std::io::Error,
+    },
+    /// The host resolves to no address.
+    #[error("{flag} {address:?} resolves to no address")]
+    NoAddress {
+        /// The option's flag.
+        flag: String,
+        /// What it was given.
+        address: String,
+    },
+}
+
+/// The host of `HOST:PORT`, an IPv6 literal's brackets removed: the name a peer's certificate
+/// is checked against unless another is given.
+pub fn host_of(address: &str) -> &str {
+    address.rsplit_once(':').map_or(address, |(host, _)| host).trim_matches(['[', ']'])
+}
+
+/// The first address `address` (the value of `flag`, `HOST:PORT`) resolves to.
+pub fn resolve(flag: &str, address: &str) -> Result<std::net::SocketAddr, AddressError> {
+    use std::net::ToSocketAddrs;
+    let named = || (flag.to_string(), address.to_string());
+    let mut addresses = address.to_socket_addrs().map_err(|source| {
+        let (flag, address) = named();
+        AddressError::NotHostPort { flag, address, source }
+    })?;
+    addresses.next().ok_or_else(|| {
+        let (flag, address) = named();
+        AddressError::NoAddress { flag, address }
+    })
+}
+
 /// `flags` over the options of the TOML file at `file` (if any): a flag set on the command line
 /// wins, the file supplies the rest, and defaults are left to the caller's resolution.
 pub fn layer<T: Serialize + DeserializeOwned>(flags: T, file: Option<&Path>) -> Result<T, OptionsError> {

@@ -193,9 +193,9 @@ impl RunOptions {
         let file = self.config.clone();
         let o = flotilla_net::options::layer(self, file.as_deref())?;
         let coordinator_text = o.coordinator.context("--coordinator HOST:PORT is required")?;
-        let coordinator = resolve_addr(&coordinator_text)?;
-        let host = coordinator_text.rsplit_once(':').map_or(coordinator_text.as_str(), |(h, _)| h);
-        let server_name = o.server_name.unwrap_or_else(|| host.trim_matches(['[', ']']).to_string());
+        let coordinator = flotilla_net::options::resolve("--coordinator", &coordinator_text)?;
+        let server_name =
+            o.server_name.unwrap_or_else(|| flotilla_net::options::host_of(&coordinator_text).to_string());
         let tokens = match &o.token_file {
             Some(path) => flotilla_net::tokens::read_token_file(path)?,
             None => Vec::new(),
@@ -252,14 +252,6 @@ impl RunOptions {
             attack: None,
         })
     }
-}
-
-fn resolve_addr(text: &str) -> anyhow::Result<SocketAddr> {
-    use std::net::ToSocketAddrs;
-    text.to_socket_addrs()
-        .with_context(|| format!("--coordinator {text:?} is not HOST:PORT"))?
-        .next()
-        .with_context(|| format!("--coordinator {text:?} resolves to no address"))
 }
 
 fn default_name() -> String {
