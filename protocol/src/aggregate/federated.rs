@@ -128,11 +128,15 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Federated<R, O> {
         self
     }
 
+    /// Folds `delta`, worth `samples`, standing for `participants` clients. `cohort_sq_norm`:
+    /// an edge aggregator's aggregate, whose clients' mean squared norm it gives; no hygiene
+    /// applies to it (clip and outlier bound are for single updates).
     fn fold_weighted(
         &mut self,
         delta: &ParameterVector,
         samples: u64,
         participants: usize,
+        cohort_sq_norm: Option<f64>,
     ) -> Result<Folded, AggregateError> {
         let expected = self.expected.ok_or(AggregateError::NotStarted)?;
         if samples == 0 {
@@ -140,13 +144,16 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Federated<R, O> {
         }
         delta.check_shape(expected.fingerprint, expected.len)?;
         let total = self.samples.checked_add(samples).ok_or(AggregateError::SampleOverflow)?;
-        let (folded, scale) = self.round_hygiene().inspect(&delta.values);
+        let (folded, scale) = match cohort_sq_norm {
+            None => self.round_hygiene().inspect(&delta.values),
+            Some(_) => (Folded { norm: l2_norm(&delta.values), clipped: false, outlier: false }, 1.0),
+        };
         self.reducer.add(&delta.values, scale, samples)?;
         self.samples = total;
         self.updates += 1;
         self.participants += participants;
         let norm = folded.norm * scale;
-        self.weighted_sq_norms += samples as f64 * norm * norm;
+        self.weighted_sq_norms += samples as f64 * cohort_sq_norm.unwrap_or(norm * norm);
         Ok(folded)
     }
 
@@ -182,7 +189,7 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Aggregator for Federated<R, O> {
     }
 
     fn fold(&mut self, delta: &ParameterVector, samples: u64) -> Result<Folded, AggregateError> {
-        self.fold_weighted(delta, samples, 1)
+        self.fold_weighted(delta, samples, 1, None)
     }
 
     fn set_release(&mut self, release: Option<super::DpRelease>) {
@@ -195,7 +202,7 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Aggregator for Federated<R, O> {
         samples: u64,
         participants: usize,
     ) -> Result<Folded, AggregateError> {
-        self.fold_weighted(mean, samples, participants.max(1))
+        self.fold_weighted(mean, samples, participants.max(1), None)
     }
 
     fn fold_cohort(
@@ -204,22 +211,11 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Aggregator for Federated<R, O> {
         samples: u64,
         cohort: Cohort,
     ) -> Result<Folded, AggregateError> {
-        let expected = self.expected.ok_or(AggregateError::NotStarted)?;
-        if samples == 0 {
-            return Err(AggregateError::ZeroSamples);
-        }
-        aggregate.check_shape(expected.fingerprint, expected.len)?;
-        let participants = usize::try_from(cohort.participants).map_err(|_| AggregateError::SampleOverflow)?.max(1);
-        let total = self.samples.checked_add(samples).ok_or(AggregateError::SampleOverflow)?;
         if !(cohort.mean_sq_norm.is_finite() && cohort.mean_sq_norm >= 0.0) {
             return Err(AggregateError::BadCohort);
         }
-        self.reducer.add(&aggregate.values, 1.0, samples)?;
-        self.samples = total;
-        self.updates += 1;
-        self.participants += participants;
-        self.weighted_sq_norms += samples as f64 * cohort.mean_sq_norm;
-        Ok(Folded { norm: l2_norm(&aggregate.values), clipped: false, outlier: false })
+        let participants = usize::try_from(cohort.participants).map_err(|_| AggregateError::SampleOverflow)?.max(1);
+        self.fold_weighted(aggregate, samples, participants, Some(cohort.mean_sq_norm))
     }
 
     fn finish_cohort(&mut self) -> Result<(Vec<f32>, Cohort), AggregateError> {

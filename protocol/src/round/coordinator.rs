@@ -240,10 +240,6 @@ impl Coordinator {
             (Peer::Joined { aggregator: true, .. }, ClientMessage::CohortUpdate { update, cohort }) => {
                 self.handle_update(conn, Ok(update), Some(cohort), now);
             }
-            (Peer::Joined { aggregator: false, .. }, ClientMessage::CohortUpdate { .. }) => {
-                let reason = "a cohort update from a peer not admitted as an aggregator".into();
-                self.violation(conn, ErrorCode::UnexpectedMessage, reason, now);
-            }
             (Peer::Joined { aggregator: true, .. }, ClientMessage::Serving(endpoint)) => {
                 if !endpoint.is_valid() {
                     return self.violation(conn, ErrorCode::Malformed, "unreadable serving address".into(), now);
@@ -254,8 +250,11 @@ impl Coordinator {
                 self.announced.insert(conn, announced);
                 self.events.push_back(CoordinatorEvent::AggregatorServing { conn, address });
             }
-            (Peer::Joined { aggregator: false, .. }, ClientMessage::Serving(_)) => {
-                let reason = "a serving address from a peer not admitted as an aggregator".into();
+            (
+                Peer::Joined { aggregator: false, .. },
+                ClientMessage::CohortUpdate { .. } | ClientMessage::Serving(_),
+            ) => {
+                let reason = "an aggregator's message from a peer not admitted as an aggregator".into();
                 self.violation(conn, ErrorCode::UnexpectedMessage, reason, now);
             }
             (Peer::Joined { client_id, .. }, ClientMessage::SecAgg { round, message }) => {
