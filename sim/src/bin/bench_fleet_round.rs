@@ -154,28 +154,14 @@ fn measure(args: &Args, setup: &Setup, interrupt: &Interrupt) -> anyhow::Result<
         "1",
         "--rounds",
         &total_rounds.to_string(),
-        "--round-deadline",
-        "300s",
         "--round-interval",
         "0s",
-        "--join-timeout",
-        "120s",
-        "--max-frame-mib",
-        &(model_mib + 1).to_string(),
-        "--max-udp-payload",
-        &args.max_udp_payload.to_string(),
-        "--concurrent-uploads",
-        &args.concurrent_uploads.to_string(),
-        // Every virtual client connects from 127.0.0.1: one address holds the whole fleet.
-        "--max-connections-per-address",
-        &(quorum + 64).to_string(),
         "--max-connections",
         &(quorum + 1024).max(10_000).to_string(),
-        "--handshake-rate",
-        &quorum.to_string(),
     ]
     .map(String::from)
     .into_iter()
+    .chain(serving_flags(args, model_mib, u64::from(quorum)))
     .chain(reference_strategy(&args.coordinator_args))
     .chain(args.coordinator_args.iter().cloned())
     .chain(tokens.iter().flat_map(|(root, _)| ["--aggregator-tokens-file".to_string(), root.display().to_string()]))
@@ -303,23 +289,10 @@ fn start_aggregators(
             &per,
             "--sample-fraction",
             "1",
-            "--round-deadline",
-            "300s",
-            "--join-timeout",
-            "120s",
-            "--max-frame-mib",
-            &(model_mib + 1).to_string(),
-            "--max-udp-payload",
-            &args.max_udp_payload.to_string(),
-            "--concurrent-uploads",
-            &args.concurrent_uploads.to_string(),
-            "--max-connections-per-address",
-            &(topology.per_aggregator + 64).to_string(),
-            "--handshake-rate",
-            &per,
         ]
         .map(String::from)
         .into_iter()
+        .chain(serving_flags(args, model_mib, topology.per_aggregator as u64))
         .chain(args.aggregator_args.iter().cloned())
         .collect();
         let proc = start(setup, &format!("aggregator-{a}"), "flotilla-coordinator", &flags)?;
@@ -345,23 +318,8 @@ fn start_tree_clients(
         .iter()
         .enumerate()
         .map(|(a, aggregator)| {
-            let flags: Vec<String> = vec![
-                "fleet-round".into(),
-                "--coordinator".into(),
-                format!("127.0.0.1:{}", aggregator.port),
-                "--ca".into(),
-                aggregator.ca.display().to_string(),
-                "--clients".into(),
-                topology.per_aggregator.to_string(),
-                "--first-client".into(),
-                (a * topology.per_aggregator).to_string(),
-                "--threads".into(),
-                args.client_threads.to_string(),
-                "--max-frame-mib".into(),
-                (model_mib + 1).to_string(),
-                "--max-udp-payload".into(),
-                args.max_udp_payload.to_string(),
-            ];
+            let per = topology.per_aggregator as u64;
+            let flags = client_flags(args, aggregator.port, &aggregator.ca, per, a as u64 * per, model_mib);
             start(setup, &format!("clients-{a}"), "flotilla-sim-client", &flags)
         })
         .collect()
@@ -389,26 +347,56 @@ fn start(setup: &Setup, name: &str, binary: &str, args: &[String]) -> anyhow::Re
     Proc::start(name, &path, args, &out, &log)
 }
 
+/// What every coordinator of the benchmark (the root, each aggregator) is started with to
+/// serve `peers` connections, all from 127.0.0.1 (one address holds the whole fleet).
+fn serving_flags(args: &Args, model_mib: u64, peers: u64) -> Vec<String> {
+    [
+        "--round-deadline",
+        "300s",
+        "--join-timeout",
+        "120s",
+        "--max-frame-mib",
+        &(model_mib + 1).to_string(),
+        "--max-udp-payload",
+        &args.max_udp_payload.to_string(),
+        "--concurrent-uploads",
+        &args.concurrent_uploads.to_string(),
+        "--max-connections-per-address",
+        &(peers + 64).to_string(),
+        "--handshake-rate",
+        &peers.to_string(),
+    ]
+    .map(String::from)
+    .into()
+}
+
+/// `flotilla-sim-client fleet-round` for clients `first..first + clients`, joining the
+/// coordinator at `port` whose certificate chains to `ca`.
+fn client_flags(args: &Args, port: u16, ca: &Path, clients: u64, first: u64, model_mib: u64) -> Vec<String> {
+    [
+        "fleet-round",
+        "--coordinator",
+        &format!("127.0.0.1:{port}"),
+        "--ca",
+        &ca.display().to_string(),
+        "--clients",
+        &clients.to_string(),
+        "--first-client",
+        &first.to_string(),
+        "--threads",
+        &args.client_threads.to_string(),
+        "--max-frame-mib",
+        &(model_mib + 1).to_string(),
+        "--max-udp-payload",
+        &args.max_udp_payload.to_string(),
+    ]
+    .map(String::from)
+    .into()
+}
+
 fn start_clients(args: &Args, setup: &Setup, ca: &Path, model_mib: u64) -> anyhow::Result<Vec<Proc>> {
-    let common = |clients: u32, first: u32| -> Vec<String> {
-        vec![
-            "fleet-round".into(),
-            "--coordinator".into(),
-            format!("127.0.0.1:{}", setup.port),
-            "--ca".into(),
-            ca.display().to_string(),
-            "--clients".into(),
-            clients.to_string(),
-            "--first-client".into(),
-            first.to_string(),
-            "--threads".into(),
-            args.client_threads.to_string(),
-            "--max-frame-mib".into(),
-            (model_mib + 1).to_string(),
-            "--max-udp-payload".into(),
-            args.max_udp_payload.to_string(),
-        ]
-    };
+    let common =
+        |clients: u32, first: u32| client_flags(args, setup.port, ca, u64::from(clients), u64::from(first), model_mib);
     if args.processes {
         (0..args.clients).map(|c| start(setup, &format!("client-{c}"), "flotilla-sim-client", &common(1, c))).collect()
     } else {
