@@ -278,7 +278,7 @@ pub fn run(config: &FleetConfig, interrupt: &Interrupt) -> anyhow::Result<FleetO
     let data_dir = config.dir.join("coordinator");
     let logs = config.dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let coordinator_args: Vec<String> = [
+    let mut coordinator_args: Vec<String> = [
         "--listen",
         &format!("127.0.0.1:{port}"),
         "--data-dir",
@@ -316,7 +316,6 @@ pub fn run(config: &FleetConfig, interrupt: &Interrupt) -> anyhow::Result<FleetO
         Some(topology) => Some(topology.write_tokens(&config.dir.join("tokens"))?),
         None => None,
     };
-    let mut coordinator_args = coordinator_args;
     if let (Some(topology), Some((root_tokens, _))) = (config.topology, &tokens) {
         // At the root the quorum counts aggregators: as many full cohorts as the fleet's
         // quorum of clients needs (an edge's own quorum is its share of it).
@@ -371,6 +370,15 @@ pub fn run(config: &FleetConfig, interrupt: &Interrupt) -> anyhow::Result<FleetO
         .enumerate()
         .map(|(i, shard)| {
             let name = format!("client{i:02}");
+            // Each client joins its aggregator; redirected ones start at the root, whose CA the
+            // aggregators share.
+            let (port, ca) = match config.topology.filter(|_| !config.redirect) {
+                Some(topology) => {
+                    let aggregator = &aggregators[topology.aggregator_of(i)];
+                    (aggregator.port, aggregator.ca.clone())
+                }
+                None => (port, root_ca.clone()),
+            };
             let dir = config.dir.join("clients").join(&name);
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             Ok(Slot {
@@ -388,15 +396,8 @@ pub fn run(config: &FleetConfig, interrupt: &Interrupt) -> anyhow::Result<FleetO
                 } else {
                     config.rate
                 },
-                // Redirected clients start at the root, whose CA the aggregators share.
-                port: config
-                    .topology
-                    .filter(|_| !config.redirect)
-                    .map_or(port, |t| aggregators[t.aggregator_of(i)].port),
-                ca: config
-                    .topology
-                    .filter(|_| !config.redirect)
-                    .map_or_else(|| root_ca.clone(), |t| aggregators[t.aggregator_of(i)].ca.clone()),
+                port,
+                ca,
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
