@@ -40,7 +40,7 @@ pub(crate) async fn run(config: Config, shutdown: CancellationToken) -> anyhow::
         () = shutdown.cancelled() => None,
         first = first_model(&mut learner_rx) => first,
     };
-    let Some((spec, fingerprint, checkpoint)) = first else {
+    let Some(checkpoint) = first else {
         session_stop.cancel();
         upstream.await.context("the parent's session panicked")??;
         return if shutdown.is_cancelled() {
@@ -51,6 +51,8 @@ pub(crate) async fn run(config: Config, shutdown: CancellationToken) -> anyhow::
     };
     let (parent_tx, parent_rx) = mpsc::channel(16);
     let fallback = config.rounds.round_deadline;
+    // What the parent trains; a rejoin that announces anything else ends the relay.
+    let (spec, fingerprint) = (checkpoint.spec.clone(), checkpoint.params.fingerprint);
     let server = match bind_edge(config, checkpoint, parent_rx).await {
         Ok(server) => server,
         Err(error) => {
@@ -70,16 +72,16 @@ pub(crate) async fn run(config: Config, shutdown: CancellationToken) -> anyhow::
     served.map(Some)
 }
 
-/// Waits for the parent's `Welcome` and first model: its spec, layout and the starting state.
-async fn first_model(learner: &mut mpsc::Receiver<LearnerRequest>) -> Option<(ModelSpec, Fingerprint, Checkpoint)> {
+/// Waits for the parent's `Welcome` and first model: the starting state (the session has
+/// checked the model against the announced layout).
+async fn first_model(learner: &mut mpsc::Receiver<LearnerRequest>) -> Option<Checkpoint> {
     let mut welcomed = None;
     while let Some(request) = learner.recv().await {
         match request {
-            LearnerRequest::Welcome { spec, fingerprint } => welcomed = Some((spec, fingerprint)),
+            LearnerRequest::Welcome { spec, .. } => welcomed = Some(spec),
             LearnerRequest::Adopt { model_version, round, params, .. } => {
-                let Some((spec, fingerprint)) = welcomed.clone() else { continue };
-                let checkpoint = Checkpoint { round, model_version, ..Checkpoint::initial(spec.clone(), params) };
-                return Some((spec, fingerprint, checkpoint));
+                let Some(spec) = welcomed.clone() else { continue };
+                return Some(Checkpoint { round, model_version, ..Checkpoint::initial(spec, params) });
             }
             // Asked before the aggregator serves anyone: the request lapses.
             LearnerRequest::Update { round, .. } => tracing::debug!(round, "parent's request before the first model"),
