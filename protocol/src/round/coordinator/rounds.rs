@@ -225,10 +225,14 @@ impl Coordinator {
             return self.end_cohort_round();
         }
         let Some(active) = self.scheduler.take_active() else { return };
-        // Aggregators that let the request lapse are passed over by redirects until they answer.
-        for (conn, _) in active.answers.iter().filter(|(_, answer)| **answer == Answer::Pending) {
-            if let Some(announced) = self.announced.get_mut(conn) {
-                announced.silent = true;
+        // Aggregators that let the request lapse are passed over by redirects until they
+        // answer. A round ended early (every answer in, or the quorum out of reach) leaves
+        // nobody silent: those still pending had time left.
+        if now >= active.deadline {
+            for (conn, _) in active.answers.iter().filter(|(_, answer)| **answer == Answer::Pending) {
+                if let Some(announced) = self.announced.get_mut(conn) {
+                    announced.silent = true;
+                }
             }
         }
         let Some(rounds) = self.scheduler.rounds_mut() else { return };

@@ -291,6 +291,30 @@ fn a_root_redirects_clients_to_its_aggregators_passing_over_a_silent_one() {
     assert!(events(&mut root).iter().any(|e| matches!(e, CoordinatorEvent::ProtocolViolation { .. })));
 }
 
+/// A round that ends early because one aggregator declined (the quorum out of reach) does not
+/// make the others silent: they still had time. Marking them so once sent every later client
+/// to the aggregators that had declined, which never reached their own quorum again.
+#[test]
+fn aggregators_still_answering_when_a_round_ends_early_are_not_passed_over() {
+    let t0 = Instant::now();
+    let aggregator_tokens = AGGREGATOR_TOKENS.iter().map(|t| t.to_string()).collect();
+    let config =
+        CoordinatorConfig { hierarchy: Hierarchy::Root { aggregator_tokens, redirect_clients: true }, ..config(2) };
+    let mut root = coordinator(config);
+    join_with_token(&mut root, 1, AGGREGATOR_TOKENS[0], t0);
+    join_with_token(&mut root, 2, AGGREGATOR_TOKENS[1], t0);
+    root.handle_message(ConnectionId(1), serving("10.0.0.1:4433"), t0);
+    root.handle_message(ConnectionId(2), serving("10.0.0.2:4433"), t0);
+    assert!(events(&mut root).iter().any(|e| matches!(e, CoordinatorEvent::RoundStarted { round: 1, .. })));
+    transmits(&mut root);
+    let declined = ClientMessage::Error { code: ErrorCode::Declined, message: "below my quorum".into() };
+    root.handle_message(ConnectionId(1), declined, t0);
+    assert!(events(&mut root).iter().any(|e| matches!(e, CoordinatorEvent::RoundFailed { round: 1, .. })));
+    // Both answered or had time left: the latest announced is still the first choice.
+    assert_eq!(redirected(&mut root, 3, t0), "10.0.0.2:4433");
+    assert_eq!(redirected(&mut root, 4, t0), "10.0.0.1:4433");
+}
+
 #[test]
 fn rounds_whose_clients_all_decline_fail_at_once_but_do_not_follow_back_to_back() {
     let t0 = Instant::now();
