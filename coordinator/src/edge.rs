@@ -33,6 +33,8 @@ pub(crate) async fn run(config: Config, shutdown: CancellationToken) -> anyhow::
     session.auth_token = Some(parent.token.clone());
     session.max_frame = config.max_frame;
     session.announce = parent.advertise.clone();
+    // The parent notices this aggregator gone within seconds and stops redirecting to it.
+    session.tuning = session.tuning.with_idle_timeout(flotilla_net::transport::UPSTREAM_IDLE_TIMEOUT);
     let session_stop = CancellationToken::new();
     let upstream = tokio::spawn(run_client_session(session, learner_tx, session_stop.clone()));
     tracing::info!(parent = %parent.addr, "waiting for the parent's model");

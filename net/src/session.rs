@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::tls::{self, ClientTls};
-use crate::transport::Tuning;
+use crate::transport::{AGGREGATOR_IDLE_TIMEOUT, Tuning};
 
 mod connection;
 
@@ -178,15 +178,16 @@ enum Outcome {
     LearnerGone,
     /// Refused for good.
     Refused(SessionRefused),
-    /// Lost or closed; worth retrying. `welcomed` resets the backoff.
-    Lost { reason: String, welcomed: bool },
+    /// Lost or closed; worth retrying. `welcomed` resets the backoff; `silent`: the peer
+    /// stopped answering (a handshake or idle timeout) rather than closing or resetting.
+    Lost { reason: String, welcomed: bool, silent: bool },
     /// Sent to an edge aggregator instead of being welcomed.
     Redirected(flotilla_protocol::wire::Endpoint),
 }
 
 /// Where one connection attempt goes: the configured coordinator, or the aggregator it
 /// redirected this client to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct Target {
     addr: SocketAddr,
     server_name: String,
@@ -194,6 +195,16 @@ struct Target {
     /// [`AWAY_CONNECT_TIMEOUT`] for an aggregator it redirected to (a dead one does not answer,
     /// and the client should soon ask its coordinator again).
     connect_timeout: Duration,
+    /// The connection's own client configuration: at an aggregator, one whose idle timeout is
+    /// [`AGGREGATOR_IDLE_TIMEOUT`]; `None` at the coordinator (the endpoint's default).
+    transport: Option<quinn::ClientConfig>,
+}
+
+impl Target {
+    /// An aggregator the coordinator redirected this client to.
+    fn is_away(&self) -> bool {
+        self.transport.is_some()
+    }
 }
 
 /// Longest handshake wait at an aggregator the coordinator redirected this client to.
@@ -221,11 +232,15 @@ pub async fn run_client_session(
         addr: config.server_addr,
         server_name: config.server_name.clone(),
         connect_timeout: config.connect_timeout,
+        transport: None,
     };
+    let away_tuning = config.tuning.with_idle_timeout(AGGREGATOR_IDLE_TIMEOUT);
+    let away_transport =
+        tls::quic_client_config(&config.tls, ALPN, &away_tuning).context("client TLS configuration")?;
     let mut target = home.clone();
     let (mut redirects, mut away_failures) = (0u32, 0u32);
     let result = loop {
-        let (reason, welcomed) = match connection::attempt(&endpoint, &config, &target, &learner, &shutdown).await {
+        let reason = match connection::attempt(&endpoint, &config, &target, &learner, &shutdown).await {
             Outcome::Shutdown | Outcome::LearnerGone => break Ok(()),
             Outcome::Refused(refused) => {
                 tracing::error!(code = %refused.code, message = %refused.message, "coordinator refused this client");
@@ -236,32 +251,41 @@ pub async fn run_client_session(
                 match tokio::net::lookup_host(to.address.as_str()).await.map(|mut addrs| addrs.next()) {
                     Ok(Some(addr)) if redirects <= MAX_REDIRECTS => {
                         let connect_timeout = config.connect_timeout.min(AWAY_CONNECT_TIMEOUT);
-                        target = Target { addr, server_name: to.server_name, connect_timeout };
+                        let transport = Some(away_transport.clone());
+                        target = Target { addr, server_name: to.server_name, connect_timeout, transport };
                         away_failures = 0;
                         continue;
                     }
-                    Ok(Some(_)) => (format!("redirected {redirects} times in a row"), false),
+                    Ok(Some(_)) => format!("redirected {redirects} times in a row"),
                     Ok(None) | Err(_) => {
                         target = home.clone();
-                        (format!("redirected to {:?}, which resolves to no address", to.address), false)
+                        format!("redirected to {:?}, which resolves to no address", to.address)
                     }
                 }
             }
-            Outcome::Lost { reason, welcomed } => (reason, welcomed),
-        };
-        if welcomed {
-            failures = 0;
-            redirects = 0;
-            away_failures = 0;
-        }
-        if target != home {
-            away_failures += 1;
-            if away_failures >= AWAY_ATTEMPTS {
-                tracing::info!(aggregator = %target.addr, "the aggregator is away; asking the coordinator again");
-                target = home.clone();
-                away_failures = 0;
+            Outcome::Lost { reason, welcomed, silent } => {
+                if welcomed {
+                    failures = 0;
+                    redirects = 0;
+                    away_failures = 0;
+                }
+                // A restarted aggregator resets the connection at once: worth another try. A
+                // silent one (a handshake or idle timeout) is likely dead: ask the coordinator.
+                if target.is_away() {
+                    away_failures = if silent { AWAY_ATTEMPTS } else { away_failures + 1 };
+                    if away_failures >= AWAY_ATTEMPTS {
+                        tracing::info!(aggregator = %target.addr, %reason, "the aggregator is away; asking the coordinator again");
+                        target = home.clone();
+                        away_failures = 0;
+                        if silent {
+                            // Its silence already took the idle timeout; no backoff on top.
+                            failures = 0;
+                        }
+                    }
+                }
+                reason
             }
-        }
+        };
         let delay = config.backoff.delay(failures);
         failures = failures.saturating_add(1);
         tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "no session with the coordinator");

@@ -19,10 +19,20 @@ use quinn::{
 /// Per-connection send window: 32 MiB (what may be unacknowledged; the data itself is the
 /// shared model frame, not a copy per connection).
 pub const SEND_WINDOW: u64 = 32 << 20;
-/// Interval between keep-alive packets on an otherwise quiet connection.
+/// Longest interval between keep-alive packets on an otherwise quiet connection (a quarter
+/// of the idle timeout when that is shorter than 8 s).
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
-/// A connection silent for this long is considered lost.
+/// A connection silent for this long is considered lost (the default; QUIC takes the
+/// smaller of the two sides' values).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The idle timeout of links whose loss should be noticed within seconds: a client's
+/// connection to the edge aggregator its coordinator redirected it to (a silent one sends it
+/// back to the coordinator for another).
+pub const AGGREGATOR_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The idle timeout an edge aggregator proposes on its link to its parent: the parent stops
+/// redirecting clients to a dead aggregator once this link times out, before those clients'
+/// own links to it do ([`AGGREGATOR_IDLE_TIMEOUT`]) and they ask the parent again.
+pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// quinn's default ceiling for MTU discovery: fits Ethernet's 1,500-byte MTU over IPv4 and IPv6.
 pub const ETHERNET_UDP_PAYLOAD: u16 = 1452;
 /// Largest UDP payload for which segmentation offload stays on: quinn hands the kernel up to
@@ -60,6 +70,9 @@ pub struct Tuning {
     /// life, so a coordinator holding thousands of connections trades a little throughput
     /// for memory with a smaller value.
     pub gso_segments: usize,
+    /// How long a silent connection is kept before it is considered lost (at least 1 s);
+    /// keep-alives go out at a quarter of it, at most every [`KEEP_ALIVE_INTERVAL`].
+    pub idle_timeout: Duration,
 }
 
 impl Tuning {
@@ -69,6 +82,7 @@ impl Tuning {
         stream_receive_window: 16 << 20,
         max_udp_payload: ETHERNET_UDP_PAYLOAD,
         gso_segments: MAX_GSO_SEGMENTS,
+        idle_timeout: IDLE_TIMEOUT,
     };
 
     /// The coordinator: `idle_window` per connection (enough for control messages and small
@@ -79,12 +93,24 @@ impl Tuning {
             stream_receive_window: upload_window,
             max_udp_payload,
             gso_segments: gso_segments.clamp(1, MAX_GSO_SEGMENTS),
+            idle_timeout: IDLE_TIMEOUT,
         }
     }
 
     /// This tuning with another MTU ceiling (clamped to 1200..=[`MAX_UDP_PAYLOAD`]).
     pub fn with_max_udp_payload(self, bytes: u16) -> Tuning {
         Tuning { max_udp_payload: bytes.clamp(1200, MAX_UDP_PAYLOAD), ..self }
+    }
+
+    /// This tuning with another idle timeout (at least 1 s, at most [`IDLE_TIMEOUT`]).
+    pub fn with_idle_timeout(self, idle: Duration) -> Tuning {
+        Tuning { idle_timeout: idle.clamp(Duration::from_secs(1), IDLE_TIMEOUT), ..self }
+    }
+
+    /// The interval between keep-alives: a quarter of the idle timeout, at most
+    /// [`KEEP_ALIVE_INTERVAL`], so three in a row may be lost before the link is.
+    pub fn keep_alive_interval(&self) -> Duration {
+        (self.idle_timeout / 4).min(KEEP_ALIVE_INTERVAL)
     }
 }
 
@@ -103,13 +129,14 @@ pub fn transport_config(tuning: &Tuning) -> TransportConfig {
         .stream_receive_window(VarInt::from_u32(tuning.stream_receive_window))
         .receive_window(VarInt::from_u32(tuning.receive_window))
         .send_window(SEND_WINDOW)
-        .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
+        .keep_alive_interval(Some(tuning.keep_alive_interval()))
         .max_concurrent_bidi_streams(VarInt::from_u32(1))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         // Flotilla sends no unreliable datagrams: a peer's DATAGRAM frames are refused, never buffered.
         .datagram_receive_buffer_size(None);
-    // 10 s fits in a VarInt of milliseconds; the fallback only guards a future edit.
-    let idle = IdleTimeout::try_from(IDLE_TIMEOUT).unwrap_or(IdleTimeout::from(VarInt::from_u32(10_000)));
+    // At most 10 s (`with_idle_timeout`'s clamp; the constants are no more) fits in a VarInt
+    // of milliseconds; the fallback only guards a future edit.
+    let idle = IdleTimeout::try_from(tuning.idle_timeout).unwrap_or(IdleTimeout::from(VarInt::from_u32(10_000)));
     config.max_idle_timeout(Some(idle));
     let ceiling = tuning.max_udp_payload.clamp(1200, MAX_UDP_PAYLOAD);
     let mut mtu = MtuDiscoveryConfig::default();
@@ -227,5 +254,14 @@ mod tests {
         assert_eq!(Tuning::CLIENT.with_max_udp_payload(u16::MAX).max_udp_payload, MAX_UDP_PAYLOAD);
         assert_eq!(Tuning::coordinator(32 << 10, 4 << 20, 65_000, 0).gso_segments, 1);
         assert_eq!(Tuning::coordinator(32 << 10, 4 << 20, 65_000, 99).gso_segments, MAX_GSO_SEGMENTS);
+    }
+
+    #[test]
+    fn keep_alives_fit_the_idle_timeout() {
+        assert_eq!(Tuning::CLIENT.keep_alive_interval(), KEEP_ALIVE_INTERVAL);
+        let away = Tuning::CLIENT.with_idle_timeout(AGGREGATOR_IDLE_TIMEOUT);
+        assert_eq!(away.keep_alive_interval(), Duration::from_millis(750));
+        assert_eq!(Tuning::CLIENT.with_idle_timeout(Duration::ZERO).idle_timeout, Duration::from_secs(1));
+        assert_eq!(Tuning::CLIENT.with_idle_timeout(Duration::from_secs(60)).idle_timeout, IDLE_TIMEOUT);
     }
 }

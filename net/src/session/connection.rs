@@ -50,17 +50,21 @@ pub(super) async fn attempt(
     learner: &mpsc::Sender<LearnerRequest>,
     shutdown: &CancellationToken,
 ) -> Outcome {
-    let lost = |reason: String| Outcome::Lost { reason, welcomed: false };
-    let connecting = match endpoint.connect(target.addr, &target.server_name) {
+    let lost = |reason: String, silent: bool| Outcome::Lost { reason, welcomed: false, silent };
+    let connecting = match &target.transport {
+        Some(client_config) => endpoint.connect_with(client_config.clone(), target.addr, &target.server_name),
+        None => endpoint.connect(target.addr, &target.server_name),
+    };
+    let connecting = match connecting {
         Ok(connecting) => connecting,
-        Err(error) => return lost(format!("cannot connect to {}: {error}", target.addr)),
+        Err(error) => return lost(format!("cannot connect to {}: {error}", target.addr), false),
     };
     let connection = tokio::select! {
         () = shutdown.cancelled() => return Outcome::Shutdown,
         result = tokio::time::timeout(target.connect_timeout, connecting) => match result {
             Ok(Ok(connection)) => connection,
             Ok(Err(error)) => return connection_lost(error, false),
-            Err(_) => return lost(format!("handshake with {} timed out", target.addr)),
+            Err(_) => return lost(format!("handshake with {} timed out", target.addr), true),
         },
     };
     let (send, recv) = match connection.open_bi().await {
@@ -83,7 +87,8 @@ pub(super) async fn attempt(
     link.relay(FrameReader::new(recv, config.max_frame), learner, shutdown).await
 }
 
-/// Maps a lost connection to an outcome; a close code meaning "refused" is fatal.
+/// Maps a lost connection to an outcome; a close code meaning "refused" is fatal, a timeout
+/// means the peer went silent.
 fn connection_lost(error: ConnectionError, welcomed: bool) -> Outcome {
     if let ConnectionError::ApplicationClosed(close) = &error
         && let Some(code) = error_of_close_code(close.error_code)
@@ -92,7 +97,8 @@ fn connection_lost(error: ConnectionError, welcomed: bool) -> Outcome {
         let message = String::from_utf8_lossy(&close.reason).into_owned();
         return Outcome::Refused(SessionRefused { code, message });
     }
-    Outcome::Lost { reason: format!("connection lost: {error}"), welcomed }
+    let silent = matches!(error, ConnectionError::TimedOut);
+    Outcome::Lost { reason: format!("connection lost: {error}"), welcomed, silent }
 }
 
 /// The live state of one connection.
@@ -194,7 +200,8 @@ impl Link<'_> {
     }
 
     fn lost(&self, reason: String) -> Outcome {
-        Outcome::Lost { reason, welcomed: self.welcomed }
+        let silent = matches!(self.connection.close_reason(), Some(ConnectionError::TimedOut));
+        Outcome::Lost { reason, welcomed: self.welcomed, silent }
     }
 
     /// A refusal read before the connection dropped wins over the drop itself.
