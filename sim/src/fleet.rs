@@ -165,6 +165,20 @@ impl Slot {
     }
 }
 
+/// What a client's log says when it reaches a coordinator (followed by its address) and when
+/// that coordinator welcomes it.
+const CONNECTED: &str = "connected to the coordinator server=";
+const JOINED: &str = " joined client_id=";
+
+/// Where one client's log stood when its aggregator was killed.
+struct Watch {
+    slot: usize,
+    /// Its process then (a later process's log is read whole).
+    process: u32,
+    /// The log's length then, bytes.
+    offset: usize,
+}
+
 /// A UDP port on 127.0.0.1 that was free a moment ago.
 pub fn free_udp_port() -> anyhow::Result<u16> {
     let socket = UdpSocket::bind("127.0.0.1:0").context("binding an ephemeral UDP port")?;
@@ -256,6 +270,38 @@ impl Fleet<'_> {
             .is_some_and(|p| std::fs::read_to_string(&p.log).is_ok_and(|text| text.contains("the stream ended")))
     }
 
+    /// Where the logs of the running clients last connected to `port` stand now.
+    fn watch_clients_of(&self, port: u16) -> Vec<Watch> {
+        let address = format!("127.0.0.1:{port}");
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, s)| {
+                let text = std::fs::read_to_string(&s.proc.as_ref()?.log).ok()?;
+                let last = text.lines().rev().find_map(|line| line.split_once(CONNECTED).map(|(_, to)| to.trim()));
+                (last == Some(address.as_str())).then_some(Watch { slot, process: s.processes, offset: text.len() })
+            })
+            .collect()
+    }
+
+    /// Whether the watched client joined a coordinator other than `root` since the watch
+    /// began (in a later process's log, at any point).
+    fn rejoined_away(&self, watch: &Watch, root: &str) -> bool {
+        let slot = &self.slots[watch.slot];
+        let Some(proc) = &slot.proc else { return false };
+        let Ok(text) = std::fs::read_to_string(&proc.log) else { return false };
+        let offset = if slot.processes == watch.process { watch.offset } else { 0 };
+        let mut server = None;
+        for line in text.get(offset..).unwrap_or_default().lines() {
+            if let Some((_, to)) = line.split_once(CONNECTED) {
+                server = Some(to.trim());
+            } else if line.contains(JOINED) && server.is_some_and(|to| to != root) {
+                return true;
+            }
+        }
+        false
+    }
+
     fn running(&self) -> usize {
         self.slots.iter().filter(|s| s.proc.is_some()).count()
     }
@@ -275,6 +321,7 @@ impl Fleet<'_> {
 /// timeout passes), then stops every process it started and collects their reports.
 pub fn run(config: &FleetConfig, interrupt: &Interrupt) -> anyhow::Result<FleetOutcome> {
     let port = free_udp_port()?;
+    let root_address = format!("127.0.0.1:{port}");
     let data_dir = config.dir.join("coordinator");
     let logs = config.dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
@@ -416,8 +463,9 @@ pub fn run(config: &FleetConfig, interrupt: &Interrupt) -> anyhow::Result<FleetO
     // The killed aggregator's restart: when it is due, then when it was restarted.
     let mut aggregator_back: Option<Instant> = None;
     let mut aggregator_restarted: Option<Instant> = None;
-    // When the aggregator was killed, until every client is back with one.
-    let mut aggregator_kill: Option<Instant> = None;
+    // When the aggregator was killed and the clients it held then (with where their logs
+    // stood), until every one of them is back with an aggregator.
+    let mut aggregator_kill: Option<(Instant, Vec<Watch>)> = None;
     let mut seen = 0usize;
     let mut last_commit = Instant::now();
     let stall = config.round_deadline + config.round_interval + Duration::from_secs(3);
@@ -524,12 +572,13 @@ pub fn run(config: &FleetConfig, interrupt: &Interrupt) -> anyhow::Result<FleetO
             aggregator_restarted = Some(Instant::now());
             fleet.event(records.len(), "aggregator0 restarted".into());
         }
-        if let Some(killed_at) = aggregator_kill {
-            // Clients joined to an aggregator (the restarted one, or another by redirect).
-            let joined: u64 =
-                aggregators.iter().filter(|a| a.proc.is_some()).map(|a| joined_from_log(&a.log).unwrap_or(0)).sum();
-            let running = fleet.running() as u64;
-            if joined >= running {
+        if let Some((killed_at, watches)) = &aggregator_kill {
+            // The killed aggregator's clients joined to an aggregator since (the restarted one,
+            // or another by redirect), counted from their own logs: a coordinator's join lines
+            // are rate-limited per address, and on loopback every client shares one.
+            let (killed_at, victims) = (*killed_at, watches.len());
+            let back = watches.iter().filter(|w| fleet.rejoined_away(w, root_address.as_str())).count();
+            if back >= victims {
                 aggregator_kill = None;
                 let since_kill = killed_at.elapsed().as_secs_f64();
                 let how = match aggregator_restarted {
@@ -538,11 +587,11 @@ pub fn run(config: &FleetConfig, interrupt: &Interrupt) -> anyhow::Result<FleetO
                 };
                 fleet.event(
                     records.len(),
-                    format!("all {joined} clients back with an aggregator {since_kill:.1} s after the kill ({how})"),
+                    format!("all {victims} clients back with an aggregator {since_kill:.1} s after the kill ({how})"),
                 );
             } else if killed_at.elapsed() > Duration::from_secs(60) {
                 aggregator_kill = None;
-                fleet.event(records.len(), format!("only {joined} of {running} clients back within 60 s of the kill"));
+                fleet.event(records.len(), format!("only {back} of {victims} clients back within 60 s of the kill"));
             }
         }
         if !aggregator_killed && seen >= kill_at {
@@ -551,7 +600,8 @@ pub fn run(config: &FleetConfig, interrupt: &Interrupt) -> anyhow::Result<FleetO
                 p.kill();
             }
             aggregator_back = Some(now + config.offline_for);
-            aggregator_kill = Some(Instant::now());
+            let victims = fleet.watch_clients_of(aggregators[0].port);
+            aggregator_kill = Some((Instant::now(), victims));
             fleet.event(seen, "aggregator0 SIGKILLed (restarts on its data dir)".into());
         }
         for aggregator in &mut aggregators {

@@ -155,3 +155,41 @@ fn a_fleet_through_edge_aggregators_learns_and_survives_a_killed_aggregator() {
     assert!(seconds <= 5.0, "{back}");
     assert_eq!(report["config"]["topology"], "2x2");
 }
+
+/// With `--redirect` every client joins the root, which sends it to an aggregator; when one
+/// aggregator dies and stays dead, its clients notice it fall silent (a 3 s idle timeout on
+/// their links to aggregators, 2 s on the aggregators' links to the root) and the root sends
+/// them to the other one, well before QUIC's default 10 s idle timeout would.
+#[test]
+fn clients_of_a_dead_aggregator_are_redirected_to_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    let report = run_fleet(
+        &out,
+        &[
+            "--topology",
+            "2x2",
+            "--redirect",
+            "--kill-aggregator",
+            "--rounds",
+            "40",
+            "--rate",
+            "5",
+            "--round-deadline",
+            "3s",
+            "--offline-for",
+            "60s",
+            "--partition",
+            "iid",
+        ],
+    );
+    let events: Vec<String> =
+        report["events"].as_array().unwrap().iter().map(|e| e["what"].as_str().unwrap().to_string()).collect();
+    let back = events.iter().find(|e| e.contains("clients back")).unwrap_or_else(|| panic!("{events:?}"));
+    assert!(back.contains("redirected by the root before aggregator0's restart"), "{back}");
+    let seconds: f64 =
+        back.split(" after the kill (").next().and_then(|t| t.rsplit(' ').nth(1)).unwrap().parse().unwrap();
+    // Loose on a loaded machine, but below the 10 s a default idle timeout alone would take.
+    assert!(seconds < 9.0, "{back}");
+    assert!(report["summary"]["rounds_committed"].as_u64().unwrap() >= 30, "{}", report["summary"]);
+}
