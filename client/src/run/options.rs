@@ -47,6 +47,13 @@ pub struct RunOptions {
     /// Learn at most this many samples per second (emulates a live stream) [default: as fast as possible].
     #[arg(long, value_name = "N")]
     pub rate: Option<f64>,
+    /// Learn at most N rows on each global model, then wait for the next one. A round's request
+    /// is answered once those rows are learnt (or the stream ends, or the request's deadline
+    /// is near). Bounds the device's work per round, and makes runs reproducible: when every
+    /// client takes part in every round (`--min-clients` = all at the coordinator), the same
+    /// data gives the same models whatever the timing [default: no limit].
+    #[arg(long, value_name = "N")]
+    pub rows_per_round: Option<u64>,
     /// This client's name in both sides' logs [default: the host name and process id].
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
@@ -156,6 +163,8 @@ pub struct RunConfig {
     pub follow: bool,
     /// Samples per second to learn at most (none: as fast as the stream comes).
     pub rate: Option<f64>,
+    /// Rows learnt at most on each global model (none: no limit).
+    pub rows_per_round: Option<u64>,
     /// This client's name in the coordinator's logs.
     pub name: String,
     /// Where the learner's state is kept across restarts.
@@ -204,6 +213,9 @@ impl RunOptions {
         if o.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
             bail!("--rate must be a positive number of samples per second");
         }
+        if o.rows_per_round == Some(0) {
+            bail!("--rows-per-round must be at least 1 (leave it out for no limit)");
+        }
         let defaults = PersonalConfig::default();
         let personal = PersonalConfig {
             enabled: !o.no_personalise,
@@ -242,6 +254,7 @@ impl RunOptions {
             data: o.data.context("--data SOURCE is required (a CSV file or - for stdin)")?,
             follow: o.follow,
             rate,
+            rows_per_round: o.rows_per_round,
             name: o.name.unwrap_or_else(default_name),
             state_dir: o.state_dir,
             checkpoint_every: o.checkpoint_every.unwrap_or(1000).max(1),
@@ -288,6 +301,18 @@ mod tests {
         let missing = RunOptions { data: Some("x.csv".into()), ..RunOptions::default() }.resolve().unwrap_err();
         assert!(missing.to_string().contains("--coordinator"), "{missing}");
         assert!(toml::from_str::<RunOptions>("no-such-key = 1").is_err());
+    }
+
+    #[test]
+    fn rows_per_round_is_read_from_the_file_and_zero_is_refused() {
+        let base = "coordinator = \"127.0.0.1:4433\"\nca = \"ca.pem\"\ndata = \"x.csv\"\n";
+        let options: RunOptions = toml::from_str(&format!("{base}rows-per-round = 3\n")).unwrap();
+        assert_eq!(options.resolve().unwrap().rows_per_round, Some(3));
+        let options: RunOptions = toml::from_str(base).unwrap();
+        assert_eq!(options.resolve().unwrap().rows_per_round, None);
+        let zero: RunOptions = toml::from_str(&format!("{base}rows-per-round = 0\n")).unwrap();
+        let error = zero.resolve().unwrap_err();
+        assert!(error.to_string().contains("--rows-per-round"), "{error}");
     }
 
     /// The edge guide's example file (deploy/edge/client.toml) is a valid configuration; the

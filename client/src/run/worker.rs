@@ -14,6 +14,7 @@ use flotilla_learner::personal::PersonalConfig;
 use flotilla_net::LearnerRequest;
 use flotilla_protocol::model::ModelSpec;
 use flotilla_protocol::model::Prediction;
+use flotilla_protocol::wire::Contribution;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +25,9 @@ use super::source::{self, Row};
 pub const STATE_FILE: &str = "client-state.bin";
 /// Longest wait for a row before the session's requests are looked at again.
 const POLL: Duration = Duration::from_millis(10);
+/// With `--rows-per-round`, a deferred request is answered this long before its deadline at
+/// the latest, with the rows learnt so far.
+const DEFERRAL_MARGIN: Duration = Duration::from_millis(300);
 
 /// What the learner did, for the exit report.
 /// A prediction request from the device's HTTP API, answered between two rows.
@@ -71,6 +75,14 @@ struct Worker {
     learnt: u64,
     contributions: u64,
     started: Instant,
+    /// With `--rows-per-round`: rows still to learn on the current global model (0 before
+    /// the first one arrives).
+    rows_left: u64,
+    /// With `--rows-per-round`: the round's request, held until those rows are learnt.
+    deferred: Option<LearnerRequest>,
+    /// With `--rows-per-round`: the last contribution and the model it rests on, offered
+    /// again when a later round asks on the same model (the round it went to failed).
+    sent: Option<(u64, Contribution)>,
     /// Where each row's prediction goes (`--predictions`).
     predictions: Option<Box<dyn Write + Send>>,
     /// The device's HTTP API's requests, when it serves one.
@@ -97,6 +109,9 @@ pub fn run(
         learnt: 0,
         contributions: 0,
         started: Instant::now(),
+        rows_left: 0,
+        deferred: None,
+        sent: None,
         predictions,
         jobs,
     };
@@ -135,10 +150,18 @@ impl Worker {
                 }
             }
             self.answer_jobs();
+            if self.deferral_due()
+                && let Some(request) = self.deferred.take()
+            {
+                // Its rows are learnt, or it is answered early (the stream ended, the deadline
+                // is near): either way no more rows on this model.
+                self.rows_left = 0;
+                self.answer_lockstep(request)?;
+            }
             if self.stop.is_cancelled() {
                 return Ok(());
             }
-            if self.learner.is_none() || self.ended || self.over_rate() {
+            if self.learner.is_none() || self.ended || self.over_rate() || self.out_of_rows() {
                 // Idle: wait for a prediction request rather than sleep through it.
                 match self.jobs.as_ref().map(|jobs| jobs.recv_timeout(POLL)) {
                     Some(Ok(job)) => self.answer_job(job),
@@ -168,6 +191,20 @@ impl Worker {
         let _ = job.reply.send(answer);
     }
 
+    /// `--rows-per-round`'s rows on the current model are all learnt.
+    fn out_of_rows(&self) -> bool {
+        self.config.rows_per_round.is_some() && self.rows_left == 0
+    }
+
+    /// Whether the deferred request should be answered now: its rows are learnt, the stream
+    /// ended, or its deadline is near.
+    fn deferral_due(&self) -> bool {
+        let Some(LearnerRequest::Update { deadline, .. }) = &self.deferred else { return false };
+        self.rows_left == 0
+            || self.ended
+            || deadline.is_some_and(|deadline| Instant::now() + DEFERRAL_MARGIN >= deadline)
+    }
+
     fn over_rate(&self) -> bool {
         self.config.rate.is_some_and(|rate| self.learnt as f64 > rate * self.started.elapsed().as_secs_f64())
     }
@@ -194,6 +231,7 @@ impl Worker {
                     out.flush().context("writing --predictions")?;
                 }
                 self.learnt += 1;
+                self.rows_left = self.rows_left.saturating_sub(1);
                 if self.learnt.is_multiple_of(self.config.checkpoint_every) {
                     self.save()?;
                 }
@@ -212,11 +250,53 @@ impl Worker {
     }
 
     fn handle(&mut self, request: LearnerRequest) -> anyhow::Result<()> {
+        if matches!(request, LearnerRequest::Update { .. })
+            && self.config.rows_per_round.is_some()
+            && self.rows_left > 0
+            && !self.ended
+        {
+            // Answered once this model's rows are learnt; a newer request replaces an older one
+            // (whose reply, dropped, tells the session there is nothing for it).
+            self.deferred = Some(request);
+            return Ok(());
+        }
+        if self.config.rows_per_round.is_some() {
+            return self.answer_lockstep(request);
+        }
+        self.answer_now(request)
+    }
+
+    /// With `--rows-per-round`, an update request whose rows are learnt: the contribution is
+    /// kept, and a later request on the same model (its round failed; nothing was learnt
+    /// since) gets it again, so a failed round costs no client its rows.
+    fn answer_lockstep(&mut self, request: LearnerRequest) -> anyhow::Result<()> {
+        let LearnerRequest::Update { round, model_version, reply, keep_pruned, deadline } = request else {
+            return self.answer_now(request);
+        };
+        if let Some((_, contribution)) = self.sent.as_ref().filter(|(version, _)| *version == model_version) {
+            tracing::debug!(round, model_version, "the same model again: the last update offered again");
+            let _ = reply.send(contribution.clone());
+            return Ok(());
+        }
+        let (mine, mut answer) = tokio::sync::oneshot::channel();
+        self.answer_now(LearnerRequest::Update { round, model_version, reply: mine, keep_pruned, deadline })?;
+        if let Ok(contribution) = answer.try_recv() {
+            self.sent = Some((model_version, contribution.clone()));
+            let _ = reply.send(contribution);
+        }
+        Ok(())
+    }
+
+    fn answer_now(&mut self, request: LearnerRequest) -> anyhow::Result<()> {
         match answer(&mut self.learner, &self.device, request, self.config.attack, self.config.personal)? {
-            Answer::NewLearner => self.rows = None,
+            Answer::NewLearner => {
+                self.rows = None;
+                self.rows_left = 0;
+            }
             Answer::Adopted => {
                 let version = self.learner.as_ref().and_then(LocalLearner::base_version);
                 tracing::info!(model_version = version, "global model adopted");
+                self.rows_left = self.config.rows_per_round.unwrap_or(0);
                 self.save()?;
             }
             Answer::Contributed => {

@@ -81,8 +81,8 @@ struct FleetReport {
 /// Runs the virtual fleet until SIGINT/SIGTERM or `--duration`.
 pub fn run(args: FleetArgs) -> anyhow::Result<()> {
     let config = args.run.resolve()?;
-    if config.state_dir.is_some() || config.follow {
-        bail!("--state-dir and --follow are for the daemon (`run`), not for virtual clients");
+    if config.state_dir.is_some() || config.follow || config.rows_per_round.is_some() {
+        bail!("--state-dir, --follow and --rows-per-round are for the daemon (`run`), not for virtual clients");
     }
     let streams = split_stream(&config.data, args.clients as usize)?;
     let device = compute::select(config.backend.0)?;
