@@ -82,6 +82,8 @@ pub struct FleetConfig {
     /// Every client joins the root, which redirects it to an aggregator (with `topology`;
     /// the aggregators share the root's development PKI).
     pub redirect: bool,
+    /// Rows each client learns on each global model (`--lockstep`); none: as the stream comes.
+    pub rows_per_round: Option<u64>,
 }
 
 /// Something the simulator did to the fleet.
@@ -247,6 +249,9 @@ impl Fleet<'_> {
             "--report".into(),
             slot.report_path(n).display().to_string(),
         ];
+        if let Some(rows) = self.config.rows_per_round {
+            args.extend(["--rows-per-round".into(), rows.to_string()]);
+        }
         // Honest clients run the production daemon; Byzantine ones the harness client.
         let binary = match &slot.attack {
             Some(attack) => {

@@ -127,6 +127,13 @@ struct Args {
     /// (with --topology; `flotilla-coordinator --redirect-clients` and `--advertise`).
     #[arg(long, requires = "topology")]
     redirect: bool,
+    /// Every client learns the same number of rows on each global model (the shortest
+    /// stream's rows / --rounds, at least 1: `flotilla-client run --rows-per-round`) and
+    /// answers each round once they are learnt. With every client in every round (the default
+    /// --min-clients without churn), runs that differ only in timing (flat against a tree, one
+    /// machine's load against another's) give the same models.
+    #[arg(long)]
+    lockstep: bool,
 }
 
 /// `400ms`, `5s`, `1.5s`, `2m`, or a bare number of seconds.
@@ -275,6 +282,8 @@ fn run(mut args: Args) -> anyhow::Result<()> {
             ((longest as f64 / (args.rounds as f64 * round_s)).ceil()).max(1.0)
         }
     };
+    let shortest = parts.clients.iter().map(Vec::len).min().unwrap_or(0);
+    let rows_per_round = args.lockstep.then(|| (shortest / args.rounds.max(1)).max(1) as u64);
     let online = args.clients - args.late_join;
     let away = (online as f64 * args.offline_fraction).ceil() as usize
         + usize::from(args.kill_restart)
@@ -328,6 +337,7 @@ fn run(mut args: Args) -> anyhow::Result<()> {
         topology: args.topology,
         kill_aggregator: args.kill_aggregator,
         redirect: args.redirect,
+        rows_per_round,
     };
     let outcome = fleet::run(&fleet_config, &interrupt)?;
     if outcome.rounds.is_empty() {
@@ -423,6 +433,7 @@ fn run(mut args: Args) -> anyhow::Result<()> {
         "topology": args.topology.map(|t| t.to_string()),
         "kill_aggregator": args.kill_aggregator,
         "redirect": args.redirect,
+        "rows_per_round": rows_per_round,
         "port": outcome.port,
     });
     let report = Report {

@@ -193,3 +193,29 @@ fn clients_of_a_dead_aggregator_are_redirected_to_another() {
     assert!(seconds < 9.0, "{back}");
     assert!(report["summary"]["rounds_committed"].as_u64().unwrap() >= 30, "{}", report["summary"]);
 }
+
+/// `--lockstep`: every client learns the same rows on each global model and every round waits
+/// for all of them, so the flat fleet and a tree of coordinators learn the same models, round
+/// by round, whatever the timing (the aggregation differs only in its order of summation).
+#[test]
+fn in_lockstep_a_tree_of_coordinators_learns_the_flat_fleets_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let common = ["--lockstep", "--rounds", "8", "--rate", "200"];
+    let flat = run_fleet(&dir.path().join("flat"), &common);
+    let tree = run_fleet(&dir.path().join("tree"), &[&common[..], &["--topology", "2x2"]].concat());
+    let rows = flat["config"]["rows_per_round"].as_u64().unwrap();
+    assert!(rows >= 1, "{}", flat["config"]);
+    let (flat, tree) = (flat["rounds"].as_array().unwrap(), tree["rounds"].as_array().unwrap());
+    assert_eq!(flat.len(), 8);
+    assert_eq!(tree.len(), 8);
+    let eval_rows = 250.0; // phishing.csv's held-back rows at the default --eval-fraction
+    for (f, t) in flat.iter().zip(tree) {
+        assert_eq!(f["participants"].as_u64(), Some(4), "{f}");
+        assert_eq!(t["participants"].as_u64(), Some(4), "{t}");
+        assert_eq!(f["samples"].as_u64(), Some(4 * rows), "each client learnt exactly its rows: {f}");
+        assert_eq!(t["samples"], f["samples"], "{t}");
+        let (fe, te) = (f["global_error_pct"].as_f64().unwrap(), t["global_error_pct"].as_f64().unwrap());
+        // At most one held-back row decided the other way by rounding.
+        assert!((fe - te).abs() <= 100.0 / eval_rows + 1e-9, "round {}: flat {fe} % vs tree {te} %", f["round"]);
+    }
+}
