@@ -125,9 +125,10 @@ pub struct Options {
     /// created once (a conditional put): two coordinators can never both commit a round.
     #[arg(long, value_name = "URL")]
     pub checkpoint_url: Option<String>,
-    /// Be one of several coordinators sharing a leader lease (`file:///abs/lease.json`, or an
-    /// object such as `s3://bucket/lease.json`): only the holder binds and serves; the others
-    /// stand by and take over, resuming from --checkpoint-url, when its lease expires.
+    /// Be one of several coordinators sharing a leader lease (a Kubernetes Lease
+    /// `k8s://NAMESPACE/NAME`, `file:///abs/lease.json`, or an object such as
+    /// `s3://bucket/lease.json`): only the holder binds and serves; the others stand by and
+    /// take over, resuming from --checkpoint-url, when its lease expires.
     #[arg(long, value_name = "URL")]
     pub lease_url: Option<String>,
     /// How long the lease lasts without renewal (renewed every quarter of it) [default: 15s].

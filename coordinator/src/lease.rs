@@ -9,6 +9,8 @@
 //!   `memory://` (one process: tests).
 //! - [`FileLease`]: a JSON file swapped under an exclusive `flock` on a lock file beside it:
 //!   coordinators on one host, or on a shared POSIX volume whose locks work across hosts.
+//! - `kubernetes::KubeLease` (feature `kubernetes`, on by default): a Kubernetes `Lease`
+//!   object, `k8s://NAMESPACE/NAME`, swapped by its `resourceVersion`.
 //!
 //! Expiry is judged by wall clocks: the hosts' clocks must agree to well within the lease
 //! duration (NTP does). An active coordinator that cannot renew stops serving before its lease
@@ -29,6 +31,9 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::store::{StoreError, open_url};
+
+#[cfg(feature = "kubernetes")]
+mod kubernetes;
 
 /// The stored state of a lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +92,8 @@ pub enum RecordVersion {
     Object(UpdateVersion),
     /// A file's exact bytes.
     File(Vec<u8>),
+    /// A Kubernetes object's `resourceVersion`.
+    Resource(String),
 }
 
 /// What went wrong with a lease.
@@ -111,6 +118,17 @@ pub enum LeaseError {
         /// Why.
         reason: String,
     },
+    /// The coordination service refused or failed an operation.
+    #[error("{operation} at {url}: {source}")]
+    Service {
+        /// What was being done.
+        operation: &'static str,
+        /// Where.
+        url: String,
+        /// The service's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A lease file or its lock failed.
     #[error("lease file {path}: {source}")]
     File {
@@ -132,8 +150,18 @@ pub trait LeaseBackend: Send + Sync + fmt::Display {
     async fn swap(&self, expected: Option<&RecordVersion>, record: &LeaseRecord) -> Result<bool, LeaseError>;
 }
 
-/// Opens the lease at `url`: `file:///…` is a [`FileLease`], anything else an [`ObjectLease`].
+/// Opens the lease at `url`: `file:///…` is a [`FileLease`], `k8s://NAMESPACE/NAME` a
+/// Kubernetes `Lease`, anything else an [`ObjectLease`].
 pub fn open(url: &str) -> Result<Arc<dyn LeaseBackend>, LeaseError> {
+    if url.starts_with("k8s://") {
+        #[cfg(feature = "kubernetes")]
+        return Ok(Arc::new(kubernetes::KubeLease::open(url)?));
+        #[cfg(not(feature = "kubernetes"))]
+        return Err(LeaseError::Store(StoreError::Url {
+            url: url.to_owned(),
+            reason: "this coordinator was built without the `kubernetes` feature".into(),
+        }));
+    }
     if let Ok(parsed) = Url::parse(url)
         && parsed.scheme() == "file"
     {
@@ -191,8 +219,8 @@ impl LeaseBackend for ObjectLease {
         let mode = match expected {
             None => PutMode::Create,
             Some(RecordVersion::Object(version)) => PutMode::Update(version.clone()),
-            // A file version cannot match an object: the record changed hands.
-            Some(RecordVersion::File(_)) => return Ok(false),
+            // Another backend's version cannot match an object: the record changed hands.
+            Some(RecordVersion::File(_) | RecordVersion::Resource(_)) => return Ok(false),
         };
         let bytes = serde_json::to_vec(record)
             .map_err(|e| LeaseError::Corrupt { url: self.url.clone(), reason: e.to_string() })?;
@@ -502,7 +530,9 @@ mod tests {
         assert_eq!((taken.holder.as_str(), taken.epoch), ("b", 2));
     }
 
-    async fn exclusive(backend: Arc<dyn LeaseBackend>) {
+    /// The lease rule on `backend`: one holder at a time, fail-over within the duration, a
+    /// stale holder refused, a clean release handed over at once (every backend's test).
+    pub(super) async fn exclusive(backend: Arc<dyn LeaseBackend>) {
         let duration = Duration::from_millis(400);
         let a = Leadership::new(backend.clone(), "a".into(), duration);
         let b = Leadership::new(backend, "b".into(), duration);
