@@ -297,6 +297,9 @@ impl Worker {
                 let version = self.learner.as_ref().and_then(LocalLearner::base_version);
                 tracing::info!(model_version = version, "global model adopted");
                 self.rows_left = self.config.rows_per_round.unwrap_or(0);
+                // A model adopted again (even the same version, after a reconnection) starts
+                // a new batch of rows: the next update is made afresh, not offered again.
+                self.sent = None;
                 self.save()?;
             }
             Answer::Contributed => {
