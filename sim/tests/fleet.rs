@@ -32,6 +32,16 @@ fn run_fleet(out: &Path, extra: &[&str]) -> serde_json::Value {
     report
 }
 
+/// What the simulator did to the fleet, in order (the report's `events`).
+fn events(report: &serde_json::Value) -> Vec<String> {
+    report["events"].as_array().unwrap().iter().map(|e| e["what"].as_str().unwrap().to_string()).collect()
+}
+
+/// The event saying the killed aggregator's clients are all back.
+fn clients_back(events: &[String]) -> &str {
+    events.iter().find(|e| e.contains("clients back")).unwrap_or_else(|| panic!("{events:?}"))
+}
+
 fn number(report: &serde_json::Value, path: &[&str]) -> f64 {
     let mut v = report;
     for key in path {
@@ -89,8 +99,7 @@ fn churn_late_joiners_and_a_killed_client_are_survived() {
         ],
     );
     assert!(report["summary"]["rounds_committed"].as_u64().unwrap() >= 3, "{}", report["summary"]);
-    let events: Vec<String> =
-        report["events"].as_array().unwrap().iter().map(|e| e["what"].as_str().unwrap().to_string()).collect();
+    let events = events(&report);
     assert!(events.iter().any(|e| e.contains("joins late")), "{events:?}");
     assert!(events.iter().any(|e| e.contains("SIGKILLed")), "{events:?}");
     assert!(events.iter().any(|e| e.contains("offline")), "{events:?}");
@@ -146,10 +155,9 @@ fn a_fleet_through_edge_aggregators_learns_and_survives_a_killed_aggregator() {
     let rounds = report["rounds"].as_array().unwrap();
     // The root counts the clients behind its aggregators, not the aggregators.
     assert_eq!(rounds[0]["participants"].as_u64(), Some(4), "{}", rounds[0]);
-    let events: Vec<String> =
-        report["events"].as_array().unwrap().iter().map(|e| e["what"].as_str().unwrap().to_string()).collect();
+    let events = events(&report);
     assert!(events.iter().any(|e| e.contains("aggregator0 SIGKILLed")), "{events:?}");
-    let back = events.iter().find(|e| e.contains("clients back")).unwrap_or_else(|| panic!("{events:?}"));
+    let back = clients_back(&events);
     let seconds: f64 =
         back.split(" after the kill (").nth(1).and_then(|t| t.split(' ').next()).unwrap().parse().unwrap();
     assert!(seconds <= 5.0, "{back}");
@@ -183,9 +191,8 @@ fn clients_of_a_dead_aggregator_are_redirected_to_another() {
             "iid",
         ],
     );
-    let events: Vec<String> =
-        report["events"].as_array().unwrap().iter().map(|e| e["what"].as_str().unwrap().to_string()).collect();
-    let back = events.iter().find(|e| e.contains("clients back")).unwrap_or_else(|| panic!("{events:?}"));
+    let events = events(&report);
+    let back = clients_back(&events);
     assert!(back.contains("redirected by the root before aggregator0's restart"), "{back}");
     let seconds: f64 =
         back.split(" after the kill (").next().and_then(|t| t.rsplit(' ').nth(1)).unwrap().parse().unwrap();

@@ -242,6 +242,15 @@ fn serving(address: &str) -> ClientMessage {
     ClientMessage::Serving(crate::wire::Endpoint { address: address.into(), server_name: "edge".into() })
 }
 
+/// A root (quorum `min_clients`) that redirects joining clients to its aggregators.
+fn redirecting_root(min_clients: usize) -> Coordinator {
+    let mut config = root_config(min_clients);
+    if let Hierarchy::Root { redirect_clients, .. } = &mut config.hierarchy {
+        *redirect_clients = true;
+    }
+    coordinator(config)
+}
+
 /// Where the root sent client `conn` (joined at `now`).
 fn redirected(root: &mut Coordinator, conn: u64, now: Instant) -> String {
     join(root, conn, now);
@@ -255,10 +264,7 @@ fn redirected(root: &mut Coordinator, conn: u64, now: Instant) -> String {
 #[test]
 fn a_root_redirects_clients_to_its_aggregators_passing_over_a_silent_one() {
     let t0 = Instant::now();
-    let aggregator_tokens = AGGREGATOR_TOKENS.iter().map(|t| t.to_string()).collect();
-    let config =
-        CoordinatorConfig { hierarchy: Hierarchy::Root { aggregator_tokens, redirect_clients: true }, ..config(2) };
-    let mut root = coordinator(config);
+    let mut root = redirecting_root(2);
     // Before any aggregator announces, clients join the root itself.
     join(&mut root, 9, t0);
     assert!(transmits(&mut root).iter().any(|(_, m)| matches!(m, CoordinatorMessage::Welcome { .. })));
@@ -297,10 +303,7 @@ fn a_root_redirects_clients_to_its_aggregators_passing_over_a_silent_one() {
 #[test]
 fn aggregators_still_answering_when_a_round_ends_early_are_not_passed_over() {
     let t0 = Instant::now();
-    let aggregator_tokens = AGGREGATOR_TOKENS.iter().map(|t| t.to_string()).collect();
-    let config =
-        CoordinatorConfig { hierarchy: Hierarchy::Root { aggregator_tokens, redirect_clients: true }, ..config(2) };
-    let mut root = coordinator(config);
+    let mut root = redirecting_root(2);
     join_with_token(&mut root, 1, AGGREGATOR_TOKENS[0], t0);
     join_with_token(&mut root, 2, AGGREGATOR_TOKENS[1], t0);
     root.handle_message(ConnectionId(1), serving("10.0.0.1:4433"), t0);
