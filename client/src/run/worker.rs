@@ -250,20 +250,16 @@ impl Worker {
     }
 
     fn handle(&mut self, request: LearnerRequest) -> anyhow::Result<()> {
-        if matches!(request, LearnerRequest::Update { .. })
-            && self.config.rows_per_round.is_some()
-            && self.rows_left > 0
-            && !self.ended
-        {
+        if self.config.rows_per_round.is_none() {
+            return self.answer_now(request);
+        }
+        if matches!(request, LearnerRequest::Update { .. }) && self.rows_left > 0 && !self.ended {
             // Answered once this model's rows are learnt; a newer request replaces an older one
             // (whose reply, dropped, tells the session there is nothing for it).
             self.deferred = Some(request);
             return Ok(());
         }
-        if self.config.rows_per_round.is_some() {
-            return self.answer_lockstep(request);
-        }
-        self.answer_now(request)
+        self.answer_lockstep(request)
     }
 
     /// With `--rows-per-round`, an update request whose rows are learnt: the contribution is
