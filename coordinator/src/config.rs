@@ -389,6 +389,8 @@ pub struct Options {
     pub compression: Option<String>,
     /// Client-level differential privacy: noise multiplier z (noise std z·C on the sum of
     /// updates clipped to --dp-clip; every update weighs the same). ε is logged per round.
+    /// At the root of a tree: its aggregators sample their clients at --sample-fraction and
+    /// clip, the root adds the noise (give no --dp-* option to an aggregator).
     #[arg(long, value_name = "Z", requires = "dp_clip")]
     pub dp_noise_multiplier: Option<f64>,
     /// L2 bound C each update is clipped to under differential privacy.
@@ -872,7 +874,7 @@ impl Options {
             None if self.advertise_name.is_some() => bail!("--advertise-name needs --advertise HOST:PORT"),
             None => None,
         };
-        Ok((Hierarchy::Edge, Some(ParentConfig { addr, server_name, ca, token, advertise })))
+        Ok((Hierarchy::Edge { privacy: None }, Some(ParentConfig { addr, server_name, ca, token, advertise })))
     }
 }
 

@@ -8,6 +8,14 @@
 //! coordinator does); with `--secure-aggregation`, only its cohort's sum (SecAgg+ runs
 //! between the edge and its clients). The root learns each cohort's aggregate, never a
 //! single client's update when the cohort runs secure aggregation.
+//!
+//! Under the root's client-level differential privacy (its rules carry a
+//! [`CohortPrivacy`]), the edge samples its clients at the root's rate on its own secret
+//! coins, clips every update to the root's bound and sends the unnoised mean with the
+//! cohort's expected size; the root adds the noise once and accounts the release. Edge and
+//! root are trusted curators, as a flat coordinator is under central noise: the edge sees
+//! its clients' clipped updates, the root each cohort's unnoised sum; what leaves the root
+//! (every model) is (ε, δ)-private.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +25,8 @@ use flotilla_net::session::{ClientSessionConfig, LearnerRequest, run_client_sess
 use flotilla_protocol::checkpoint::Checkpoint;
 use flotilla_protocol::model::ModelSpec;
 use flotilla_protocol::params::Fingerprint;
+use flotilla_protocol::round::Hierarchy;
+use flotilla_protocol::wire::CohortPrivacy;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -42,7 +52,7 @@ pub(crate) async fn run(config: Config, shutdown: CancellationToken) -> anyhow::
         () = shutdown.cancelled() => None,
         first = first_model(&mut learner_rx) => first,
     };
-    let Some(checkpoint) = first else {
+    let Some((checkpoint, privacy)) = first else {
         session_stop.cancel();
         upstream.await.context("the parent's session panicked")??;
         return if shutdown.is_cancelled() {
@@ -55,6 +65,15 @@ pub(crate) async fn run(config: Config, shutdown: CancellationToken) -> anyhow::
     let fallback = config.rounds.round_deadline;
     // What the parent trains; a rejoin that announces anything else ends the relay.
     let (spec, fingerprint) = (checkpoint.spec.clone(), checkpoint.params.fingerprint);
+    if let Some(p) = &privacy {
+        tracing::info!(
+            clip = p.clip,
+            sample_rate = p.sample_rate,
+            "the root runs differential privacy: this aggregator samples and clips its cohort for it"
+        );
+    }
+    let mut config = config;
+    config.rounds.hierarchy = Hierarchy::Edge { privacy };
     let server = match bind_edge(config, checkpoint, parent_rx).await {
         Ok(server) => server,
         Err(error) => {
@@ -63,7 +82,7 @@ pub(crate) async fn run(config: Config, shutdown: CancellationToken) -> anyhow::
             return Err(error);
         }
     };
-    let relay = tokio::spawn(relay(learner_rx, parent_tx, spec, fingerprint, fallback));
+    let relay = tokio::spawn(relay(learner_rx, parent_tx, Served { spec, fingerprint, privacy }, fallback));
     // Serving ends on shutdown, or when the relay stops (the parent's session ended or its
     // model changed): the round task sees its parent channel close.
     let served = server.run(shutdown).await;
@@ -75,15 +94,18 @@ pub(crate) async fn run(config: Config, shutdown: CancellationToken) -> anyhow::
 }
 
 /// Waits for the parent's `Welcome` and first model: the starting state (the session has
-/// checked the model against the announced layout).
-async fn first_model(learner: &mut mpsc::Receiver<LearnerRequest>) -> Option<Checkpoint> {
+/// checked the model against the announced layout) and the parent's differential privacy.
+async fn first_model(learner: &mut mpsc::Receiver<LearnerRequest>) -> Option<(Checkpoint, Option<CohortPrivacy>)> {
     let mut welcomed = None;
     while let Some(request) = learner.recv().await {
         match request {
             LearnerRequest::Welcome { spec, .. } => welcomed = Some(spec),
-            LearnerRequest::Adopt { model_version, round, params, .. } => {
+            LearnerRequest::Adopt { model_version, round, params, cohort_privacy, .. } => {
                 let Some(spec) = welcomed.clone() else { continue };
-                return Some(Checkpoint { round, model_version, ..Checkpoint::initial(spec, params) });
+                return Some((
+                    Checkpoint { round, model_version, ..Checkpoint::initial(spec, params) },
+                    cohort_privacy,
+                ));
             }
             // Asked before the aggregator serves anyone: the request lapses.
             LearnerRequest::Update { round, .. } => tracing::debug!(round, "parent's request before the first model"),
@@ -92,25 +114,39 @@ async fn first_model(learner: &mut mpsc::Receiver<LearnerRequest>) -> Option<Che
     None
 }
 
+/// What this aggregator was set up for from its parent's first model and rules.
+struct Served {
+    spec: ModelSpec,
+    fingerprint: Fingerprint,
+    privacy: Option<CohortPrivacy>,
+}
+
 /// Relays the parent's session to the round task until either side ends; an error when the
-/// parent starts training another model (this aggregator's clients hold the old one).
+/// parent starts training another model (this aggregator's clients hold the old one) or
+/// changes its differential privacy.
 async fn relay(
     mut from: mpsc::Receiver<LearnerRequest>,
     to: mpsc::Sender<ParentInput>,
-    spec: ModelSpec,
-    fingerprint: Fingerprint,
+    served: Served,
     fallback: Duration,
 ) -> anyhow::Result<()> {
     while let Some(request) = from.recv().await {
         let input = match request {
-            LearnerRequest::Welcome { spec: now_spec, fingerprint: now_fingerprint } => {
-                if now_spec != spec || now_fingerprint != fingerprint {
+            LearnerRequest::Welcome { spec, fingerprint } => {
+                if spec != served.spec || fingerprint != served.fingerprint {
                     bail!("the parent now trains another model (its layout changed): restart this aggregator");
                 }
                 tracing::info!("rejoined the parent");
                 continue;
             }
-            LearnerRequest::Adopt { model_version, round, params, .. } => {
+            LearnerRequest::Adopt { model_version, round, params, cohort_privacy, .. } => {
+                if cohort_privacy != served.privacy {
+                    bail!(
+                        "the parent's differential privacy changed ({:?}, was {:?}): restart this aggregator",
+                        cohort_privacy,
+                        served.privacy
+                    );
+                }
                 ParentInput::Model { model_version, round, params }
             }
             LearnerRequest::Update { round, model_version, reply, deadline, .. } => {

@@ -18,7 +18,7 @@ use anyhow::Context;
 use flotilla_protocol::model::ModelSpec;
 use flotilla_protocol::params::{Fingerprint, ParameterVector};
 use flotilla_protocol::wire::framing::FrameLimit;
-use flotilla_protocol::wire::{ALPN, Contribution, ErrorCode};
+use flotilla_protocol::wire::{ALPN, CohortPrivacy, Contribution, ErrorCode};
 use quinn::Endpoint;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -49,6 +49,9 @@ pub enum LearnerRequest {
         params: ParameterVector,
         /// Whether weights zero in it must stay zero (the rules' `keep_pruned`).
         keep_pruned: bool,
+        /// The coordinator's differential privacy, for an edge aggregator to apply to its
+        /// cohort (the rules' `cohort_privacy`; a client ignores it).
+        cohort_privacy: Option<CohortPrivacy>,
     },
     /// The coordinator wants this client's update; answer on `reply` before the deadline
     /// (a dropped or late reply just lets the request expire).

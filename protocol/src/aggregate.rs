@@ -59,8 +59,12 @@ pub enum AggregateError {
     /// The total sample count of the round overflowed `u64`.
     #[error("total sample count overflows")]
     SampleOverflow,
-    /// A cohort's figures are impossible (a negative or non-finite mean squared norm).
-    #[error("cohort figures refused: the mean squared norm must be finite and not negative")]
+    /// A cohort's figures are impossible (a negative or non-finite mean squared norm), or
+    /// lack what the root's differential privacy needs (a finite expected size).
+    #[error(
+        "cohort figures refused: the mean squared norm must be finite and not negative, and under differential \
+         privacy the expected cohort size finite and not negative, their sum positive"
+    )]
     BadCohort,
     /// `finish` was called with no update folded in.
     #[error("no update to aggregate")]
@@ -128,8 +132,9 @@ pub enum AggregateError {
 pub struct DpRelease {
     /// The mean is the sum of the (weight-1) updates over this public denominator (the
     /// expected cohort size), not over the number that arrived; a participant-scaled step
-    /// counts it as the participants.
-    pub denominator: f64,
+    /// counts it as the participants. `None` at the root of a tree: the sum of the expected
+    /// sizes its edge aggregators report with their cohorts ([`crate::wire::Cohort::expected`]).
+    pub denominator: Option<f64>,
     /// The round's clipping bound of each update, replacing the strategy's; `None` keeps the
     /// strategy's (distributed noise: the clients clipped).
     pub clip_norm: Option<f64>,

@@ -31,7 +31,7 @@ use crate::params::{Fingerprint, ParameterVector};
 use crate::secagg;
 
 /// Version of the message set below; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// QUIC application protocol name (ALPN) of this protocol version.
 pub const ALPN: &[u8] = b"flotilla/1";
@@ -121,6 +121,30 @@ pub struct Cohort {
     /// `Σ nᵢ·‖Δᵢ‖² / Σ nᵢ` over the cohort's updates as folded: FedExP's numerator, per
     /// sample (under secure aggregation the edge sees only the sum: `‖Δ̄‖²`).
     pub mean_sq_norm: f64,
+    /// Under the root's differential privacy ([`CohortPrivacy`]): the cohort's expected size
+    /// `q·N` (its `N` joined clients, each sampled at rate `q`), the edge's share of the
+    /// root's public denominator. `None` without differential privacy.
+    pub expected: Option<f64>,
+}
+
+/// What a root running client-level differential privacy asks of its edge aggregators
+/// (sent in its [`UpdateRules`]; a client that is not an aggregator ignores it): sample each
+/// client with probability `sample_rate` on secret coins, clip every update to `clip` and
+/// weigh each the same, and forward the unnoised sum with the cohort's expected size. The
+/// root adds the Gaussian noise once to the sum of the cohorts and accounts the release.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CohortPrivacy {
+    /// L2 bound C of each client update.
+    pub clip: f32,
+    /// Poisson sampling rate q of each client per round.
+    pub sample_rate: f64,
+}
+
+impl CohortPrivacy {
+    /// Whether `clip` is positive and finite and `sample_rate` in (0, 1].
+    pub fn is_valid(&self) -> bool {
+        self.clip.is_finite() && self.clip > 0.0 && self.sample_rate > 0.0 && self.sample_rate <= 1.0
+    }
 }
 
 impl ClientMessage {
@@ -161,6 +185,8 @@ pub struct UpdateRules {
     /// so a client zeroes those coordinates of each update it sends
     /// ([`crate::params::Layout::keep_pruned`]).
     pub keep_pruned: bool,
+    /// A root's differential privacy, for its edge aggregators to apply to their cohorts.
+    pub cohort_privacy: Option<CohortPrivacy>,
 }
 
 impl Default for UpdateRules {
@@ -173,6 +199,7 @@ impl Default for UpdateRules {
             max_samples: None,
             feature_moments: false,
             keep_pruned: false,
+            cohort_privacy: None,
         }
     }
 }

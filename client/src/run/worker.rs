@@ -378,7 +378,7 @@ pub fn answer(
             *learner = Some(fresh);
             Ok(Answer::NewLearner)
         }
-        LearnerRequest::Adopt { model_version, round, params, keep_pruned } => {
+        LearnerRequest::Adopt { model_version, round, params, keep_pruned, .. } => {
             let Some(learner) = learner.as_mut() else { return Ok(Answer::Nothing) };
             learner.set_keep_pruned(keep_pruned);
             learner.adopt(model_version, params)?;

@@ -262,8 +262,9 @@ impl Link<'_> {
             }
             ClientEvent::ModelReceived { model_version, round, params } => {
                 tracing::debug!(model_version, round, "global model received");
-                let keep_pruned = self.client.rules().keep_pruned;
-                Some(LearnerRequest::Adopt { model_version, round, params, keep_pruned })
+                let rules = self.client.rules();
+                let (keep_pruned, cohort_privacy) = (rules.keep_pruned, rules.cohort_privacy);
+                Some(LearnerRequest::Adopt { model_version, round, params, keep_pruned, cohort_privacy })
             }
             ClientEvent::UpdateRequested { round, model_version, deadline } => {
                 let (reply, answer) = oneshot::channel();

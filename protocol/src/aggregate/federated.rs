@@ -81,6 +81,8 @@ pub struct Federated<R, O> {
     weighted_sq_norms: f64,
     /// The release of the rounds under differential privacy.
     release: Option<super::DpRelease>,
+    /// `Σ` of the folded cohorts' expected sizes: the public denominator at a tree's root.
+    cohort_expected: f64,
     samples: u64,
     /// Rounds begun, which seeds each round's noise.
     rounds: u64,
@@ -117,6 +119,7 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Federated<R, O> {
             participants: 0,
             weighted_sq_norms: 0.0,
             release: None,
+            cohort_expected: 0.0,
             samples: 0,
             rounds: 0,
         }
@@ -183,6 +186,7 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Aggregator for Federated<R, O> {
         self.reducer.begin(len);
         self.updates = 0;
         self.participants = 0;
+        self.cohort_expected = 0.0;
         self.weighted_sq_norms = 0.0;
         self.samples = 0;
         self.rounds += 1;
@@ -193,7 +197,7 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Aggregator for Federated<R, O> {
     }
 
     fn set_release(&mut self, release: Option<super::DpRelease>) {
-        self.release = release.filter(|r| r.denominator.is_finite() && r.denominator > 0.0);
+        self.release = release.filter(|r| r.denominator.is_none_or(|d| d.is_finite() && d > 0.0));
     }
 
     fn fold_mean(
@@ -214,8 +218,16 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Aggregator for Federated<R, O> {
         if !(cohort.mean_sq_norm.is_finite() && cohort.mean_sq_norm >= 0.0) {
             return Err(AggregateError::BadCohort);
         }
+        // A root whose denominator is its cohorts' expected sizes needs each one's.
+        let expected = match (self.release.map(|r| r.denominator), cohort.expected) {
+            (Some(None), Some(e)) if e.is_finite() && e >= 0.0 => e,
+            (Some(None), _) => return Err(AggregateError::BadCohort),
+            _ => 0.0,
+        };
         let participants = usize::try_from(cohort.participants).map_err(|_| AggregateError::SampleOverflow)?.max(1);
-        self.fold_weighted(aggregate, samples, participants, Some(cohort.mean_sq_norm))
+        let folded = self.fold_weighted(aggregate, samples, participants, Some(cohort.mean_sq_norm))?;
+        self.cohort_expected += expected;
+        Ok(folded)
     }
 
     fn finish_cohort(&mut self) -> Result<(Vec<f32>, Cohort), AggregateError> {
@@ -229,7 +241,8 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Aggregator for Federated<R, O> {
         }
         let weight = self.samples as f64;
         let mean_sq_norm = if weight > 0.0 { self.weighted_sq_norms / weight } else { 0.0 };
-        Ok((aggregate, Cohort { participants: self.participants as u64, mean_sq_norm }))
+        let expected = self.release.and_then(|r| r.denominator);
+        Ok((aggregate, Cohort { participants: self.participants as u64, mean_sq_norm, expected }))
     }
 
     fn updates(&self) -> usize {
@@ -257,7 +270,8 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Aggregator for Federated<R, O> {
         let mean_sq_norm = if weight > 0.0 { self.weighted_sq_norms / weight } else { 0.0 };
         // The reducer's mean is over the weight folded; with a public denominator d it becomes
         // sum / d, its sensitivity fixed whoever answered.
-        let (participants, denominator) = match self.release.map(|r| r.denominator) {
+        let (participants, denominator) = match self.release.map(|r| r.denominator.unwrap_or(self.cohort_expected)) {
+            Some(d) if !(d.is_finite() && d > 0.0) => return Err(AggregateError::BadCohort),
             Some(d) => {
                 let rescale = weight / d;
                 step.iter_mut().for_each(|v| *v *= rescale);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::aggregate::{StrategyConfig, StrategyError};
 use crate::compress::Compression;
 use crate::secagg::{ParamsError, SecAggParams};
-use crate::wire::UpdateRules;
+use crate::wire::{CohortPrivacy, UpdateRules};
 
 /// Longest duration accepted in a [`CoordinatorConfig`]: a year.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -95,7 +95,7 @@ pub struct CoordinatorConfig {
 }
 
 /// Where a coordinator stands in a tree of coordinators (`--parent`, `--aggregator-tokens`).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub enum Hierarchy {
     /// Clients only: every peer is a client.
     #[default]
@@ -116,13 +116,25 @@ pub enum Hierarchy {
     /// ([`Coordinator::handle_parent_request`](crate::round::Coordinator::handle_parent_request)),
     /// on the parent's model, and ends with the cohort's aggregate for the parent instead of a
     /// new model.
-    Edge,
+    Edge {
+        /// The root's differential privacy, from its rules: this aggregator samples, clips and
+        /// sums its cohort for it (the root adds the noise).
+        privacy: Option<CohortPrivacy>,
+    },
 }
 
 impl Hierarchy {
     /// Whether this coordinator is an edge aggregator.
     pub fn is_edge(&self) -> bool {
-        matches!(self, Self::Edge)
+        matches!(self, Self::Edge { .. })
+    }
+
+    /// The root's differential privacy an edge aggregator applies to its cohort.
+    pub fn edge_privacy(&self) -> Option<CohortPrivacy> {
+        match self {
+            Self::Edge { privacy } => *privacy,
+            Self::Flat | Self::Root { .. } => None,
+        }
     }
 }
 
@@ -356,9 +368,13 @@ impl CoordinatorConfig {
                 "secure aggregation runs per edge cohort: turn it on at the aggregators; the root then sees \
                  each cohort's sum, never a single client's update",
             ),
-            Hierarchy::Root { .. } if self.privacy.is_some() => Some(
-                "client-level DP samples clients and bounds each one's contribution, and behind an aggregator \
-                 the root sees neither: differential privacy is not supported in a tree of coordinators",
+            Hierarchy::Root { .. } if self.privacy.is_some_and(|p| p.placement != NoisePlacement::Central) => Some(
+                "in a tree the root adds the noise once to the sum of its cohorts: use central noise \
+                 (--dp-noise central); the aggregators sample and clip for it",
+            ),
+            Hierarchy::Root { .. } if self.privacy.is_some_and(|p| p.adaptive.is_some()) => Some(
+                "adaptive clipping needs the count of updates under each round's bound, and behind an \
+                 aggregator the root sees only cohort sums: use a fixed --dp-clip in a tree",
             ),
             Hierarchy::Root { .. } if self.mode != Mode::Sync => {
                 Some("an edge aggregator answers synchronous rounds only: use --mode sync at the root")
@@ -367,13 +383,21 @@ impl CoordinatorConfig {
                 Some("a clip norm bounds single updates; a cohort's aggregate is not one: clip at the aggregators")
             }
             Hierarchy::Root { .. } => None,
-            Hierarchy::Edge if self.mode != Mode::Sync => {
+            Hierarchy::Edge { .. } if self.mode != Mode::Sync => {
                 Some("an edge aggregator answers its parent's synchronous rounds: use --mode sync")
             }
-            Hierarchy::Edge if self.privacy.is_some() => {
-                Some("differential privacy is not supported in a tree of coordinators")
+            Hierarchy::Edge { .. } if self.privacy.is_some() => Some(
+                "an edge aggregator takes its differential-privacy settings from its root's rules: \
+                 give the --dp-* options to the root",
+            ),
+            Hierarchy::Edge { privacy: Some(privacy) } if !privacy.is_valid() => {
+                Some("the root's differential privacy asks for a clip or sampling rate out of range")
             }
-            Hierarchy::Edge => None,
+            Hierarchy::Edge { privacy: Some(_) } if self.secure.is_some() => Some(
+                "under the root's differential privacy an edge clips every update, and secure aggregation \
+                 shows it only the sum: run the aggregators without --secure-aggregation",
+            ),
+            Hierarchy::Edge { .. } => None,
         };
         refusal.map_or(Ok(()), |reason| Err(ConfigError::Incompatible(reason)))
     }
@@ -468,7 +492,7 @@ impl CoordinatorConfig {
     /// the coordinator sees plain updates anyway (no secure aggregation, no differential
     /// privacy, whose guarantees a client's moments would bypass).
     pub fn takes_feature_moments(&self) -> bool {
-        self.privacy.is_none() && self.secure.is_none()
+        self.privacy.is_none() && self.hierarchy.edge_privacy().is_none() && self.secure.is_none()
     }
 
     /// What clients are told to do with their updates.
@@ -493,6 +517,17 @@ impl CoordinatorConfig {
             max_samples: Some(self.sample_cap()),
             feature_moments: self.takes_feature_moments(),
             keep_pruned: self.keep_pruned,
+            cohort_privacy: self.cohort_privacy(),
+        }
+    }
+
+    /// What a root under differential privacy asks of its edge aggregators.
+    fn cohort_privacy(&self) -> Option<CohortPrivacy> {
+        match (&self.hierarchy, &self.privacy) {
+            (Hierarchy::Root { .. }, Some(p)) => {
+                Some(CohortPrivacy { clip: p.clip, sample_rate: self.sample_fraction })
+            }
+            _ => None,
         }
     }
 

@@ -410,7 +410,7 @@ impl Coordinator {
             Hierarchy::Root { aggregator_tokens, .. } => {
                 token.as_deref().is_some_and(|token| token_accepted(aggregator_tokens, token))
             }
-            Hierarchy::Flat | Hierarchy::Edge => false,
+            Hierarchy::Flat | Hierarchy::Edge { .. } => false,
         };
         if let Some(accepted) = &self.config.auth_tokens
             && !aggregator

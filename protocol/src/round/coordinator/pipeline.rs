@@ -12,8 +12,8 @@ use crate::model::FeatureMoments;
 use crate::privacy::{AdaptiveClip, ClipBound, NoiseKey, RdpAccountant};
 use crate::round::config::{NoisePlacement, PrivacyConfig};
 use crate::round::events::UpdateRefusal;
-use crate::round::{ConfigError, ConnectionId, CoordinatorConfig, Mode, sampling};
-use crate::wire::{LocalMetrics, Update};
+use crate::round::{ConfigError, ConnectionId, CoordinatorConfig, Hierarchy, Mode, sampling};
+use crate::wire::{CohortPrivacy, LocalMetrics, Update};
 
 /// The scheduler of `config.mode` and the pipeline its updates go through, resuming what
 /// `checkpoint` holds (spent privacy, the adaptive clip). `config` must be valid.
@@ -33,10 +33,18 @@ pub(super) fn build(config: &CoordinatorConfig, checkpoint: &Checkpoint) -> Resu
             Scheduler::Secure(Rounds::new(strategy.build()), Box::new(SecureRounds::new(secure)))
         }
     };
+    let root = matches!(config.hierarchy, Hierarchy::Root { .. });
     let privacy = match (config.privacy, config.noise_key) {
-        (Some(settings), Some(key)) => Some(Privacy::new(settings, key, config.sample_fraction, checkpoint)?),
+        (Some(settings), Some(key)) => Some(Privacy::new(settings, key, config.sample_fraction, root, checkpoint)?),
         (Some(_), None) => {
             return Err(ConfigError::Incompatible("differential privacy needs the coordinator's secret noise key"));
+        }
+        (None, _) => None,
+    };
+    let edge_privacy = match (config.hierarchy.edge_privacy(), config.noise_key) {
+        (Some(settings), Some(key)) => Some(EdgePrivacy { settings, key }),
+        (Some(_), None) => {
+            return Err(ConfigError::Incompatible("sampling for the root's differential privacy needs a secret key"));
         }
         (None, _) => None,
     };
@@ -49,7 +57,7 @@ pub(super) fn build(config: &CoordinatorConfig, checkpoint: &Checkpoint) -> Resu
         Some(inputs) if takes_moments => Some(resumed.unwrap_or_else(|| FeatureMoments::new(inputs))),
         _ => resumed,
     };
-    Ok((scheduler, Pipeline { sample_cap: config.sample_cap(), privacy, moments, takes_moments }))
+    Ok((scheduler, Pipeline { sample_cap: config.sample_cap(), privacy, edge_privacy, moments, takes_moments }))
 }
 
 /// What every mode applies to an update and to a round (see the module docs).
@@ -57,6 +65,8 @@ pub(super) fn build(config: &CoordinatorConfig, checkpoint: &Checkpoint) -> Resu
 pub(super) struct Pipeline {
     sample_cap: u64,
     privacy: Option<Privacy>,
+    /// At an edge aggregator, the root's differential privacy it samples and clips for.
+    edge_privacy: Option<EdgePrivacy>,
     /// The fleet's feature statistics so far.
     moments: Option<FeatureMoments>,
     /// Whether updates may bring more (see `CoordinatorConfig::takes_feature_moments`).
@@ -70,6 +80,10 @@ struct Privacy {
     key: NoiseKey,
     /// The Poisson sampling rate q, the one the accountant is given.
     sample_rate: f64,
+    /// At the root of a tree: the aggregators sample at q and clip (as [`EdgePrivacy`]); the
+    /// root asks every aggregator, adds the noise to the sum of their cohorts and divides by
+    /// the sum of their expected sizes.
+    root: bool,
     accountant: RdpAccountant,
     /// The clip tracking a quantile of the update norms, when adaptive clipping is on.
     adaptive: Option<AdaptiveClip>,
@@ -83,6 +97,7 @@ impl Privacy {
         settings: PrivacyConfig,
         key: NoiseKey,
         sample_rate: f64,
+        root: bool,
         checkpoint: &Checkpoint,
     ) -> Result<Self, ConfigError> {
         // ε only grows: a restarted coordinator goes on from the spent privacy it checkpointed.
@@ -98,7 +113,7 @@ impl Privacy {
                 }
             }),
         };
-        Ok(Self { settings, key, sample_rate, accountant, adaptive, reported: 0, below: 0 })
+        Ok(Self { settings, key, sample_rate, root, accountant, adaptive, reported: 0, below: 0 })
     }
 
     /// The clip and deltas' noise of a round of `expected` clients. With adaptive clipping
@@ -121,11 +136,15 @@ impl Privacy {
         self.reported = 0;
         self.below = 0;
         match self.settings.placement {
+            // The aggregators clipped each update; their cohorts bring the denominator.
+            NoisePlacement::Central if self.root => {
+                DpRelease { denominator: None, clip_norm: None, noise_std: Some(z_delta * clip) }
+            }
             NoisePlacement::Central => {
-                DpRelease { denominator: expected, clip_norm: Some(clip), noise_std: Some(z_delta * clip) }
+                DpRelease { denominator: Some(expected), clip_norm: Some(clip), noise_std: Some(z_delta * clip) }
             }
             // The clients clipped and noised; the coordinator only takes the public denominator.
-            NoisePlacement::Distributed => DpRelease { denominator: expected, clip_norm: None, noise_std: None },
+            NoisePlacement::Distributed => DpRelease { denominator: Some(expected), clip_norm: None, noise_std: None },
         }
     }
 
@@ -141,6 +160,16 @@ impl Privacy {
         self.accountant.step(self.settings.noise_multiplier, self.sample_rate).ok()?;
         self.accountant.epsilon(self.settings.delta).ok().map(|(epsilon, _)| epsilon)
     }
+}
+
+/// An edge aggregator's share of its root's differential privacy: Poisson sampling at the
+/// root's rate on its own secret coins, every update clipped to the root's bound and
+/// weighing one, the cohort's expected size sent with its sum. It adds no noise and
+/// accounts nothing: the root does both, once, for the whole tree.
+#[derive(Debug)]
+struct EdgePrivacy {
+    settings: CohortPrivacy,
+    key: NoiseKey,
 }
 
 impl Pipeline {
@@ -167,7 +196,8 @@ impl Pipeline {
                 return Err(UpdateRefusal::Moments(format!("{count} rows, more than the {samples} samples claimed")));
             }
         }
-        Ok(if self.privacy.is_some() { 1 } else { samples })
+        // An edge's cohort of clipped updates weighs one per client behind it.
+        Ok(if self.privacy.is_some() || self.edge_privacy.is_some() { participants.max(1) } else { samples })
     }
 
     /// Notes what folding an accepted update found (for the adaptive clip's count) and adds
@@ -195,7 +225,15 @@ impl Pipeline {
         seed: u64,
         round: u64,
     ) -> (Vec<ConnectionId>, Option<DpRelease>) {
+        if let Some(edge) = &self.edge_privacy {
+            let CohortPrivacy { clip, sample_rate } = edge.settings;
+            let expected = sample_rate * candidates.len() as f64;
+            let release = DpRelease { denominator: Some(expected), clip_norm: Some(f64::from(clip)), noise_std: None };
+            return (sampling::poisson(candidates, sample_rate, &edge.key, round), Some(release));
+        }
         match &mut self.privacy {
+            // The root asks every aggregator (`candidates`); they sample their clients.
+            Some(privacy) if privacy.root => (candidates.to_vec(), Some(privacy.release(1.0))),
             Some(privacy) => {
                 let expected = (privacy.sample_rate * candidates.len() as f64).max(1.0);
                 let release = privacy.release(expected);

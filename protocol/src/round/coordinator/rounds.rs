@@ -6,7 +6,7 @@ use super::scheduler::{ActiveRound, Answer};
 use super::{Coordinator, Outgoing, Peer};
 use crate::params::ParameterVector;
 use crate::round::events::{CoordinatorEvent, RoundFailure, UpdateRefusal};
-use crate::round::{ConnectionId, StalenessPolicy};
+use crate::round::{ConnectionId, Hierarchy, StalenessPolicy};
 use crate::wire::{Cohort, Contribution, CoordinatorMessage, LocalMetrics, Update};
 
 impl Coordinator {
@@ -17,7 +17,7 @@ impl Coordinator {
         if self.config.hierarchy.is_edge() {
             return;
         }
-        let candidates = self.joined_connections();
+        let candidates = self.round_candidates();
         let count = self.config.sample_size(candidates.len());
         let shutting_down = self.shutting_down;
         let Some(rounds) = self.scheduler.rounds_mut() else { return };
@@ -39,6 +39,17 @@ impl Coordinator {
 
     fn joined_connections(&self) -> Vec<ConnectionId> {
         self.peers.iter().filter(|(_, peer)| matches!(peer, Peer::Joined { .. })).map(|(conn, _)| *conn).collect()
+    }
+
+    /// Who a round may ask: every joined peer; at a root under differential privacy only its
+    /// aggregators (a client there would bring an update nobody sampled or clipped for it).
+    fn round_candidates(&self) -> Vec<ConnectionId> {
+        let aggregators_only = self.config.privacy.is_some() && matches!(self.config.hierarchy, Hierarchy::Root { .. });
+        let asked = |peer: &Peer| match peer {
+            Peer::Joined { aggregator, .. } => *aggregator || !aggregators_only,
+            Peer::Connecting { .. } => false,
+        };
+        self.peers.iter().filter(|(_, peer)| asked(peer)).map(|(conn, _)| *conn).collect()
     }
 
     /// Starts round `round` over `count` of `candidates` (at least one), waiting `deadline`.
@@ -284,8 +295,12 @@ impl Coordinator {
         // The cohort weighs what it was folded with: its samples, or under secure aggregation
         // (whose clients reveal no count) one per surviving client, as at a flat coordinator.
         let weight = rounds.aggregator.samples();
-        let outcome = if accepted < self.config.min_clients {
-            Err(RoundFailure::QuorumMissed { accepted, needed: self.config.min_clients })
+        // Under the root's differential privacy the cohort goes up whenever anyone answered:
+        // the root's denominator counts this cohort's expected size only if it arrives, which
+        // must not hang on how many of its sampled clients answered.
+        let quorum = if self.config.hierarchy.edge_privacy().is_some() { 1 } else { self.config.min_clients };
+        let outcome = if accepted < quorum {
+            Err(RoundFailure::QuorumMissed { accepted, needed: quorum })
         } else {
             rounds.aggregator.finish_cohort().map_err(RoundFailure::Aggregation)
         };

@@ -3,7 +3,7 @@
 use super::*;
 use crate::aggregate::StepSize;
 use crate::round::Hierarchy;
-use crate::wire::{Cohort, Contribution};
+use crate::wire::{Cohort, CohortPrivacy, Contribution};
 
 /// One token per aggregator (a second session with a token replaces the first).
 const AGGREGATOR_TOKENS: [&str; 2] = ["edge-a", "edge-b"];
@@ -18,7 +18,7 @@ fn root_config(min_clients: usize) -> CoordinatorConfig {
 }
 
 fn edge_config(min_clients: usize) -> CoordinatorConfig {
-    CoordinatorConfig { hierarchy: Hierarchy::Edge, ..config(min_clients) }
+    CoordinatorConfig { hierarchy: Hierarchy::Edge { privacy: None }, ..config(min_clients) }
 }
 
 /// Clients' deltas and samples of one round, by client index.
@@ -41,7 +41,12 @@ fn flat_round(config: CoordinatorConfig, clients: usize, t0: Instant) -> Paramet
 /// An edge aggregator's answer to its parent's request for round 1, over clients
 /// `first..first + count`.
 fn edge_round(first: usize, count: usize, t0: Instant) -> Contribution {
-    let mut edge = coordinator(edge_config(count));
+    edge_round_with(edge_config(count), first, count, t0)
+}
+
+/// [`edge_round`] at an edge of `config`.
+fn edge_round_with(config: CoordinatorConfig, first: usize, count: usize, t0: Instant) -> Contribution {
+    let mut edge = coordinator(config);
     for conn in 1..=count as u64 {
         join(&mut edge, conn, t0);
     }
@@ -124,7 +129,7 @@ fn only_admitted_aggregators_send_cohort_updates_and_their_claims_are_capped_per
     let cohort = |samples: u64, participants: u64| {
         let metrics = LocalMetrics { samples, prequential_errors: 0 };
         let update = Update { round: 1, base_version: 0, delta: vector(vec![0.1, 0.1]), metrics, moments: None };
-        ClientMessage::CohortUpdate { update, cohort: Cohort { participants, mean_sq_norm: 0.02 } }
+        ClientMessage::CohortUpdate { update, cohort: Cohort { participants, mean_sq_norm: 0.02, expected: None } }
     };
     // Three clients may claim 30 samples together, not 31.
     root.handle_message(ConnectionId(2), cohort(31, 3), t0);
@@ -140,7 +145,10 @@ fn only_admitted_aggregators_send_cohort_updates_and_their_claims_are_capped_per
     let mut root = joined_aggregator(t0);
     let metrics = LocalMetrics { samples: 5, prequential_errors: 0 };
     let update = Update { round: 1, base_version: 0, delta: vector(vec![0.1, 0.1]), metrics, moments: None };
-    let bad = ClientMessage::CohortUpdate { update, cohort: Cohort { participants: 1, mean_sq_norm: f64::NAN } };
+    let bad = ClientMessage::CohortUpdate {
+        update,
+        cohort: Cohort { participants: 1, mean_sq_norm: f64::NAN, expected: None },
+    };
     root.handle_message(ConnectionId(1), bad, t0);
     assert_eq!(refused(&events(&mut root)), [&UpdateRefusal::Invalid(AggregateError::BadCohort)]);
 }
@@ -286,7 +294,7 @@ fn a_root_redirects_clients_to_its_aggregators_passing_over_a_silent_one() {
     // Round 1 asked both aggregators; the second lets the request lapse: it is passed over.
     let metrics = LocalMetrics { samples: 4, prequential_errors: 0 };
     let update = Update { round: 1, base_version: 0, delta: vector(vec![0.1, 0.1]), metrics, moments: None };
-    let cohort = Cohort { participants: 2, mean_sq_norm: 0.02 };
+    let cohort = Cohort { participants: 2, mean_sq_norm: 0.02, expected: None };
     root.handle_message(ConnectionId(1), ClientMessage::CohortUpdate { update, cohort }, t0);
     root.handle_timeout(t0 + Duration::from_secs(10));
     transmits(&mut root);
@@ -330,4 +338,150 @@ fn rounds_whose_clients_all_decline_fail_at_once_but_do_not_follow_back_to_back(
     assert!(ended.iter().any(|e| matches!(e, CoordinatorEvent::RoundFailed { round: 1, .. })));
     assert!(!ended.iter().any(|e| matches!(e, CoordinatorEvent::RoundStarted { round: 2, .. })), "{ended:?}");
     assert_eq!(root.poll_timeout(), Some(t0 + Duration::from_secs(1)));
+}
+
+const DP_KEY: crate::privacy::NoiseKey = crate::privacy::NoiseKey([9; 32]);
+
+/// Central DP with noise multiplier `z` and clip `clip`.
+fn dp(config: CoordinatorConfig, z: f64, clip: f32) -> CoordinatorConfig {
+    use crate::round::config::{NoisePlacement, PrivacyConfig};
+    let privacy =
+        PrivacyConfig { noise_multiplier: z, clip, placement: NoisePlacement::Central, delta: 1e-5, adaptive: None };
+    CoordinatorConfig { privacy: Some(privacy), noise_key: Some(DP_KEY), ..config }
+}
+
+/// An edge applying the root's `privacy` (quorum `min_clients`).
+fn dp_edge_config(min_clients: usize, privacy: CohortPrivacy) -> CoordinatorConfig {
+    let edge = CoordinatorConfig { hierarchy: Hierarchy::Edge { privacy: Some(privacy) }, ..config(min_clients) };
+    CoordinatorConfig { noise_key: Some(crate::privacy::NoiseKey([3; 32])), ..edge }
+}
+
+/// The root's release under DP is the flat fleet's: every update clipped by its aggregator
+/// and weighing one, the noise added once to the sum at the root, the sum divided by the
+/// fleet's expected cohort (the cohorts' expected sizes summed), the round accounted there.
+#[test]
+fn dp_over_a_tree_releases_what_dp_over_the_flat_fleet_releases() {
+    let t0 = Instant::now();
+    // A clip below some of the deltas' norms (0.36 … 1.0), so that clipping shows.
+    for z in [0.0, 1.0] {
+        let flat_config = dp(config(6), z, 0.5);
+        let mut flat = joined_quietly(flat_config, 6, t0);
+        for index in 0..6 {
+            let (delta, samples) = client_update(index);
+            flat.handle_message(ConnectionId(index as u64 + 1), update(1, 0, delta, samples, 1), t0);
+        }
+        let flat_epsilon = events(&mut flat).into_iter().find_map(|e| match e {
+            CoordinatorEvent::RoundCommitted { epsilon, .. } => Some(epsilon),
+            _ => None,
+        });
+        let root_config = dp(root_config(2), z, 0.5);
+        let privacy = root_config.update_rules().cohort_privacy.expect("a DP root tells its aggregators");
+        assert_eq!(privacy, CohortPrivacy { clip: 0.5, sample_rate: 1.0 });
+        let mut root = coordinator(root_config);
+        for (conn, token) in (1..).zip(AGGREGATOR_TOKENS) {
+            join_with_token(&mut root, conn, token, t0);
+        }
+        transmits(&mut root);
+        events(&mut root);
+        let cohorts = [
+            edge_round_with(dp_edge_config(4, privacy), 0, 4, t0),
+            edge_round_with(dp_edge_config(2, privacy), 4, 2, t0),
+        ];
+        // Each cohort weighs one per client and brings its expected size q·N.
+        assert_eq!(cohorts[0].cohort.map(|c| (c.participants, c.expected)), Some((4, Some(4.0))));
+        assert_eq!(cohorts[0].metrics.samples, 4);
+        for (conn, contribution) in (1..).zip(cohorts) {
+            root.handle_message(ConnectionId(conn), cohort_message(contribution), t0);
+        }
+        let root_epsilon = events(&mut root).into_iter().find_map(|e| match e {
+            CoordinatorEvent::RoundCommitted { epsilon, .. } => Some(epsilon),
+            _ => None,
+        });
+        assert!(root_epsilon.is_some(), "the root commits the round");
+        assert_eq!(root_epsilon, flat_epsilon, "z = {z}: the root accounts what the flat coordinator does");
+        let moved = root.params().values.iter().zip(&flat.params().values);
+        for (tree, flat) in moved {
+            assert!((tree - flat).abs() <= 1e-6 * flat.abs().max(1.0), "z = {z}: tree {tree} vs flat {flat}");
+        }
+    }
+}
+
+#[test]
+fn a_dp_root_asks_only_its_aggregators_and_needs_each_cohorts_expected_size() {
+    let t0 = Instant::now();
+    let mut root = coordinator(CoordinatorConfig { round_interval: GATHER, ..dp(root_config(1), 1.0, 1.0) });
+    join(&mut root, 1, t0); // A client: nobody samples or clips for it here.
+    join_with_token(&mut root, 2, AGGREGATOR_TOKENS[0], t0);
+    root.handle_timeout(t0 + GATHER);
+    transmits(&mut root);
+    let started = events(&mut root).into_iter().find_map(|e| match e {
+        CoordinatorEvent::RoundStarted { sampled, .. } => Some(sampled),
+        _ => None,
+    });
+    assert_eq!(started, Some(vec![ConnectionId(2)]));
+    root.handle_message(ConnectionId(1), update(1, 0, vec![0.1, 0.1], 1, 0), t0);
+    assert_eq!(refused(&events(&mut root)), [&UpdateRefusal::NotSampled]);
+    // A cohort without its expected size cannot be divided fairly: refused.
+    let metrics = LocalMetrics { samples: 2, prequential_errors: 0 };
+    let update = Update { round: 1, base_version: 0, delta: vector(vec![0.1, 0.1]), metrics, moments: None };
+    let cohort = Cohort { participants: 2, mean_sq_norm: 0.02, expected: None };
+    root.handle_message(ConnectionId(2), ClientMessage::CohortUpdate { update, cohort }, t0);
+    assert_eq!(refused(&events(&mut root)), [&UpdateRefusal::Invalid(AggregateError::BadCohort)]);
+}
+
+#[test]
+fn a_dp_edge_samples_on_secret_coins_clips_and_sends_whatever_answered() {
+    let t0 = Instant::now();
+    let privacy = CohortPrivacy { clip: 0.5, sample_rate: 0.5 };
+    // A quorum of 5 the edge does not wait for under DP (the root's denominator must not hang
+    // on how many of its sampled clients answered).
+    let mut edge = joined_quietly(dp_edge_config(5, privacy), 20, t0);
+    edge.handle_parent_request(1, 0, Duration::from_secs(10), t0);
+    let asked: Vec<ConnectionId> = transmits(&mut edge).into_iter().map(|(conn, _)| conn).collect();
+    assert!((3..=17).contains(&asked.len()), "about half of 20 sampled, {} were", asked.len());
+    let first = asked[0];
+    edge.handle_message(first, update(1, 0, vec![3.0, 4.0], 9, 2), t0);
+    edge.handle_timeout(t0 + Duration::from_secs(8));
+    let ready = events(&mut edge).into_iter().find_map(|e| match e {
+        CoordinatorEvent::CohortReady { round: 1, contribution } => Some(contribution),
+        _ => None,
+    });
+    let ready = ready.expect("one answer is enough under DP");
+    // Clipped from norm 5 to 0.5, weighing one, q·N = 10 expected.
+    assert_eq!(ready.delta.values, vec![0.3, 0.4]);
+    assert_eq!(ready.metrics.samples, 1);
+    assert_eq!(ready.cohort.map(|c| (c.participants, c.expected)), Some((1, Some(10.0))));
+    assert!(!dp_edge_config(5, privacy).update_rules().feature_moments, "no feature statistics under DP");
+}
+
+#[test]
+fn dp_in_a_tree_refuses_what_it_cannot_account() {
+    use crate::round::config::{AdaptiveClipping, NoisePlacement};
+    let incompatible = |config: CoordinatorConfig| matches!(config.validate(), Err(ConfigError::Incompatible(_)));
+    assert_eq!(dp(root_config(2), 1.0, 1.0).validate(), Ok(()));
+    let mut distributed = dp(root_config(2), 1.0, 1.0);
+    if let Some(p) = &mut distributed.privacy {
+        p.placement = NoisePlacement::Distributed;
+    }
+    assert!(incompatible(distributed));
+    let mut adaptive = dp(root_config(2), 1.0, 1.0);
+    if let Some(p) = &mut adaptive.privacy {
+        p.adaptive = Some(AdaptiveClipping { target_quantile: 0.5, learning_rate: 0.2 });
+    }
+    assert!(incompatible(adaptive));
+    // An edge takes its settings from the root, not its own options.
+    assert!(incompatible(dp(edge_config(2), 1.0, 1.0)));
+    let privacy = CohortPrivacy { clip: 1.0, sample_rate: 0.5 };
+    assert_eq!(dp_edge_config(2, privacy).validate(), Ok(()));
+    let out_of_range = CohortPrivacy { clip: 1.0, sample_rate: 1.5 };
+    assert!(incompatible(dp_edge_config(2, out_of_range)));
+    let secure = crate::round::config::SecureConfig {
+        neighbours: 0,
+        threshold: 0,
+        clip_range: 10.0,
+        scale_bits: 16,
+        phase_timeout: Duration::from_secs(5),
+    };
+    let secure = CoordinatorConfig { secure: Some(secure), ..dp_edge_config(2, privacy) };
+    assert!(incompatible(secure));
 }
