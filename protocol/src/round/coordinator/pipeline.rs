@@ -57,7 +57,12 @@ pub(super) fn build(config: &CoordinatorConfig, checkpoint: &Checkpoint) -> Resu
         Some(inputs) if takes_moments => Some(resumed.unwrap_or_else(|| FeatureMoments::new(inputs))),
         _ => resumed,
     };
-    Ok((scheduler, Pipeline { sample_cap: config.sample_cap(), privacy, edge_privacy, moments, takes_moments }))
+    // An edge forwards the statistics of each round's rows with its cohort.
+    let round_moments = inputs.filter(|_| takes_moments && config.hierarchy.is_edge()).map(FeatureMoments::new);
+    Ok((
+        scheduler,
+        Pipeline { sample_cap: config.sample_cap(), privacy, edge_privacy, moments, round_moments, takes_moments },
+    ))
 }
 
 /// What every mode applies to an update and to a round (see the module docs).
@@ -69,6 +74,9 @@ pub(super) struct Pipeline {
     edge_privacy: Option<EdgePrivacy>,
     /// The fleet's feature statistics so far.
     moments: Option<FeatureMoments>,
+    /// At an edge aggregator: the statistics the running round's updates brought, sent up
+    /// with the cohort's aggregate.
+    round_moments: Option<FeatureMoments>,
     /// Whether updates may bring more (see `CoordinatorConfig::takes_feature_moments`).
     takes_moments: bool,
 }
@@ -212,6 +220,18 @@ impl Pipeline {
         {
             tracing::warn!(%error, "feature statistics not added");
         }
+        // Checked by `accept` like the total's: a merge cannot fail where that one did not.
+        if let (Some(round), Some(moments)) = (&mut self.round_moments, moments) {
+            let _ = round.merge(moments);
+        }
+    }
+
+    /// At an edge aggregator: the statistics of the round's rows so far (none if no update
+    /// brought any), starting the next round's from zero.
+    pub(super) fn take_round_moments(&mut self) -> Option<FeatureMoments> {
+        let round = self.round_moments.as_mut()?;
+        let taken = std::mem::replace(round, FeatureMoments::new(round.features()));
+        (taken.count > 0).then_some(taken)
     }
 
     /// The clients of round `round` among `candidates` (sorted, distinct), and how the
@@ -225,6 +245,8 @@ impl Pipeline {
         seed: u64,
         round: u64,
     ) -> (Vec<ConnectionId>, Option<DpRelease>) {
+        // A new round: what an abandoned one brought does not go up with this one.
+        self.take_round_moments();
         if let Some(edge) = &self.edge_privacy {
             let CohortPrivacy { clip, sample_rate } = edge.settings;
             let expected = sample_rate * candidates.len() as f64;

@@ -313,7 +313,8 @@ impl Coordinator {
                 };
                 let errors = active.metrics.prequential_errors.min(weight);
                 let metrics = LocalMetrics { samples: weight, prequential_errors: errors };
-                let contribution = Contribution { delta, metrics, moments: None, cohort: Some(cohort) };
+                let moments = self.pipeline.take_round_moments();
+                let contribution = Contribution { delta, metrics, moments, cohort: Some(cohort) };
                 self.events.push_back(CoordinatorEvent::CohortReady { round, contribution });
             }
             Err(reason) => self.events.push_back(CoordinatorEvent::RoundFailed { round, reason }),

@@ -485,3 +485,41 @@ fn dp_in_a_tree_refuses_what_it_cannot_account() {
     let secure = CoordinatorConfig { secure: Some(secure), ..dp_edge_config(2, privacy) };
     assert!(incompatible(secure));
 }
+
+/// The served model's standardiser needs the fleet's feature statistics: an edge sends those
+/// of its round's rows with its cohort, and the root adds them to the fleet's as a flat
+/// coordinator adds its clients'.
+#[test]
+fn feature_statistics_go_up_the_tree_with_each_cohort() {
+    let t0 = Instant::now();
+    let mut edge = joined_quietly(edge_config(1), 2, t0);
+    assert!(edge_config(1).update_rules().feature_moments, "an edge takes its clients' statistics");
+    edge.handle_parent_request(1, 0, Duration::from_secs(10), t0);
+    transmits(&mut edge);
+    let a = moments(&[[1.0, 2.0, 3.0, 4.0]]);
+    let b = moments(&[[3.0, 2.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]]);
+    edge.handle_message(ConnectionId(1), with_moments(update(1, 0, vec![0.1, 0.0], 1, 0), a.clone()), t0);
+    edge.handle_message(ConnectionId(2), with_moments(update(1, 0, vec![0.2, 0.0], 2, 0), b.clone()), t0);
+    let ready = events(&mut edge).into_iter().find_map(|e| match e {
+        CoordinatorEvent::CohortReady { round: 1, contribution } => Some(contribution),
+        _ => None,
+    });
+    let ready = ready.expect("the cohort's aggregate");
+    let mut both = a;
+    both.merge(&b).unwrap();
+    assert_eq!(ready.moments.as_ref(), Some(&both));
+    // The next round starts from none.
+    edge.handle_parent_request(2, 0, Duration::from_secs(10), t0);
+    transmits(&mut edge);
+    edge.handle_message(ConnectionId(1), update(2, 0, vec![0.1, 0.0], 1, 0), t0);
+    edge.handle_timeout(t0 + Duration::from_secs(9));
+    let next = events(&mut edge).into_iter().find_map(|e| match e {
+        CoordinatorEvent::CohortReady { round: 2, contribution } => Some(contribution),
+        _ => None,
+    });
+    assert_eq!(next.expect("round 2's aggregate").moments, None);
+    let mut root = joined_aggregator(t0);
+    root.handle_message(ConnectionId(1), cohort_message(ready), t0);
+    assert!(events(&mut root).iter().any(|e| matches!(e, CoordinatorEvent::RoundCommitted { .. })));
+    assert_eq!(root.checkpoint().feature_moments, Some(both));
+}
