@@ -10,7 +10,7 @@ use quinn::VarInt;
 /// Code of a normal close (goodbye, shutdown).
 pub const GOODBYE: VarInt = VarInt::from_u32(0);
 
-const CODES: [ErrorCode; 11] = [
+const CODES: [ErrorCode; 12] = [
     ErrorCode::UnsupportedVersion,
     ErrorCode::Unauthorized,
     ErrorCode::Malformed,
@@ -22,6 +22,7 @@ const CODES: [ErrorCode; 11] = [
     ErrorCode::Internal,
     ErrorCode::SessionReplaced,
     ErrorCode::Declined,
+    ErrorCode::TryLater,
 ];
 
 /// The application close code of an error.

@@ -360,7 +360,8 @@ impl LocalMetrics {
 pub enum ErrorCode {
     /// The peer speaks another [`PROTOCOL_VERSION`].
     UnsupportedVersion,
-    /// The auth token is missing or not accepted.
+    /// The auth token is missing or not accepted, or this coordinator admits no client with
+    /// it (a root under differential privacy takes clients only through its aggregators).
     Unauthorized,
     /// A frame could not be decoded.
     Malformed,
@@ -382,6 +383,10 @@ pub enum ErrorCode {
     /// The client has no update for the request it answers (nothing learnt yet, or an edge
     /// aggregator whose cohort round failed): the round need not wait for it.
     Declined,
+    /// The coordinator cannot take this client now, and a later attempt may succeed (a root
+    /// under differential privacy that redirects its clients, before any aggregator has
+    /// announced where it serves).
+    TryLater,
 }
 
 impl std::fmt::Display for ErrorCode {

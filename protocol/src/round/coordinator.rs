@@ -438,6 +438,23 @@ impl Coordinator {
             self.events.push_back(CoordinatorEvent::ClientRedirected { conn, address });
             return;
         }
+        // Under DP a root samples and clips only through its aggregators: a client of its own
+        // would wait for a request that never comes.
+        if !aggregator
+            && self.config.privacy.is_some()
+            && let Hierarchy::Root { redirect_clients, .. } = self.config.hierarchy
+        {
+            let (code, reason) = if redirect_clients {
+                (ErrorCode::TryLater, "this root runs differential privacy through its aggregators and none serves yet")
+            } else {
+                (
+                    ErrorCode::Unauthorized,
+                    "this root runs differential privacy through its aggregators and takes no client itself: \
+                     join an aggregator (or run the root with --redirect-clients)",
+                )
+            };
+            return self.refuse(conn, code, reason.into(), now);
+        }
         if let Some(identity) = identity {
             self.make_room_for(identity, now);
         }

@@ -407,10 +407,30 @@ fn dp_over_a_tree_releases_what_dp_over_the_flat_fleet_releases() {
 }
 
 #[test]
-fn a_dp_root_asks_only_its_aggregators_and_needs_each_cohorts_expected_size() {
+fn a_dp_root_takes_clients_only_through_its_aggregators_and_needs_each_cohorts_expected_size() {
     let t0 = Instant::now();
+    let refused_join = |root: &mut Coordinator, conn: u64| {
+        join(root, conn, t0);
+        events(root).into_iter().find_map(|e| match e {
+            CoordinatorEvent::ClientRefused { code, .. } => Some(code),
+            _ => None,
+        })
+    };
+    // A client would wait for a request that never comes: refused for good without redirects,
     let mut root = coordinator(CoordinatorConfig { round_interval: GATHER, ..dp(root_config(1), 1.0, 1.0) });
-    join(&mut root, 1, t0); // A client: nobody samples or clips for it here.
+    assert_eq!(refused_join(&mut root, 1), Some(ErrorCode::Unauthorized));
+    // for now while no aggregator serves one that redirects, and redirected once one does.
+    let mut redirecting = dp(root_config(1), 1.0, 1.0);
+    redirecting.hierarchy = Hierarchy::Root {
+        aggregator_tokens: AGGREGATOR_TOKENS.iter().map(|t| t.to_string()).collect(),
+        redirect_clients: true,
+    };
+    let mut redirecting = coordinator(redirecting);
+    assert_eq!(refused_join(&mut redirecting, 1), Some(ErrorCode::TryLater));
+    join_with_token(&mut redirecting, 2, AGGREGATOR_TOKENS[0], t0);
+    redirecting.handle_message(ConnectionId(2), serving("10.0.0.2:4433"), t0);
+    transmits(&mut redirecting);
+    assert_eq!(redirected(&mut redirecting, 3, t0), "10.0.0.2:4433");
     join_with_token(&mut root, 2, AGGREGATOR_TOKENS[0], t0);
     root.handle_timeout(t0 + GATHER);
     transmits(&mut root);
@@ -419,8 +439,6 @@ fn a_dp_root_asks_only_its_aggregators_and_needs_each_cohorts_expected_size() {
         _ => None,
     });
     assert_eq!(started, Some(vec![ConnectionId(2)]));
-    root.handle_message(ConnectionId(1), update(1, 0, vec![0.1, 0.1], 1, 0), t0);
-    assert_eq!(refused(&events(&mut root)), [&UpdateRefusal::NotSampled]);
     // A cohort without its expected size cannot be divided fairly: refused.
     let metrics = LocalMetrics { samples: 2, prequential_errors: 0 };
     let update = Update { round: 1, base_version: 0, delta: vector(vec![0.1, 0.1]), metrics, moments: None };
