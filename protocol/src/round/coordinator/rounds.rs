@@ -311,8 +311,14 @@ impl Coordinator {
                     fingerprint: self.params.fingerprint,
                     values,
                 };
-                let errors = active.metrics.prequential_errors.min(weight);
-                let metrics = LocalMetrics { samples: weight, prequential_errors: errors };
+                let metrics = if self.config.hierarchy.edge_privacy().is_some() {
+                    // The root weighs a DP cohort by its clients (one each), so the counters
+                    // stay theirs: the root's mean local error is the flat fleet's.
+                    active.metrics
+                } else {
+                    let errors = active.metrics.prequential_errors.min(weight);
+                    LocalMetrics { samples: weight, prequential_errors: errors }
+                };
                 let moments = self.pipeline.take_round_moments();
                 let contribution = Contribution { delta, metrics, moments, cohort: Some(cohort) };
                 self.events.push_back(CoordinatorEvent::CohortReady { round, contribution });

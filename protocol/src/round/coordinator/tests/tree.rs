@@ -371,7 +371,7 @@ fn dp_over_a_tree_releases_what_dp_over_the_flat_fleet_releases() {
             flat.handle_message(ConnectionId(index as u64 + 1), update(1, 0, delta, samples, 1), t0);
         }
         let flat_epsilon = events(&mut flat).into_iter().find_map(|e| match e {
-            CoordinatorEvent::RoundCommitted { epsilon, .. } => Some(epsilon),
+            CoordinatorEvent::RoundCommitted { epsilon, mean_local_error, .. } => Some((epsilon, mean_local_error)),
             _ => None,
         });
         let root_config = dp(root_config(2), z, 0.5);
@@ -389,16 +389,17 @@ fn dp_over_a_tree_releases_what_dp_over_the_flat_fleet_releases() {
         ];
         // Each cohort weighs one per client and brings its expected size q·N.
         assert_eq!(cohorts[0].cohort.map(|c| (c.participants, c.expected)), Some((4, Some(4.0))));
-        assert_eq!(cohorts[0].metrics.samples, 4);
+        // The counters stay the clients' own (the root weighs the cohort by its clients).
+        assert_eq!(cohorts[0].metrics, LocalMetrics { samples: 3 + 5 + 7 + 9, prequential_errors: 4 });
         for (conn, contribution) in (1..).zip(cohorts) {
             root.handle_message(ConnectionId(conn), cohort_message(contribution), t0);
         }
         let root_epsilon = events(&mut root).into_iter().find_map(|e| match e {
-            CoordinatorEvent::RoundCommitted { epsilon, .. } => Some(epsilon),
+            CoordinatorEvent::RoundCommitted { epsilon, mean_local_error, .. } => Some((epsilon, mean_local_error)),
             _ => None,
         });
         assert!(root_epsilon.is_some(), "the root commits the round");
-        assert_eq!(root_epsilon, flat_epsilon, "z = {z}: the root accounts what the flat coordinator does");
+        assert_eq!(root_epsilon, flat_epsilon, "z = {z}: the root accounts and records what the flat coordinator does");
         let moved = root.params().values.iter().zip(&flat.params().values);
         for (tree, flat) in moved {
             assert!((tree - flat).abs() <= 1e-6 * flat.abs().max(1.0), "z = {z}: tree {tree} vs flat {flat}");
@@ -467,7 +468,7 @@ fn a_dp_edge_samples_on_secret_coins_clips_and_sends_whatever_answered() {
     let ready = ready.expect("one answer is enough under DP");
     // Clipped from norm 5 to 0.5, weighing one, q·N = 10 expected.
     assert_eq!(ready.delta.values, vec![0.3, 0.4]);
-    assert_eq!(ready.metrics.samples, 1);
+    assert_eq!(ready.metrics, LocalMetrics { samples: 9, prequential_errors: 2 });
     assert_eq!(ready.cohort.map(|c| (c.participants, c.expected)), Some((1, Some(10.0))));
     assert!(!dp_edge_config(5, privacy).update_rules().feature_moments, "no feature statistics under DP");
 }
