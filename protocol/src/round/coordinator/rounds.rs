@@ -6,7 +6,7 @@ use super::scheduler::{ActiveRound, Answer};
 use super::{Coordinator, Outgoing, Peer};
 use crate::params::ParameterVector;
 use crate::round::events::{CoordinatorEvent, RoundFailure, UpdateRefusal};
-use crate::round::{ConnectionId, Hierarchy, StalenessPolicy};
+use crate::round::{ConnectionId, StalenessPolicy};
 use crate::wire::{Cohort, Contribution, CoordinatorMessage, LocalMetrics, Update};
 
 impl Coordinator {
@@ -17,7 +17,7 @@ impl Coordinator {
         if self.config.hierarchy.is_edge() {
             return;
         }
-        let candidates = self.round_candidates();
+        let candidates = self.joined_connections();
         let count = self.config.sample_size(candidates.len());
         let shutting_down = self.shutting_down;
         let Some(rounds) = self.scheduler.rounds_mut() else { return };
@@ -39,17 +39,6 @@ impl Coordinator {
 
     fn joined_connections(&self) -> Vec<ConnectionId> {
         self.peers.iter().filter(|(_, peer)| matches!(peer, Peer::Joined { .. })).map(|(conn, _)| *conn).collect()
-    }
-
-    /// Who a round may ask: every joined peer; at a root under differential privacy only its
-    /// aggregators (a client there would bring an update nobody sampled or clipped for it).
-    fn round_candidates(&self) -> Vec<ConnectionId> {
-        let aggregators_only = self.config.privacy.is_some() && matches!(self.config.hierarchy, Hierarchy::Root { .. });
-        let asked = |peer: &Peer| match peer {
-            Peer::Joined { aggregator, .. } => *aggregator || !aggregators_only,
-            Peer::Connecting { .. } => false,
-        };
-        self.peers.iter().filter(|(_, peer)| asked(peer)).map(|(conn, _)| *conn).collect()
     }
 
     /// Starts round `round` over `count` of `candidates` (at least one), waiting `deadline`.
