@@ -4,16 +4,22 @@
 
 use std::process::Command;
 
-#[test]
-fn a_tree_of_coordinators_gives_the_flat_fleets_fedavg_model() {
+/// `flotilla-bench-fleet-round --topology 2x3 --rounds 2` of `params` parameters with `extra`
+/// flags: its JSON line, once it succeeded.
+fn bench_tree(params: &str, extra: &[&str]) -> serde_json::Value {
     let output = Command::new(env!("CARGO_BIN_EXE_flotilla-bench-fleet-round"))
-        .args(["--topology", "2x3", "--params", "20000", "--rounds", "2", "--timeout-s", "120"])
+        .args(["--topology", "2x3", "--params", params, "--rounds", "2", "--timeout-s", "120"])
+        .args(extra)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "the benchmark failed:\n{stderr}");
-    let line = String::from_utf8_lossy(&output.stdout);
-    let figures: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    serde_json::from_str(String::from_utf8_lossy(&output.stdout).trim()).unwrap()
+}
+
+#[test]
+fn a_tree_of_coordinators_gives_the_flat_fleets_fedavg_model() {
+    let figures = bench_tree("20000", &[]);
     assert_eq!(figures["topology"], "2x3");
     assert_eq!(figures["clients"], 6);
     // The workload's deltas depend on each client's index: the tree's model is the flat one.
@@ -27,14 +33,7 @@ fn a_tree_of_coordinators_gives_the_flat_fleets_fedavg_model() {
 /// flat FedAvg one, up to SecAgg's fixed-point rounding.
 #[test]
 fn secure_aggregation_per_edge_cohort_gives_the_same_model() {
-    let output = Command::new(env!("CARGO_BIN_EXE_flotilla-bench-fleet-round"))
-        .args(["--topology", "2x3", "--params", "5000", "--rounds", "2", "--timeout-s", "120"])
-        .arg("--aggregator-arg=--secure-aggregation")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "the benchmark failed:\n{stderr}");
-    let figures: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&output.stdout).trim()).unwrap();
+    let figures = bench_tree("5000", &["--aggregator-arg=--secure-aggregation"]);
     assert_eq!(figures["aggregator_args"][0], "--secure-aggregation");
     assert_eq!(figures["matches_reference"], true, "{figures}");
 }
@@ -49,15 +48,8 @@ fn secure_aggregation_per_edge_cohort_gives_the_same_model() {
 #[test]
 fn dp_across_the_tree_samples_and_clips_at_the_aggregators() {
     let run = |clip: &str| {
-        let output = Command::new(env!("CARGO_BIN_EXE_flotilla-bench-fleet-round"))
-            .args(["--topology", "2x3", "--params", "5000", "--rounds", "2", "--timeout-s", "120"])
-            .args(["--coordinator-arg=--dp-noise-multiplier=0", &format!("--coordinator-arg=--dp-clip={clip}")])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "the benchmark failed:\n{stderr}");
-        let line = String::from_utf8_lossy(&output.stdout);
-        let figures: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        let clip = format!("--coordinator-arg=--dp-clip={clip}");
+        let figures = bench_tree("5000", &["--coordinator-arg=--dp-noise-multiplier=0", &clip]);
         figures["max_relative_difference"].as_f64().unwrap()
     };
     let unclipped = run("1000");

@@ -75,6 +75,17 @@ fn edge_round_with(config: CoordinatorConfig, first: usize, count: usize, t0: In
     ready.expect("the cohort's aggregate")
 }
 
+/// A root of `config` joined by one aggregator per token at `t0`, its queues drained.
+fn root_with_aggregators(config: CoordinatorConfig, t0: Instant) -> Coordinator {
+    let mut root = coordinator(config);
+    for (conn, token) in (1..).zip(AGGREGATOR_TOKENS) {
+        join_with_token(&mut root, conn, token, t0);
+    }
+    transmits(&mut root);
+    events(&mut root);
+    root
+}
+
 fn cohort_message(contribution: Contribution) -> ClientMessage {
     let Contribution { delta, metrics, moments, cohort } = contribution;
     let update = Update { round: 1, base_version: 0, delta, metrics, moments };
@@ -91,12 +102,7 @@ fn fedavg_over_a_tree_equals_fedavg_over_the_flat_fleet() {
             config
         };
         let flat = flat_round(with_step(config(6)), 6, t0);
-        let mut root = coordinator(with_step(root_config(2)));
-        for (conn, token) in (1..).zip(AGGREGATOR_TOKENS) {
-            join_with_token(&mut root, conn, token, t0);
-        }
-        transmits(&mut root);
-        events(&mut root);
+        let mut root = root_with_aggregators(with_step(root_config(2)), t0);
         let cohorts = [edge_round(0, 4, t0), edge_round(4, 2, t0)];
         assert_eq!(cohorts[0].cohort.map(|c| c.participants), Some(4));
         assert_eq!(cohorts[0].metrics, LocalMetrics { samples: 3 + 5 + 7 + 9, prequential_errors: 4 });
@@ -377,12 +383,7 @@ fn dp_over_a_tree_releases_what_dp_over_the_flat_fleet_releases() {
         let root_config = dp(root_config(2), z, 0.5);
         let privacy = root_config.update_rules().cohort_privacy.expect("a DP root tells its aggregators");
         assert_eq!(privacy, CohortPrivacy { clip: 0.5, sample_rate: 1.0 });
-        let mut root = coordinator(root_config);
-        for (conn, token) in (1..).zip(AGGREGATOR_TOKENS) {
-            join_with_token(&mut root, conn, token, t0);
-        }
-        transmits(&mut root);
-        events(&mut root);
+        let mut root = root_with_aggregators(root_config, t0);
         let cohorts = [
             edge_round_with(dp_edge_config(4, privacy), 0, 4, t0),
             edge_round_with(dp_edge_config(2, privacy), 4, 2, t0),
