@@ -1,7 +1,7 @@
 //! The served model: a global HBP network with the feature statistics it is served with, and
 //! its forward pass in plain Rust over the flat parameter vector (no tensors to set up per
-//! request, no allocation beyond two row buffers): one sample per request, or a batch in one
-//! pass that streams every weight matrix once for all its rows.
+//! request): one sample per request, or a batch in one pass, packed for the CPU's vector units
+//! ([`crate::packed`]).
 //!
 //! The pass is the learner's ([`crate::hbp`]): raw features standardised with the fleet's
 //! mean and standard deviation (clipped to ±[`Z_CLIP`], zero for a feature without spread),
@@ -13,11 +13,9 @@ pub use flotilla_protocol::model::Prediction;
 use flotilla_protocol::model::hbp::{HbpConfig, layout};
 use flotilla_protocol::params::{ParameterError, ParameterVector};
 
-use burn::tensor::{Device, Tensor, TensorData};
-
-use crate::hbp::{HbpModel, ModelError};
 pub use crate::network::argmax;
 use crate::network::{InputStage, Network, NetworkError};
+use crate::packed::PackedNetwork;
 use crate::standardize::Z_CLIP;
 
 /// Why a predictor could not be built or a row not predicted.
@@ -44,9 +42,9 @@ pub enum InferError {
         /// Features given.
         found: usize,
     },
-    /// The network could not be built or read back on the CPU backend.
-    #[error(transparent)]
-    Model(#[from] ModelError),
+    /// The network is not plain dense layers (cannot happen for an HBP network).
+    #[error("the network is not plain dense layers")]
+    NotDense,
     /// A feature value is NaN or infinite.
     #[error("row {row}, feature {feature}: {value} is not a finite number")]
     NotFinite {
@@ -97,20 +95,16 @@ pub fn check_rows<R: AsRef<[f32]>>(inputs: usize, rows: &[R]) -> Result<(), Infe
     Ok(())
 }
 
-/// Rows from which a pass goes through burn's CPU backend (blocked, SIMD matrix products on
-/// every core) instead of the plain loops, which win on a few rows (no tensor set-up).
-pub const BATCH_ROWS: usize = 64;
-
 /// A network ready to predict.
 #[derive(Debug, Clone)]
 pub struct Predictor {
     config: HbpConfig,
     values: Vec<f32>,
-    /// The same network as plain layers, for a few rows.
+    /// The same network as plain layers (the reference pass).
     network: Network,
     standardization: Option<Standardization>,
-    /// The same network as burn tensors on the CPU, for large batches.
-    batched: HbpModel,
+    /// The same network packed for SIMD: every prediction goes through it.
+    packed: PackedNetwork,
 }
 
 impl Predictor {
@@ -127,8 +121,8 @@ impl Predictor {
             NetworkError::Parameters(e) => InferError::Parameters(e),
             NetworkError::Statistics { expected, found } => InferError::Statistics { expected, found },
         })?;
-        let batched = HbpModel::from_parameters(config.clone(), params, &Device::flex()).map_err(InferError::Model)?;
-        Ok(Self { config: config.clone(), values: params.values.clone(), network, standardization, batched })
+        let packed = PackedNetwork::new(&network).ok_or(InferError::NotDense)?;
+        Ok(Self { config: config.clone(), values: params.values.clone(), network, standardization, packed })
     }
 
     /// The network's shape and hyper-parameters.
@@ -178,20 +172,16 @@ impl Predictor {
 
     /// Predicts every row (checked by [`Predictor::check_rows`]) in one pass.
     pub fn predict(&self, rows: &[&[f32]]) -> Result<Vec<Prediction>, InferError> {
-        let c = self.config.classes;
         self.check_rows(rows)?;
-        let b = rows.len();
         let flat: Vec<f32> = rows.iter().flat_map(|row| row.iter().copied()).collect();
-        if b < BATCH_ROWS {
-            return Ok(predictions(&self.network.forward(&flat), c));
-        }
-        let d = self.config.inputs;
-        let input = self.network.input_stage(&flat);
-        let features = Tensor::from_data(TensorData::new(input, [b, d]), self.batched.device());
-        let mixed = self.batched.predict_proba(features);
-        let mixed =
-            mixed.try_into_vec_as::<f32>().map_err(|e| InferError::Model(ModelError::Readback(format!("{e:?}"))))?;
-        Ok(predictions(&mixed, c))
+        Ok(predictions(&self.packed.forward(&flat), self.config.classes))
+    }
+
+    /// The plain-loop reference pass ([`Network::forward`]) over the same rows.
+    pub fn predict_reference(&self, rows: &[&[f32]]) -> Result<Vec<Prediction>, InferError> {
+        self.check_rows(rows)?;
+        let flat: Vec<f32> = rows.iter().flat_map(|row| row.iter().copied()).collect();
+        Ok(predictions(&self.network.forward(&flat), self.config.classes))
     }
 }
 
@@ -219,13 +209,16 @@ mod tests {
             .collect()
     }
 
-    /// Both passes (plain loops for a few rows, burn's CPU backend for a batch) predict what
-    /// the burn learner predicts on the same standardised rows, with and without the input
-    /// head; a small batch takes the plain loops.
+    /// The packed pass predicts what the burn learner and the plain-loop reference predict on
+    /// the same rows, with and without the input head, a width that is not a whole number of
+    /// vectors, a batch large enough to be spread over threads, and any batch size (tile
+    /// tails): one row alone gets what it gets inside a batch.
     #[test]
-    fn matches_the_burn_model_on_standardised_rows() {
+    fn matches_the_burn_model_and_the_reference() {
+        use crate::hbp::HbpModel;
+        use burn::tensor::{Device, Tensor, TensorData};
         for input_head in [true, false] {
-            let config = HbpConfig { hidden_layers: 3, width: 16, input_head, seed: 7, ..HbpConfig::new(5, 4) };
+            let config = HbpConfig { hidden_layers: 3, width: 40, input_head, seed: 7, ..HbpConfig::new(5, 4) };
             let device = Device::flex();
             let mut model = HbpModel::new(config.clone(), &device).unwrap();
             // A few learning steps so that α and the weights are not at their initial values.
@@ -241,36 +234,36 @@ mod tests {
             }
             let params = model.to_parameters().unwrap();
             let predictor = Predictor::new(&config, &params, Some(standardization.clone())).unwrap();
-            let test = rows(300, 5, 2);
-            let few: Vec<&[f32]> = test.iter().take(BATCH_ROWS - 1).map(Vec::as_slice).collect();
-            let few = predictor.predict(&few).unwrap();
+            let test = rows(crate::packed::PARALLEL_ROWS + 45, 5, 2);
             let refs: Vec<&[f32]> = test.iter().map(Vec::as_slice).collect();
             let batched = predictor.predict(&refs).unwrap();
+            let reference = predictor.predict_reference(&refs).unwrap();
             let z: Vec<f32> = test.iter().flat_map(|row| standardize(row)).collect();
             let expected = model.predict_proba(Tensor::from_data(TensorData::new(z, [test.len(), 5]), &device));
             let expected: Vec<f32> = expected.try_into_vec_as::<f32>().unwrap();
-            for (small, large) in few.iter().zip(&batched) {
-                assert!(small.probabilities.iter().zip(&large.probabilities).all(|(a, b)| (a - b).abs() < 1e-5));
-            }
-            for (row, (prediction, probabilities)) in batched.iter().zip(expected.chunks(4)).enumerate() {
-                for (a, b) in prediction.probabilities.iter().zip(probabilities) {
-                    assert!((a - b).abs() < 1e-5, "row {row}: {:?} vs {probabilities:?}", prediction.probabilities);
-                }
+            let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-5);
+            for (row, ((prediction, plain), probabilities)) in
+                batched.iter().zip(&reference).zip(expected.chunks(4)).enumerate()
+            {
+                assert!(
+                    close(&prediction.probabilities, probabilities),
+                    "row {row}: {prediction:?} vs {probabilities:?}"
+                );
+                assert!(
+                    close(&prediction.probabilities, &plain.probabilities),
+                    "row {row}: {prediction:?} vs {plain:?}"
+                );
                 let best =
                     probabilities.iter().enumerate().fold((0, f32::MIN), |m, (k, &p)| if p > m.1 { (k, p) } else { m });
                 // Ties within float noise may break either way; anything else must agree.
                 if (prediction.probabilities[prediction.class] - best.1).abs() > 1e-6 {
                     assert_eq!(prediction.class, best.0, "row {row}");
                 }
-                // One row alone takes the plain loops; the batch took burn's CPU backend.
-                let alone = predictor.predict(&[refs[row]]).unwrap().remove(0);
-                for (a, b) in alone.probabilities.iter().zip(&prediction.probabilities) {
-                    assert!(
-                        (a - b).abs() < 1e-5,
-                        "row {row} alone: {:?} vs {:?}",
-                        alone.probabilities,
-                        prediction.probabilities
-                    );
+            }
+            for size in [1, 2, 3, 4, 5, 63, 64, 65, 130] {
+                let part = predictor.predict(&refs[..size]).unwrap();
+                for (row, (small, large)) in part.iter().zip(&batched).enumerate() {
+                    assert!(close(&small.probabilities, &large.probabilities), "size {size} row {row}");
                 }
             }
         }
@@ -279,7 +272,8 @@ mod tests {
     #[test]
     fn bad_rows_and_shapes_are_errors() {
         let config = HbpConfig { hidden_layers: 1, width: 4, ..HbpConfig::new(2, 2) };
-        let params = HbpModel::new(config.clone(), &Device::flex()).unwrap().to_parameters().unwrap();
+        let params =
+            crate::hbp::HbpModel::new(config.clone(), &burn::tensor::Device::flex()).unwrap().to_parameters().unwrap();
         let predictor = Predictor::new(&config, &params, None).unwrap();
         assert!(matches!(predictor.predict(&[&[1.0]]), Err(InferError::RowLength { row: 0, expected: 2, found: 1 })));
         let nan = [0.0, f32::NAN];

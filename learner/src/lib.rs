@@ -10,6 +10,8 @@
 //! - [`evaluate`]: a model's error on held-out rows (the coordinator's global error, baselines).
 //! - [`infer`]: the served model: standardisation with the fleet's statistics and the forward
 //!   pass in plain Rust, one row or a batch.
+//! - [`packed`]: the served network packed for SIMD (AVX-512 / AVX2 picked at run time), the
+//!   pass every served prediction takes.
 //! - [`network`]: the served network as plain dense layers (input stage, ReLU trunk, heads,
 //!   α-mix) with its forward pass; what export, fusion, pruning and quantisation reshape.
 //! - [`prequential`]: test-then-train scoring and the one-pass runner.
@@ -30,6 +32,7 @@ pub mod hbp;
 pub mod infer;
 pub mod local;
 pub mod network;
+pub mod packed;
 pub mod personal;
 pub mod prequential;
 pub mod standardize;

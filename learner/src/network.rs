@@ -283,7 +283,7 @@ pub fn argmax(probabilities: &[f32]) -> usize {
 
 /// Turns each row of `logits` into probabilities (a stable softmax) and adds `alpha` times
 /// them to `mixed`.
-fn mix(logits: &mut [f32], c: usize, alpha: f32, mixed: &mut [f32]) {
+pub(crate) fn mix(logits: &mut [f32], c: usize, alpha: f32, mixed: &mut [f32]) {
     for (z, m) in logits.chunks_exact_mut(c).zip(mixed.chunks_exact_mut(c)) {
         let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut total = 0.0;
