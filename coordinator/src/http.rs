@@ -97,8 +97,8 @@ fn predictor(checkpoint: &Checkpoint, fallback: Option<&FeatureMoments>) -> Resu
     };
     let moments = checkpoint.feature_moments.as_ref().filter(|m| m.count > 0).or(fallback);
     let Some(standardization) = moments.and_then(Standardization::from_moments) else {
-        return Err("no feature statistics to standardise raw features with: clients send none under secure \
-                    aggregation or differential privacy; give the coordinator --eval-data rows"
+        return Err("no feature statistics to standardise raw features with (yet): clients send none under \
+                    differential privacy; give the coordinator --eval-data rows"
             .into());
     };
     Predictor::new(spec, checkpoint.served_params(), Some(standardization)).map_err(|e| e.to_string())

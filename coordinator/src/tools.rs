@@ -172,7 +172,7 @@ fn load(source: &Source) -> anyhow::Result<Loaded> {
         (Some(m), _) if m.count > 0 => m.clone(),
         (_, Some(eval)) => eval.moments.clone(),
         _ => bail!(
-            "{} holds no feature statistics (a fleet under secure aggregation or DP sends none): give --eval-data \
+            "{} holds no feature statistics (a fleet under differential privacy sends none): give --eval-data \
              rows to standardise raw features with",
             path.display()
         ),

@@ -92,13 +92,21 @@ async fn sync_central_dp_with_compression_and_adaptive_clipping() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secure_aggregation() {
-    no_privacy(two_rounds(&["--secure-aggregation"]).await);
+    let (checkpoint, records) = two_rounds(&["--secure-aggregation"]).await;
+    // The clients' feature statistics (rows of mean 1 and variance 1) came masked with their
+    // deltas: the coordinator holds their sum, which gives the pooled mean and deviation.
+    let moments = checkpoint.feature_moments.clone().expect("feature statistics under secure aggregation");
+    assert!(moments.count > 0);
+    let (mean, std) = moments.mean_std().unwrap();
+    assert!(mean.iter().chain(&std).all(|v| (v - 1.0).abs() < 1e-6), "{mean:?} {std:?}");
+    no_privacy((checkpoint, records));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secure_aggregation_with_distributed_dp() {
     let (checkpoint, records) =
         two_rounds(&["--secure-aggregation", "--dp-noise-multiplier", "0.5", "--dp-clip", "1"]).await;
+    assert_eq!(checkpoint.feature_moments, None, "no feature statistics under DP");
     private(&records, &checkpoint);
 }
 

@@ -31,7 +31,7 @@ use crate::params::{Fingerprint, ParameterVector};
 use crate::secagg;
 
 /// Version of the message set below; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// QUIC application protocol name (ALPN) of this protocol version.
 pub const ALPN: &[u8] = b"flotilla/1";
@@ -179,7 +179,8 @@ pub struct UpdateRules {
     /// scaled down alike); the coordinator refuses a larger claim.
     pub max_samples: Option<u64>,
     /// Whether the coordinator takes the feature statistics of the rows behind each update
-    /// ([`FeatureMoments`]; never under secure aggregation or differential privacy).
+    /// ([`FeatureMoments`]; in plain updates, or masked with the delta under secure
+    /// aggregation; never under differential privacy).
     pub feature_moments: bool,
     /// Fine-tuning a pruned model: every weight that is zero in the global model stays zero,
     /// so a client zeroes those coordinates of each update it sends

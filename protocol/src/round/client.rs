@@ -312,12 +312,10 @@ impl Client {
             Some(cap) => metrics.capped(cap.saturating_mul(cohort.map_or(1, |c| c.participants.max(1)))),
             None => metrics,
         };
-        // Feature statistics go only where the rules take them (never masked or under DP),
-        // over at most the samples claimed.
+        // Feature statistics go only where the rules take them (never under DP; masked with
+        // the delta under secure aggregation), over at most the samples claimed.
         let rules = &self.preparer.rules;
-        let moments = moments
-            .filter(|m| rules.feature_moments && !rules.secure && m.count > 0)
-            .map(|m| m.scaled_to(metrics.samples));
+        let moments = moments.filter(|m| rules.feature_moments && m.count > 0).map(|m| m.scaled_to(metrics.samples));
         let (round, base_version) = (request.round, request.model_version);
         if let Some(cohort) = cohort {
             let rules = &self.preparer.rules;
@@ -337,7 +335,7 @@ impl Client {
         let ParameterVector { format_version, fingerprint, mut values } = delta;
         self.preparer.privatise(&mut values)?;
         if self.preparer.rules.secure {
-            let messages = self.preparer.submit_secure(round, values)?;
+            let messages = self.preparer.submit_secure(round, prepare::Masked { values, moments })?;
             self.request = None;
             self.transmits.extend(messages);
             return Ok(());

@@ -488,11 +488,12 @@ impl CoordinatorConfig {
         Ok(())
     }
 
-    /// Whether clients send the feature statistics of their rows with each update: only where
-    /// the coordinator sees plain updates anyway (no secure aggregation, no differential
-    /// privacy, whose guarantees a client's moments would bypass).
+    /// Whether clients send the feature statistics of their rows with each update: in plain
+    /// updates, or masked with the delta under secure aggregation (the coordinator learns
+    /// only the survivors' sum); never under differential privacy, whose guarantees a
+    /// client's statistics would bypass.
     pub fn takes_feature_moments(&self) -> bool {
-        self.privacy.is_none() && self.hierarchy.edge_privacy().is_none() && self.secure.is_none()
+        self.privacy.is_none() && self.hierarchy.edge_privacy().is_none()
     }
 
     /// What clients are told to do with their updates.

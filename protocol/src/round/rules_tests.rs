@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use super::config::{NoisePlacement, PrivacyConfig, SecureConfig};
 use super::*;
 use crate::compress::Compression;
-use crate::model::HbpConfig;
+use crate::model::{FeatureMoments, HbpConfig};
 use crate::params::{Fingerprint, PARAMETER_FORMAT_VERSION, ParameterVector};
 use crate::privacy::NoiseKey;
 use crate::secagg;
@@ -36,6 +36,8 @@ struct Edge {
     inbound: FrameDecoder,
     outbound: FrameDecoder,
     delta: Vec<f32>,
+    /// The feature statistics of its rows (two features).
+    moments: FeatureMoments,
     drop: Drop,
     silent: bool,
 }
@@ -54,6 +56,13 @@ fn edges(drops: &[Drop]) -> Vec<Edge> {
             inbound: FrameDecoder::new(FrameLimit::DEFAULT),
             outbound: FrameDecoder::new(FrameLimit::DEFAULT),
             delta: delta(i),
+            moments: {
+                let mut moments = FeatureMoments::new(2);
+                let x = i as f32;
+                moments.add_row(&[x, -2.0 * x]);
+                moments.add_row(&[0.5, x * x - 3.0]);
+                moments
+            },
             drop: *drop,
             silent: false,
         })
@@ -112,7 +121,7 @@ fn pump(coordinator: &mut Coordinator, edges: &mut [Edge], now: Instant) {
                         .submit_update(Contribution {
                             delta,
                             metrics: LocalMetrics { samples: 10, prequential_errors: 1 },
-                            moments: None,
+                            moments: Some(edge.moments.clone()),
                             cohort: None,
                         })
                         .unwrap();
@@ -137,6 +146,24 @@ fn commits(coordinator: &mut Coordinator) -> Vec<(usize, Option<f64>)> {
 fn mean_of(edges: &[Edge], included: impl Fn(&Edge) -> bool) -> Vec<f32> {
     let chosen: Vec<&Edge> = edges.iter().filter(|e| included(e)).collect();
     (0..LEN).map(|j| chosen.iter().map(|e| e.delta[j]).sum::<f32>() / chosen.len() as f32).collect()
+}
+
+/// The merged feature statistics of the chosen edges.
+fn moments_of(edges: &[Edge], included: impl Fn(&Edge) -> bool) -> FeatureMoments {
+    let mut total = FeatureMoments::new(2);
+    edges.iter().filter(|e| included(e)).for_each(|e| total.merge(&e.moments).unwrap());
+    total
+}
+
+/// The coordinator's feature statistics are `expected` (to the masked encoding's 2^-32).
+fn assert_moments(coordinator: &Coordinator, expected: &FeatureMoments) {
+    let found = coordinator.checkpoint().feature_moments.expect("feature statistics");
+    assert_eq!(found.count, expected.count);
+    let (found, expected) =
+        (found.sum.iter().chain(&found.sum_squares), expected.sum.iter().chain(&expected.sum_squares));
+    for (a, b) in found.zip(expected) {
+        assert!((a - b).abs() < 1e-8, "{a} vs {b}");
+    }
 }
 
 fn max_difference(a: &[f32], b: &[f32]) -> f32 {
@@ -185,6 +212,8 @@ fn secure_round_equals_the_plain_mean_without_dropouts() {
         let expected = mean_of(&edges, |_| true);
         // Fixed point: 2^-16 per coordinate and client before the mean.
         assert!(max_difference(&coordinator.params().values, &expected) < 1e-4, "k = {neighbours}");
+        // The feature statistics came masked with the deltas: their sum is the fleet's.
+        assert_moments(&coordinator, &moments_of(&edges, |_| true));
     }
 }
 
@@ -208,6 +237,7 @@ fn secure_round_removes_the_masks_of_clients_dropped_before_masking() {
     assert_eq!(commits[0].0, 6, "six survivors");
     let expected = mean_of(&edges, |e| e.drop == Drop::Never);
     assert!(max_difference(&coordinator.params().values, &expected) < 1e-4);
+    assert_moments(&coordinator, &moments_of(&edges, |e| e.drop == Drop::Never));
 }
 
 #[test]

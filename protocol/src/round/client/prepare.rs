@@ -7,6 +7,7 @@ use rand_core::SeedableRng;
 
 use super::SubmitError;
 use crate::compress::{Compression, Compressor};
+use crate::model::FeatureMoments;
 use crate::privacy::{ClipBound, add_gaussian, clip_l2};
 use crate::secagg::{self, ClientPhase, SecAggClient, SessionSetup};
 use crate::wire::{ClientMessage, UpdateRules};
@@ -21,7 +22,15 @@ pub(super) struct Preparer {
     secure: Option<SecureRound>,
     /// A delta prepared for a round whose session has not been opened yet (the learner
     /// answered before the coordinator's `Setup` arrived).
-    early: Option<(u64, Vec<f32>)>,
+    early: Option<(u64, Masked)>,
+}
+
+/// What a client masks: its delta, and the feature statistics of its rows where the session
+/// takes them.
+#[derive(Debug)]
+pub(super) struct Masked {
+    pub(super) values: Vec<f32>,
+    pub(super) moments: Option<FeatureMoments>,
 }
 
 /// One round's secure-aggregation session on the client side.
@@ -30,7 +39,7 @@ struct SecureRound {
     round: u64,
     client: SecAggClient,
     /// The prepared delta, waiting for the session to reach its masked-input phase.
-    pending: Option<Vec<f32>>,
+    pending: Option<Masked>,
 }
 
 impl Preparer {
@@ -82,7 +91,7 @@ impl Preparer {
         rand_core::Rng::fill_bytes(&mut self.rng, seed.as_mut_slice());
         let mut client = SecAggClient::new(id, setup, *seed)?;
         let keys = client.advertise_keys()?;
-        let pending = self.early.take().filter(|(r, _)| *r == round).map(|(_, values)| values);
+        let pending = self.early.take().filter(|(r, _)| *r == round).map(|(_, masked)| masked);
         self.secure = Some(SecureRound { round, client, pending });
         Ok(ClientMessage::SecAgg { round, message: secagg::ClientMessage::AdvertiseKeys(keys) })
     }
@@ -109,13 +118,13 @@ impl Preparer {
     pub(super) fn submit_secure(
         &mut self,
         round: u64,
-        values: Vec<f32>,
+        masked: Masked,
     ) -> Result<Vec<ClientMessage>, secagg::SecAggError> {
         let Some(session) = self.secure.as_mut().filter(|s| s.round == round) else {
-            self.early = Some((round, values));
+            self.early = Some((round, masked));
             return Ok(Vec::new());
         };
-        session.pending = Some(values);
+        session.pending = Some(masked);
         Ok(self.flush_masked()?.into_iter().collect())
     }
 
@@ -125,8 +134,23 @@ impl Preparer {
         if session.client.phase() != ClientPhase::ReadyForInput {
             return Ok(None);
         }
-        let Some(values) = session.pending.take() else { return Ok(None) };
-        let masked = session.client.masked_update(&values, 1.0)?;
+        let Some(Masked { values, moments }) = session.pending.take() else { return Ok(None) };
+        let setup = session.client.setup();
+        let mut encoded = setup.params.fixed_point()?.encode(&values, 1.0)?;
+        // Words past the delta: the session takes the statistics of the client's rows, in
+        // their masked encoding; a client with none (or none that fit) masks zeros there.
+        let extra = setup.vector_len.saturating_sub(encoded.len());
+        if extra > 0 {
+            match moments.map(|m| m.to_secure_words()) {
+                Some(Ok(words)) if words.len() == extra => encoded.extend(words),
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "feature statistics left out of the masked input");
+                    encoded.resize(setup.vector_len, 0);
+                }
+                _ => encoded.resize(setup.vector_len, 0),
+            }
+        }
+        let masked = session.client.masked_input(&encoded)?;
         Ok(Some(ClientMessage::SecAgg { round: session.round, message: secagg::ClientMessage::MaskedInput(masked) }))
     }
 }

@@ -226,6 +226,36 @@ impl Pipeline {
         }
     }
 
+    /// Words of feature statistics a secure session's masked vectors carry after the delta
+    /// (zero where this coordinator takes none).
+    pub(super) fn secure_moment_words(&self) -> usize {
+        match (&self.moments, self.takes_moments) {
+            (Some(total), true) => crate::model::moments::secure_words(total.features()),
+            _ => 0,
+        }
+    }
+
+    /// Adds the statistics unmasked with a secure round's sum over `survivors` clients (their
+    /// words past the delta). A sum that does not decode, or claims more rows than the
+    /// survivors may report, is left out with a warning: the round's model still commits.
+    pub(super) fn add_secure_moments(&mut self, words: &[u32], survivors: usize) {
+        let Some(total) = self.moments.as_mut().filter(|_| self.takes_moments) else { return };
+        let moments = match FeatureMoments::from_secure_sum(words, total.features(), survivors) {
+            Ok(moments) => moments,
+            Err(error) => return tracing::warn!(%error, survivors, "secure feature statistics left out"),
+        };
+        let most = self.sample_cap.saturating_mul(survivors as u64);
+        if moments.count > most {
+            let count = moments.count;
+            return tracing::warn!(count, most, "secure feature statistics claim more rows than the cap; left out");
+        }
+        // Decoded and checked for these features: neither merge can fail.
+        let _ = total.merge(&moments);
+        if let Some(round) = &mut self.round_moments {
+            let _ = round.merge(&moments);
+        }
+    }
+
     /// At an edge aggregator: the statistics of the round's rows so far (none if no update
     /// brought any), starting the next round's from zero.
     pub(super) fn take_round_moments(&mut self) -> Option<FeatureMoments> {

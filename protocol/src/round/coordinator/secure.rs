@@ -34,10 +34,11 @@ impl Coordinator {
             let reason = "secure aggregation needs the coordinator's secret key (CoordinatorConfig::noise_key)";
             return self.fail_round(RoundFailure::Secure(reason.into()), now);
         };
+        // The delta, then (where clients send them) their rows' feature statistics.
         let setup = SessionSetup {
             session_id: key.secagg_session_id(self.round),
             params: config.params(cohort.len()),
-            vector_len: self.params.values.len(),
+            vector_len: self.params.values.len() + self.pipeline.secure_moment_words(),
             cohort,
         };
         let min_survivors = self.config.min_clients.clamp(2, connections.len().max(2));
@@ -145,10 +146,19 @@ impl Coordinator {
         }
         let survivors: Vec<ConnectionId> =
             output.survivors.iter().filter_map(|id| secure.connections.get(id).copied()).collect();
-        let sum = match output.decode(secure.server.setup()) {
-            Ok(sum) => sum,
-            Err(error) => return self.fail_round(RoundFailure::Secure(error.to_string()), now),
+        let len = self.params.values.len();
+        let (delta, moments) = output.sum.split_at(len.min(output.sum.len()));
+        let decoded = match secure.server.setup().params.fixed_point() {
+            Ok(fixed) => fixed.decode(delta, output.survivors.len()).map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
         };
+        let sum = match decoded {
+            Ok(sum) => sum,
+            Err(error) => return self.fail_round(RoundFailure::Secure(error), now),
+        };
+        if !moments.is_empty() {
+            self.pipeline.add_secure_moments(moments, output.survivors.len());
+        }
         let n = survivors.len().max(1) as f32;
         let mean = ParameterVector {
             format_version: self.params.format_version,

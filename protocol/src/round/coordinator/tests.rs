@@ -300,7 +300,7 @@ fn feature_statistics_add_up_and_bad_ones_refuse_the_update() {
 }
 
 #[test]
-fn under_dp_or_secure_aggregation_no_feature_statistics_are_taken() {
+fn under_dp_no_feature_statistics_are_taken() {
     use crate::privacy::NoiseKey;
     use crate::round::config::{NoisePlacement, PrivacyConfig};
     let t0 = Instant::now();
