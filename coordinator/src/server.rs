@@ -10,6 +10,7 @@ use flotilla_learner::compute::{BackendChoice, select};
 use flotilla_net::endpoint::{self, Committed, EndpointConfig, Observer};
 use flotilla_net::tls::{DevPki, ServerTls, quic_server_config};
 use flotilla_protocol::checkpoint::Checkpoint;
+use flotilla_protocol::model::moments::secure_words;
 use flotilla_protocol::round::Coordinator;
 use flotilla_protocol::wire::framing::encode_frame;
 use flotilla_protocol::wire::{ALPN, CoordinatorMessage};
@@ -149,9 +150,14 @@ async fn bind_from(mut config: Config, given: Option<Checkpoint>) -> anyhow::Res
     let endpoint =
         flotilla_net::transport::bind_endpoint(config.listen, Some(server_config), &config.tuning, Some(&reset_key))
             .with_context(|| format!("binding UDP {}", config.listen))?;
+    // A masked input carries the clients' feature statistics after the delta (four bytes a word).
+    let masked_statistics = match (&config.rounds.secure, checkpoint.spec.hbp()) {
+        (Some(_), Some(hbp)) if config.rounds.takes_feature_moments() => 4 * secure_words(hbp.inputs),
+        _ => 0,
+    };
     let machine = Coordinator::from_checkpoint(config.rounds.clone(), checkpoint).context("round settings")?;
     let secure_cohort = config.rounds.secure.map(|_| flotilla_protocol::wire::bounded::MAX_COHORT);
-    let upload_limit = endpoint::upload_limit(model_frame, secure_cohort, config.max_frame);
+    let upload_limit = endpoint::upload_limit(model_frame + masked_statistics, secure_cohort, config.max_frame);
     let upload_slots = config.concurrent_uploads.count(u64::from(upload_limit.bytes()));
     tracing::info!(listen = %endpoint.local_addr()?, mtls = config.client_ca.is_some(),
         tokens = config.rounds.auth_tokens.is_some(), upload_limit_bytes = upload_limit.bytes(), upload_slots,
