@@ -1,14 +1,15 @@
-//! The served network packed for the CPU's vector units: the same graph as
-//! [`Network`] (input stage → ReLU trunk → softmax heads → α-mix), with every
-//! trunk layer's weights stored zero-padded to a multiple of [`PAD`] columns, so that a batch
-//! runs as register-blocked multiply-adds over contiguous vectors. A head reading the same
-//! depth as a trunk layer is folded into it (its logits are extra columns of that layer,
-//! mostly in what would be padding); the deepest head keeps transposed weights for a dot
-//! product per row and class. [`pulp`] picks the widest instruction set the machine has at run time (AVX-512,
-//! AVX2 + FMA, or plain scalar code), so one portable binary uses all of it.
+//! The served network packed for the CPU's vector units: the same graph as [`Network`]
+//! (input stage → ReLU trunk → softmax heads → α-mix), with every trunk layer's weights stored
+//! zero-padded to a multiple of [`PAD`] columns, so that a batch runs as register-blocked
+//! multiply-adds over contiguous vectors. A head reading the same depth as a trunk layer is
+//! folded into it (its logits are extra columns of that layer, mostly in what would be
+//! padding); the heads on the deepest computed depth keep transposed weights for a dot product
+//! per row and class. [`pulp`] picks the widest instruction set the machine has at run time
+//! (AVX-512, AVX2 + FMA, or plain scalar code), so one portable binary uses all of it.
 //!
 //! A batch is cut into chunks of [`CHUNK`] rows that go through the whole network while their
-//! activations stay in the L1/L2 cache; a large batch spreads its chunks over rayon's pool. [`Network::forward`] stays the reference: a test checks both on the same rows.
+//! activations stay in the L1/L2 cache; a large batch spreads its chunks over rayon's pool.
+//! [`Network::forward`] stays the reference: a test checks both on the same rows.
 
 use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
@@ -41,17 +42,14 @@ struct Layer {
     weight: Vec<f32>,
     /// `stride`, zero in the padding.
     bias: Vec<f32>,
-    /// The heads (indices) whose logits are this layer's columns `outputs + i·C ..`.
-    heads: Vec<usize>,
+    /// α of the heads folded into this layer, whose logits are its columns `outputs + i·C ..`.
+    heads: Vec<f32>,
 }
 
-/// A softmax head reading depth `source`.
+/// A softmax head on the deepest computed depth.
 #[derive(Debug, Clone)]
 struct Head {
-    source: usize,
-    /// Computed as columns of the layer reading its depth (no weights here).
-    folded: bool,
-    /// `classes × stride of its source`, each class's weights contiguous, zero padded.
+    /// `classes × stride of that depth`, each class's weights contiguous, zero padded.
     weight: Vec<f32>,
     bias: Vec<f32>,
     alpha: f32,
@@ -64,6 +62,7 @@ pub struct PackedNetwork {
     classes: usize,
     input: InputStage,
     layers: Vec<Layer>,
+    /// The heads reading depth `depth` (every other head is folded into a layer).
     heads: Vec<Head>,
     /// The trunk depth the deepest head reads (deeper layers are never computed).
     depth: usize,
@@ -90,58 +89,46 @@ impl PackedNetwork {
         // A head below the deepest computed depth is folded into the layer that reads the
         // same activations: its logits are extra output columns of that layer (mostly in
         // what would be padding), computed in the same sweep.
-        let folded = |source: usize| source < depth;
         let layers: Vec<Layer> = network
             .layers
             .iter()
             .enumerate()
             .map(|(l, d)| {
-                let heads: Vec<usize> =
-                    (0..network.heads.len()).filter(|&h| network.heads[h].source == l && folded(l)).collect();
-                let stride = padded(d.outputs + heads.len() * c);
+                let folded: Vec<_> = network.heads.iter().filter(|h| h.source == l && l < depth).collect();
+                let stride = padded(d.outputs + folded.len() * c);
                 let mut weight = vec![0.0; d.inputs * stride];
                 let mut bias = vec![0.0; stride];
                 for (k, row) in d.weight.chunks_exact(d.outputs.max(1)).enumerate() {
                     weight[k * stride..k * stride + d.outputs].copy_from_slice(row);
                 }
                 bias[..d.outputs].copy_from_slice(&d.bias);
-                for (i, &h) in heads.iter().enumerate() {
+                for (i, head) in folded.iter().enumerate() {
                     let at = d.outputs + i * c;
-                    let head = &network.heads[h].dense;
-                    for (k, row) in head.weight.chunks_exact(c).enumerate() {
+                    for (k, row) in head.dense.weight.chunks_exact(c).enumerate() {
                         weight[k * stride + at..k * stride + at + c].copy_from_slice(row);
                     }
-                    bias[at..at + c].copy_from_slice(&head.bias);
+                    bias[at..at + c].copy_from_slice(&head.dense.bias);
                 }
+                let heads = folded.iter().map(|h| h.alpha).collect();
                 Layer { inputs: d.inputs, outputs: d.outputs, stride, weight, bias, heads }
             })
             .collect();
-        // The stride of each depth's activations.
-        let strides: Vec<usize> = [padded(network.inputs)].into_iter().chain(layers.iter().map(|l| l.stride)).collect();
+        // The deepest depth's heads, transposed to its activations' stride.
+        let stride = if depth == 0 { padded(network.inputs) } else { layers[depth - 1].stride };
         let heads = network
             .heads
             .iter()
+            .filter(|head| head.source == depth)
             .map(|head| {
-                let d = &head.dense;
-                // Folded heads keep no weights of their own.
-                let stride = if folded(head.source) { 0 } else { strides[head.source] };
                 let mut weight = vec![0.0; c * stride];
-                if stride > 0 {
-                    for (k, row) in d.weight.chunks_exact(c).enumerate() {
-                        for (j, w) in row.iter().enumerate() {
-                            weight[j * stride + k] = *w;
-                        }
+                for (k, row) in head.dense.weight.chunks_exact(c).enumerate() {
+                    for (j, w) in row.iter().enumerate() {
+                        weight[j * stride + k] = *w;
                     }
                 }
-                Head {
-                    source: head.source,
-                    folded: folded(head.source),
-                    weight,
-                    bias: d.bias.clone(),
-                    alpha: head.alpha,
-                }
+                Head { weight, bias: head.dense.bias.clone(), alpha: head.alpha }
             })
-            .collect::<Vec<_>>();
+            .collect();
         Some(Self {
             inputs: network.inputs,
             classes: c,
@@ -197,37 +184,28 @@ impl PackedNetwork {
         for (row, z) in current.chunks_exact_mut(stride).zip(staged.chunks_exact(d)) {
             row[..d].copy_from_slice(z);
         }
-        for depth in 0..=self.depth {
-            if depth > 0 {
-                let layer = &self.layers[depth - 1];
-                let out = &mut next[..n * layer.stride];
-                self.arch.dispatch(Dense { x: &current[..n * stride], x_stride: stride, layer, out: &mut *out });
-                stride = layer.stride;
-                std::mem::swap(current, next);
-                // The folded heads' logits, in the heads' order; then the columns past the
-                // ReLU units are cleared (a later dot product reads whole rows).
-                for (i, &h) in layer.heads.iter().enumerate() {
-                    let at = layer.outputs + i * c;
-                    for (row, logits) in current.chunks_exact(stride).zip(logits.chunks_exact_mut(c)).take(n) {
-                        logits.copy_from_slice(&row[at..at + c]);
-                    }
-                    mix(&mut logits[..n * c], c, self.heads[h].alpha, mixed);
+        for layer in &self.layers[..self.depth] {
+            let out = &mut next[..n * layer.stride];
+            self.arch.dispatch(Dense { x: &current[..n * stride], x_stride: stride, layer, out: &mut *out });
+            stride = layer.stride;
+            std::mem::swap(current, next);
+            // The folded heads' logits, in the heads' order; then the columns past the ReLU
+            // units are cleared (a later dot product reads whole rows).
+            for (i, &alpha) in layer.heads.iter().enumerate() {
+                let at = layer.outputs + i * c;
+                for (row, logits) in current.chunks_exact(stride).zip(logits.chunks_exact_mut(c)).take(n) {
+                    logits.copy_from_slice(&row[at..at + c]);
                 }
-                for row in current.chunks_exact_mut(stride).take(n) {
-                    row[layer.outputs..].fill(0.0);
-                }
+                mix(&mut logits[..n * c], c, alpha, mixed);
             }
-            for head in self.heads.iter().filter(|h| h.source == depth && !h.folded) {
-                let logits = &mut logits[..n * c];
-                self.arch.dispatch(Logits {
-                    x: &current[..n * stride],
-                    x_stride: stride,
-                    head,
-                    classes: c,
-                    out: logits,
-                });
-                mix(logits, c, head.alpha, mixed);
+            for row in current.chunks_exact_mut(stride).take(n) {
+                row[layer.outputs..].fill(0.0);
             }
+        }
+        for head in &self.heads {
+            let logits = &mut logits[..n * c];
+            self.arch.dispatch(Logits { x: &current[..n * stride], x_stride: stride, head, classes: c, out: logits });
+            mix(logits, c, head.alpha, mixed);
         }
     }
 }
