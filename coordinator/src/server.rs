@@ -10,7 +10,6 @@ use flotilla_learner::compute::{BackendChoice, select};
 use flotilla_net::endpoint::{self, Committed, EndpointConfig, Observer};
 use flotilla_net::tls::{DevPki, ServerTls, quic_server_config};
 use flotilla_protocol::checkpoint::Checkpoint;
-use flotilla_protocol::model::moments::secure_words;
 use flotilla_protocol::round::Coordinator;
 use flotilla_protocol::wire::framing::encode_frame;
 use flotilla_protocol::wire::{ALPN, CoordinatorMessage};
@@ -151,10 +150,7 @@ async fn bind_from(mut config: Config, given: Option<Checkpoint>) -> anyhow::Res
         flotilla_net::transport::bind_endpoint(config.listen, Some(server_config), &config.tuning, Some(&reset_key))
             .with_context(|| format!("binding UDP {}", config.listen))?;
     // A masked input carries the clients' feature statistics after the delta (four bytes a word).
-    let masked_statistics = match (&config.rounds.secure, checkpoint.spec.hbp()) {
-        (Some(_), Some(hbp)) if config.rounds.takes_feature_moments() => 4 * secure_words(hbp.inputs),
-        _ => 0,
-    };
+    let masked_statistics = 4 * config.rounds.masked_statistics_words(&checkpoint.spec);
     let machine = Coordinator::from_checkpoint(config.rounds.clone(), checkpoint).context("round settings")?;
     let secure_cohort = config.rounds.secure.map(|_| flotilla_protocol::wire::bounded::MAX_COHORT);
     let upload_limit = endpoint::upload_limit(model_frame + masked_statistics, secure_cohort, config.max_frame);

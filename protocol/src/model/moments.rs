@@ -40,6 +40,8 @@ pub struct FeatureMoments {
 
 /// Fraction bits of the masked encoding's fixed point.
 pub const SECURE_FRACTION_BITS: u32 = 32;
+/// `2^SECURE_FRACTION_BITS`.
+const SECURE_SCALE: f64 = (1u64 << SECURE_FRACTION_BITS) as f64;
 /// 32-bit words per value in the masked encoding (eight 16-bit limbs of 128 bits).
 pub const SECURE_WORDS_PER_VALUE: usize = 8;
 /// The most encodings whose word-wise sum decodes exactly (`2^16`: a limb sum stays below 2^32).
@@ -139,7 +141,6 @@ impl FeatureMoments {
 
     /// The masked encoding of these statistics ([`secure_words`] words; see the module docs).
     pub fn to_secure_words(&self) -> Result<Vec<u32>, MomentsError> {
-        let scale = f64::from(2u32).powi(SECURE_FRACTION_BITS as i32);
         let values =
             std::iter::once(self.count as f64).chain(self.sum.iter().copied()).chain(self.sum_squares.iter().copied());
         let mut words = Vec::with_capacity(secure_words(self.features()));
@@ -151,7 +152,7 @@ impl FeatureMoments {
                 return Err(MomentsError::Encoding("a value above 2^78"));
             }
             // In range: |value · 2^32| ≤ 2^110.
-            let fixed = (value * scale).round() as i128 as u128;
+            let fixed = (value * SECURE_SCALE).round() as i128 as u128;
             words.extend((0..SECURE_WORDS_PER_VALUE).map(|limb| ((fixed >> (16 * limb)) & 0xFFFF) as u32));
         }
         Ok(words)
@@ -166,13 +167,12 @@ impl FeatureMoments {
         if summands > SECURE_MAX_SUMMANDS {
             return Err(MomentsError::Encoding("more than 2^16 clients in one sum"));
         }
-        let scale = f64::from(2u32).powi(SECURE_FRACTION_BITS as i32);
         let mut values = words.chunks_exact(SECURE_WORDS_PER_VALUE).map(|limbs| {
             let fixed = limbs
                 .iter()
                 .enumerate()
                 .fold(0u128, |total, (limb, &word)| total.wrapping_add(u128::from(word) << (16 * limb)));
-            fixed as i128 as f64 / scale
+            fixed as i128 as f64 / SECURE_SCALE
         });
         let count = values.next().unwrap_or(0.0);
         let sum: Vec<f64> = values.by_ref().take(features).collect();

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::aggregate::{StrategyConfig, StrategyError};
 use crate::compress::Compression;
+use crate::model::ModelSpec;
 use crate::secagg::{ParamsError, SecAggParams};
 use crate::wire::{CohortPrivacy, UpdateRules};
 
@@ -494,6 +495,15 @@ impl CoordinatorConfig {
     /// client's statistics would bypass.
     pub fn takes_feature_moments(&self) -> bool {
         self.privacy.is_none() && self.hierarchy.edge_privacy().is_none()
+    }
+
+    /// Words of feature statistics a masked input of `spec` carries after the delta: under
+    /// secure aggregation where clients send statistics (an HBP model's inputs), else none.
+    pub fn masked_statistics_words(&self, spec: &ModelSpec) -> usize {
+        match (&self.secure, spec.hbp()) {
+            (Some(_), Some(hbp)) if self.takes_feature_moments() => crate::model::moments::secure_words(hbp.inputs),
+            _ => 0,
+        }
     }
 
     /// What clients are told to do with their updates.

@@ -316,10 +316,12 @@ impl SecAggClient {
     }
 
     /// Phase 3 from f32 values: encodes `weight · values` (clipped, rounded to nearest) with the
-    /// session's parameters and masks them.
-    pub fn masked_update(&mut self, values: &[f32], weight: f32) -> Result<MaskedInput, SecAggError> {
+    /// session's parameters, appends `trailing` words as they are (already in an encoding whose
+    /// wrapping sum means something, e.g. feature statistics) and masks them.
+    pub fn masked_update(&mut self, values: &[f32], weight: f32, trailing: &[u32]) -> Result<MaskedInput, SecAggError> {
         self.require(ClientPhase::ReadyForInput, "masked_update")?;
-        let encoded = self.setup.params.fixed_point()?.encode(values, weight)?;
+        let mut encoded = self.setup.params.fixed_point()?.encode(values, weight)?;
+        encoded.extend_from_slice(trailing);
         self.masked_input(&encoded)
     }
 

@@ -53,9 +53,11 @@ pub struct SecAggOutput {
 }
 
 impl SecAggOutput {
-    /// Decodes the sum with the session's fixed-point encoding.
-    pub fn decode(&self, setup: &SessionSetup) -> Result<Vec<f32>, SecAggError> {
-        Ok(setup.params.fixed_point()?.decode(&self.sum, self.survivors.len())?)
+    /// Decodes the first `values` words of the sum with the session's fixed-point encoding;
+    /// the words after them (the clients' trailing words, summed) are returned as they are.
+    pub fn decode(&self, setup: &SessionSetup, values: usize) -> Result<(Vec<f32>, &[u32]), SecAggError> {
+        let (head, trailing) = self.sum.split_at(values.min(self.sum.len()));
+        Ok((setup.params.fixed_point()?.decode(head, self.survivors.len())?, trailing))
     }
 }
 

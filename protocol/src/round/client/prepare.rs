@@ -135,22 +135,18 @@ impl Preparer {
             return Ok(None);
         }
         let Some(Masked { values, moments }) = session.pending.take() else { return Ok(None) };
-        let setup = session.client.setup();
-        let mut encoded = setup.params.fixed_point()?.encode(&values, 1.0)?;
         // Words past the delta: the session takes the statistics of the client's rows, in
         // their masked encoding; a client with none (or none that fit) masks zeros there.
-        let extra = setup.vector_len.saturating_sub(encoded.len());
-        if extra > 0 {
-            match moments.map(|m| m.to_secure_words()) {
-                Some(Ok(words)) if words.len() == extra => encoded.extend(words),
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "feature statistics left out of the masked input");
-                    encoded.resize(setup.vector_len, 0);
-                }
-                _ => encoded.resize(setup.vector_len, 0),
+        let extra = session.client.setup().vector_len.saturating_sub(values.len());
+        let trailing = match moments.map(|m| m.to_secure_words()) {
+            Some(Ok(words)) if words.len() == extra => words,
+            Some(Err(error)) => {
+                tracing::warn!(%error, "feature statistics left out of the masked input");
+                vec![0; extra]
             }
-        }
-        let masked = session.client.masked_input(&encoded)?;
+            _ => vec![0; extra],
+        };
+        let masked = session.client.masked_update(&values, 1.0, &trailing)?;
         Ok(Some(ClientMessage::SecAgg { round: session.round, message: secagg::ClientMessage::MaskedInput(masked) }))
     }
 }

@@ -215,23 +215,22 @@ impl Pipeline {
             privacy.reported += 1;
             privacy.below += u64::from(!folded.clipped);
         }
-        if let (Some(total), Some(moments), true) = (&mut self.moments, moments, self.takes_moments)
+        if let Some(moments) = moments {
+            self.add_moments(moments);
+        }
+    }
+
+    /// Adds checked statistics to the fleet's and, at an edge, to the running round's.
+    fn add_moments(&mut self, moments: &FeatureMoments) {
+        if let (Some(total), true) = (&mut self.moments, self.takes_moments)
             && let Err(error) = total.merge(moments)
         {
             tracing::warn!(%error, "feature statistics not added");
         }
-        // Checked by `accept` like the total's: a merge cannot fail where that one did not.
-        if let (Some(round), Some(moments)) = (&mut self.round_moments, moments) {
+        // Checked like the total's (by `accept`, or decoded for these features): a merge
+        // cannot fail where that one did not.
+        if let Some(round) = &mut self.round_moments {
             let _ = round.merge(moments);
-        }
-    }
-
-    /// Words of feature statistics a secure session's masked vectors carry after the delta
-    /// (zero where this coordinator takes none).
-    pub(super) fn secure_moment_words(&self) -> usize {
-        match (&self.moments, self.takes_moments) {
-            (Some(total), true) => crate::model::moments::secure_words(total.features()),
-            _ => 0,
         }
     }
 
@@ -239,8 +238,10 @@ impl Pipeline {
     /// words past the delta). A sum that does not decode, or claims more rows than the
     /// survivors may report, is left out with a warning: the round's model still commits.
     pub(super) fn add_secure_moments(&mut self, words: &[u32], survivors: usize) {
-        let Some(total) = self.moments.as_mut().filter(|_| self.takes_moments) else { return };
-        let moments = match FeatureMoments::from_secure_sum(words, total.features(), survivors) {
+        let Some(features) = self.moments.as_ref().filter(|_| self.takes_moments).map(FeatureMoments::features) else {
+            return;
+        };
+        let moments = match FeatureMoments::from_secure_sum(words, features, survivors) {
             Ok(moments) => moments,
             Err(error) => return tracing::warn!(%error, survivors, "secure feature statistics left out"),
         };
@@ -249,11 +250,7 @@ impl Pipeline {
             let count = moments.count;
             return tracing::warn!(count, most, "secure feature statistics claim more rows than the cap; left out");
         }
-        // Decoded and checked for these features: neither merge can fail.
-        let _ = total.merge(&moments);
-        if let Some(round) = &mut self.round_moments {
-            let _ = round.merge(&moments);
-        }
+        self.add_moments(&moments);
     }
 
     /// At an edge aggregator: the statistics of the round's rows so far (none if no update

@@ -38,7 +38,7 @@ impl Coordinator {
         let setup = SessionSetup {
             session_id: key.secagg_session_id(self.round),
             params: config.params(cohort.len()),
-            vector_len: self.params.values.len() + self.pipeline.secure_moment_words(),
+            vector_len: self.params.values.len() + self.config.masked_statistics_words(&self.spec),
             cohort,
         };
         let min_survivors = self.config.min_clients.clamp(2, connections.len().max(2));
@@ -146,15 +146,9 @@ impl Coordinator {
         }
         let survivors: Vec<ConnectionId> =
             output.survivors.iter().filter_map(|id| secure.connections.get(id).copied()).collect();
-        let len = self.params.values.len();
-        let (delta, moments) = output.sum.split_at(len.min(output.sum.len()));
-        let decoded = match secure.server.setup().params.fixed_point() {
-            Ok(fixed) => fixed.decode(delta, output.survivors.len()).map_err(|e| e.to_string()),
-            Err(error) => Err(error.to_string()),
-        };
-        let sum = match decoded {
-            Ok(sum) => sum,
-            Err(error) => return self.fail_round(RoundFailure::Secure(error), now),
+        let (sum, moments) = match output.decode(secure.server.setup(), self.params.values.len()) {
+            Ok(decoded) => decoded,
+            Err(error) => return self.fail_round(RoundFailure::Secure(error.to_string()), now),
         };
         if !moments.is_empty() {
             self.pipeline.add_secure_moments(moments, output.survivors.len());

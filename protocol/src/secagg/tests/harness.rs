@@ -125,7 +125,7 @@ impl Session {
             if self.client(id).phase() != ClientPhase::ReadyForInput {
                 continue;
             }
-            let msg = self.client(id).masked_update(&updates[&id], 1.0).unwrap();
+            let msg = self.client(id).masked_update(&updates[&id], 1.0, &[]).unwrap();
             self.masked.insert(id, msg.masked.clone());
             self.server.handle(id, ClientMessage::MaskedInput(msg)).unwrap();
         }
@@ -195,7 +195,8 @@ impl Outcome {
     pub fn assert_matches_plain_sum(&self) {
         let output = self.result.as_ref().unwrap();
         assert_eq!(output.survivors, self.expected_survivors);
-        let decoded = output.decode(&self.session.setup).unwrap();
+        let (decoded, trailing) = output.decode(&self.session.setup, self.session.setup.vector_len).unwrap();
+        assert!(trailing.is_empty());
         let fixed = self.session.setup.params.fixed_point().unwrap();
         let bound = fixed.max_error(output.survivors.len(), Rounding::Nearest);
         for (i, got) in decoded.iter().enumerate() {

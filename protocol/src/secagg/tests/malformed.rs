@@ -157,7 +157,7 @@ fn client_refuses_malformed_server_messages() {
     assert_eq!(client.phase(), ClientPhase::AwaitingShares);
     client.handle_forwarded_shares(&forwarded).unwrap();
     assert_eq!(client.masked_input(&[0; 3]), Err(SecAggError::WrongLength { expected: 10, got: 3 }));
-    assert!(matches!(client.masked_update(&[f32::NAN; 10], 1.0), Err(SecAggError::FixedPoint(_))));
+    assert!(matches!(client.masked_update(&[f32::NAN; 10], 1.0, &[]), Err(SecAggError::FixedPoint(_))));
     client.masked_input(&[0; 10]).unwrap();
 
     // Unmask requests that would reveal both secrets of a peer, or that do not add up.

@@ -273,7 +273,7 @@ fn a_corrupted_sealed_share_drops_only_that_pair() {
         assert!(client.partners().any(|p| p == sender), "still masks with the sender");
         assert!(!client.held().any(|p| p == sender));
         assert_eq!(client.held().count(), 6);
-        let masked = client.masked_update(&updates[&recipient], 1.0).unwrap();
+        let masked = client.masked_update(&updates[&recipient], 1.0, &[]).unwrap();
         assert_eq!(masked.missing, [sender]);
         s.server.handle(recipient, ClientMessage::MaskedInput(masked)).unwrap();
         s.mask(&all_but(&inputs, &[recipient]), &updates);
