@@ -31,7 +31,7 @@ use crate::params::{Fingerprint, ParameterVector};
 use crate::secagg;
 
 /// Version of the message set below; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 8;
+pub const PROTOCOL_VERSION: u16 = 9;
 
 /// QUIC application protocol name (ALPN) of this protocol version.
 pub const ALPN: &[u8] = b"flotilla/1";

@@ -67,13 +67,19 @@ pub struct SecAggClient {
     cipher_secret: StaticSecret,
     mask_secret: StaticSecret,
     self_seed: Zeroizing<[u8; SEED_LEN]>,
-    /// Usable neighbours of the directory (the client's share holders) with their pairwise mask
-    /// seeds.
-    directory: BTreeMap<u64, (PublicKeys, prg::Seed)>,
+    /// Usable neighbours of the directory (the client's share holders).
+    directory: BTreeMap<u64, Neighbour>,
     /// Neighbours the server forwarded shares from: the client masks with each of them.
     partners: BTreeSet<u64>,
     /// Partners whose shares opened: (share of `b_v`, share of `s_sk_v`).
     held: BTreeMap<u64, (Share, Share)>,
+}
+
+/// A usable neighbour: its pairwise mask seed and the key of the shares it seals for this
+/// client (both wiped on drop).
+struct Neighbour {
+    pairwise: prg::Seed,
+    inbound: prg::Seed,
 }
 
 impl fmt::Debug for SecAggClient {
@@ -218,19 +224,22 @@ impl SecAggClient {
         let mut directory = BTreeMap::new();
         let mut ciphers = Vec::with_capacity(msg.keys.len());
         for &(peer, keys) in &msg.keys {
-            let valid = prg::is_valid_public_key(&keys.cipher_key) && prg::is_valid_public_key(&keys.mask_key);
-            if !valid || keys.cipher_key == keys.mask_key || shared(&keys.cipher_key) || shared(&keys.mask_key) {
+            // Canonical here; low-order shows in the agreements themselves (not contributory).
+            let canonical =
+                prg::is_canonical_public_key(&keys.cipher_key) && prg::is_canonical_public_key(&keys.mask_key);
+            if !canonical || keys.cipher_key == keys.mask_key || shared(&keys.cipher_key) || shared(&keys.mask_key) {
                 continue;
             }
             let Some(pairwise) = prg::pairwise_seed(&session, &self.mask_secret, &keys.mask_key, self.id, peer)? else {
                 continue;
             };
-            let Some(cipher) = prg::share_cipher(&session, &self.cipher_secret, &keys.cipher_key, self.id, peer)?
+            let Some((outbound, inbound)) =
+                prg::share_keys(&session, &self.cipher_secret, &keys.cipher_key, self.id, peer)?
             else {
                 continue;
             };
-            directory.insert(peer, (keys, pairwise));
-            ciphers.push((peer, cipher));
+            directory.insert(peer, Neighbour { pairwise, inbound });
+            ciphers.push((peer, prg::share_cipher(&outbound)));
         }
         if directory.len() < t {
             return Err(SecAggError::TooFewNeighbours { have: directory.len(), need: t });
@@ -280,11 +289,8 @@ impl SecAggClient {
         let mut held = BTreeMap::new();
         for sealed in msg.sealed.iter().filter(|s| partners.contains(&s.peer)) {
             let peer = sealed.peer;
-            let Some((keys, _)) = self.directory.get(&peer) else { continue };
-            let Some(cipher) = prg::share_cipher(&session, &self.cipher_secret, &keys.cipher_key, peer, self.id)?
-            else {
-                continue;
-            };
+            let Some(neighbour) = self.directory.get(&peer) else { continue };
+            let cipher = prg::share_cipher(&neighbour.inbound);
             let Ok((b, s)) = prg::open(&cipher, &session, peer, self.id, &sealed.ciphertext) else { continue };
             if Some(b.x) == self.graph.share_index(peer, self.id) {
                 held.insert(peer, (b, s));
@@ -304,11 +310,11 @@ impl SecAggClient {
         }
         let mut masked = encoded.to_vec();
         let seed = prg::self_mask_seed(&self.setup.session_id, self.id, &self.self_seed)?;
-        prg::apply_mask(&mut masked, &seed, false);
+        prg::apply_mask(&mut masked, &seed, false)?;
         for peer in &self.partners {
-            let (_, pairwise) = self.directory.get(peer).ok_or(SecAggError::NotANeighbour { peer: *peer })?;
+            let neighbour = self.directory.get(peer).ok_or(SecAggError::NotANeighbour { peer: *peer })?;
             // + towards larger ids, − towards smaller: the two sides cancel.
-            prg::apply_mask(&mut masked, pairwise, self.id > *peer);
+            prg::apply_mask(&mut masked, &neighbour.pairwise, self.id > *peer)?;
         }
         let missing = self.partners.iter().copied().filter(|p| !self.held.contains_key(p)).collect();
         self.phase = ClientPhase::AwaitingUnmask;

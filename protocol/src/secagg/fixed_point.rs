@@ -93,9 +93,21 @@ impl FixedPoint {
         summands as f64 * per_value / self.scale()
     }
 
-    /// Encodes `weight · values`, clipped, rounded to the nearest step.
+    /// Encodes `weight · values`, clipped, rounded to the nearest step (ties away from zero).
     pub fn encode(&self, values: &[f32], weight: f32) -> Result<Vec<u32>, FixedPointError> {
-        self.encode_with(values, weight, |scaled| scaled.round())
+        if !weight.is_finite() {
+            return Err(FixedPointError::NotFinite { index: usize::MAX });
+        }
+        if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+            return Err(FixedPointError::NotFinite { index });
+        }
+        let (clip, scale, weight) = (f64::from(self.clip), self.scale(), f64::from(weight));
+        // A branch-free loop the compiler vectorises (`f64::round` is a library call on
+        // baseline x86-64); |scaled| ≤ ⌈c·scale⌉ ≤ i32::MAX, checked in `new`.
+        Ok(values
+            .iter()
+            .map(|&v| round_half_away((f64::from(v) * weight).max(-clip).min(clip) * scale) as u32)
+            .collect())
     }
 
     /// Encodes `weight · values`, clipped, rounded stochastically with `rng` (unbiased).
@@ -149,4 +161,15 @@ impl FixedPoint {
         let scale = self.scale();
         Ok(sum.iter().map(|&s| (f64::from(s as i32) / scale) as f32).collect())
     }
+}
+
+/// `x` rounded to the nearest integer, ties away from zero, as `f64::round` does, for
+/// `|x| ≤ i32::MAX`: every step is exact (truncation, then the fraction `x − trunc(x)`, which
+/// is representable), so no double rounding can move a value across a tie.
+fn round_half_away(x: f64) -> i32 {
+    let truncated = x as i32;
+    let fraction = x - f64::from(truncated);
+    // No overflow: a fraction ≥ ½ means x ≥ truncated + ½, so truncated < i32::MAX (and the
+    // same below).
+    truncated.wrapping_add(i32::from(fraction >= 0.5)).wrapping_sub(i32::from(fraction <= -0.5))
 }

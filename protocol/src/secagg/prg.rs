@@ -1,14 +1,16 @@
-//! Key derivation, the mask PRG and the sealing of shares.
+//! Key derivation, the mask PRG (AES-256-CTR) and the sealing of shares.
 //!
 //! Every derived value is HKDF-SHA256 with the session id as salt and a label naming its use
 //! (and the ids concerned) as info, so no key or seed serves two purposes or two sessions.
-//! Derived seeds and keys, plaintext shares and keystream buffers are zeroised on drop.
+//! Derived seeds and keys, plaintext shares and keystream buffers are zeroised on drop (not
+//! ring's expanded AES key, see [`apply_mask`]).
 
 use chacha20::ChaCha20Rng;
-use chacha20::rand_core::{Rng, SeedableRng};
+use chacha20::rand_core::SeedableRng;
 use chacha20poly1305::aead::{Aead, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, KeyInit, Nonce};
 use hkdf::Hkdf;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, UnboundKey};
 use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::{Zeroize, Zeroizing};
@@ -58,15 +60,23 @@ pub(crate) fn self_mask_commitment(session_id: &[u8; SEED_LEN], owner: u64, b: &
         .into()
 }
 
-/// Whether `key` is the canonical encoding (top bit clear, below `2^255 − 19`) of a point whose
-/// X25519 products are never all-zero, i.e. of a point outside the small subgroups of the curve
-/// and its twist. X25519 clamps every scalar to a multiple of the cofactor 8 that is nonzero
-/// modulo the large prime orders, so one product with any fixed scalar tells: it is all-zero
-/// exactly for the low-order points (0, 1, p − 1, the two points of order 8, …).
-pub(crate) fn is_valid_public_key(key: &[u8; 32]) -> bool {
+/// Whether `key` is the canonical encoding of a field element: top bit clear, below
+/// `2^255 − 19`. The cheap half of [`is_valid_public_key`]; an agreement with such a key must
+/// still be checked for contribution (as [`pairwise_seed`] and [`share_keys`] do).
+pub(crate) fn is_canonical_public_key(key: &[u8; 32]) -> bool {
     // p = 2^255 − 19 in little-endian bytes: 0xed, thirty times 0xff, 0x7f.
     let at_least_p = key[31] == 0x7f && key[1..31].iter().all(|&b| b == 0xff) && key[0] >= 0xed;
-    if key[31] & 0x80 != 0 || at_least_p {
+    key[31] & 0x80 == 0 && !at_least_p
+}
+
+/// Whether `key` is the canonical encoding of a point whose X25519 products are never
+/// all-zero, i.e. of a point outside the small subgroups of the curve and its twist. X25519
+/// clamps every scalar to a multiple of the cofactor 8 that is nonzero modulo the large prime
+/// orders, so one product with any fixed scalar tells: it is all-zero exactly for the
+/// low-order points (0, 1, p − 1, the two points of order 8, …). For the same reason, an
+/// agreement with a canonical key that turns out contributory proves the key valid.
+pub(crate) fn is_valid_public_key(key: &[u8; 32]) -> bool {
+    if !is_canonical_public_key(key) {
         return false;
     }
     let probe = StaticSecret::from([0x5a; 32]);
@@ -89,16 +99,28 @@ pub(crate) fn pairwise_seed(
     derive(session_id, shared.as_bytes(), LABEL_PAIRWISE, [a.min(b), a.max(b)]).map(Some)
 }
 
-/// Adds (`subtract == false`) or subtracts the PRG stream of `seed` to `acc`, mod 2^32.
-pub(crate) fn apply_mask(acc: &mut [u32], seed: &[u8; 32], subtract: bool) {
-    // The keystream is drawn in 4 KiB blocks (the cipher's vectorised path) rather than word
-    // by word; the words are the same little-endian sequence either way.
-    const WORDS: usize = 1024;
-    let mut rng = ChaCha20Rng::from_seed(*seed);
-    let mut stream = Zeroizing::new([0u8; WORDS * 4]);
-    for chunk in acc.chunks_mut(WORDS) {
-        let bytes = &mut stream[..chunk.len() * 4];
-        rng.fill_bytes(bytes);
+/// Adds (`subtract == false`) or subtracts the PRG stream of `seed` to `acc`, mod 2^32: the
+/// stream's bytes taken four at a time as little-endian words.
+///
+/// The PRG is AES-256 in counter mode keyed by the seed: the stream is drawn in 16 KiB blocks,
+/// block `i` being the AES-256-GCM encryption of zeros under nonce `i` (ring's AES-GCM is the
+/// fastest AES it offers, VAES/AES-NI where the CPU has them; the ciphertext of zeros is the
+/// counter-mode keystream, the tag is dropped). Each seed keys one stream (a self mask, or
+/// one pair's mask in one session), and nonces never repeat within a stream.
+pub(crate) fn apply_mask(acc: &mut [u32], seed: &[u8; 32], subtract: bool) -> Result<(), SecAggError> {
+    const WORDS: usize = 4096;
+    let key = UnboundKey::new(&AES_256_GCM, seed).map_err(|_| SecAggError::Keystream)?;
+    let key = LessSafeKey::new(key);
+    let mut buffer = Zeroizing::new([0u8; WORDS * 4]);
+    for (block, chunk) in acc.chunks_mut(WORDS).enumerate() {
+        let bytes = &mut buffer[..chunk.len() * 4];
+        bytes.fill(0);
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[..8].copy_from_slice(&(block as u64).to_le_bytes());
+        // The tag authenticates nothing here: dropped.
+        let _tag = key
+            .seal_in_place_separate_tag(ring::aead::Nonce::assume_unique_for_key(nonce), Aad::empty(), bytes)
+            .map_err(|_| SecAggError::Keystream)?;
         let (words, _) = bytes.as_chunks::<4>();
         if subtract {
             chunk.iter_mut().zip(words).for_each(|(a, w)| *a = a.wrapping_sub(u32::from_le_bytes(*w)));
@@ -106,9 +128,8 @@ pub(crate) fn apply_mask(acc: &mut [u32], seed: &[u8; 32], subtract: bool) {
             chunk.iter_mut().zip(words).for_each(|(a, w)| *a = a.wrapping_add(u32::from_le_bytes(*w)));
         }
     }
-    // chacha20's `zeroize` feature (which would wipe the generator itself) is off: turning it on
-    // would rebuild rand and the burn stack. Overwrite the generator's key state instead.
-    wipe_rng(&mut rng);
+    // ring offers no way to wipe its expanded key: it lives in `key` until this returns.
+    Ok(())
 }
 
 /// Overwrites a generator's state (key, counter, buffered output) with that of the all-zero
@@ -118,25 +139,32 @@ pub(crate) fn wipe_rng(rng: &mut ChaCha20Rng) {
     std::hint::black_box(rng);
 }
 
-/// The symmetric cipher of the shares `from` sends `to`, from `X25519(c_sk_from, c_pk_to)` on
-/// the sender's side or `X25519(c_sk_to, c_pk_from)` on the recipient's. `None` when the peer's
-/// key is a low-order point.
-pub(crate) fn share_cipher(
+/// The keys of the shares `me` and `peer` seal for each other, both from the one agreement
+/// `X25519(c_sk_me, c_pk_peer)` (equal to `X25519(c_sk_peer, c_pk_me)` on the peer's side):
+/// `(me → peer, peer → me)`, each derived with its direction. `None` when the peer's key is a
+/// low-order point.
+pub(crate) fn share_keys(
     session_id: &[u8; SEED_LEN],
     secret: &StaticSecret,
     peer_key: &[u8; 32],
-    from: u64,
-    to: u64,
-) -> Result<Option<ChaCha20Poly1305>, SecAggError> {
+    me: u64,
+    peer: u64,
+) -> Result<Option<(Seed, Seed)>, SecAggError> {
     let shared = secret.diffie_hellman(&PublicKey::from(*peer_key));
     if !shared.was_contributory() {
         return Ok(None);
     }
-    let key = derive(session_id, shared.as_bytes(), LABEL_SHARE_KEY, [from, to])?;
-    let mut key = Key::from(*key);
+    let outbound = derive(session_id, shared.as_bytes(), LABEL_SHARE_KEY, [me, peer])?;
+    let inbound = derive(session_id, shared.as_bytes(), LABEL_SHARE_KEY, [peer, me])?;
+    Ok(Some((outbound, inbound)))
+}
+
+/// The symmetric cipher of one direction's shares, from its key (see [`share_keys`]).
+pub(crate) fn share_cipher(key: &Seed) -> ChaCha20Poly1305 {
+    let mut key = Key::from(**key);
     let cipher = ChaCha20Poly1305::new(&key);
     key.as_mut_slice().zeroize();
-    Ok(Some(cipher))
+    cipher
 }
 
 fn aad(session_id: &[u8; SEED_LEN], from: u64, to: u64) -> Vec<u8> {

@@ -566,7 +566,7 @@ impl SecAggServer {
         }
         let mut sum = std::mem::take(&mut self.sum);
         for seed in &self_seeds {
-            prg::apply_mask(&mut sum, seed, true);
+            prg::apply_mask(&mut sum, seed, true)?;
         }
         for (v, secret, partners) in &mask_keys {
             for &u in partners {
@@ -574,7 +574,7 @@ impl SecAggServer {
                 let seed = prg::pairwise_seed(&session, secret, &key.mask_key, u, *v)?
                     .ok_or(SecAggError::WeakKey { peer: u })?;
                 // u added the mask if u < v and subtracted it otherwise: undo that.
-                prg::apply_mask(&mut sum, &seed, u < *v);
+                prg::apply_mask(&mut sum, &seed, u < *v)?;
             }
         }
         self.flagged = flagged;

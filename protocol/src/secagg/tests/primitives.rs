@@ -1,4 +1,4 @@
-//! Shamir sharing, the fixed-point encoding, the parameters and the neighbour graph.
+//! Shamir sharing, the fixed-point encoding, the parameters, the neighbour graph and the mask PRG.
 
 use chacha20::ChaCha20Rng;
 use chacha20::rand_core::{Rng, SeedableRng};
@@ -135,6 +135,38 @@ fn fixed_point_sums_decode_within_the_documented_error() {
 }
 
 #[test]
+fn nearest_encoding_rounds_as_f64_round_does_ties_included() {
+    let reference = |fixed: &FixedPoint, v: f32, w: f32| {
+        let c = f64::from(fixed.clip_range());
+        ((f64::from(v) * f64::from(w)).clamp(-c, c) * fixed.scale()).round() as i32 as u32
+    };
+    let mut r = rng(9);
+    for (clip, bits, weight) in [(1.0f32, 16, 1.0f32), (2.0, 12, 0.8), (1e-3, 30, 3.0), (100.0, 4, -0.5)] {
+        let fixed = FixedPoint::new(clip, bits).unwrap();
+        let step = 1.0 / fixed.scale() as f32;
+        // Exact ties (k + ½ steps, either sign), their neighbours one ulp away, the clip range,
+        // zeros and tiny values, then random finite bit patterns.
+        let mut values = vec![0.0f32, -0.0, f32::MIN_POSITIVE, -f32::MIN_POSITIVE, clip, -clip, clip * 7.0];
+        for k in 0..64 {
+            let tie = (k as f32 + 0.5) * step;
+            for v in [tie, -tie] {
+                values.extend([v, f32::from_bits(v.to_bits() + 1), f32::from_bits(v.to_bits() - 1)]);
+            }
+        }
+        while values.len() < 20_000 {
+            let v = f32::from_bits(r.next_u32());
+            if v.is_finite() {
+                values.push(v);
+            }
+        }
+        let encoded = fixed.encode(&values, weight).unwrap();
+        for (v, got) in values.iter().zip(&encoded) {
+            assert_eq!(*got, reference(&fixed, *v, weight), "{v:e} x {weight} at 2^{bits}, clip {clip}");
+        }
+    }
+}
+
+#[test]
 fn fixed_point_refuses_non_finite_values_and_overflows() {
     let fixed = FixedPoint::new(2.0, 12).unwrap();
     assert_eq!(fixed.encode(&[0.0, 1.0, f32::NAN], 1.0), Err(FixedPointError::NotFinite { index: 2 }));
@@ -206,4 +238,26 @@ fn graph_is_symmetric_regular_and_deterministic() {
     assert_eq!(a.share_index(ids[0], ids[0]), None);
     assert!(matches!(NeighbourGraph::new(&[1; 32], &[3, 2], 1), Err(SecAggError::CohortNotSorted)));
     assert!(matches!(NeighbourGraph::new(&[1; 32], &ids, 30), Err(SecAggError::Params(_))));
+}
+
+#[test]
+fn the_mask_prg_is_aes_256_in_counter_mode() {
+    // The GCM specification's test case 14 (AES-256, zero key, zero 96-bit IV, one zero
+    // block): ciphertext cea7403d4d606b6e074ec5d3baf39d18, i.e. E_K(IV ‖ 2), the first block of
+    // the counter-mode keystream; the mask adds it as little-endian words.
+    let mut words = [0u32; 4];
+    crate::secagg::prg::apply_mask(&mut words, &[0; 32], false).unwrap();
+    assert_eq!(words, [0x3d40_a7ce, 0x6e6b_604d, 0xd3c5_4e07, 0x189d_f3ba]);
+    // Subtracting the same stream undoes it, across the 16 KiB blocks (nonce = block index).
+    let seed = [7u8; 32];
+    let original: Vec<u32> = (0..10_000u32).map(|i| i.wrapping_mul(2_654_435_761)).collect();
+    let mut masked = original.clone();
+    crate::secagg::prg::apply_mask(&mut masked, &seed, false).unwrap();
+    let changed = masked.iter().zip(&original).filter(|(a, b)| a != b).count();
+    assert!(changed > 9_990, "{changed} of 10,000 words changed");
+    // Two blocks never share keystream (a repeated nonce would make them equal).
+    let deltas: Vec<u32> = masked.iter().zip(&original).map(|(m, o)| m.wrapping_sub(*o)).collect();
+    assert_ne!(deltas[..4096], deltas[4096..8192]);
+    crate::secagg::prg::apply_mask(&mut masked, &seed, true).unwrap();
+    assert_eq!(masked, original);
 }
