@@ -11,7 +11,7 @@ use crate::params::{Fingerprint, PARAMETER_FORMAT_VERSION, ParameterVector};
 use crate::privacy::NoiseKey;
 use crate::secagg;
 use crate::wire::framing::{FrameDecoder, FrameLimit, encode_frame};
-use crate::wire::{ClientMessage, Contribution, LocalMetrics};
+use crate::wire::{ClientMessage, Contribution, CoordinatorMessage, LocalMetrics};
 
 const LEN: usize = 64;
 
@@ -40,6 +40,19 @@ struct Edge {
     moments: FeatureMoments,
     drop: Drop,
     silent: bool,
+    /// What the coordinator sent it, in order: `Model v…`, `Request r…`, `Setup r…` (others
+    /// by their kind).
+    received: Vec<String>,
+}
+
+fn kind(message: &CoordinatorMessage) -> String {
+    match message {
+        CoordinatorMessage::Model { model_version, .. } => format!("Model v{model_version}"),
+        CoordinatorMessage::UpdateRequest { round, .. } => format!("Request r{round}"),
+        CoordinatorMessage::SecAgg { round, message: secagg::ServerMessage::Setup(_) } => format!("Setup r{round}"),
+        CoordinatorMessage::SecAgg { round, .. } => format!("SecAgg r{round}"),
+        other => format!("{other:?}").chars().take_while(|c| c.is_alphanumeric()).collect(),
+    }
 }
 
 fn delta(i: usize) -> Vec<f32> {
@@ -65,6 +78,7 @@ fn edges(drops: &[Drop]) -> Vec<Edge> {
             },
             drop: *drop,
             silent: false,
+            received: Vec::new(),
         })
         .collect()
 }
@@ -100,6 +114,7 @@ fn pump(coordinator: &mut Coordinator, edges: &mut [Edge], now: Instant) {
         while let Some((conn, message)) = coordinator.poll_transmit() {
             let edge = edges.iter_mut().find(|e| e.conn == conn).unwrap();
             if !edge.silent {
+                edge.received.push(kind(&message));
                 edge.inbound.push(&encode_frame(&message, FrameLimit::DEFAULT).unwrap());
                 moved = true;
             }
@@ -214,6 +229,29 @@ fn secure_round_equals_the_plain_mean_without_dropouts() {
         assert!(max_difference(&coordinator.params().values, &expected) < 1e-4, "k = {neighbours}");
         // The feature statistics came masked with the deltas: their sum is the fleet's.
         assert_moments(&coordinator, &moments_of(&edges, |_| true));
+    }
+}
+
+#[test]
+fn back_to_back_secure_rounds_send_the_setup_ahead_of_the_model() {
+    // Round 2 starts in the call that commits round 1: each client's Setup of round 2 goes
+    // ahead of model version 1 (key agreement needs no model), the request after the model.
+    let t0 = Instant::now();
+    let config = CoordinatorConfig { round_interval: Duration::ZERO, ..secure_config(4, 2) };
+    let mut coordinator = coordinator(config);
+    let mut edges = edges(&[Drop::Never; 4]);
+    for edge in &edges {
+        coordinator.handle_connect(edge.conn, t0);
+    }
+    pump(&mut coordinator, &mut edges, t0);
+    assert_eq!(commits(&mut coordinator), [(4, None)]);
+    for edge in &edges {
+        let at = |what: &str| edge.received.iter().position(|k| k == what);
+        let (setup, model, request) = (at("Setup r2"), at("Model v1"), at("Request r2"));
+        assert!(setup.is_some() && model.is_some() && request.is_some(), "{:?}", edge.received);
+        assert!(setup < model && model < request, "{:?}", edge.received);
+        // Round 1 (started once everyone joined, with the initial model already sent) is as before.
+        assert!(at("Welcome") < at("Setup r1"), "{:?}", edge.received);
     }
 }
 

@@ -43,7 +43,8 @@ impl Coordinator {
         };
         let min_survivors = self.config.min_clients.clamp(2, connections.len().max(2));
         match SecAggServer::new(setup, min_survivors) {
-            Ok(server) => {
+            Ok(mut server) => {
+                self.queue_setups_first(&mut server, &connections);
                 let phase = server.phase();
                 let deadline = now + config.phase_timeout;
                 if let Scheduler::Secure(_, secure) = &mut self.scheduler {
@@ -56,6 +57,30 @@ impl Coordinator {
                 self.fail_round(RoundFailure::Secure(error.to_string()), now);
             }
         }
+    }
+
+    /// Queues the session's `Setup` messages, each ahead of the model queued for its client
+    /// (by the commit that ended the last round): the key phases need no model, so key
+    /// agreement overlaps the model's broadcast instead of following it. A client with no
+    /// model queued gets its `Setup` last, as any message.
+    fn queue_setups_first(&mut self, server: &mut SecAggServer, connections: &BTreeMap<u64, ConnectionId>) {
+        let round = self.round;
+        let mut setups: BTreeMap<ConnectionId, Outgoing> = BTreeMap::new();
+        while let Some((client_id, message)) = server.poll_message() {
+            if let Some(conn) = connections.get(&client_id) {
+                setups.insert(*conn, Outgoing::Message(*conn, CoordinatorMessage::SecAgg { round, message }));
+            }
+        }
+        let queued = std::mem::take(&mut self.transmits);
+        for outgoing in queued {
+            if let Outgoing::LatestModel(conn) = &outgoing
+                && let Some(setup) = setups.remove(conn)
+            {
+                self.transmits.push_back(setup);
+            }
+            self.transmits.push_back(outgoing);
+        }
+        self.transmits.extend(setups.into_values());
     }
 
     /// A secure-aggregation message from `conn` (client `client_id`).
