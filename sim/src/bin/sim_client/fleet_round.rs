@@ -1,5 +1,5 @@
 //! `flotilla-sim-client fleet-round`: virtual clients of the `fleet-round` benchmark. Each has
-//! its own QUIC connection (over one shared UDP endpoint) and runs the production session
+//! its own QUIC connection (over `--sockets` shared UDP endpoints) and runs the production session
 //! (join, receive every model, answer update requests); instead of learning, client c
 //! answers round r with the workload's formula `0.001 · noise((r << 32) | (c + 1), P)`
 //! (see [`flotilla_protocol::workload`]). Needs a coordinator training a `--vector-len P` model.
@@ -50,6 +50,11 @@ pub struct FleetRoundArgs {
     /// Worker threads of the async runtime.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: u16,
+    /// UDP sockets (QUIC endpoints) the clients are spread over, round robin. A device has a
+    /// socket of its own; one socket for a whole fleet overflows its receive buffer when every
+    /// connection receives a model at once (the kernel caps the buffer at net.core.rmem_max).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub sockets: u32,
     /// Stop after this long [default: until SIGINT/SIGTERM or the coordinator's goodbye].
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<f64>,
@@ -110,10 +115,12 @@ async fn drive(args: &FleetRoundArgs, tokens: &[String], stats: Arc<SessionStats
     base.tuning = base.tuning.with_max_udp_payload(args.max_udp_payload);
     // Handshakes of thousands of clients queue behind each other on one coordinator.
     base.connect_timeout = Duration::from_secs(60);
-    let endpoint = client_endpoint(&base.tls, args.coordinator, &base.tuning)?;
-    base.endpoint = Some(endpoint.clone());
+    let sockets = args.sockets.min(args.clients).max(1);
+    let endpoints = (0..sockets)
+        .map(|_| client_endpoint(&base.tls, args.coordinator, &base.tuning))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let tracker = tokio_util::task::TaskTracker::new();
-    for offset in 0..u64::from(args.clients) {
+    for (offset, endpoint) in (0..u64::from(args.clients)).zip(endpoints.iter().cycle()) {
         let index = args.first_client + offset;
         if offset > 0 && offset % u64::from(args.ramp) == 0 {
             wait_for_wave(&base.stats, offset, &shutdown).await;
@@ -122,6 +129,7 @@ async fn drive(args: &FleetRoundArgs, tokens: &[String], stats: Arc<SessionStats
         let session = ClientSessionConfig {
             client_name: format!("fleet-round-{index}"),
             auth_token: flotilla_net::tokens::token_for(tokens, index),
+            endpoint: Some(endpoint.clone()),
             ..base.clone()
         };
         tracker.spawn(async move {
@@ -150,8 +158,15 @@ async fn drive(args: &FleetRoundArgs, tokens: &[String], stats: Arc<SessionStats
     }
     shutdown.cancel();
     tracker.wait().await;
-    endpoint.close(flotilla_net::close::GOODBYE, b"fleet leaving");
-    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    for endpoint in &endpoints {
+        endpoint.close(flotilla_net::close::GOODBYE, b"fleet leaving");
+    }
+    let idle = async {
+        for endpoint in &endpoints {
+            endpoint.wait_idle().await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), idle).await;
     Ok(())
 }
 
