@@ -58,10 +58,11 @@ struct Args {
     /// Worker threads of the virtual clients' process.
     #[arg(long, default_value_t = 1)]
     client_threads: u16,
-    /// UDP sockets of the virtual clients' process, the clients spread over them [default:
-    /// one per client, as devices have].
-    #[arg(long, value_name = "N")]
-    client_sockets: Option<u32>,
+    /// UDP sockets of the virtual clients' process, the clients spread over them (a device
+    /// has one of its own; one for the whole fleet overflows its receive buffer when every
+    /// connection gets a model at once, which stalls phases that wait for every client).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    client_sockets: u32,
     /// Directory holding flotilla-coordinator and flotilla-sim-client [default: this binary's].
     #[arg(long, value_name = "DIR")]
     bin_dir: Option<PathBuf>,
@@ -390,7 +391,7 @@ fn client_flags(args: &Args, port: u16, ca: &Path, clients: u64, first: u64, mod
         "--threads",
         &args.client_threads.to_string(),
         "--sockets",
-        &args.client_sockets.map_or(clients, u64::from).to_string(),
+        &args.client_sockets.to_string(),
         "--max-frame-mib",
         &(model_mib + 1).to_string(),
         "--max-udp-payload",
