@@ -18,7 +18,7 @@ use flotilla_sim::bench::{
     PeakMemory, binaries_dir, exit_with, median, reaped_children_cpu_s, status_kib, work_dir, write_workload_model,
 };
 use flotilla_sim::fleet::{free_udp_port, read_rounds};
-use flotilla_sim::procs::{Interrupt, Proc};
+use flotilla_sim::procs::{COORDINATOR_ENV, Interrupt, Proc};
 use flotilla_sim::topology::Topology;
 use serde_json::json;
 
@@ -171,7 +171,7 @@ fn measure(args: &Args, setup: &Setup, interrupt: &Interrupt) -> anyhow::Result<
     .chain(args.coordinator_args.iter().cloned())
     .chain(tokens.iter().flat_map(|(root, _)| ["--aggregator-tokens-file".to_string(), root.display().to_string()]))
     .collect();
-    let mut coordinator = start(setup, "coordinator", "flotilla-coordinator", &coordinator_args)?;
+    let mut coordinator = start(setup, "coordinator", "flotilla-coordinator", &coordinator_args, COORDINATOR_ENV)?;
     let coordinator_pid = coordinator.pid().context("coordinator not running")?;
     let ca = data_dir.join("pki").join("ca.pem");
     wait_for(|| ca.exists(), Duration::from_secs(60), &mut coordinator, interrupt)?;
@@ -300,7 +300,7 @@ fn start_aggregators(
         .chain(serving_flags(args, model_mib, topology.per_aggregator as u64))
         .chain(args.aggregator_args.iter().cloned())
         .collect();
-        let proc = start(setup, &format!("aggregator-{a}"), "flotilla-coordinator", &flags)?;
+        let proc = start(setup, &format!("aggregator-{a}"), "flotilla-coordinator", &flags, COORDINATOR_ENV)?;
         aggregators.push(Aggregator { proc, port, ca: dir.join("pki").join("ca.pem") });
     }
     for aggregator in &mut aggregators {
@@ -325,7 +325,7 @@ fn start_tree_clients(
         .map(|(a, aggregator)| {
             let per = topology.per_aggregator as u64;
             let flags = client_flags(args, aggregator.port, &aggregator.ca, per, a as u64 * per, model_mib);
-            start(setup, &format!("clients-{a}"), "flotilla-sim-client", &flags)
+            start(setup, &format!("clients-{a}"), "flotilla-sim-client", &flags, &[])
         })
         .collect()
 }
@@ -342,14 +342,14 @@ fn mode(args: &Args) -> &'static str {
     if args.processes { "processes" } else { "virtual" }
 }
 
-fn start(setup: &Setup, name: &str, binary: &str, args: &[String]) -> anyhow::Result<Proc> {
+fn start(setup: &Setup, name: &str, binary: &str, args: &[String], env: &[(&str, &str)]) -> anyhow::Result<Proc> {
     let path = setup.bin.join(binary);
     if !path.exists() {
         bail!("{} not found: build with `cargo build --release --workspace`, or give --bin-dir", path.display());
     }
     let out = setup.work.join(format!("{name}.out"));
     let log = setup.work.join(format!("{name}.log"));
-    Proc::start(name, &path, args, &out, &log)
+    Proc::start_with_env(name, &path, args, &out, &log, env)
 }
 
 /// What every coordinator of the benchmark (the root, each aggregator) is started with to
@@ -405,9 +405,11 @@ fn start_clients(args: &Args, setup: &Setup, ca: &Path, model_mib: u64) -> anyho
     let common =
         |clients: u32, first: u32| client_flags(args, setup.port, ca, u64::from(clients), u64::from(first), model_mib);
     if args.processes {
-        (0..args.clients).map(|c| start(setup, &format!("client-{c}"), "flotilla-sim-client", &common(1, c))).collect()
+        (0..args.clients)
+            .map(|c| start(setup, &format!("client-{c}"), "flotilla-sim-client", &common(1, c), &[]))
+            .collect()
     } else {
-        Ok(vec![start(setup, "clients", "flotilla-sim-client", &common(args.clients, 0))?])
+        Ok(vec![start(setup, "clients", "flotilla-sim-client", &common(args.clients, 0), &[])?])
     }
 }
 

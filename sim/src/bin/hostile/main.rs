@@ -425,7 +425,15 @@ impl Bench {
         args.extend(self.args.coordinator_args.iter().cloned());
         let log = dir.join(format!("{name}.log"));
         let binary = self.bin.join("flotilla-coordinator");
-        let proc = Proc::start_logging(name, &binary, &args, &dir.join(format!("{name}.out")), &log, COORDINATOR_LOG)?;
+        let proc = Proc::start_logging(
+            name,
+            &binary,
+            &args,
+            &dir.join(format!("{name}.out")),
+            &log,
+            COORDINATOR_LOG,
+            flotilla_sim::procs::COORDINATOR_ENV,
+        )?;
         let pid = proc.pid().context("coordinator not running")?;
         let mut coordinator =
             Coordinator { proc, pid, data, log, port, peak_kib: 0, killed_for_memory: false, exit: None };
@@ -465,7 +473,7 @@ impl Bench {
             self.args.clients.to_string(),
         ];
         let binary = self.bin.join("flotilla-sim-client");
-        Proc::start_logging("fleet", &binary, &args, &dir.join("fleet.out"), &dir.join("fleet.log"), "warn")
+        Proc::start_logging("fleet", &binary, &args, &dir.join("fleet.out"), &dir.join("fleet.log"), "warn", &[])
     }
 
     fn target(&self, coordinator: &Coordinator) -> Target {
