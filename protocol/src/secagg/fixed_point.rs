@@ -95,19 +95,9 @@ impl FixedPoint {
 
     /// Encodes `weight · values`, clipped, rounded to the nearest step (ties away from zero).
     pub fn encode(&self, values: &[f32], weight: f32) -> Result<Vec<u32>, FixedPointError> {
-        if !weight.is_finite() {
-            return Err(FixedPointError::NotFinite { index: usize::MAX });
-        }
-        if let Some(index) = values.iter().position(|v| !v.is_finite()) {
-            return Err(FixedPointError::NotFinite { index });
-        }
-        let (clip, scale, weight) = (f64::from(self.clip), self.scale(), f64::from(weight));
-        // A branch-free loop the compiler vectorises (`f64::round` is a library call on
-        // baseline x86-64); |scaled| ≤ ⌈c·scale⌉ ≤ i32::MAX, checked in `new`.
-        Ok(values
-            .iter()
-            .map(|&v| round_half_away((f64::from(v) * weight).max(-clip).min(clip) * scale) as u32)
-            .collect())
+        // `round_half_away` keeps the loop branch-free, so the compiler vectorises it
+        // (`f64::round` is a library call on baseline x86-64).
+        self.encode_with(values, weight, round_half_away)
     }
 
     /// Encodes `weight · values`, clipped, rounded stochastically with `rng` (unbiased).
@@ -121,34 +111,27 @@ impl FixedPoint {
             let floor = scaled.floor();
             // 53 random bits: a uniform draw in [0, 1).
             let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-            if u < scaled - floor { floor + 1.0 } else { floor }
+            (if u < scaled - floor { floor + 1.0 } else { floor }) as i32
         })
     }
 
+    /// Checks that the weight and every value are finite, then encodes each value as
+    /// `round(clip(weight · value) · scale)`.
     fn encode_with(
         &self,
         values: &[f32],
         weight: f32,
-        mut round: impl FnMut(f64) -> f64,
+        mut round: impl FnMut(f64) -> i32,
     ) -> Result<Vec<u32>, FixedPointError> {
         if !weight.is_finite() {
             return Err(FixedPointError::NotFinite { index: usize::MAX });
         }
-        let clip = f64::from(self.clip);
-        let scale = self.scale();
-        let weight = f64::from(weight);
-        values
-            .iter()
-            .enumerate()
-            .map(|(index, &v)| {
-                if !v.is_finite() {
-                    return Err(FixedPointError::NotFinite { index });
-                }
-                let scaled = (f64::from(v) * weight).clamp(-clip, clip) * scale;
-                // |round(scaled)| ≤ ⌈c·scale⌉ ≤ i32::MAX, checked in `new`.
-                Ok(round(scaled) as i32 as u32)
-            })
-            .collect()
+        if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+            return Err(FixedPointError::NotFinite { index });
+        }
+        let (clip, scale, weight) = (f64::from(self.clip), self.scale(), f64::from(weight));
+        // |round(scaled)| ≤ ⌈c·scale⌉ ≤ i32::MAX, checked in `new`.
+        Ok(values.iter().map(|&v| round((f64::from(v) * weight).max(-clip).min(clip) * scale) as u32).collect())
     }
 
     /// Decodes a wrapping sum of `summands` encoded vectors (two's complement, then divided by
