@@ -471,7 +471,10 @@ impl Coordinator {
         };
         self.transmits.push_back(Outgoing::Message(conn, welcome));
         self.transmits.push_back(Outgoing::Message(conn, CoordinatorMessage::Rules(self.config.update_rules())));
-        self.transmits.push_back(Outgoing::LatestModel(conn));
+        if !matches!(self.scheduler, Scheduler::Async(_)) {
+            // Asynchronous mode sends it with the request (`ask`, below).
+            self.transmits.push_back(Outgoing::LatestModel(conn));
+        }
         let client_name = sanitize_peer_text(&name);
         self.events.push_back(CoordinatorEvent::ClientJoined { conn, client_id, client_name });
         self.ask(conn, now);

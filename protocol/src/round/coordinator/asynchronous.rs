@@ -6,8 +6,11 @@
 //! request's deadline (`round_deadline`) passed. Its update names the version it rests on
 //! (`base_version`); it is weighted by `1/√(1 + current − base)` and refused past
 //! `max_staleness`. After `buffer_size` updates the buffer is applied: the model version and the
-//! round (which counts buffer applications) advance, every joined client is sent the new model,
-//! and `RoundCommitted` is emitted as in synchronous mode.
+//! round (which counts buffer applications) advance and `RoundCommitted` is emitted as in
+//! synchronous mode. A client is sent the newest model with each request when it does not hold
+//! it yet, never while it works on one (as FedBuff's server hands out the model with the task):
+//! pushing every version to every joined client would cost a model per client per version
+//! however few answer, and a standing request rests on the version held when it was asked.
 
 use std::time::Instant;
 
@@ -31,6 +34,9 @@ impl Coordinator {
             return;
         }
         state.asks.insert(conn, now + self.config.round_deadline);
+        if state.holds.insert(conn, self.model_version) != Some(self.model_version) {
+            self.transmits.push_back(Outgoing::LatestModel(conn));
+        }
         let round = self.round.saturating_add(1);
         if !state.started {
             state.started = true;

@@ -26,7 +26,7 @@ pub(super) fn build(config: &CoordinatorConfig, checkpoint: &Checkpoint) -> Resu
             let buffer = strategy
                 .build_buffered(buffer_size, max_staleness)
                 .ok_or(ConfigError::AsyncRobust(config.aggregation.kind))?;
-            Scheduler::Async(AsyncState::new(buffer))
+            Scheduler::Async(Box::new(AsyncState::new(buffer)))
         }
         (Mode::Sync, None) => Scheduler::Sync(Rounds::new(strategy.build())),
         (Mode::Sync, Some(secure)) => {

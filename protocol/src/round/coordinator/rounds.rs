@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::scheduler::{ActiveRound, Answer};
+use super::scheduler::{ActiveRound, Answer, Scheduler};
 use super::{Coordinator, Outgoing, Peer};
 use crate::params::ParameterVector;
 use crate::round::events::{CoordinatorEvent, RoundFailure, UpdateRefusal};
@@ -213,6 +213,10 @@ impl Coordinator {
         };
         self.params = params;
         self.model_version += 1;
+        if matches!(self.scheduler, Scheduler::Async(_)) {
+            // Sent with each client's next request (`Coordinator::ask`).
+            return;
+        }
         let joined: Vec<ConnectionId> =
             self.peers.iter().filter(|(_, peer)| matches!(peer, Peer::Joined { .. })).map(|(conn, _)| *conn).collect();
         self.transmits.extend(joined.into_iter().map(Outgoing::LatestModel));

@@ -19,7 +19,7 @@ pub(super) enum Scheduler {
     /// by a SecAgg+ session and their mean is folded.
     Secure(Rounds, Box<SecureRounds>),
     /// FedBuff: no round barrier; updates folded by staleness into a buffer.
-    Async(AsyncState),
+    Async(Box<AsyncState>),
 }
 
 /// The state of synchronous rounds (plain or secure).
@@ -82,6 +82,9 @@ pub(super) struct AsyncState {
     /// Clients whose update is in the buffer being filled: each is asked again only once the
     /// buffer is applied, so one client cannot supply every update of a version.
     pub(super) contributed: BTreeSet<ConnectionId>,
+    /// The model version last queued for each client: a new version goes to a client with its
+    /// next request, not to every joined client as it is applied.
+    pub(super) holds: BTreeMap<ConnectionId, u64>,
 }
 
 impl AsyncState {
@@ -92,6 +95,7 @@ impl AsyncState {
             metrics: LocalMetrics::default(),
             started: false,
             contributed: BTreeSet::new(),
+            holds: BTreeMap::new(),
         }
     }
 }
@@ -175,6 +179,7 @@ impl Scheduler {
         if let Self::Async(state) = self {
             state.asks.remove(&conn);
             state.contributed.remove(&conn);
+            state.holds.remove(&conn);
         }
     }
 }

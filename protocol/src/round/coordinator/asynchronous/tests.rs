@@ -107,7 +107,7 @@ fn clients_are_asked_on_joining_and_again_once_their_version_is_applied() {
     send(&mut coordinator, 2, 0, vec![0.0, 2.0], t1);
     assert_eq!(commits(&mut coordinator), [(1, 1, 2, 4)]);
     let expected: Vec<(u64, String)> =
-        vec![(1, "model v1".into()), (2, "model v1".into()), (1, "request r2".into()), (2, "request r2".into())];
+        vec![(1, "model v1".into()), (1, "request r2".into()), (2, "model v1".into()), (2, "request r2".into())];
     assert_eq!(sent(&mut coordinator), expected, "both are asked again on the new version");
 }
 
@@ -127,9 +127,8 @@ fn updates_on_different_versions_are_weighted_by_staleness_and_the_buffer_applie
         assert_eq!(pair(coordinator.params()), (v as f32, v as f32));
         let model = format!("model v{v}");
         let request = format!("request r{}", v + 1);
-        let expected: Vec<(u64, String)> =
-            vec![(1, model.clone()), (2, model.clone()), (3, model), (1, request.clone()), (3, request)];
-        assert_eq!(sent(&mut coordinator), expected, "the slow client is sent each model but not asked again");
+        let expected: Vec<(u64, String)> = vec![(1, model.clone()), (1, request.clone()), (3, model), (3, request)];
+        assert_eq!(sent(&mut coordinator), expected, "the slow client, still working, is sent nothing");
     }
     // conn#2's update rests on version 0, three behind: weight 1/√(1 + 3) = 1/2. With a fresh
     // one from conn#1: Δ̄ = (½·(4, 0) + 1·(0, 2)) / 2 = (1, 1), so the model goes (3, 3) → (4, 4).
@@ -137,6 +136,12 @@ fn updates_on_different_versions_are_weighted_by_staleness_and_the_buffer_applie
     send(&mut coordinator, 1, 3, vec![0.0, 2.0], t0);
     assert_eq!(commits(&mut coordinator), [(4, 4, 2, 4)]);
     assert_eq!(pair(coordinator.params()), (4.0, 4.0));
+    // Asked again, each is sent the one version it lacks: conn#2 jumps from v0 to v4.
+    let expected: Vec<(u64, String)> = [1, 2]
+        .into_iter()
+        .flat_map(|conn| [(conn, "model v4".to_string()), (conn, "request r5".to_string())])
+        .collect();
+    assert_eq!(sent(&mut coordinator), expected);
     assert_eq!((coordinator.round(), coordinator.model_version()), (4, 4));
     assert_eq!(coordinator.checkpoint().round, 4);
 }
@@ -153,7 +158,8 @@ fn a_too_stale_update_is_refused_with_stale_update_and_the_client_asked_again() 
     sent(&mut coordinator);
     // Two versions behind, one allowed.
     send(&mut coordinator, 2, 0, vec![0.0, 5.0], t0);
-    assert_eq!(sent(&mut coordinator), [(2, "error StaleUpdate".to_string()), (2, "request r3".to_string())]);
+    let expected = [(2, "error StaleUpdate".to_string()), (2, "model v2".to_string()), (2, "request r3".to_string())];
+    assert_eq!(sent(&mut coordinator), expected, "asked again with the version it lacks");
     let refusals: Vec<CoordinatorEvent> = std::iter::from_fn(|| coordinator.poll_event()).collect();
     assert_eq!(
         refusals,
@@ -188,7 +194,7 @@ fn a_silent_client_is_asked_again_at_its_deadline_and_never_blocks_the_others() 
     assert_eq!(coordinator.poll_timeout(), Some(t0 + DEADLINE));
     sent(&mut coordinator);
     coordinator.handle_timeout(t0 + DEADLINE);
-    assert_eq!(sent(&mut coordinator), [(2, "request r6".to_string())]);
+    assert_eq!(sent(&mut coordinator), [(2, "model v5".to_string()), (2, "request r6".to_string())]);
     assert_eq!(coordinator.poll_timeout(), Some(t0 + Duration::from_secs(5) + DEADLINE));
     // Gone clients are forgotten.
     coordinator.handle_disconnect(ConnectionId(1), t0 + DEADLINE);
