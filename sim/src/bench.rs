@@ -13,13 +13,26 @@ pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
 /// User + system CPU seconds of this process's children that have been waited for
 /// (`cutime` + `cstime` of `/proc/self/stat`, in clock ticks of 1/100 s).
 pub fn reaped_children_cpu_s() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // cutime and cstime are fields 16 and 17 (1-based).
+    stat_cpu_s("self", 16)
+}
+
+/// User + system CPU seconds process `pid` (or `"self"`) has used so far, all its threads
+/// (`utime` + `stime` of `/proc/<pid>/stat`); `None` once it is gone.
+pub fn process_cpu_s(pid: &str) -> Option<f64> {
+    // utime and stime are fields 14 and 15 (1-based).
+    stat_cpu_s(pid, 14)
+}
+
+/// Fields `first` and `first + 1` (1-based, as in proc(5)) of `/proc/<pid>/stat`, clock ticks
+/// of 1/100 s, summed, in seconds.
+fn stat_cpu_s(pid: &str, first: usize) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may contain spaces) start at field 3.
     let after = &text[text.rfind(')')? + 2..];
     let fields: Vec<&str> = after.split_whitespace().collect();
-    // cutime and cstime are fields 16 and 17 (1-based), i.e. 13 and 14 after the name.
-    let ticks: u64 = fields.get(13)?.parse::<u64>().ok()? + fields.get(14)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
+    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    Some((field(first)? + field(first + 1)?) as f64 / 100.0)
 }
 
 /// Peak resident memory seen per process (from polling `VmHWM`, which only grows).

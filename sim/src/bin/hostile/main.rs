@@ -3,10 +3,10 @@
 //!
 //! Runs the real coordinator on loopback (development PKI, a tokens file) with an honest fleet
 //! (`flotilla-sim-client fleet-round`, a `--vector-len P` model) and measures, with a fresh
-//! coordinator per phase: the honest fleet alone (baseline), then one window per attack with
-//! `--hostile N` hostile QUIC peers alongside (see [`attacks`]); a sample-inflation run
+//! coordinator per phase: a window of the honest fleet alone (the control), then one window
+//! with `--hostile N` hostile QUIC peers alongside (see [`attacks`]); a sample-inflation run
 //! compared with an honest-only reference run of the same seed; asynchronous buffer flooding
-//! against an asynchronous baseline; and `--kills` SIGKILLs of the coordinator under load,
+//! (`--mode async`, with its own control); and `--kills` SIGKILLs of the coordinator under load,
 //! each followed by a restart on the same data directory and port. Prints one JSON line on
 //! stdout; progress goes to stderr.
 
@@ -22,7 +22,7 @@ use flotilla_protocol::checkpoint::Checkpoint;
 use flotilla_protocol::params::ParameterVector;
 use flotilla_protocol::wire::framing::FrameLimit;
 use flotilla_protocol::workload::{self, splitmix64};
-use flotilla_sim::bench::{binaries_dir, exit_with, median, status_kib, work_dir, write_workload_model};
+use flotilla_sim::bench::{binaries_dir, exit_with, median, process_cpu_s, status_kib, work_dir, write_workload_model};
 use flotilla_sim::fleet::{free_udp_port, read_rounds};
 use flotilla_sim::procs::{Interrupt, Proc};
 use rand::rngs::StdRng;
@@ -33,7 +33,7 @@ use attacks::{Attack, Target};
 
 /// The coordinator's log filter (its own default).
 const COORDINATOR_LOG: &str = "warn,flotilla=info,flotilla_net=info,flotilla_coordinator=info";
-/// Throughput a phase must keep, as a fraction of its baseline's rounds per minute.
+/// Throughput a phase must keep, as a fraction of its control window's rounds per minute.
 const MIN_RATIO: f64 = 0.9;
 /// Largest acceptable difference between the attacked and the reference final model.
 const MAX_MODEL_DIFFERENCE: f64 = 1e-3;
@@ -42,7 +42,7 @@ const MAX_MEDIAN_RECOVERY_S: f64 = 3.0;
 
 /// Measure whether one hostile peer set can stop, hijack or exhaust the coordinator: the real
 /// coordinator and an honest fleet on loopback, a fresh coordinator per attack; prints one
-/// JSON line (rounds per minute against the honest baseline, peak memory against
+/// JSON line (rounds per minute against the honest fleet alone, peak memory against
 /// 3 × model bytes + 150 MiB, model difference, kill -9 recovery) and pass/fail booleans.
 #[derive(Debug, Parser)]
 #[command(version)]
@@ -75,9 +75,9 @@ struct Args {
     /// still win).
     #[arg(long)]
     quick: bool,
-    /// Phases to run, comma-separated [default: all]. The baseline runs whenever a windowed
-    /// attack does; sample-inflation includes its reference run, async-flood its asynchronous
-    /// baseline.
+    /// Phases to run, comma-separated [default: all]. Each attack's window follows a window
+    /// of the honest fleet alone on the same coordinator; sample-inflation includes its
+    /// reference run.
     #[arg(long, value_enum, value_delimiter = ',', value_name = "PHASE")]
     phases: Vec<Phase>,
     /// The coordinator's --round-deadline, seconds.
@@ -112,7 +112,7 @@ struct Args {
     keep: bool,
 }
 
-/// The phases after the baseline.
+/// The phases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Phase {
     /// Joined (valid token) peers trickling a ~400 KB update at 1 byte/s.
@@ -142,7 +142,7 @@ impl Phase {
         self.to_possible_value().map(|v| v.get_name().replace('-', "_")).unwrap_or_default()
     }
 
-    /// The attack of a windowed phase (measured against the synchronous baseline).
+    /// The attack of a windowed phase (measured against its control window).
     fn windowed_attack(self, flood_pps: u64) -> Option<Attack> {
         match self {
             Phase::SlowUploadToken => Some(Attack::SlowUpload { token: true }),
@@ -531,17 +531,11 @@ impl Bench {
         let windowed: Vec<(Phase, Attack)> =
             selected.iter().filter_map(|p| p.windowed_attack(self.args.flood_pps).map(|a| (*p, a))).collect();
         let mut phases = Vec::new();
-        let mut baseline = Value::Null;
-        if !windowed.is_empty() {
-            baseline = self.guard("baseline", || self.window_phase("baseline", Mode::Sync, None))?;
-            let reference = baseline["rounds_per_min"].as_f64();
-            let honest_reference = baseline["honest_updates_per_min"].as_f64();
-            for (phase, attack) in windowed {
-                let mut result =
-                    self.guard(&phase.name(), || self.window_phase(&phase.name(), Mode::Sync, Some(attack)))?;
-                judge(&mut result, reference, honest_reference, false);
-                phases.push(result);
-            }
+        for (phase, attack) in windowed {
+            let mut result = self.guard(&phase.name(), || self.window_phase(&phase.name(), Mode::Sync, attack))?;
+            let control = result["control"]["rounds_per_min"].as_f64();
+            judge(&mut result, control, None);
+            phases.push(result);
         }
         if selected.contains(&Phase::SampleInflation) {
             phases.push(self.guard("sample_inflation", || self.sample_inflation())?);
@@ -571,7 +565,6 @@ impl Bench {
             "frame_limit_bytes": self.frame_limit.bytes(),
             "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
             "coordinator_args": coordinator_args,
-            "baseline": baseline,
             "phases": phases,
             "kill9": kill9,
             "passed": passed,
@@ -600,54 +593,43 @@ impl Bench {
         }
     }
 
-    /// A fresh coordinator and the honest fleet; after the first committed round, `attack`
-    /// starts, settles, and the next `--window` seconds are measured.
-    fn window_phase(&self, name: &str, mode: Mode, attack: Option<Attack>) -> anyhow::Result<Value> {
+    /// A fresh coordinator and the honest fleet; after the first committed round, `--window`
+    /// seconds undisturbed (the control), then `attack` starts, settles, and the next
+    /// `--window` seconds are measured. The ratio is taken to the control of the same
+    /// coordinator and fleet, so drift of the machine's load between phases cancels out.
+    fn window_phase(&self, name: &str, mode: Mode, attack: Attack) -> anyhow::Result<Value> {
         let dir = self.phase_dir(name)?;
         let mut coordinator = self.start_coordinator(&dir, "coordinator", free_udp_port()?, mode, &[])?;
         let mut fleet = self.start_fleet(&dir, &coordinator)?;
         self.wait_rounds(&mut coordinator, &mut fleet, 0, self.start_timeout())?;
-        let running = match attack {
-            Some(attack) => {
-                Some(attacks::start(attack, self.target(&coordinator), self.hostile, self.runtime.handle())?)
-            }
-            None => None,
-        };
-        self.watch(&mut coordinator, if attack.is_some() { self.settle } else { Duration::ZERO })?;
-        let before = coordinator.rounds();
-        let load_average = load_average();
-        let started = Instant::now();
-        self.watch(&mut coordinator, self.window)?;
-        let seconds = started.elapsed().as_secs_f64();
-        let records = read_rounds(&coordinator.data);
-        let window = records.get(before..).unwrap_or_default();
+        let fleet_pid = fleet.pid();
+        let control = self.measure(&mut coordinator, fleet_pid)?;
+        let running = attacks::start(attack, self.target(&coordinator), self.hostile, self.runtime.handle())?;
+        self.watch(&mut coordinator, self.settle)?;
+        let mut result = self.measure(&mut coordinator, fleet_pid)?;
         let fleet_alive = fleet.exited().is_none();
-        let attack_stats = running.map(attacks::Running::stop);
+        let attack_stats = running.stop();
         let alive = coordinator.alive();
         fleet.terminate(Duration::from_secs(5));
         coordinator.stop();
-        let per_min = |count: f64| count * 60.0 / seconds;
-        let mut result = json!({
+        let extra = json!({
             "mode": if mode == Mode::Async { "async" } else { "sync" },
-            "rounds": window.len(),
-            "seconds": seconds,
-            "rounds_per_min": per_min(window.len() as f64),
-            "honest_updates_per_min": honest_updates(window).map(|n| per_min(n as f64)),
             "peak_rss_mib": coordinator.peak_mib(),
             "rss_bound_mib": self.rss_bound_mib(),
             "rss_within_bound": coordinator.peak_mib() <= self.rss_bound_mib(),
             "coordinator_alive": alive,
             "killed_for_memory": coordinator.killed_for_memory,
             "fleet_alive": fleet_alive,
-            "load_average": load_average,
+            "attack": attack_stats,
+            "control": control,
         });
-        if let Some(stats) = attack_stats {
-            result["attack"] = stats;
+        if let (Some(result), Some(extra)) = (result.as_object_mut(), extra.as_object()) {
+            result.extend(extra.clone());
         }
-        if attack == Some(Attack::LogInjection) {
+        if attack == Attack::LogInjection {
             result["log"] = scan_log(&coordinator.log);
         }
-        if let Some(Attack::DatagramFlood { pps }) = attack {
+        if let Attack::DatagramFlood { pps } = attack {
             result["flood_pps"] = json!(pps);
             let notes = &result["attack"]["notes"];
             let refused = notes.as_object().is_some_and(|n| {
@@ -657,6 +639,34 @@ impl Bench {
             result["datagrams_refused"] = json!(refused);
         }
         Ok(result)
+    }
+
+    /// The next `--window` seconds of a running coordinator: rounds and updates per minute,
+    /// and the CPU-seconds per second of the coordinator, the honest fleet and this process
+    /// (the hostile peers, which share the machine's cores with both).
+    fn measure(&self, coordinator: &mut Coordinator, fleet_pid: Option<u32>) -> anyhow::Result<Value> {
+        let before = coordinator.rounds();
+        let load_average = load_average();
+        let pids = [Some(coordinator.pid.to_string()), fleet_pid.map(|pid| pid.to_string()), Some("self".into())];
+        let cpu = || pids.iter().map(|pid| pid.as_deref().and_then(process_cpu_s)).collect::<Vec<_>>();
+        let cpu_before = cpu();
+        let started = Instant::now();
+        self.watch(coordinator, self.window)?;
+        let seconds = started.elapsed().as_secs_f64();
+        let busy: Vec<Option<f64>> =
+            cpu_before.iter().zip(cpu()).map(|(before, after)| Some((after? - (*before)?) / seconds)).collect();
+        let records = read_rounds(&coordinator.data);
+        let window = records.get(before..).unwrap_or_default();
+        let per_min = |count: f64| count * 60.0 / seconds;
+        Ok(json!({
+            "rounds": window.len(),
+            "seconds": seconds,
+            "rounds_per_min": per_min(window.len() as f64),
+            "updates_per_min": per_min(window.iter().filter_map(|r| r["participants"].as_u64()).sum::<u64>() as f64),
+            "honest_updates_per_min": honest_updates(window).map(|n| per_min(n as f64)),
+            "load_average": load_average,
+            "cpu_per_s": { "coordinator": busy[0], "honest_fleet": busy[1], "bench_and_hostile_peers": busy[2] },
+        }))
     }
 
     /// A fixed number of rounds with a round interval, honest only or with inflating peers
@@ -753,11 +763,19 @@ impl Bench {
     }
 
     /// `--mode async`: the honest fleet alone, then with peers answering every request at once.
+    /// The peers hold valid credentials and answer like fast honest clients, so they cannot be
+    /// told apart: besides versions per minute, the honest clients must keep their fair share
+    /// of the folded updates (their number over all joined clients'), i.e. the attackers gain
+    /// no more weight than one update per identity and version gives them.
     fn async_flood(&self) -> anyhow::Result<Value> {
-        let baseline = self.window_phase("async_baseline", Mode::Async, None)?;
-        let mut result = self.window_phase("async_flood", Mode::Async, Some(Attack::AsyncFlood))?;
-        judge(&mut result, baseline["rounds_per_min"].as_f64(), baseline["honest_updates_per_min"].as_f64(), true);
-        result["async_baseline"] = baseline;
+        let mut result = self.window_phase("async_flood", Mode::Async, Attack::AsyncFlood)?;
+        let fair_share = f64::from(self.args.clients) / f64::from(self.args.clients + self.hostile);
+        let control = result["control"]["rounds_per_min"].as_f64();
+        judge(&mut result, control, Some(fair_share));
+        result["honest_updates_ratio"] = json!(ratio(
+            result["honest_updates_per_min"].as_f64(),
+            result["control"]["honest_updates_per_min"].as_f64()
+        ));
         Ok(result)
     }
 
@@ -883,22 +901,27 @@ fn ratio(value: Option<f64>, reference: Option<f64>) -> Option<f64> {
     }
 }
 
-/// Adds the ratios to the baseline and the pass/fail booleans of a windowed phase. With
-/// `by_honest` (asynchronous mode, where hostile answers make versions faster) throughput is
-/// the honest clients' accepted updates per minute when the log tells them.
-fn judge(result: &mut Value, reference: Option<f64>, honest_reference: Option<f64>, by_honest: bool) {
+/// Adds the ratio to the control window and the pass/fail booleans of a windowed phase. With
+/// `fair_share` (asynchronous mode, where anyone's answers make versions faster) the honest
+/// clients' share of the folded updates must also be at least [`MIN_RATIO`] of it.
+fn judge(result: &mut Value, reference: Option<f64>, fair_share: Option<f64>) {
     let rounds_ratio = ratio(result["rounds_per_min"].as_f64(), reference);
-    let honest_ratio = ratio(result["honest_updates_per_min"].as_f64(), honest_reference);
-    let throughput = if by_honest { honest_ratio.or(rounds_ratio) } else { rounds_ratio };
-    let throughput_ok = throughput.is_some_and(|r| r >= MIN_RATIO);
+    let throughput_ok = rounds_ratio.is_some_and(|r| r >= MIN_RATIO);
     let rss_ok = result["rss_within_bound"].as_bool() == Some(true);
     let alive = result["coordinator_alive"].as_bool() == Some(true);
     let log_ok = result.get("log").is_none_or(|log| log["ok"].as_bool() == Some(true));
     let datagrams_ok = result.get("datagrams_refused").is_none_or(|d| d.as_bool() == Some(true));
+    let mut fair_ok = true;
+    if let Some(fair_share) = fair_share {
+        let share = ratio(result["honest_updates_per_min"].as_f64(), result["updates_per_min"].as_f64());
+        fair_ok = share.is_some_and(|s| s >= MIN_RATIO * fair_share);
+        result["honest_share"] = json!(share);
+        result["fair_share"] = json!(fair_share);
+        result["fair_share_ok"] = json!(fair_ok);
+    }
     result["ratio"] = json!(rounds_ratio);
-    result["honest_updates_ratio"] = json!(honest_ratio);
     result["throughput_ok"] = json!(throughput_ok);
-    result["pass"] = json!(throughput_ok && rss_ok && alive && log_ok && datagrams_ok);
+    result["pass"] = json!(throughput_ok && rss_ok && alive && log_ok && datagrams_ok && fair_ok);
 }
 
 fn max_abs_difference(a: &ParameterVector, b: &ParameterVector) -> anyhow::Result<f64> {
@@ -970,13 +993,22 @@ mod tests {
     #[test]
     fn judged_phase_needs_throughput_memory_and_life() {
         let mut result = json!({
-            "rounds_per_min": 95.0, "honest_updates_per_min": 10.0,
+            "rounds_per_min": 95.0, "updates_per_min": 950.0, "honest_updates_per_min": 150.0,
             "rss_within_bound": true, "coordinator_alive": true,
         });
-        judge(&mut result, Some(100.0), Some(100.0), false);
+        judge(&mut result, Some(100.0), None);
         assert_eq!(result["pass"], json!(true));
-        judge(&mut result, Some(100.0), Some(100.0), true);
-        assert_eq!(result["pass"], json!(false));
+        judge(&mut result, Some(110.0), None);
+        assert_eq!(result["pass"], json!(false), "under 90 % of the control");
+        // 150 of 950 updates (15.8 %) against a fair share of 20 / 120 (16.7 %): 0.95 of it.
+        judge(&mut result, Some(100.0), Some(20.0 / 120.0));
+        assert_eq!(result["pass"], json!(true));
+        // Against a fair share of 20 / 100 (20 %): 0.79 of it.
+        judge(&mut result, Some(100.0), Some(0.2));
+        assert_eq!((result["pass"].clone(), result["fair_share_ok"].clone()), (json!(false), json!(false)));
+        result["rss_within_bound"] = json!(false);
+        judge(&mut result, Some(100.0), None);
+        assert_eq!(result["pass"], json!(false), "over the memory bound");
     }
 
     #[test]
