@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::framed::encode;
 use bytes::Bytes;
 use flotilla_protocol::checkpoint::Checkpoint;
-use flotilla_protocol::round::{CloseReason, ConnectionId, Coordinator, CoordinatorEvent};
+use flotilla_protocol::round::{CloseReason, ConnectionId, Coordinator, CoordinatorEvent, Transmit};
 use flotilla_protocol::wire::framing::{FrameLimit, FramingError};
 use flotilla_protocol::wire::{Contribution, CoordinatorMessage, ErrorCode};
 use tokio::sync::mpsc::error::TrySendError;
@@ -202,8 +202,21 @@ impl Shell {
     pub(crate) fn drain(&mut self) {
         loop {
             let mut busy = false;
-            while let Some((conn, message)) = self.machine.poll_transmit() {
+            while let Some(transmit) = self.machine.poll_send() {
                 busy = true;
+                let (conn, message) = match transmit {
+                    Transmit::Model { conn, model_version, round } => {
+                        match self.model_frame(model_version, round) {
+                            Ok(frame) => self.deliver(conn, Outbound::Frame(frame)),
+                            Err(error) => {
+                                tracing::error!(%conn, %error, "the model could not be encoded; closing the connection");
+                                self.drop_link(conn, &format!("internal error: {error}"));
+                            }
+                        }
+                        continue;
+                    }
+                    Transmit::Message(conn, message) => (conn, message),
+                };
                 match &message {
                     // Each request lets the client send one large frame (see `connection`).
                     CoordinatorMessage::UpdateRequest { .. } | CoordinatorMessage::SecAgg { .. } => {
@@ -216,7 +229,7 @@ impl Shell {
                     }
                     _ => {}
                 }
-                match self.frame(&message) {
+                match encode(&message, self.limit) {
                     Ok(frame) => self.deliver(conn, Outbound::Frame(frame)),
                     Err(error) => {
                         tracing::error!(%conn, %error, "message could not be encoded; closing the connection");
@@ -251,18 +264,15 @@ impl Shell {
         }
     }
 
-    /// The frame of `message`; a model is encoded once per version and round and shared.
-    fn frame(&mut self, message: &CoordinatorMessage) -> Result<Bytes, FramingError> {
-        let CoordinatorMessage::Model { model_version, round, .. } = message else {
-            return encode(message, self.limit);
-        };
+    /// The frame of the current model, encoded once per version and round and shared.
+    fn model_frame(&mut self, model_version: u64, round: u64) -> Result<Bytes, FramingError> {
         if let Some((version, at_round, frame)) = &self.model_frame
-            && (*version, *at_round) == (*model_version, *round)
+            && (*version, *at_round) == (model_version, round)
         {
             return Ok(frame.clone());
         }
-        let frame = encode(message, self.limit)?;
-        self.model_frame = Some((*model_version, *round, frame.clone()));
+        let frame = encode(&self.machine.model_message(), self.limit)?;
+        self.model_frame = Some((model_version, round, frame.clone()));
         Ok(frame)
     }
 

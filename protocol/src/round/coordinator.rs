@@ -78,6 +78,22 @@ enum Outgoing {
     LatestModel(ConnectionId),
 }
 
+/// What [`Coordinator::poll_send`] asks to send.
+#[derive(Debug)]
+pub enum Transmit {
+    /// Any message but the model, to this connection.
+    Message(ConnectionId, CoordinatorMessage),
+    /// The current global model ([`Coordinator::model_message`]), to `conn`.
+    Model {
+        /// The recipient.
+        conn: ConnectionId,
+        /// The model's version and round now: they key a shell's encoded copy.
+        model_version: u64,
+        /// See `model_version`.
+        round: u64,
+    },
+}
+
 /// The coordinator: admits clients, runs rounds and holds the global model.
 pub struct Coordinator {
     config: CoordinatorConfig,
@@ -350,23 +366,33 @@ impl Coordinator {
         self.maybe_start_round(now);
     }
 
-    /// The next message to send.
+    /// The next message to send, models included by value (a copy of the parameters each).
     pub fn poll_transmit(&mut self) -> Option<(ConnectionId, CoordinatorMessage)> {
+        Some(match self.poll_send()? {
+            Transmit::Message(conn, message) => (conn, message),
+            Transmit::Model { conn, .. } => (conn, self.model_message()),
+        })
+    }
+
+    /// The next message to send, the current model by reference: a shell sending it to many
+    /// connections encodes [`Coordinator::model_message`] once per `(model_version, round)`
+    /// instead of copying the parameters for each.
+    pub fn poll_send(&mut self) -> Option<Transmit> {
         while let Some(outgoing) = self.transmits.pop_front() {
             match outgoing {
-                Outgoing::Message(conn, message) => return Some((conn, message)),
+                Outgoing::Message(conn, message) => return Some(Transmit::Message(conn, message)),
                 Outgoing::LatestModel(conn) if matches!(self.peers.get(&conn), Some(Peer::Joined { .. })) => {
-                    let model = CoordinatorMessage::Model {
-                        model_version: self.model_version,
-                        round: self.round,
-                        params: self.params.clone(),
-                    };
-                    return Some((conn, model));
+                    return Some(Transmit::Model { conn, model_version: self.model_version, round: self.round });
                 }
                 Outgoing::LatestModel(_) => {}
             }
         }
         None
+    }
+
+    /// The current global model as a message.
+    pub fn model_message(&self) -> CoordinatorMessage {
+        CoordinatorMessage::Model { model_version: self.model_version, round: self.round, params: self.params.clone() }
     }
 
     /// The next connection to close, once what was queued for it has been sent.

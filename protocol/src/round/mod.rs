@@ -14,7 +14,7 @@ mod sampling;
 
 pub use client::{ANY_MODEL_VERSION, Client, ClientEvent, SubmitError};
 pub use config::{ConfigError, CoordinatorConfig, Hierarchy, Mode, StalenessPolicy};
-pub use coordinator::{Coordinator, Identity};
+pub use coordinator::{Coordinator, Identity, Transmit};
 pub use events::{CoordinatorEvent, RoundFailure, UpdateRefusal};
 
 use crate::wire::ErrorCode;

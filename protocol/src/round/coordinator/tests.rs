@@ -171,6 +171,34 @@ fn full_round_with_three_clients_commits_the_sample_weighted_mean() {
 }
 
 #[test]
+fn poll_send_names_the_model_once_per_recipient_and_model_message_is_that_model() {
+    let t0 = Instant::now();
+    let mut coordinator = three_clients_in_round_one(3, t0);
+    for conn in 1..=3 {
+        coordinator.handle_message(ConnectionId(conn), update(1, 0, vec![2.0, 2.0], 1, 0), t0);
+    }
+    let sent: Vec<Transmit> = std::iter::from_fn(|| coordinator.poll_send()).collect();
+    let models: Vec<(u64, u64, u64)> = sent
+        .iter()
+        .filter_map(|t| match t {
+            Transmit::Model { conn, model_version, round } => Some((conn.0, *model_version, *round)),
+            Transmit::Message(_, CoordinatorMessage::Model { .. }) => panic!("a model sent by value"),
+            Transmit::Message(..) => None,
+        })
+        .collect();
+    let round = coordinator.round();
+    assert_eq!(models, [(1, 1, round), (2, 1, round), (3, 1, round)]);
+    let CoordinatorMessage::Model { model_version: 1, round: r, params } = coordinator.model_message() else {
+        panic!("not the model");
+    };
+    assert_eq!((r, params.values), (round, vec![3.0, 4.0]));
+    // A client gone before its turn is skipped.
+    join(&mut coordinator, 9, t0);
+    coordinator.handle_disconnect(ConnectionId(9), t0);
+    assert!(std::iter::from_fn(|| coordinator.poll_send()).all(|t| !matches!(t, Transmit::Model { .. })));
+}
+
+#[test]
 fn participant_scaled_step_and_the_served_iterate_average() {
     use crate::aggregate::{StepSize, StrategyConfig};
     let t0 = Instant::now();
