@@ -24,7 +24,7 @@ use flotilla_protocol::wire::framing::FrameLimit;
 use flotilla_protocol::workload::{self, splitmix64};
 use flotilla_sim::bench::{binaries_dir, exit_with, median, process_cpu_s, status_kib, work_dir, write_workload_model};
 use flotilla_sim::fleet::{free_udp_port, read_rounds};
-use flotilla_sim::procs::{Interrupt, Proc};
+use flotilla_sim::procs::{COORDINATOR_ENV, Interrupt, Proc};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
@@ -432,7 +432,7 @@ impl Bench {
             &dir.join(format!("{name}.out")),
             &log,
             COORDINATOR_LOG,
-            flotilla_sim::procs::COORDINATOR_ENV,
+            COORDINATOR_ENV,
         )?;
         let pid = proc.pid().context("coordinator not running")?;
         let mut coordinator =
@@ -612,20 +612,15 @@ impl Bench {
         let alive = coordinator.alive();
         fleet.terminate(Duration::from_secs(5));
         coordinator.stop();
-        let extra = json!({
-            "mode": if mode == Mode::Async { "async" } else { "sync" },
-            "peak_rss_mib": coordinator.peak_mib(),
-            "rss_bound_mib": self.rss_bound_mib(),
-            "rss_within_bound": coordinator.peak_mib() <= self.rss_bound_mib(),
-            "coordinator_alive": alive,
-            "killed_for_memory": coordinator.killed_for_memory,
-            "fleet_alive": fleet_alive,
-            "attack": attack_stats,
-            "control": control,
-        });
-        if let (Some(result), Some(extra)) = (result.as_object_mut(), extra.as_object()) {
-            result.extend(extra.clone());
-        }
+        result["mode"] = json!(if mode == Mode::Async { "async" } else { "sync" });
+        result["peak_rss_mib"] = json!(coordinator.peak_mib());
+        result["rss_bound_mib"] = json!(self.rss_bound_mib());
+        result["rss_within_bound"] = json!(coordinator.peak_mib() <= self.rss_bound_mib());
+        result["coordinator_alive"] = json!(alive);
+        result["killed_for_memory"] = json!(coordinator.killed_for_memory);
+        result["fleet_alive"] = json!(fleet_alive);
+        result["attack"] = attack_stats;
+        result["control"] = control;
         if attack == Attack::LogInjection {
             result["log"] = scan_log(&coordinator.log);
         }
