@@ -441,7 +441,8 @@ pub struct Options {
     #[arg(long, value_name = "N")]
     pub max_connections_per_address: Option<usize>,
     /// New connections per second one IP address may open once it used its burst (as many as
-    /// --max-connections-per-address); more are refused before any cryptography [default: 32].
+    /// --max-connections-per-address); more are dropped unanswered, before the handshake (the
+    /// peer retries after its QUIC retransmission timeout) [default: 32].
     #[arg(long, value_name = "N")]
     pub handshake_rate: Option<u32>,
     /// Secure aggregation (SecAgg+): the coordinator only sees masked updates and their sum.

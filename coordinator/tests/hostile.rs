@@ -151,3 +151,43 @@ async fn a_trickled_upload_and_a_peer_that_never_reads_cannot_stall_training() {
     good.stop().await.unwrap();
     assert!(summary.rounds_committed >= 3, "{summary:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insider_that_never_reads_is_dropped_and_barred_for_the_penalty() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "honest\ninsider\n").unwrap();
+    let tokens = tokens.to_string_lossy().into_owned();
+    // Rounds as fast as the honest client answers: models pile up in the silent peer's queue
+    // long before a frame's deadline (FRAME_GRACE) runs out.
+    let extra = ["--min-clients", "1", "--round-goal", "1", "--tokens-file", &tokens, "--penalty", "60s"];
+    let mut options = options(dir.path(), &extra);
+    options.width = Some(32);
+    let running = start(options).await;
+    let tls = ClientTls { ca: running.ca.clone(), identity: None };
+    let mut config = session_config(&running, "honest");
+    config.auth_token = Some("honest".into());
+    let good = fake_client(config, 0.01, 3);
+
+    let tiny = Tuning { receive_window: 2048, stream_receive_window: 2048, ..Tuning::CLIENT };
+    let mut silent = RawPeer::connect_with(running.addr, &tls, &tiny).await.unwrap();
+    silent.join(PROTOCOL_VERSION, Some("insider")).await;
+    let started = Instant::now();
+    let (code, reason) = closed_code(&silent.connection, Duration::from_secs(20)).await;
+    assert_eq!(code, Some(ErrorCode::Timeout), "{reason}");
+    assert!(reason.contains("send queue is full"), "dropped for its queue, not a frame deadline: {reason}");
+    assert!(started.elapsed() < Duration::from_secs(9), "before FRAME_GRACE");
+
+    // Its identity waits out the penalty: the same token is refused at Join.
+    let mut again = RawPeer::connect(running.addr, &tls).await.unwrap();
+    again.join(PROTOCOL_VERSION, Some("insider")).await;
+    let (code, reason) = closed_code(&again.connection, Duration::from_secs(10)).await;
+    assert_eq!(code, Some(ErrorCode::Timeout), "{reason}");
+    assert!(reason.contains("misbehaved"), "{reason}");
+
+    let answered = good.answered.load(std::sync::atomic::Ordering::SeqCst);
+    good.answered_at_least(answered + 3, 15).await;
+    running.stop().await;
+    good.stop().await.unwrap();
+}

@@ -114,6 +114,12 @@ pub async fn serve(
                             }
                             incoming.refuse();
                         }
+                        Admission::Ignore(reason) => {
+                            if context.logs.allow(remote.ip()) {
+                                tracing::warn!(%remote, reason, "connection attempt dropped");
+                            }
+                            incoming.ignore();
+                        }
                     }
                 }
                 None => break,

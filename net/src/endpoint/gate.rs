@@ -2,6 +2,9 @@
 //! new connections from one IP at most `handshake_rate` a second (a bucket of `per_address`
 //! tokens); QUIC address validation (Retry) for unvalidated peers while the coordinator is
 //! under load. Refusing costs no cryptography: a peer reconnecting in a loop costs little.
+//! Attempts over the handshake rate are dropped without an answer, so the peer's own QUIC
+//! stack waits out its retransmission timeout (about a second, doubling) before it tries
+//! again, instead of reconnecting at once on an immediate refusal.
 //!
 //! Every accepted connection holds a [`Ticket`] until its task ends; dropping the ticket
 //! gives its place back.
@@ -70,6 +73,8 @@ pub(crate) enum Admission {
     Retry,
     /// Refuse it, for this reason.
     Refuse(&'static str),
+    /// Drop it without an answer (the peer retransmits after its timeout), for this reason.
+    Ignore(&'static str),
 }
 
 impl Gate {
@@ -91,13 +96,6 @@ impl Gate {
         if state.buckets.len() >= MAX_BUCKETS && !state.buckets.contains_key(&ip) {
             state.buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < burst);
         }
-        let (tokens, at) = state.buckets.entry(ip).or_insert((burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(burst);
-        *at = now;
-        if *tokens < 1.0 {
-            return Admission::Refuse("this address opens connections faster than --handshake-rate");
-        }
-        *tokens -= 1.0;
         if state.total >= limits.max_connections {
             return Admission::Refuse("the coordinator is at --max-connections");
         }
@@ -105,6 +103,13 @@ impl Gate {
         if from_ip >= limits.per_address {
             return Admission::Refuse("this address is at --max-connections-per-address");
         }
+        let (tokens, at) = state.buckets.entry(ip).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(burst);
+        *at = now;
+        if *tokens < 1.0 {
+            return Admission::Ignore("this address opens connections faster than --handshake-rate");
+        }
+        *tokens -= 1.0;
         let loaded = state.handshaking >= RETRY_ABOVE_HANDSHAKES || state.total >= limits.max_connections / 2;
         if loaded && !validated && may_retry {
             return Admission::Retry;
@@ -173,10 +178,10 @@ mod tests {
         for _ in 0..4 {
             assert!(matches!(gate.admit_at(ip, true, false, t0), Admission::Accept(_)), "the burst");
         }
-        assert!(matches!(gate.admit_at(ip, true, false, t0), Admission::Refuse(_)), "the bucket is empty");
+        assert!(matches!(gate.admit_at(ip, true, false, t0), Admission::Ignore(_)), "the bucket is empty");
         let later = t0 + std::time::Duration::from_millis(500);
         assert!(matches!(gate.admit_at(ip, true, false, later), Admission::Accept(_)), "one token back");
-        assert!(matches!(gate.admit_at(ip, true, false, later), Admission::Refuse(_)));
+        assert!(matches!(gate.admit_at(ip, true, false, later), Admission::Ignore(_)));
         let other: IpAddr = "10.0.0.2".parse().unwrap();
         assert!(matches!(gate.admit_at(other, true, false, later), Admission::Accept(_)), "per address");
     }

@@ -210,7 +210,7 @@ impl Shell {
                             Ok(frame) => self.deliver(conn, Outbound::Frame(frame)),
                             Err(error) => {
                                 tracing::error!(%conn, %error, "the model could not be encoded; closing the connection");
-                                self.drop_link(conn, &format!("internal error: {error}"));
+                                self.drop_link(conn, ErrorCode::Internal, &format!("internal error: {error}"));
                             }
                         }
                         continue;
@@ -233,7 +233,7 @@ impl Shell {
                     Ok(frame) => self.deliver(conn, Outbound::Frame(frame)),
                     Err(error) => {
                         tracing::error!(%conn, %error, "message could not be encoded; closing the connection");
-                        self.drop_link(conn, &format!("internal error: {error}"));
+                        self.drop_link(conn, ErrorCode::Internal, &format!("internal error: {error}"));
                     }
                 }
             }
@@ -287,15 +287,25 @@ impl Shell {
             Ok(()) => {
                 self.traffic.bytes_out.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
             }
-            Err(TrySendError::Full(_)) => self.drop_link(conn, "client too slow: its send queue is full"),
-            Err(TrySendError::Closed(_)) => self.drop_link(conn, "connection writer ended"),
+            // A peer that lets OUTBOUND_QUEUE frames pile up does not read (or cannot keep up
+            // with a round): like a missed frame deadline, its identity waits out the penalty,
+            // so that it cannot make the coordinator encrypt models for it again at once.
+            Err(TrySendError::Full(_)) => {
+                self.machine.handle_misbehaviour(conn, Instant::now());
+                self.drop_link(conn, ErrorCode::Timeout, "client too slow: its send queue is full");
+            }
+            Err(TrySendError::Closed(_)) => self.drop_link(conn, ErrorCode::Internal, "connection writer ended"),
         }
     }
 
-    fn drop_link(&mut self, conn: ConnectionId, reason: &str) {
+    /// Closes `conn` at once with `code` and `reason` (logged within its address's budget).
+    fn drop_link(&mut self, conn: ConnectionId, code: ErrorCode, reason: &str) {
+        let logged = self.may_log(conn);
         if let Some(link) = self.links.remove(&conn) {
-            tracing::warn!(%conn, remote = %link.remote, reason, "dropping connection");
-            close_refused(&link.connection, ErrorCode::Internal, reason);
+            if logged {
+                tracing::warn!(%conn, remote = %link.remote, %code, reason, "dropping connection");
+            }
+            close_refused(&link.connection, code, reason);
         }
         self.machine.handle_disconnect(conn, Instant::now());
     }
