@@ -237,8 +237,13 @@ fn root_store(ca_file: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// ring's provider with AES-128-GCM preferred over AES-256-GCM (both ends use this order, so
+/// it is the one negotiated): every model and update is sealed and opened with it, and on
+/// AES-NI/VAES hardware it is ~15 % cheaper per byte, at the strength TLS 1.3 mandates.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(provider)
 }
 
 /// What a coordinator presents and whom it accepts.

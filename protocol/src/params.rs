@@ -238,7 +238,7 @@ pub mod le_words {
     use serde::{Deserializer, Serializer};
 
     /// A four-byte value stored little-endian.
-    pub trait Word: Copy {
+    pub trait Word: bytemuck::Pod {
         /// The value from its little-endian bytes.
         fn from_le(bytes: [u8; 4]) -> Self;
         /// The value's little-endian bytes.
@@ -263,9 +263,16 @@ pub mod le_words {
         }
     }
 
-    /// Serialises `values` as one byte string of little-endian words.
+    /// Serialises `values` as one byte string of little-endian words: on a little-endian
+    /// machine the values' own bytes, without an intermediate copy.
     pub fn serialize<S: Serializer, T: Word>(values: &[T], serializer: S) -> Result<S::Ok, S::Error> {
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le()).collect();
+        if cfg!(target_endian = "little") {
+            return serializer.serialize_bytes(bytemuck::cast_slice(values));
+        }
+        let mut bytes = Vec::with_capacity(values.len() * 4);
+        for value in values {
+            bytes.extend_from_slice(&value.to_le());
+        }
         serializer.serialize_bytes(&bytes)
     }
 
@@ -287,6 +294,12 @@ pub mod le_words {
             let (chunks, rest) = bytes.as_chunks::<4>();
             if !rest.is_empty() {
                 return Err(E::invalid_length(bytes.len(), &"a multiple of 4 bytes"));
+            }
+            if cfg!(target_endian = "little") {
+                // One copy of the bytes (the payload need not be aligned for `T`).
+                let mut words = vec![T::zeroed(); chunks.len()];
+                bytemuck::cast_slice_mut::<T, u8>(&mut words).copy_from_slice(bytes);
+                return Ok(words);
             }
             Ok(chunks.iter().map(|chunk| T::from_le(*chunk)).collect())
         }

@@ -48,3 +48,11 @@ fn missing_and_garbled_files_are_named() {
     let message = load_key(&garbled).unwrap_err().to_string();
     assert!(message.contains("garbled.pem") && message.contains("private key"), "{message}");
 }
+
+#[test]
+fn aes_128_gcm_is_preferred_and_the_other_tls13_suites_remain() {
+    let suites: Vec<_> = provider().cipher_suites.iter().map(|s| s.suite()).collect();
+    assert_eq!(suites.first(), Some(&rustls::CipherSuite::TLS13_AES_128_GCM_SHA256));
+    assert!(suites.contains(&rustls::CipherSuite::TLS13_AES_256_GCM_SHA384));
+    assert!(suites.contains(&rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256));
+}
