@@ -66,16 +66,28 @@ fn config() -> bincode::config::Configuration {
 }
 
 /// Encodes `message` as one frame (header and payload), refusing payloads over `limit`.
+///
+/// The payload is measured first (a pass that writes nothing; a parameter vector's bytes are
+/// only counted), so the frame is allocated once at its size, and a payload over `limit` is
+/// refused before anything is allocated.
 pub fn encode_frame<M: Serialize>(message: &M, limit: FrameLimit) -> Result<Vec<u8>, FramingError> {
-    let mut frame = vec![0u8; HEADER_LEN];
-    bincode::serde::encode_into_std_write(message, &mut frame, config())
-        .map_err(|e| FramingError::Encode(e.to_string()))?;
-    let payload_len = frame.len() - HEADER_LEN;
+    let encode_error = |e: bincode::error::EncodeError| FramingError::Encode(e.to_string());
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(message, &mut size, config()).map_err(encode_error)?;
+    let payload_len = size.bytes_written;
     let announced = u32::try_from(payload_len)
         .ok()
         .filter(|len| *len <= limit.bytes())
         .ok_or(FramingError::FrameTooLarge { announced: payload_len as u64, limit: limit.bytes() })?;
-    frame[..HEADER_LEN].copy_from_slice(&announced.to_le_bytes());
+    let mut frame = Vec::with_capacity(HEADER_LEN + payload_len);
+    frame.extend_from_slice(&announced.to_le_bytes());
+    bincode::serde::encode_into_std_write(message, &mut frame, config()).map_err(encode_error)?;
+    if frame.len() != HEADER_LEN + payload_len {
+        return Err(FramingError::Encode(format!(
+            "the message encoded to {} bytes after measuring {payload_len}",
+            frame.len() - HEADER_LEN
+        )));
+    }
     Ok(frame)
 }
 
