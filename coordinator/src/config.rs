@@ -419,8 +419,8 @@ pub struct Options {
     #[arg(long, value_name = "N")]
     pub round_goal: Option<usize>,
     /// Time a client identity (certificate or token) closed for misbehaviour — a missed frame
-    /// deadline, a protocol violation, unreadable or unasked-for data — may not join again; 0s
-    /// for none [default: 60s].
+    /// deadline, a send queue left to fill, a protocol violation, unreadable or unasked-for data
+    /// — may not join again (every device of a shared token waits); 0s for none [default: 60s].
     #[arg(long, value_name = "DURATION")]
     pub penalty: Option<HumanDuration>,
     /// Live sessions per identity (client certificate, else auth token): a new session closes

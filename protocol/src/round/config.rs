@@ -81,8 +81,8 @@ pub struct CoordinatorConfig {
     /// `None`: it waits for every sampled client, up to the deadline. At least `min_clients`.
     pub round_goal: Option<usize>,
     /// Time an identity whose session was closed for misbehaviour (a protocol violation, a
-    /// missed frame deadline, unreadable or unasked-for data) may not join again. Zero: no
-    /// penalty.
+    /// missed frame deadline, a send queue left to fill, unreadable or unasked-for data) may not
+    /// join again. Zero: no penalty.
     pub misbehaviour_penalty: Duration,
     /// Live sessions one identity (client certificate, else auth token) may hold; a newer
     /// session closes the oldest. 0: no limit (a fleet sharing one token).
