@@ -13,9 +13,7 @@ use common::*;
 async fn clients_without_a_valid_token_are_refused() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, "# fleet\nsecret\n").unwrap();
-    let tokens = tokens.to_string_lossy().into_owned();
+    let tokens = tokens_file(dir.path(), "# fleet\nsecret\n");
     let running = start(options(dir.path(), &["--min-clients", "1", "--rounds", "1", "--tokens-file", &tokens])).await;
 
     for token in [None, Some("wrong")] {

@@ -156,9 +156,7 @@ async fn a_trickled_upload_and_a_peer_that_never_reads_cannot_stall_training() {
 async fn an_insider_that_never_reads_is_dropped_and_barred_for_the_penalty() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, "honest\ninsider\n").unwrap();
-    let tokens = tokens.to_string_lossy().into_owned();
+    let tokens = tokens_file(dir.path(), "honest\ninsider\n");
     // Rounds as fast as the honest client answers: models pile up in the silent peer's queue
     // long before a frame's deadline (FRAME_GRACE) runs out.
     let extra = ["--min-clients", "1", "--round-goal", "1", "--tokens-file", &tokens, "--penalty", "60s"];

@@ -296,14 +296,8 @@ pub mod le_words {
                 return Err(E::invalid_length(bytes.len(), &"a multiple of 4 bytes"));
             }
             if cfg!(target_endian = "little") {
-                // One copy of the bytes; the payload need not be aligned for `T`, and when it is
-                // not the words are zeroed first.
-                if let Ok(words) = bytemuck::try_cast_slice::<u8, T>(bytes) {
-                    return Ok(words.to_vec());
-                }
-                let mut words = vec![T::zeroed(); chunks.len()];
-                bytemuck::cast_slice_mut::<T, u8>(&mut words).copy_from_slice(bytes);
-                return Ok(words);
+                // One copy of the bytes (the payload need not be aligned for `T`).
+                return Ok(bytemuck::pod_collect_to_vec(bytes));
             }
             Ok(chunks.iter().map(|chunk| T::from_le(*chunk)).collect())
         }

@@ -29,6 +29,13 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// Writes `lines` as `dir/tokens`; the path as a `--tokens-file` argument.
+pub fn tokens_file(dir: &Path, lines: &str) -> String {
+    let tokens = dir.join("tokens");
+    std::fs::write(&tokens, lines).unwrap();
+    tokens.to_string_lossy().into_owned()
+}
+
 /// Options of a tiny model (3 inputs, 2 classes, 2 hidden layers of 8) on 127.0.0.1:0.
 pub fn options(data_dir: &Path, extra: &[&str]) -> Options {
     use clap::Parser;

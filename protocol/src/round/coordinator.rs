@@ -299,8 +299,8 @@ impl Coordinator {
     }
 
     /// The shell closed `conn` for what its peer did (a missed frame deadline, a send queue it
-    /// let fill, unreadable or unasked-for data): its identity may not join again for `misbehaviour_penalty`. Call
-    /// before [`Coordinator::handle_disconnect`].
+    /// let fill, unreadable or unasked-for data): its identity may not join again for
+    /// `misbehaviour_penalty`. Call before [`Coordinator::handle_disconnect`].
     pub fn handle_misbehaviour(&mut self, conn: ConnectionId, now: Instant) {
         let identity = match self.peers.get(&conn) {
             Some(Peer::Joined { identity, .. } | Peer::Connecting { identity, .. }) => *identity,
