@@ -15,6 +15,9 @@ use std::time::Duration;
 use quinn::{
     AsyncUdpSocket, Endpoint, EndpointConfig, IdleTimeout, MtuDiscoveryConfig, ServerConfig, TransportConfig, VarInt,
 };
+use sha2::Digest;
+
+pub mod prefilter;
 
 /// Per-connection send window: 32 MiB (what may be unacknowledged; the data itself is the
 /// shared model frame, not a copy per connection).
@@ -157,7 +160,9 @@ pub fn transport_config(tuning: &Tuning) -> TransportConfig {
 /// `reset_key` keys the stateless-reset tokens (HMAC-SHA256 of each connection id). A server
 /// that keeps it across restarts answers packets of connections it lost in a crash with a
 /// reset their peers accept at once, instead of leaving them to wait for the idle timeout;
-/// without it quinn draws a fresh key.
+/// without it quinn draws a fresh key. With it, the endpoint's connection ids carry a tag
+/// derived from the key and a socket filter drops datagrams that cannot be QUIC for it
+/// ([`prefilter`]).
 pub fn bind_endpoint(
     addr: SocketAddr,
     server: Option<ServerConfig>,
@@ -174,6 +179,20 @@ pub fn bind_endpoint(
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     socket.bind(&addr.into())?;
+    // Keyed and tagged connection ids, the same across restarts with the same key.
+    let ids = reset_key.map(|key| {
+        let digest: [u8; 32] = sha2::Sha256::digest(key).into();
+        let mut cid_key = [0u8; 8];
+        cid_key.copy_from_slice(&digest[..8]);
+        (u64::from_le_bytes(cid_key), prefilter::ConnectionTag::from_digest(&digest))
+    });
+    if let Some((_, tag)) = ids {
+        match prefilter::attach(&socket, tag) {
+            Ok(()) => tracing::debug!(%addr, "junk filter attached to the UDP socket"),
+            // Best effort: without it junk datagrams reach quinn, which drops them.
+            Err(error) => tracing::warn!(%addr, %error, "no junk filter on the UDP socket: junk datagrams reach quinn"),
+        }
+    }
     tracing::debug!(
         recv_buffer = socket.recv_buffer_size().unwrap_or(0),
         send_buffer = socket.send_buffer_size().unwrap_or(0),
@@ -185,11 +204,11 @@ pub fn bind_endpoint(
     if let Some(key) = reset_key {
         config = EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key)));
         // quinn drops packets whose connection id was not made with its generator's key before
-        // it would reset them: the restarted endpoint must recognise its predecessor's ids too.
-        let mut cid_key = [0u8; 8];
-        cid_key.copy_from_slice(&ring::digest::digest(&ring::digest::SHA256, key).as_ref()[..8]);
-        let cid_key = u64::from_le_bytes(cid_key);
-        config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+        // it would reset them: the restarted endpoint must recognise its predecessor's ids too,
+        // and the socket's filter their tag.
+        if let Some((cid_key, tag)) = ids {
+            config.cid_generator(move || Box::new(prefilter::TaggedConnectionIdGenerator::new(tag, cid_key)));
+        }
         // A reset answers only packets whose id this key made (the keyed generator refuses the
         // rest) and is smaller than the packet it answers: one per millisecond, not quinn's one
         // per 20 ms, lets a whole fleet learn of a restart at its next packet.
