@@ -130,11 +130,7 @@ impl FusedHbp {
             let m = if l == 0 { d } else { w };
             let out = &mut rest[..w];
             out.copy_from_slice(&values[bias..bias + w]);
-            for (kk, &xv) in input.iter().enumerate().take(m) {
-                if xv != 0.0 {
-                    axpy(out, xv, &values[weight + kk * w..weight + (kk + 1) * w]);
-                }
-            }
+            accumulate_rows(out, &input[..m], &values[weight..weight + m * w]);
             out.iter_mut().for_each(|v| *v = v.max(0.0));
         }
         if let Some((weight, bias)) = o.input_head {
@@ -232,11 +228,7 @@ impl FusedHbp {
 /// `softmax(x · W + b)` of one head into `out` (`c` long), W row-major `[len(x), c]` at `weight`.
 fn head_probabilities(values: &[f32], x: &[f32], weight: usize, bias: usize, c: usize, out: &mut [f32]) {
     out.copy_from_slice(&values[bias..bias + c]);
-    for (kk, &xv) in x.iter().enumerate() {
-        if xv != 0.0 {
-            axpy(out, xv, &values[weight + kk * c..weight + (kk + 1) * c]);
-        }
-    }
+    accumulate_rows(out, x, &values[weight..weight + x.len() * c]);
     let max = out.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut total = 0.0;
     out.iter_mut().for_each(|v| {
@@ -244,6 +236,34 @@ fn head_probabilities(values: &[f32], x: &[f32], weight: usize, bias: usize, c: 
         total += *v;
     });
     out.iter_mut().for_each(|v| *v /= total);
+}
+
+/// `out ← out + Σ_k input_k · row_k` over the rows of `weights` (row-major, `out`-wide) whose
+/// input is not zero, four rows per sweep over `out` (a quarter of the loads and stores of one
+/// row at a time).
+#[inline]
+fn accumulate_rows(out: &mut [f32], input: &[f32], weights: &[f32]) {
+    let w = out.len();
+    let row = |k: usize| &weights[k * w..(k + 1) * w];
+    let mut pending = [(0usize, 0.0f32); 4];
+    let mut n = 0;
+    for (k, &x) in input.iter().enumerate() {
+        if x != 0.0 {
+            pending[n] = (k, x);
+            n += 1;
+            if n == 4 {
+                let [(k0, a0), (k1, a1), (k2, a2), (k3, a3)] = pending;
+                let rows = row(k0).iter().zip(row(k1)).zip(row(k2)).zip(row(k3));
+                for (y, (((r0, r1), r2), r3)) in out.iter_mut().zip(rows) {
+                    *y += (a0 * r0 + a1 * r1) + (a2 * r2 + a3 * r3);
+                }
+                n = 0;
+            }
+        }
+    }
+    for &(k, x) in &pending[..n] {
+        axpy(out, x, row(k));
+    }
 }
 
 /// `y ← y + a · x`.
