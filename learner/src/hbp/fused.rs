@@ -23,9 +23,9 @@ use super::model::{HbpModel, ModelError};
 struct Offsets {
     /// Per hidden layer: weight `[in, w]` and bias `[w]`.
     hidden: Vec<(usize, usize)>,
-    /// The input head's weight `[d, C]` and bias `[C]`.
+    /// The input head's weight `[d, C]` (held as `[C, d]`) and bias `[C]`.
     input_head: Option<(usize, usize)>,
-    /// The hidden heads' weights `[L, w, C]`.
+    /// The hidden heads' weights `[L, w, C]` (held as `[L, C, w]`).
     heads_weight: usize,
     /// The hidden heads' biases `[L, C]`.
     heads_bias: usize,
@@ -81,9 +81,14 @@ impl FusedHbp {
         if (sum - 1.0).abs() > 1e-3 || params.values[alpha..].iter().any(|a| *a < 0.0) {
             return Err(ModelError::InvalidAlpha { sum });
         }
+        let offsets = Offsets { hidden, input_head, heads_weight, heads_bias, alpha };
+        let mut values = params.values.clone();
+        for (at, rows, cols) in head_matrices(&config, &offsets) {
+            transpose(&mut values[at..at + rows * cols], rows, cols);
+        }
         Ok(Self {
-            values: params.values.clone(),
-            offsets: Offsets { hidden, input_head, heads_weight, heads_bias, alpha },
+            values,
+            offsets,
             hidden: vec![0.0; layers * w],
             probabilities: vec![0.0; config.heads() * c],
             from_heads: vec![0.0; layers * w],
@@ -102,7 +107,12 @@ impl FusedHbp {
 
     /// Every parameter in layout order.
     pub fn to_parameters(&self) -> Result<ParameterVector, ModelError> {
-        Ok(ParameterVector::new(&layout(&self.config), self.values.clone())?)
+        let mut values = self.values.clone();
+        for (at, rows, cols) in head_matrices(&self.config, &self.offsets) {
+            // Held as [cols, rows]: back to the layout's [rows, cols].
+            transpose(&mut values[at..at + rows * cols], cols, rows);
+        }
+        Ok(ParameterVector::new(&layout(&self.config), values)?)
     }
 
     /// Current hedge weights α, input head first when present.
@@ -134,13 +144,13 @@ impl FusedHbp {
             out.iter_mut().for_each(|v| *v = v.max(0.0));
         }
         if let Some((weight, bias)) = o.input_head {
-            head_probabilities(values, x, weight, bias, c, &mut probabilities[..c]);
+            head_probabilities(values, x, weight, bias, &mut probabilities[..c]);
         }
         for l in 0..layers {
             let at = (first_hidden_head + l) * c;
             let h = &hidden[l * w..(l + 1) * w];
             let (weight, bias) = (o.heads_weight + l * w * c, o.heads_bias + l * c);
-            head_probabilities(values, h, weight, bias, c, &mut probabilities[at..at + c]);
+            head_probabilities(values, h, weight, bias, &mut probabilities[at..at + c]);
         }
         alpha_before.copy_from_slice(&values[o.alpha..o.alpha + k]);
         mixture.iter_mut().for_each(|m| *m = 0.0);
@@ -160,10 +170,8 @@ impl FusedHbp {
         // Heads: the error each sends down (with its weights before the step), then the step.
         if let Some((weight, bias)) = o.input_head {
             let g = &probabilities[..c];
-            for (kk, &xv) in x.iter().enumerate().take(d) {
-                if xv != 0.0 {
-                    axpy(&mut values[weight + kk * c..weight + (kk + 1) * c], -lr * xv, g);
-                }
+            for (class, &gc) in g.iter().enumerate() {
+                axpy(&mut values[weight + class * d..weight + (class + 1) * d], -lr * gc, &x[..d]);
             }
             axpy(&mut values[bias..bias + c], -lr, g);
         }
@@ -172,12 +180,16 @@ impl FusedHbp {
             let h = &hidden[l * w..(l + 1) * w];
             let from = &mut from_heads[l * w..(l + 1) * w];
             let base = o.heads_weight + l * w * c;
-            for j in 0..w {
-                from[j] = if h[j] > 0.0 {
-                    dot_then_axpy(&mut values[base + j * c..base + (j + 1) * c], -lr * h[j], g)
-                } else {
-                    0.0
-                };
+            // The error sent down is Wᵀg with the weights before the step (only where the
+            // ReLU fired is it used); each class's row takes its step in the same sweep.
+            from.fill(0.0);
+            for (class, &gc) in g.iter().enumerate() {
+                let row = &mut values[base + class * w..base + (class + 1) * w];
+                let a = -lr * gc;
+                for ((f, r), hj) in from.iter_mut().zip(row.iter_mut()).zip(h) {
+                    *f += gc * *r;
+                    *r += a * hj;
+                }
             }
             let bias = o.heads_bias + l * c;
             axpy(&mut values[bias..bias + c], -lr, g);
@@ -225,10 +237,12 @@ impl FusedHbp {
     }
 }
 
-/// `softmax(x · W + b)` of one head into `out` (`c` long), W row-major `[len(x), c]` at `weight`.
-fn head_probabilities(values: &[f32], x: &[f32], weight: usize, bias: usize, c: usize, out: &mut [f32]) {
-    out.copy_from_slice(&values[bias..bias + c]);
-    accumulate_rows(out, x, &values[weight..weight + x.len() * c]);
+/// `softmax(x · W + b)` of one head into `out` (`C` long), W held as `[C, len(x)]` at `weight`.
+fn head_probabilities(values: &[f32], x: &[f32], weight: usize, bias: usize, out: &mut [f32]) {
+    let n = x.len();
+    for (class, o) in out.iter_mut().enumerate() {
+        *o = values[bias + class] + dot(x, &values[weight + class * n..weight + (class + 1) * n]);
+    }
     let max = out.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut total = 0.0;
     out.iter_mut().for_each(|v| {
@@ -264,6 +278,38 @@ fn accumulate_rows(out: &mut [f32], input: &[f32], weights: &[f32]) {
     for &(k, x) in &pending[..n] {
         axpy(out, x, row(k));
     }
+}
+
+/// The heads' weight matrices as `(offset, rows, columns)` in the layout's `[rows, columns]`
+/// order; [`FusedHbp`] holds each transposed, so that a head is `C` long rows.
+fn head_matrices(config: &HbpConfig, offsets: &Offsets) -> Vec<(usize, usize, usize)> {
+    let (d, w, c) = (config.inputs, config.width, config.classes);
+    let input = offsets.input_head.map(|(weight, _)| (weight, d, c));
+    input.into_iter().chain((0..config.hidden_layers).map(|l| (offsets.heads_weight + l * w * c, w, c))).collect()
+}
+
+/// Transposes the row-major `[rows, cols]` matrix `m` in place into `[cols, rows]`.
+fn transpose(m: &mut [f32], rows: usize, cols: usize) {
+    let source = m.to_vec();
+    for r in 0..rows {
+        for c in 0..cols {
+            m[c * rows + r] = source[r * cols + c];
+        }
+    }
+}
+
+/// `Σ a_i · b_i` in eight independent partial sums (so that the compiler vectorises it).
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for i in 0..8 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// `y ← y + a · x`.
