@@ -15,8 +15,8 @@
 //!   Initials a client sends once it knows the server's id);
 //! - a client's first Initial: a datagram of at least 1,200 bytes (RFC 9000 §14.1), a
 //!   destination id of 8 to 20 bytes (§7.2), a source id of at most 20, a token that fits, and
-//!   a packet length that leaves room for header protection's sample (RFC 9001 §5.4.2) and
-//!   fits in the datagram;
+//!   a packet length that ends the packet where the datagram ends (a client pads its first
+//!   Initial to fill the datagram, or coalesces it with 0-RTT, which Flotilla does not offer);
 //! - other versions in datagrams of at least 1,200 bytes (quinn answers them with a version
 //!   negotiation), never version 0.
 //!
@@ -306,11 +306,10 @@ pub fn program(tag: ConnectionTag) -> std::io::Result<Vec<Instruction>> {
     // X = offset of the token's length.
     a.op(ALU | ADD | X, 0).op(ALU | ADD | K, 1).op(MISC | TAX, 0);
     a.varint().skip_counted().op(MISC | TAX, 0);
-    // X = offset of the packet's length: room for a packet number and the 16-byte sample
-    // header protection takes (RFC 9001 §5.4.2), and an end within the datagram.
-    let sampled = a.local();
-    a.varint().jump(JGE, 20, sampled, Label::Drop).mark(sampled).skip_counted();
-    a.op(ST, M_TEMP).op(LDX | MEM, M_LEN).op(LD | MEM, M_TEMP).jump_x(JGT, Label::Drop, Label::Accept);
+    // X = offset of the packet's length: the packet must end where the datagram does (a first
+    // Initial is padded to fill it; there is no 0-RTT packet to coalesce it with).
+    a.varint().skip_counted();
+    a.op(ST, M_TEMP).op(LDX | MEM, M_LEN).op(LD | MEM, M_TEMP).jump_x(JEQ, Label::Accept, Label::Drop);
 
     a.mark(Label::Accept).op(RET | K, u32::MAX);
     a.mark(Label::Drop).op(RET | K, 0);
