@@ -15,7 +15,6 @@ use std::time::Duration;
 use quinn::{
     AsyncUdpSocket, Endpoint, EndpointConfig, IdleTimeout, MtuDiscoveryConfig, ServerConfig, TransportConfig, VarInt,
 };
-use sha2::Digest;
 
 pub mod prefilter;
 
@@ -179,20 +178,6 @@ pub fn bind_endpoint(
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     socket.bind(&addr.into())?;
-    // Keyed and tagged connection ids, the same across restarts with the same key.
-    let ids = reset_key.map(|key| {
-        let digest: [u8; 32] = sha2::Sha256::digest(key).into();
-        let mut cid_key = [0u8; 8];
-        cid_key.copy_from_slice(&digest[..8]);
-        (u64::from_le_bytes(cid_key), prefilter::ConnectionTag::from_digest(&digest))
-    });
-    if let Some((_, tag)) = ids {
-        match prefilter::attach(&socket, tag) {
-            Ok(()) => tracing::debug!(%addr, "junk filter attached to the UDP socket"),
-            // Best effort: without it junk datagrams reach quinn, which drops them.
-            Err(error) => tracing::warn!(%addr, %error, "no junk filter on the UDP socket: junk datagrams reach quinn"),
-        }
-    }
     tracing::debug!(
         recv_buffer = socket.recv_buffer_size().unwrap_or(0),
         send_buffer = socket.send_buffer_size().unwrap_or(0),
@@ -206,9 +191,14 @@ pub fn bind_endpoint(
         // quinn drops packets whose connection id was not made with its generator's key before
         // it would reset them: the restarted endpoint must recognise its predecessor's ids too,
         // and the socket's filter their tag.
-        if let Some((cid_key, tag)) = ids {
-            config.cid_generator(move || Box::new(prefilter::TaggedConnectionIdGenerator::new(tag, cid_key)));
+        let tag = prefilter::TaggedConnectionIdGenerator::from_reset_key(key).tag();
+        match prefilter::attach(&socket2::SockRef::from(&socket), tag) {
+            Ok(()) => tracing::debug!(%addr, "junk filter attached to the UDP socket"),
+            // Best effort: without it junk datagrams reach quinn, which drops them.
+            Err(error) => tracing::warn!(%addr, %error, "no junk filter on the UDP socket: junk datagrams reach quinn"),
         }
+        let key = *key;
+        config.cid_generator(move || Box::new(prefilter::TaggedConnectionIdGenerator::from_reset_key(&key)));
         // A reset answers only packets whose id this key made (the keyed generator refuses the
         // rest) and is smaller than the packet it answers: one per millisecond, not quinn's one
         // per 20 ms, lets a whole fleet learn of a restart at its next packet.

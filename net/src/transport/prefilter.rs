@@ -48,12 +48,6 @@ const UDP_HEADER: u32 = 8;
 pub struct ConnectionTag([u8; TAG_LEN]);
 
 impl ConnectionTag {
-    /// The tag of the endpoint whose reset key hashes to `digest` (SHA-256 of the key; its
-    /// first 8 bytes key the hashed part of the id, the next 4 are the tag).
-    pub fn from_digest(digest: &[u8; 32]) -> Self {
-        Self([digest[8], digest[9], digest[10], digest[11]])
-    }
-
     fn word(self) -> u32 {
         u32::from_be_bytes(self.0)
     }
@@ -70,6 +64,21 @@ impl TaggedConnectionIdGenerator {
     /// Ids starting with `tag`, keyed with `key`.
     pub fn new(tag: ConnectionTag, key: u64) -> Self {
         Self { tag, inner: HashedConnectionIdGenerator::from_key(key) }
+    }
+
+    /// The ids of an endpoint whose stateless-reset key is `reset_key`: of its SHA-256, the
+    /// first 8 bytes key the ids and the next 4 are the tag, so a restarted endpoint with the
+    /// same key makes and recognises the same ids.
+    pub fn from_reset_key(reset_key: &[u8; 32]) -> Self {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(reset_key).into();
+        let [k0, k1, k2, k3, k4, k5, k6, k7, t0, t1, t2, t3, ..] = digest;
+        Self::new(ConnectionTag([t0, t1, t2, t3]), u64::from_le_bytes([k0, k1, k2, k3, k4, k5, k6, k7]))
+    }
+
+    /// The tag every id starts with.
+    pub fn tag(&self) -> ConnectionTag {
+        self.tag
     }
 }
 

@@ -153,3 +153,13 @@ fn junk_is_dropped_in_the_kernel_and_quic_passes() {
         ]
     );
 }
+
+#[test]
+fn a_kept_reset_key_gives_the_same_ids_after_a_restart() {
+    let key = [7u8; 32];
+    let cid = TaggedConnectionIdGenerator::from_reset_key(&key).generate_cid();
+    let restarted = TaggedConnectionIdGenerator::from_reset_key(&key);
+    assert_eq!(&cid[..4], &restarted.tag().0);
+    assert!(restarted.validate(&cid).is_ok());
+    assert!(TaggedConnectionIdGenerator::from_reset_key(&[8; 32]).validate(&cid).is_err());
+}
