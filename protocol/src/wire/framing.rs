@@ -137,7 +137,11 @@ pub fn peek_variant(payload: &[u8]) -> Option<u32> {
 /// decoder keeps answering that error and the caller should close the connection.
 #[derive(Debug)]
 pub struct FrameDecoder {
+    /// The frame being assembled (and, before its header is known, whatever arrived).
     buffer: BytesMut,
+    /// Bytes that arrived after the end of the frame in `buffer`, kept apart so that the
+    /// frame's allocation (reserved at its exact size) is never regrown for them.
+    after: BytesMut,
     limit: FrameLimit,
     failed: Option<u64>,
 }
@@ -145,7 +149,7 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     /// An empty decoder refusing payloads over `limit`.
     pub fn new(limit: FrameLimit) -> Self {
-        Self { buffer: BytesMut::new(), limit, failed: None }
+        Self { buffer: BytesMut::new(), after: BytesMut::new(), limit, failed: None }
     }
 
     /// Refuses payloads over `limit` from the next frame on (a peer's limit grows once it is
@@ -154,28 +158,43 @@ impl FrameDecoder {
         self.limit = limit;
     }
 
-    /// Appends bytes read from the stream.
+    /// Appends bytes read from the stream. Bytes past the end of a frame whose header has
+    /// arrived are held apart until that frame is taken: a read usually ends a large frame
+    /// and starts the next one, and appending it whole would regrow (copy) the frame.
     pub fn push(&mut self, bytes: &[u8]) {
-        if self.failed.is_none() {
-            self.buffer.extend_from_slice(bytes);
+        if self.failed.is_some() {
+            return;
         }
+        if !self.after.is_empty() {
+            self.after.extend_from_slice(bytes);
+            return;
+        }
+        let room = self.frame_end().map_or(bytes.len(), |end| end.saturating_sub(self.buffer.len()));
+        let (frame, after) = bytes.split_at(room.min(bytes.len()));
+        self.buffer.extend_from_slice(frame);
+        self.after.extend_from_slice(after);
+    }
+
+    /// Where the frame at the front of `buffer` ends, once its header has arrived and if it
+    /// is within the limit.
+    fn frame_end(&self) -> Option<usize> {
+        let announced = u32::from_le_bytes(*self.buffer.first_chunk::<HEADER_LEN>()?);
+        (announced <= self.limit.bytes()).then_some(HEADER_LEN + announced as usize)
     }
 
     /// Once the next frame's header is known (and within the limit), reserves room for the
     /// whole frame at once, so that a large payload is copied in once instead of regrown.
     pub fn reserve_frame(&mut self) {
-        if let Some(header) = self.buffer.first_chunk::<HEADER_LEN>() {
-            let announced = u32::from_le_bytes(*header);
-            if self.failed.is_none() && announced <= self.limit.bytes() {
-                let end = HEADER_LEN + announced as usize;
-                self.buffer.reserve(end.saturating_sub(self.buffer.len()));
-            }
+        if self.failed.is_none()
+            && let Some(end) = self.frame_end()
+        {
+            self.buffer.reserve(end.saturating_sub(self.buffer.len()));
         }
     }
 
     /// Bytes received but not yet returned as part of a frame.
     pub fn buffered(&self) -> usize {
-        self.buffer.len()
+        self.buffer.len() + self.after.len()
     }
 
     /// The payload length of the next frame once its header has arrived (`None` before);
@@ -192,6 +211,7 @@ impl FrameDecoder {
         if announced > limit {
             self.failed = Some(u64::from(announced));
             self.buffer = BytesMut::new();
+            self.after = BytesMut::new();
             return Err(FramingError::FrameTooLarge { announced: u64::from(announced), limit });
         }
         Ok(Some(announced))
@@ -211,7 +231,15 @@ impl FrameDecoder {
         frame.advance(HEADER_LEN);
         // What is left still points into the frame's allocation and would keep it alive as
         // long as the connection: start a fresh buffer with any bytes of the next frame.
-        self.buffer = BytesMut::from(&self.buffer[..]);
+        let after = std::mem::take(&mut self.after);
+        self.buffer = if self.buffer.is_empty() {
+            after
+        } else {
+            let mut rest = BytesMut::with_capacity(self.buffer.len() + after.len());
+            rest.extend_from_slice(&self.buffer);
+            rest.extend_from_slice(&after);
+            rest
+        };
         Ok(Some(frame.freeze()))
     }
 

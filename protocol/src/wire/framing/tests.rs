@@ -69,7 +69,68 @@ fn garbage_payloads_are_malformed_not_panics() {
     assert_eq!(decode_message::<ClientMessage>(&heartbeat), Err(FramingError::TrailingBytes(1)));
 }
 
+/// `payload` framed: its length header, then its bytes.
+fn framed(payload: &[u8]) -> Vec<u8> {
+    let mut frame = u32::try_from(payload.len()).unwrap().to_le_bytes().to_vec();
+    frame.extend_from_slice(payload);
+    frame
+}
+
+#[test]
+fn a_read_ending_one_frame_and_starting_the_next_does_not_regrow_the_first() {
+    // A large frame arrives in reads of 1,000 bytes; its last read also carries the next
+    // frame's header and part of its payload (as QUIC delivers a model followed by a request).
+    let large: Vec<u8> = (0..100_000u32).map(|i| i.to_le_bytes()[0]).collect();
+    let small = vec![9u8; 300];
+    let mut stream = framed(&large);
+    stream.extend_from_slice(&framed(&small));
+    let mut decoder = FrameDecoder::new(FrameLimit::DEFAULT);
+    let (first, rest) = stream.split_at(1_000);
+    decoder.push(first);
+    decoder.reserve_frame();
+    let reserved = decoder.buffer.capacity();
+    assert!(reserved >= HEADER_LEN + large.len());
+    let mut frames = Vec::new();
+    for chunk in rest.chunks(1_000) {
+        decoder.reserve_frame();
+        decoder.push(chunk);
+        if frames.is_empty() {
+            assert_eq!(decoder.buffer.capacity(), reserved, "the frame's buffer was regrown");
+        }
+        while let Some(frame) = decoder.poll_frame().unwrap() {
+            frames.push(frame);
+        }
+    }
+    assert_eq!(frames, [large.as_slice(), small.as_slice()]);
+    assert_eq!(decoder.buffered(), 0);
+}
+
 proptest! {
+    #[test]
+    fn frames_survive_any_split_into_reads(
+        payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 0..6),
+        cuts in prop::collection::vec(1usize..200, 1..40),
+    ) {
+        let stream: Vec<u8> = payloads.iter().flat_map(|payload| framed(payload)).collect();
+        let mut decoder = FrameDecoder::new(FrameLimit::new(300));
+        let mut frames = Vec::new();
+        let mut rest = stream.as_slice();
+        for cut in cuts.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (read, after) = rest.split_at((*cut).min(rest.len()));
+            rest = after;
+            decoder.reserve_frame();
+            decoder.push(read);
+            while let Some(frame) = decoder.poll_frame().unwrap() {
+                frames.push(frame.to_vec());
+            }
+        }
+        prop_assert_eq!(frames, payloads);
+        prop_assert_eq!(decoder.buffered(), 0);
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic_the_decoder(
         chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 0..8),
