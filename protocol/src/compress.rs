@@ -607,7 +607,7 @@ impl Compressor {
 }
 
 fn check_finite(values: &[f32]) -> Result<(), CompressError> {
-    match values.iter().position(|value| !value.is_finite()) {
+    match crate::params::first_non_finite(values) {
         Some(index) => Err(CompressError::NotFinite { index }),
         None => Ok(()),
     }

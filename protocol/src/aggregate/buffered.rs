@@ -13,7 +13,7 @@ use super::AggregateError;
 use super::federated::{Folded, Hygiene};
 use super::optimizer::ServerOptimizer;
 use super::step_size::StepSize;
-use crate::params::ParameterVector;
+use crate::params::{ParameterVector, first_non_finite};
 
 /// A FedBuff buffer over the model of `current_version`.
 #[derive(Debug)]
@@ -136,7 +136,7 @@ impl<O: ServerOptimizer + Clone> Buffered<O> {
         optimizer.step(&mut step);
         let lr = self.server_lr * factor;
         let values: Vec<f32> = current.values.iter().zip(&step).map(|(x, d)| (f64::from(*x) + lr * d) as f32).collect();
-        if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+        if let Some(index) = first_non_finite(&values) {
             return Err(AggregateError::ResultNotFinite { index });
         }
         self.optimizer = optimizer;

@@ -4,7 +4,7 @@ use super::mean::WeightedMean;
 use super::optimizer::{ServerOptimizer, Sgd};
 use super::step_size::StepSize;
 use super::{AggregateError, Aggregator, Expected, Reducer};
-use crate::params::ParameterVector;
+use crate::params::{ParameterVector, first_non_finite};
 use crate::wire::Cohort;
 
 /// Per-update checks beyond format and finiteness, applied by every strategy.
@@ -236,7 +236,7 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Aggregator for Federated<R, O> {
             return Err(AggregateError::Empty);
         }
         let aggregate: Vec<f32> = self.reducer.reduce()?.into_iter().map(|v| v as f32).collect();
-        if let Some(index) = aggregate.iter().position(|v| !v.is_finite()) {
+        if let Some(index) = first_non_finite(&aggregate) {
             return Err(AggregateError::ResultNotFinite { index });
         }
         let weight = self.samples as f64;
@@ -293,7 +293,7 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Aggregator for Federated<R, O> {
             .zip(&step)
             .map(|(base, step)| (f64::from(*base) + self.server_lr * factor * step) as f32)
             .collect();
-        if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+        if let Some(index) = first_non_finite(&values) {
             return Err(AggregateError::ResultNotFinite { index });
         }
         self.optimizer = optimizer;
