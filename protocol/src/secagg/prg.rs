@@ -9,10 +9,12 @@ use chacha20::ChaCha20Rng;
 use chacha20::rand_core::SeedableRng;
 use chacha20poly1305::aead::{Aead, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, KeyInit, Nonce};
+use std::sync::LazyLock;
+
+use aws_lc_rs::agreement::{self, PrivateKey, UnparsedPublicKey, X25519};
 use hkdf::Hkdf;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, UnboundKey};
 use sha2::{Digest, Sha256};
-use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::shamir::{LIMBS, P, Share};
@@ -76,27 +78,66 @@ pub(crate) fn is_canonical_public_key(key: &[u8; 32]) -> bool {
 /// low-order points (0, 1, p − 1, the two points of order 8, …). For the same reason, an
 /// agreement with a canonical key that turns out contributory proves the key valid.
 pub(crate) fn is_valid_public_key(key: &[u8; 32]) -> bool {
-    if !is_canonical_public_key(key) {
-        return false;
+    static PROBE: LazyLock<Option<AgreementKey>> = LazyLock::new(|| AgreementKey::from_secret(&[0x5a; 32]).ok());
+    is_canonical_public_key(key) && PROBE.as_ref().is_some_and(|probe| probe.agree(key).is_some())
+}
+
+/// An X25519 secret key and its public key. The agreement is aws-lc's (twice as fast as a
+/// portable ladder here); aws-lc wipes its copy of the secret when the key is dropped, and
+/// the shared secrets it computes.
+pub(crate) struct AgreementKey {
+    key: PrivateKey,
+    public: [u8; 32],
+}
+
+impl AgreementKey {
+    /// The key of the 32 secret bytes `secret` (clamped as X25519 does, RFC 7748).
+    pub(crate) fn from_secret(secret: &[u8; 32]) -> Result<Self, SecAggError> {
+        let key = PrivateKey::from_private_key(&X25519, secret).map_err(|_| SecAggError::KeyAgreement)?;
+        let public = key.compute_public_key().map_err(|_| SecAggError::KeyAgreement)?;
+        let public = public.as_ref().try_into().map_err(|_| SecAggError::KeyAgreement)?;
+        Ok(Self { key, public })
     }
-    let probe = StaticSecret::from([0x5a; 32]);
-    probe.diffie_hellman(&PublicKey::from(*key)).was_contributory()
+
+    /// The public key, `X25519(secret, 9)`.
+    pub(crate) fn public_key(&self) -> [u8; 32] {
+        self.public
+    }
+
+    /// `X25519(secret, peer)`; `None` when it is all-zero (a low-order `peer`, which aws-lc
+    /// refuses) or `peer` is otherwise refused.
+    fn agree(&self, peer: &[u8; 32]) -> Option<Seed> {
+        agreement::agree(&self.key, UnparsedPublicKey::new(&X25519, peer), (), |shared| {
+            let mut out = Zeroizing::new([0u8; 32]);
+            match <&[u8; 32]>::try_from(shared) {
+                Ok(bytes) => out.copy_from_slice(bytes),
+                Err(_) => return Err(()),
+            }
+            Ok(out)
+        })
+        .ok()
+    }
+}
+
+impl std::fmt::Debug for AgreementKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgreementKey").field("public", &self.public).finish_non_exhaustive()
+    }
 }
 
 /// The PRG seed of the pairwise mask of `a` and `b`, from `X25519(s_sk_a, s_pk_b)` (the same
 /// from either side). `None` when the peer's key is a low-order point.
 pub(crate) fn pairwise_seed(
     session_id: &[u8; SEED_LEN],
-    secret: &StaticSecret,
+    secret: &AgreementKey,
     peer_key: &[u8; 32],
     a: u64,
     b: u64,
 ) -> Result<Option<Seed>, SecAggError> {
-    let shared = secret.diffie_hellman(&PublicKey::from(*peer_key));
-    if !shared.was_contributory() {
+    let Some(shared) = secret.agree(peer_key) else {
         return Ok(None);
-    }
-    derive(session_id, shared.as_bytes(), LABEL_PAIRWISE, [a.min(b), a.max(b)]).map(Some)
+    };
+    derive(session_id, shared.as_slice(), LABEL_PAIRWISE, [a.min(b), a.max(b)]).map(Some)
 }
 
 /// Adds (`subtract == false`) or subtracts the PRG stream of `seed` to `acc`, mod 2^32: the
@@ -145,17 +186,16 @@ pub(crate) fn wipe_rng(rng: &mut ChaCha20Rng) {
 /// low-order point.
 pub(crate) fn share_keys(
     session_id: &[u8; SEED_LEN],
-    secret: &StaticSecret,
+    secret: &AgreementKey,
     peer_key: &[u8; 32],
     me: u64,
     peer: u64,
 ) -> Result<Option<(Seed, Seed)>, SecAggError> {
-    let shared = secret.diffie_hellman(&PublicKey::from(*peer_key));
-    if !shared.was_contributory() {
+    let Some(shared) = secret.agree(peer_key) else {
         return Ok(None);
-    }
-    let outbound = derive(session_id, shared.as_bytes(), LABEL_SHARE_KEY, [me, peer])?;
-    let inbound = derive(session_id, shared.as_bytes(), LABEL_SHARE_KEY, [peer, me])?;
+    };
+    let outbound = derive(session_id, shared.as_slice(), LABEL_SHARE_KEY, [me, peer])?;
+    let inbound = derive(session_id, shared.as_slice(), LABEL_SHARE_KEY, [peer, me])?;
     Ok(Some((outbound, inbound)))
 }
 
@@ -231,4 +271,36 @@ pub(crate) fn open(
     b.y.copy_from_slice(&words[1..=LIMBS]);
     s.y.copy_from_slice(&words[1 + LIMBS..]);
     Ok((b, s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AgreementKey;
+
+    fn hex(text: &str) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (byte, pair) in out.iter_mut().zip(text.as_bytes().chunks(2)) {
+            *byte = u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn x25519_matches_rfc_7748() {
+        // RFC 7748, section 6.1: Alice's and Bob's keys and their shared secret.
+        let alice = AgreementKey::from_secret(&hex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a"))
+            .unwrap();
+        let bob = AgreementKey::from_secret(&hex("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb"))
+            .unwrap();
+        assert_eq!(alice.public_key(), hex("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"));
+        assert_eq!(bob.public_key(), hex("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"));
+        let shared = hex("4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742");
+        assert_eq!(*alice.agree(&bob.public_key()).unwrap(), shared);
+        assert_eq!(*bob.agree(&alice.public_key()).unwrap(), shared);
+        // A low-order point (u = 1) gives the all-zero product: no agreement.
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        assert!(alice.agree(&one).is_none());
+        assert!(alice.agree(&[0; 32]).is_none());
+    }
 }

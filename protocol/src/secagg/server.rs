@@ -2,7 +2,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 use super::messages::{
@@ -559,10 +558,11 @@ impl SecAggServer {
             let mismatch = SecAggError::KeyMismatch { owner: v };
             let advertised = self.keys.get(&v).ok_or_else(|| mismatch.clone())?.mask_key;
             let shares = self.mask_key_shares.get(&v).unwrap_or(&no_shares);
-            let matches = |s: &[u8; 32]| PublicKey::from(&StaticSecret::from(*s)).to_bytes() == advertised;
+            let matches =
+                |s: &[u8; 32]| prg::AgreementKey::from_secret(s).is_ok_and(|key| key.public_key() == advertised);
             let (s, liars) = rebuild(v, shares, t, &flagged, matches, mismatch)?;
             flagged.extend(liars);
-            mask_keys.push((v, StaticSecret::from(*s), partners));
+            mask_keys.push((v, prg::AgreementKey::from_secret(&s)?, partners));
         }
         let mut sum = std::mem::take(&mut self.sum);
         for seed in &self_seeds {
