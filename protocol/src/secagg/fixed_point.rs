@@ -126,22 +126,13 @@ impl FixedPoint {
         if !weight.is_finite() {
             return Err(FixedPointError::NotFinite { index: usize::MAX });
         }
-        let (clip, scale, weight) = (f64::from(self.clip), self.scale(), f64::from(weight));
-        // |round(scaled)| ≤ ⌈c·scale⌉ ≤ i32::MAX, checked in `new`. Finiteness is checked in
-        // the same pass (a non-finite value clips to ±c and its encoding is dropped).
-        let mut finite = true;
-        let encoded = values
-            .iter()
-            .map(|&v| {
-                finite &= v.is_finite();
-                round((f64::from(v) * weight).max(-clip).min(clip) * scale) as u32
-            })
-            .collect();
-        if !finite {
-            let index = crate::params::first_non_finite(values).unwrap_or(usize::MAX);
+        if let Some(index) = crate::params::first_non_finite(values) {
             return Err(FixedPointError::NotFinite { index });
         }
-        Ok(encoded)
+        let (clip, scale, weight) = (f64::from(self.clip), self.scale(), f64::from(weight));
+        // |round(scaled)| ≤ ⌈c·scale⌉ ≤ i32::MAX, checked in `new`. Nothing but the output is
+        // written in this loop (a flag set in it kept it from vectorising).
+        Ok(values.iter().map(move |&v| round((f64::from(v) * weight).max(-clip).min(clip) * scale) as u32).collect())
     }
 
     /// Decodes a wrapping sum of `summands` encoded vectors (two's complement, then divided by
