@@ -149,47 +149,11 @@ pub(crate) fn pairwise_seed(
 /// counter-mode keystream, the tag is dropped). Each seed keys one stream (a self mask, or
 /// one pair's mask in one session), and nonces never repeat within a stream.
 pub(crate) fn apply_mask(acc: &mut [u32], seed: &[u8; 32], subtract: bool) -> Result<(), SecAggError> {
-    apply_mask_from(acc, seed, 0, subtract)
-}
-
-/// Words of one keystream block (16 KiB).
-const WORDS: usize = 4096;
-
-/// Work (words × masks) below which [`apply_masks`] stays on the calling thread.
-const PARALLEL_WORK: usize = 1 << 20;
-
-/// Applies every `(seed, subtract)` of `masks` to `acc`, as [`apply_mask`] does one by one.
-/// With enough work (the server's unmasking, which every client waits for) `acc` is split in
-/// ranges of whole blocks among up to four threads, each drawing every stream for its range:
-/// the same result (additions mod 2^32 commute), in a fraction of the time.
-pub(crate) fn apply_masks(acc: &mut [u32], masks: &[(Seed, bool)]) -> Result<(), SecAggError> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
-    if threads < 2 || acc.len().saturating_mul(masks.len()) < PARALLEL_WORK {
-        return masks.iter().try_for_each(|(seed, subtract)| apply_mask(acc, seed, *subtract));
-    }
-    let range = acc.len().div_ceil(threads).div_ceil(WORDS) * WORDS;
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = acc
-            .chunks_mut(range)
-            .enumerate()
-            .map(|(i, part)| {
-                scope.spawn(move || {
-                    masks
-                        .iter()
-                        .try_for_each(|(seed, subtract)| apply_mask_from(part, seed, i * range / WORDS, *subtract))
-                })
-            })
-            .collect();
-        workers.into_iter().try_for_each(|worker| worker.join().map_err(|_| SecAggError::Keystream)?)
-    })
-}
-
-/// [`apply_mask`] for the part of a vector that starts at keystream block `first_block`.
-fn apply_mask_from(acc: &mut [u32], seed: &[u8; 32], first_block: usize, subtract: bool) -> Result<(), SecAggError> {
+    const WORDS: usize = 4096;
     let key = UnboundKey::new(&AES_256_GCM, seed).map_err(|_| SecAggError::Keystream)?;
     let key = LessSafeKey::new(key);
     let mut buffer = Zeroizing::new([0u8; WORDS * 4]);
-    for (block, chunk) in (first_block..).zip(acc.chunks_mut(WORDS)) {
+    for (block, chunk) in acc.chunks_mut(WORDS).enumerate() {
         let bytes = &mut buffer[..chunk.len() * 4];
         bytes.fill(0);
         let mut nonce = [0u8; NONCE_LEN];
@@ -311,30 +275,7 @@ pub(crate) fn open(
 
 #[cfg(test)]
 mod tests {
-    use zeroize::Zeroizing;
-
-    use super::{AgreementKey, PARALLEL_WORK, WORDS, apply_mask, apply_masks};
-
-    #[test]
-    fn masks_applied_together_on_threads_equal_masks_applied_one_by_one() {
-        // Enough work for the threaded path (when the machine has two cores or more), a length
-        // that is not a whole number of blocks, additions and subtractions.
-        let len = 3 * WORDS * 20 + 123;
-        let masks: Vec<_> = (0..6u8).map(|i| (Zeroizing::new([i.wrapping_mul(41); 32]), i % 3 == 0)).collect();
-        assert!(len * masks.len() >= PARALLEL_WORK);
-        let start: Vec<u32> = (0..len as u32).map(|i| i.wrapping_mul(2_654_435_761)).collect();
-        let mut one_by_one = start.clone();
-        for (seed, subtract) in &masks {
-            apply_mask(&mut one_by_one, seed, *subtract).unwrap();
-        }
-        let mut together = start.clone();
-        apply_masks(&mut together, &masks).unwrap();
-        assert_eq!(together, one_by_one);
-        assert_ne!(together, start);
-        let mut short = start[..1000].to_vec();
-        apply_masks(&mut short, &masks).unwrap();
-        assert_eq!(short, one_by_one[..1000]);
-    }
+    use super::AgreementKey;
 
     fn hex(text: &str) -> [u8; 32] {
         let mut out = [0u8; 32];
