@@ -1,5 +1,5 @@
 //! The coordinator's durable state, as bytes, in a checksummed envelope that the client's
-//! local state ([`crate::local`]) uses too, under its own magic bytes.
+//! local state (`flotilla_learner::local`) uses too, under its own magic bytes.
 //!
 //! Layout of an encoded checkpoint:
 //!
