@@ -53,8 +53,8 @@ impl ClientPhase {
 /// is not an error: only that pair is affected, and the session goes on with the others as long
 /// as the threshold allows.
 ///
-/// Secrets are wiped when the client is dropped: the X25519 secrets (`x25519-dalek`'s
-/// `zeroize`), the self-mask seed, the pairwise seeds and the held shares ([`Zeroizing`],
+/// Secrets are wiped when the client is dropped: the X25519 secrets (aws-lc cleanses its key
+/// on free), the self-mask seed, the pairwise seeds and the held shares ([`Zeroizing`],
 /// [`Share`]); the generator that drew them is overwritten once its last draw is made.
 pub struct SecAggClient {
     id: u64,
