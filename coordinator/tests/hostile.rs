@@ -189,3 +189,41 @@ async fn an_insider_that_never_reads_is_dropped_and_barred_for_the_penalty() {
     running.stop().await;
     good.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_leaves_its_peer_no_credit_past_the_idle_window() {
+    use flotilla_protocol::params::{PARAMETER_FORMAT_VERSION, ParameterVector};
+    use flotilla_protocol::wire::{ClientMessage, LocalMetrics, Update};
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    // Width 32: an update (≈6 KB) needs a permit with a 4 KiB idle window; the upload window
+    // keeps its default (4 MiB).
+    let mut options = options(dir.path(), &["--min-clients", "1", "--round-interval", "50ms"]);
+    options.width = Some(32);
+    options.idle_window_kib = Some(4);
+    let running = start(options).await;
+    let tls = ClientTls { ca: running.ca.clone(), identity: None };
+    let mut peer = RawPeer::connect(running.addr, &tls).await.unwrap();
+    let (round, base_version, fingerprint, len) = peer.join_and_wait_for_request().await;
+    let delta = ParameterVector { format_version: PARAMETER_FORMAT_VERSION, fingerprint, values: vec![0.0; len] };
+    let metrics = LocalMetrics { samples: 1, prequential_errors: 0 };
+    peer.send(&ClientMessage::Update(Update { round, base_version, delta, metrics, moments: None })).await;
+    // The next round's request: the update was read (and folded) and the window closed.
+    loop {
+        match peer.next().await.unwrap().unwrap() {
+            CoordinatorMessage::UpdateRequest { round: next, .. } if next > round => break,
+            CoordinatorMessage::Error { code, message } => panic!("{code}: {message}"),
+            _ => {}
+        }
+    }
+    // What the peer may still send unasked is the credit it holds: one write takes all of it
+    // at once (quinn accepts what flow control allows), or blocks when there is none.
+    let junk = vec![0u8; 8 << 20];
+    let accepted = match tokio::time::timeout(Duration::from_millis(500), peer.send.write(&junk)).await {
+        Ok(Ok(n)) => n,
+        Ok(Err(error)) => panic!("write failed: {error}"),
+        Err(_) => 0,
+    };
+    assert!(accepted <= 8 << 10, "the peer could send {accepted} bytes unasked after its upload (idle window 4 KiB)");
+    running.stop().await;
+}

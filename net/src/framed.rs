@@ -83,11 +83,21 @@ impl FrameReader {
     ///
     /// Cancel-safe: bytes read are kept in the decoder if the future is dropped.
     pub async fn next_frame(&mut self) -> Result<Option<Bytes>, FramedError> {
+        self.next_frame_with(|_| {}).await
+    }
+
+    /// As [`Self::next_frame`], calling `before_read` before each read from the stream with
+    /// the bytes the frame still lacks once its header has arrived (a receiver sizes its
+    /// flow-control window with it).
+    pub async fn next_frame_with(&mut self, mut before_read: impl FnMut(usize)) -> Result<Option<Bytes>, FramedError> {
         loop {
             if let Some(payload) = self.decoder.poll_frame()? {
                 return Ok(Some(payload));
             }
             self.decoder.reserve_frame();
+            if let Some(missing) = self.decoder.missing() {
+                before_read(missing);
+            }
             if !self.read_more().await? {
                 return Ok(None);
             }

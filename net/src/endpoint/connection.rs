@@ -15,7 +15,9 @@
 //! [`Uploads`]' permits is held: a reader that sees the header of a large frame (an update)
 //! checks that the round task asked this client for one (an upload credit, granted with each
 //! `UpdateRequest` or secure-aggregation message), waits for a permit, opens its connection's
-//! window, reads the frame, closes the window again and hands the frame to the round task
+//! window (to the upload window, shrinking as the frame's end nears: QUIC cannot take back
+//! credit once given, so the window never reaches past the frame's end by more than the idle
+//! window), reads the frame, closes the window again and hands the frame to the round task
 //! together with the permit, which is released once the frame has been folded. Clients
 //! waiting for a permit simply stay blocked on flow control, so the coordinator holds at most
 //! `permits` updates plus one idle window per connection, whatever the number of clients.
@@ -155,6 +157,15 @@ impl Uploads {
     /// in half the idle window.
     fn needs_permit(&self, len: u32) -> bool {
         len > self.idle_window / 2
+    }
+
+    /// The connection's receive window while an admitted frame still lacks `missing` bytes:
+    /// the upload window, but never past the frame's end plus the idle window. The credit a
+    /// peer holds is the most that was ever read plus the window then, so it stays within
+    /// the idle window beyond the frame once the frame is read.
+    fn window_for(&self, missing: usize) -> u32 {
+        let missing = u32::try_from(missing).unwrap_or(u32::MAX);
+        self.upload_window.min(missing.saturating_add(self.idle_window)).max(self.idle_window)
     }
 }
 
@@ -403,7 +414,6 @@ impl Reader<'_> {
         }
         // The semaphore is never closed, so `ok()` only guards a future edit.
         let permit = uploads.permits.clone().acquire_owned().await.ok();
-        self.connection.set_receive_window(VarInt::from_u32(uploads.upload_window));
         let frame = self.read_permitted(reader, len).await;
         self.connection.set_receive_window(VarInt::from_u32(uploads.idle_window));
         Ok(frame?.map(|payload| (payload, permit)))
@@ -417,7 +427,20 @@ impl Reader<'_> {
         let rate = f64::from(self.context.limits.min_rate.max(1));
         let started = tokio::time::Instant::now();
         let received_before = self.connection.stats().udp_rx.bytes;
-        let mut frame = std::pin::pin!(reader.next_frame());
+        // The window is opened for the frame's rest only: QUIC cannot take back credit it
+        // has given, so a window that ran past the frame's end would let the peer send that
+        // much more, unasked, after the upload (every client that uploaded once could then
+        // fill the coordinator with a window's worth at the next round's start).
+        let uploads = &self.context.uploads;
+        let mut window = None;
+        let connection = &self.connection;
+        let mut frame = std::pin::pin!(reader.next_frame_with(|missing| {
+            let wanted = uploads.window_for(missing);
+            if window != Some(wanted) {
+                window = Some(wanted);
+                connection.set_receive_window(VarInt::from_u32(wanted));
+            }
+        }));
         let mut check = tokio::time::interval_at(started + PROGRESS_CHECK, PROGRESS_CHECK);
         loop {
             tokio::select! {

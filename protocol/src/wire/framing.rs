@@ -192,6 +192,15 @@ impl FrameDecoder {
         }
     }
 
+    /// Bytes the next frame still lacks once its header has arrived (`None` before, or when
+    /// it is over the limit): what a receiver must still let the peer send for it.
+    pub fn missing(&self) -> Option<usize> {
+        if self.failed.is_some() {
+            return None;
+        }
+        self.frame_end().map(|end| end.saturating_sub(self.buffer.len()))
+    }
+
     /// Bytes received but not yet returned as part of a frame.
     pub fn buffered(&self) -> usize {
         self.buffer.len() + self.after.len()

@@ -77,6 +77,27 @@ fn framed(payload: &[u8]) -> Vec<u8> {
 }
 
 #[test]
+fn missing_counts_what_the_next_frame_still_lacks() {
+    let mut decoder = FrameDecoder::new(FrameLimit::DEFAULT);
+    let mut stream = framed(&[7u8; 1_000]);
+    stream.extend_from_slice(&framed(&[8u8; 10]));
+    assert_eq!(decoder.missing(), None, "no header yet");
+    decoder.push(&stream[..3]);
+    assert_eq!(decoder.missing(), None, "a partial header");
+    decoder.push(&stream[3..404]);
+    assert_eq!(decoder.missing(), Some(600));
+    // The read that ends the frame carries the next one's header: only the first counts.
+    decoder.push(&stream[404..1_009]);
+    assert_eq!(decoder.missing(), Some(0));
+    assert_eq!(decoder.poll_frame().unwrap().unwrap().len(), 1_000);
+    assert_eq!(decoder.missing(), Some(9));
+    let mut refused = FrameDecoder::new(FrameLimit::DEFAULT);
+    refused.push(&u32::MAX.to_le_bytes());
+    assert!(refused.next_len().is_err());
+    assert_eq!(refused.missing(), None, "a refused frame is not waited for");
+}
+
+#[test]
 fn a_read_ending_one_frame_and_starting_the_next_does_not_regrow_the_first() {
     // A large frame arrives in reads of 1,000 bytes; its last read also carries the next
     // frame's header and part of its payload (as QUIC delivers a model followed by a request).
