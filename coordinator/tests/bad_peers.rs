@@ -6,8 +6,8 @@ mod common;
 
 use flotilla_net::close::error_of_close_code;
 use flotilla_net::tls::ClientTls;
-use flotilla_protocol::params::{Fingerprint, PARAMETER_FORMAT_VERSION, ParameterVector};
-use flotilla_protocol::wire::{ClientMessage, CoordinatorMessage, ErrorCode, LocalMetrics, Update};
+use flotilla_protocol::params::Fingerprint;
+use flotilla_protocol::wire::{ClientMessage, CoordinatorMessage, ErrorCode};
 use quinn::ConnectionError;
 
 use common::*;
@@ -37,12 +37,6 @@ async fn expect_error(peer: &mut RawPeer, code: ErrorCode) -> String {
             other => panic!("expected an error {code}, got {other:?}"),
         }
     }
-}
-
-fn update(round: u64, base_version: u64, fingerprint: Fingerprint, values: Vec<f32>) -> ClientMessage {
-    let delta = ParameterVector { format_version: PARAMETER_FORMAT_VERSION, fingerprint, values };
-    let metrics = LocalMetrics { samples: 1, prequential_errors: 0 };
-    ClientMessage::Update(Update { round, base_version, delta, metrics, moments: None })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

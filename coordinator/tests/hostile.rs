@@ -26,6 +26,15 @@ async fn closed_code(connection: &quinn::Connection, within: Duration) -> (Optio
     }
 }
 
+/// One client a round, rounds 50 ms apart, and width 32, which makes an update (≈6 KB) larger
+/// than half the 4 KiB idle window: every upload needs a permit.
+fn permit_sized_updates(data_dir: &std::path::Path) -> flotilla_coordinator::Options {
+    let mut options = options(data_dir, &["--min-clients", "1", "--round-interval", "50ms"]);
+    options.width = Some(32);
+    options.idle_window_kib = Some(4);
+    options
+}
+
 /// A frame header announcing `len` payload bytes.
 fn header(len: u32) -> [u8; 4] {
     len.to_le_bytes()
@@ -104,11 +113,8 @@ async fn connections_are_limited_per_address() {
 async fn a_trickled_upload_and_a_peer_that_never_reads_cannot_stall_training() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    // Width 32 makes an update (≈6 KB) larger than half the 4 KiB idle window: every upload
-    // needs the single upload permit.
-    let mut options = options(dir.path(), &["--min-clients", "1", "--round-interval", "50ms"]);
-    options.width = Some(32);
-    options.idle_window_kib = Some(4);
+    // Every upload needs the single upload permit.
+    let mut options = permit_sized_updates(dir.path());
     options.concurrent_uploads = Some(1);
     options.round_deadline = Some("3s".parse().unwrap());
     let running = start(options).await;
@@ -192,22 +198,14 @@ async fn an_insider_that_never_reads_is_dropped_and_barred_for_the_penalty() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_leaves_its_peer_no_credit_past_the_idle_window() {
-    use flotilla_protocol::params::{PARAMETER_FORMAT_VERSION, ParameterVector};
-    use flotilla_protocol::wire::{ClientMessage, LocalMetrics, Update};
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    // Width 32: an update (≈6 KB) needs a permit with a 4 KiB idle window; the upload window
-    // keeps its default (4 MiB).
-    let mut options = options(dir.path(), &["--min-clients", "1", "--round-interval", "50ms"]);
-    options.width = Some(32);
-    options.idle_window_kib = Some(4);
-    let running = start(options).await;
+    // The upload window keeps its default (4 MiB).
+    let running = start(permit_sized_updates(dir.path())).await;
     let tls = ClientTls { ca: running.ca.clone(), identity: None };
     let mut peer = RawPeer::connect(running.addr, &tls).await.unwrap();
     let (round, base_version, fingerprint, len) = peer.join_and_wait_for_request().await;
-    let delta = ParameterVector { format_version: PARAMETER_FORMAT_VERSION, fingerprint, values: vec![0.0; len] };
-    let metrics = LocalMetrics { samples: 1, prequential_errors: 0 };
-    peer.send(&ClientMessage::Update(Update { round, base_version, delta, metrics, moments: None })).await;
+    peer.send(&update(round, base_version, fingerprint, vec![0.0; len])).await;
     // The next round's request: the update was read (and folded) and the window closed.
     loop {
         match peer.next().await.unwrap().unwrap() {

@@ -14,10 +14,10 @@ use flotilla_net::session::{ClientSessionConfig, LearnerRequest};
 use flotilla_net::tls::{ClientTls, quic_client_config};
 use flotilla_protocol::model::FeatureMoments;
 use flotilla_protocol::model::hbp::{HbpConfig, layout};
-use flotilla_protocol::params::{Fingerprint, ParameterVector};
+use flotilla_protocol::params::{Fingerprint, PARAMETER_FORMAT_VERSION, ParameterVector};
 use flotilla_protocol::wire::Contribution;
 use flotilla_protocol::wire::framing::FrameLimit;
-use flotilla_protocol::wire::{ALPN, ClientMessage, CoordinatorMessage, LocalMetrics, PROTOCOL_VERSION};
+use flotilla_protocol::wire::{ALPN, ClientMessage, CoordinatorMessage, LocalMetrics, PROTOCOL_VERSION, Update};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -238,6 +238,13 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&data[..size]);
         data = &data[size + 2..];
     }
+}
+
+/// An update of `values` for `round` on `base_version` (one sample, no feature statistics).
+pub fn update(round: u64, base_version: u64, fingerprint: Fingerprint, values: Vec<f32>) -> ClientMessage {
+    let delta = ParameterVector { format_version: PARAMETER_FORMAT_VERSION, fingerprint, values };
+    let metrics = LocalMetrics { samples: 1, prequential_errors: 0 };
+    ClientMessage::Update(Update { round, base_version, delta, metrics, moments: None })
 }
 
 /// A hand-driven QUIC peer speaking (or not) the protocol.
