@@ -16,6 +16,8 @@
 //! - [`checkpoint`]: encoding and verification of the coordinator's durable state.
 //! - [`secagg`]: secure aggregation (pairwise masking, SecAgg+): client and server state machines.
 //! - [`workload`]: the `fleet-round` benchmark's model and client updates, and its f64 reference.
+//! - [`kernels`]: the passes over whole vectors (finiteness, norm, weighted sum, workload
+//!   noise), compiled for the machine's widest instruction set and picked at run time.
 //!
 //! **Architecture Invariant:** this crate does not depend on burn (or any tensor library): the
 //! I/O shell (`flotilla-net`) and the coordinator's protocol side build without the learner's
@@ -27,6 +29,7 @@
 pub mod aggregate;
 pub mod checkpoint;
 pub mod compress;
+pub mod kernels;
 pub mod model;
 pub mod params;
 pub mod privacy;

@@ -225,22 +225,9 @@ impl ParameterVector {
     }
 }
 
-/// The index of the first value that is NaN or infinite, if any: the check every vector
-/// and aggregate goes through. Blocks of 64 are tested without branching (which
-/// vectorises, twice as fast as a scan stopping at each value for a 4 MB vector); only a
-/// block holding a bad value is searched.
-pub fn first_non_finite(values: &[f32]) -> Option<usize> {
-    const BLOCK: usize = 64;
-    let (blocks, tail) = values.as_chunks::<BLOCK>();
-    let all_finite = |block: &[f32]| block.iter().fold(true, |ok, v| ok & v.is_finite());
-    let scan = |start: usize, block: &[f32]| block.iter().position(|v| !v.is_finite()).map(|at| start + at);
-    blocks
-        .iter()
-        .enumerate()
-        .find(|(_, block)| !all_finite(block.as_slice()))
-        .and_then(|(index, block)| scan(index * BLOCK, block))
-        .or_else(|| scan(blocks.len() * BLOCK, tail))
-}
+/// The index of the first value that is NaN or infinite, if any: the check every vector and
+/// aggregate goes through (one vectorised pass, see [`crate::kernels`]).
+pub use crate::kernels::first_non_finite;
 
 /// Serde of a `Vec<f32>` or `Vec<u32>` as one byte string of little-endian words.
 ///

@@ -129,10 +129,7 @@ impl From<ClipBound> for f32 {
     }
 }
 
-/// The L2 norm of `values`, accumulated in f64.
-pub fn l2_norm(values: &[f32]) -> f64 {
-    values.iter().map(|value| f64::from(*value) * f64::from(*value)).sum::<f64>().sqrt()
-}
+pub use crate::kernels::l2_norm;
 
 /// Scales `values` down to L2 norm `bound` if their norm exceeds it, and returns their
 /// original norm (the factor applied is `min(1, bound / norm)`).

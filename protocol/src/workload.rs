@@ -31,16 +31,16 @@ pub fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// One value of `noise(seed, ·)`, given `splitmix64(seed)`.
-fn noise_at(mixed_seed: u64, j: u64) -> f32 {
+/// One value of `noise(seed, ·)` at counter `mixed_seed + j`, where `mixed_seed = splitmix64(seed)`.
+#[inline(always)]
+fn noise_at(counter: u64) -> f32 {
     // 24 bits are exact in f32, and so are the scaling by 2^-23 and the subtraction.
-    (splitmix64(mixed_seed.wrapping_add(j)) >> 40) as f32 * (1.0 / 8_388_608.0) - 1.0
+    (splitmix64(counter) >> 40) as f32 * (1.0 / 8_388_608.0) - 1.0
 }
 
-/// `noise(seed, len)`, written once (collected, not zeroed first and filled).
+/// `noise(seed, len)`, in one vectorised pass (see [`crate::kernels`]).
 pub fn noise(seed: u64, len: usize) -> Vec<f32> {
-    let mixed = splitmix64(seed);
-    (0..len as u64).map(|j| noise_at(mixed, j)).collect()
+    crate::kernels::from_counter(len, splitmix64(seed), noise_at)
 }
 
 /// The initial model, `noise(0x5EED, len)`.
@@ -55,9 +55,8 @@ pub fn client_seed(round: u64, client: u64) -> u64 {
 
 /// What client `client` adds to the model in `round`: `f32(0.001) · noise(client_seed, len)`.
 pub fn client_delta(round: u64, client: u64, len: usize) -> Vec<f32> {
-    // The same two f32 operations per value as scaling `noise(…)`, in one pass.
-    let mixed = splitmix64(client_seed(round, client));
-    (0..len as u64).map(|j| noise_at(mixed, j) * STEP).collect()
+    // The same f32 operations per value as scaling `noise(…)`, in one pass.
+    crate::kernels::from_counter(len, splitmix64(client_seed(round, client)), |counter| noise_at(counter) * STEP)
 }
 
 /// Summary figures of a model, computed in `f64`.
@@ -111,10 +110,8 @@ pub fn reference_of_rounds(len: usize, clients: u64, rounds: impl IntoIterator<I
     for round in rounds {
         sum.iter_mut().for_each(|s| *s = 0.0);
         for client in 0..clients {
-            let mixed = splitmix64(client_seed(round, client));
-            for (j, s) in sum.iter_mut().enumerate() {
-                *s += f64::from(noise_at(mixed, j as u64));
-            }
+            let noise = crate::kernels::from_counter(len, splitmix64(client_seed(round, client)), noise_at);
+            crate::kernels::add_weighted(&mut sum, &noise, 1.0);
         }
         let scale = f64::from(STEP) / clients as f64;
         model.iter_mut().zip(&sum).for_each(|(m, s)| *m += s * scale);

@@ -4,6 +4,7 @@ use super::mean::WeightedMean;
 use super::optimizer::{ServerOptimizer, Sgd};
 use super::step_size::StepSize;
 use super::{AggregateError, Aggregator, Expected, Reducer};
+use crate::kernels::l2_norm;
 use crate::params::{ParameterVector, first_non_finite};
 use crate::wire::Cohort;
 
@@ -30,21 +31,6 @@ pub struct Folded {
     pub clipped: bool,
     /// Whether its norm exceeds the outlier bound.
     pub outlier: bool,
-}
-
-/// The L2 norm in f64, summed in eight independent lanes: one running sum is a chain of
-/// dependent additions (~4 cycles each), eight let the CPU vectorise and pipeline them — a
-/// few milliseconds saved per million-parameter update on the coordinator's round task.
-fn l2_norm(values: &[f32]) -> f64 {
-    let (chunks, rest) = values.as_chunks::<8>();
-    let mut lanes = [0.0f64; 8];
-    for chunk in chunks {
-        for (lane, v) in lanes.iter_mut().zip(chunk) {
-            *lane += f64::from(*v) * f64::from(*v);
-        }
-    }
-    let tail: f64 = rest.iter().map(|v| f64::from(*v) * f64::from(*v)).sum();
-    (lanes.iter().sum::<f64>() + tail).sqrt()
 }
 
 impl Hygiene {

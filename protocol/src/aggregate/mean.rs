@@ -19,10 +19,7 @@ impl Reducer for WeightedMean {
 
     fn add(&mut self, values: &[f32], scale: f64, samples: u64) -> Result<(), AggregateError> {
         let samples = samples as f64;
-        let weight = samples * scale;
-        for (sum, value) in self.weighted_sum.iter_mut().zip(values) {
-            *sum += weight * f64::from(*value);
-        }
+        crate::kernels::add_weighted(&mut self.weighted_sum, values, samples * scale);
         self.total += samples;
         Ok(())
     }

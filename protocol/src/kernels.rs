@@ -1,0 +1,179 @@
+//! The passes a round makes over every model and update (finiteness, norm, the weighted sum,
+//! the benchmark workload's noise), written once as plain loops that [`pulp`] compiles for
+//! the widest instruction set the machine has (AVX-512, AVX2, or the x86-64 baseline) and
+//! picks at run time, so one portable binary vectorises them fully (64-bit multiplies, f32 →
+//! f64 conversions and wide compares need AVX2 or AVX-512).
+//!
+//! Results are the same bits on every instruction set: each loop's operations are the scalar
+//! ones, element by element (no fused multiply-add, which Rust never contracts), and sums run
+//! in a fixed number of lanes whatever the vector width.
+
+use pulp::{Arch, Simd, WithSimd};
+
+/// Lanes of the f64 sum of squares: fixed, so the result does not depend on the vector width.
+const SUM_LANES: usize = 8;
+
+/// Values whose finiteness is tested together (without branching, which vectorises).
+const FINITE_BLOCK: usize = 64;
+
+/// The index of the first value that is NaN or infinite, if any.
+pub fn first_non_finite(values: &[f32]) -> Option<usize> {
+    Arch::new().dispatch(FirstNonFinite(values))
+}
+
+/// `Σ values²` in f64, summed in [`SUM_LANES`] independent lanes (one running sum would be a
+/// chain of dependent additions).
+pub fn sum_of_squares(values: &[f32]) -> f64 {
+    Arch::new().dispatch(SumOfSquares(values))
+}
+
+/// The L2 norm of `values`, accumulated in f64.
+pub fn l2_norm(values: &[f32]) -> f64 {
+    sum_of_squares(values).sqrt()
+}
+
+/// `sum[i] += weight · values[i]` in f64 (over the shorter of the two).
+pub fn add_weighted(sum: &mut [f64], values: &[f32], weight: f64) {
+    Arch::new().dispatch(AddWeighted { sum, values, weight });
+}
+
+/// `[f(start), f(start + 1), …]`, `len` values (wrapping): the benchmark workload's noise,
+/// whose `f` is a splitmix64 round ([`crate::workload`]). Written once, not zeroed first.
+pub(crate) fn from_counter(len: usize, start: u64, f: impl Fn(u64) -> f32 + Copy) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len);
+    Arch::new().dispatch(FromCounter { out: &mut out, len, start, f });
+    out
+}
+
+struct FirstNonFinite<'a>(&'a [f32]);
+
+impl WithSimd for FirstNonFinite<'_> {
+    type Output = Option<usize>;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) -> Option<usize> {
+        let values = self.0;
+        let (blocks, tail) = values.as_chunks::<FINITE_BLOCK>();
+        let all_finite = |block: &[f32]| block.iter().fold(true, |ok, v| ok & v.is_finite());
+        let scan = |start: usize, block: &[f32]| block.iter().position(|v| !v.is_finite()).map(|at| start + at);
+        blocks
+            .iter()
+            .position(|block| !all_finite(block.as_slice()))
+            .and_then(|index| scan(index * FINITE_BLOCK, &blocks[index]))
+            .or_else(|| scan(blocks.len() * FINITE_BLOCK, tail))
+    }
+}
+
+struct SumOfSquares<'a>(&'a [f32]);
+
+impl WithSimd for SumOfSquares<'_> {
+    type Output = f64;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) -> f64 {
+        let (chunks, rest) = self.0.as_chunks::<SUM_LANES>();
+        let mut lanes = [0.0f64; SUM_LANES];
+        for chunk in chunks {
+            for (lane, v) in lanes.iter_mut().zip(chunk) {
+                *lane += f64::from(*v) * f64::from(*v);
+            }
+        }
+        let tail: f64 = rest.iter().map(|v| f64::from(*v) * f64::from(*v)).sum();
+        lanes.iter().sum::<f64>() + tail
+    }
+}
+
+struct AddWeighted<'a> {
+    sum: &'a mut [f64],
+    values: &'a [f32],
+    weight: f64,
+}
+
+impl WithSimd for AddWeighted<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let weight = self.weight;
+        for (sum, value) in self.sum.iter_mut().zip(self.values) {
+            *sum += weight * f64::from(*value);
+        }
+    }
+}
+
+struct FromCounter<'a, F> {
+    out: &'a mut Vec<f32>,
+    len: usize,
+    start: u64,
+    f: F,
+}
+
+impl<F: Fn(u64) -> f32 + Copy> WithSimd for FromCounter<'_, F> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let FromCounter { out, len, start, f } = self;
+        out.extend((0..len as u64).map(|j| f(start.wrapping_add(j))));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize) -> Vec<f32> {
+        (0..len).map(|i| ((i * 7919) % 1000) as f32 / 100.0 - 5.0).collect()
+    }
+
+    /// Each kernel on every instruction set this machine has gives the scalar loop's bits.
+    #[test]
+    fn every_instruction_set_gives_the_same_bits() {
+        let mut archs = vec![Arch::new(), Arch::Scalar];
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        archs.extend(pulp::x86::V3::try_new().map(Arch::V3));
+        for len in [0, 1, 7, 8, 63, 64, 65, 1000, 4099] {
+            let v = values(len);
+            let mut expected_sum = vec![0.25; len];
+            v.iter().zip(&mut expected_sum).for_each(|(v, s)| *s += 3.0 * f64::from(*v));
+            for arch in &archs {
+                assert_eq!(arch.dispatch(FirstNonFinite(&v)), None, "{arch:?} {len}");
+                let squares = arch.dispatch(SumOfSquares(&v));
+                assert_eq!(squares.to_bits(), sum_of_squares(&v).to_bits(), "{arch:?} {len}");
+                let mut sum = vec![0.25; len];
+                arch.dispatch(AddWeighted { sum: &mut sum, values: &v, weight: 3.0 });
+                assert_eq!(sum, expected_sum, "{arch:?} {len}");
+                let mut filled = Vec::new();
+                let f = |x: u64| (x >> 60) as f32;
+                arch.dispatch(FromCounter { out: &mut filled, len, start: u64::MAX - 3, f });
+                let expected: Vec<f32> =
+                    (0..len as u64).map(|j| ((u64::MAX - 3).wrapping_add(j) >> 60) as f32).collect();
+                assert_eq!(filled, expected, "{arch:?} {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_first_bad_value_is_found_wherever_it_is() {
+        for len in [1, 64, 65, 200] {
+            for at in [0, len / 2, len - 1] {
+                for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                    let mut v = values(len);
+                    v[at] = bad;
+                    if at + 1 < len {
+                        v[len - 1] = f32::NAN;
+                    }
+                    assert_eq!(first_non_finite(&v), Some(at), "{len} {at} {bad}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_sum_of_squares_is_exact_on_small_integers() {
+        let v: Vec<f32> = (1..=100).map(|i| i as f32).collect();
+        assert_eq!(sum_of_squares(&v), 338_350.0);
+        assert_eq!(l2_norm(&[3.0, 4.0]), 5.0);
+        assert_eq!(sum_of_squares(&[]), 0.0);
+    }
+}
