@@ -186,6 +186,24 @@ impl ParameterVector {
     /// given layout fingerprint and length, and only finite values: what both ends check of
     /// every vector the other sends.
     pub fn check_shape(&self, fingerprint: Fingerprint, len: usize) -> Result<(), ParameterError> {
+        self.check_layout(fingerprint, len)?;
+        self.check_finite()
+    }
+
+    /// [`Self::check_shape`], returning the vector's L2 norm (in f64) from the same pass: the
+    /// f64 sum of squares of f32 values is finite exactly when every value is (no sum of
+    /// squared f32s can overflow it), so one pass over an update both checks and measures it.
+    pub fn check_shape_and_norm(&self, fingerprint: Fingerprint, len: usize) -> Result<f64, ParameterError> {
+        self.check_layout(fingerprint, len)?;
+        let squares = crate::kernels::sum_of_squares(&self.values);
+        if !squares.is_finite() {
+            self.check_finite()?;
+        }
+        Ok(squares.sqrt())
+    }
+
+    /// The version, fingerprint and length half of [`Self::check_shape`].
+    fn check_layout(&self, fingerprint: Fingerprint, len: usize) -> Result<(), ParameterError> {
         if self.format_version != PARAMETER_FORMAT_VERSION {
             return Err(ParameterError::UnsupportedVersion {
                 expected: PARAMETER_FORMAT_VERSION,
@@ -203,7 +221,7 @@ impl ParameterVector {
         if self.values.len() != len {
             return Err(ParameterError::LengthMismatch { expected: len, found: self.values.len() });
         }
-        self.check_finite()
+        Ok(())
     }
 
     /// Checks that every value is finite.
@@ -353,7 +371,26 @@ mod tests {
             }
             let expected = values.iter().position(|v| !v.is_finite());
             proptest::prop_assert_eq!(first_non_finite(&values), expected);
+            // The fused check finds the same value, or measures the vector.
+            let shape = Layout::new(vec![Segment { name: "w".into(), shape: vec![len] }]);
+            let vector = ParameterVector::new(&shape, values.clone()).unwrap();
+            match (vector.check_shape_and_norm(shape.fingerprint(), len), expected) {
+                (Err(ParameterError::NotFinite { index, .. }), Some(at)) => proptest::prop_assert_eq!(index, at),
+                (Ok(norm), None) => {
+                    let plain = values.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+                    proptest::prop_assert!((norm - plain).abs() <= 1e-12 * plain.max(1.0));
+                }
+                (other, _) => proptest::prop_assert!(false, "{other:?} for {expected:?}"),
+            }
         }
+    }
+
+    #[test]
+    fn the_largest_floats_are_finite_to_the_fused_check() {
+        let shape = Layout::new(vec![Segment { name: "w".into(), shape: vec![100_000] }]);
+        let vector = ParameterVector::new(&shape, vec![f32::MAX; 100_000]).unwrap();
+        let norm = vector.check_shape_and_norm(shape.fingerprint(), 100_000).unwrap();
+        assert!((norm / (f64::from(f32::MAX) * 100_000f64.sqrt()) - 1.0).abs() < 1e-12);
     }
 
     #[test]

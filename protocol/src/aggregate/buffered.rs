@@ -77,15 +77,13 @@ impl<O: ServerOptimizer + Clone> Buffered<O> {
         if staleness > self.max_staleness {
             return Err(AggregateError::TooStale { staleness, max: self.max_staleness });
         }
-        delta.check_shape(current.fingerprint, current.values.len())?;
-        let (folded, scale) = self.hygiene.inspect(&delta.values);
+        let norm = delta.check_shape_and_norm(current.fingerprint, current.values.len())?;
+        let (folded, scale) = self.hygiene.inspect(norm);
         if self.sum.len() != current.values.len() {
             self.sum = vec![0.0; current.values.len()];
         }
         let weight = scale * staleness_weight(staleness);
-        for (sum, value) in self.sum.iter_mut().zip(&delta.values) {
-            *sum += weight * f64::from(*value);
-        }
+        crate::kernels::add_weighted(&mut self.sum, &delta.values, weight);
         self.sq_norms += (weight * folded.norm).powi(2);
         self.buffered += 1;
         Ok(folded)

@@ -4,7 +4,6 @@ use super::mean::WeightedMean;
 use super::optimizer::{ServerOptimizer, Sgd};
 use super::step_size::StepSize;
 use super::{AggregateError, Aggregator, Expected, Reducer};
-use crate::kernels::l2_norm;
 use crate::params::{ParameterVector, first_non_finite};
 use crate::wire::Cohort;
 
@@ -34,9 +33,8 @@ pub struct Folded {
 }
 
 impl Hygiene {
-    /// Inspects finite `values`: what to report and the factor to scale them by.
-    pub fn inspect(&self, values: &[f32]) -> (Folded, f64) {
-        let norm = l2_norm(values);
+    /// Inspects finite values of L2 norm `norm`: what to report and the factor to scale them by.
+    pub fn inspect(&self, norm: f64) -> (Folded, f64) {
         let outlier = self.outlier_norm.is_some_and(|bound| norm > bound);
         let (clipped, scale) = match self.clip_norm {
             Some(clip) if norm > clip => (true, clip / norm),
@@ -131,11 +129,11 @@ impl<R: Reducer, O: ServerOptimizer + Clone> Federated<R, O> {
         if samples == 0 {
             return Err(AggregateError::ZeroSamples);
         }
-        delta.check_shape(expected.fingerprint, expected.len)?;
+        let norm = delta.check_shape_and_norm(expected.fingerprint, expected.len)?;
         let total = self.samples.checked_add(samples).ok_or(AggregateError::SampleOverflow)?;
         let (folded, scale) = match cohort_sq_norm {
-            None => self.round_hygiene().inspect(&delta.values),
-            Some(_) => (Folded { norm: l2_norm(&delta.values), clipped: false, outlier: false }, 1.0),
+            None => self.round_hygiene().inspect(norm),
+            Some(_) => (Folded { norm, clipped: false, outlier: false }, 1.0),
         };
         self.reducer.add(&delta.values, scale, samples)?;
         self.samples = total;
