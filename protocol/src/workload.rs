@@ -110,8 +110,7 @@ pub fn reference_of_rounds(len: usize, clients: u64, rounds: impl IntoIterator<I
     for round in rounds {
         sum.iter_mut().for_each(|s| *s = 0.0);
         for client in 0..clients {
-            let noise = crate::kernels::from_counter(len, splitmix64(client_seed(round, client)), noise_at);
-            crate::kernels::add_weighted(&mut sum, &noise, 1.0);
+            crate::kernels::add_weighted(&mut sum, &noise(client_seed(round, client), len), 1.0);
         }
         let scale = f64::from(STEP) / clients as f64;
         model.iter_mut().zip(&sum).for_each(|(m, s)| *m += s * scale);
