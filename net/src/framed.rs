@@ -3,11 +3,14 @@
 //! [`encode`] turns a message into a shareable [`Bytes`] frame (encode a model once, send
 //! the same bytes to every client); [`send_frame`] writes a frame without copying it;
 //! [`FrameReader`] pulls chunks from a [`RecvStream`] into a [`FrameDecoder`] and yields
-//! complete payloads or decoded messages. A frame over the limit, a stream ending inside a
+//! complete payloads or decoded messages; a reader told the message type it reads
+//! ([`FrameReader::split`]) decodes a model's or an update's values as they arrive. A frame over the limit, a stream ending inside a
 //! frame or an undecodable payload is an error the caller turns into a closed connection.
 
 use bytes::Bytes;
-use flotilla_protocol::wire::framing::{FrameDecoder, FrameLimit, FramingError, decode_message, encode_frame};
+use flotilla_protocol::wire::framing::{
+    FrameDecoder, FrameLimit, FramingError, Payload, SplitDecode, decode_message, encode_frame,
+};
 use quinn::{ReadError, RecvStream, SendStream, WriteError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -69,6 +72,13 @@ impl FrameReader {
         Self { recv, decoder: FrameDecoder::new(limit), bytes_read: 0 }
     }
 
+    /// Decodes the large vector of `M`'s messages into place as it arrives (see
+    /// [`FrameDecoder::split`]); such frames come out of [`Self::next_payload`] split.
+    pub fn split<M: SplitDecode>(mut self) -> Self {
+        self.decoder = self.decoder.split::<M>();
+        self
+    }
+
     /// Refuses payloads over `limit` from the next frame on.
     pub fn set_limit(&mut self, limit: FrameLimit) {
         self.decoder.set_limit(limit);
@@ -79,19 +89,29 @@ impl FrameReader {
         self.bytes_read
     }
 
-    /// The next frame's payload; `Ok(None)` when the peer finished the stream between frames.
+    /// The next frame's payload in one piece; `Ok(None)` when the peer finished the stream
+    /// between frames.
     ///
     /// Cancel-safe: bytes read are kept in the decoder if the future is dropped.
     pub async fn next_frame(&mut self) -> Result<Option<Bytes>, FramedError> {
-        self.next_frame_with(|_| {}).await
+        Ok(self.next_payload().await?.map(Payload::into_bytes))
     }
 
-    /// As [`Self::next_frame`], calling `before_read` before each read from the stream with
+    /// The next frame's payload, split where this reader splits; `Ok(None)` when the peer
+    /// finished the stream between frames. Cancel-safe.
+    pub async fn next_payload(&mut self) -> Result<Option<Payload>, FramedError> {
+        self.next_payload_with(|_| {}).await
+    }
+
+    /// As [`Self::next_payload`], calling `before_read` before each read from the stream with
     /// the bytes the frame still lacks once its header has arrived (a receiver sizes its
     /// flow-control window with it).
-    pub async fn next_frame_with(&mut self, mut before_read: impl FnMut(usize)) -> Result<Option<Bytes>, FramedError> {
+    pub async fn next_payload_with(
+        &mut self,
+        mut before_read: impl FnMut(usize),
+    ) -> Result<Option<Payload>, FramedError> {
         loop {
-            if let Some(payload) = self.decoder.poll_frame()? {
+            if let Some(payload) = self.decoder.poll_payload()? {
                 return Ok(Some(payload));
             }
             self.decoder.reserve_frame();

@@ -22,6 +22,9 @@
 
 pub mod bounded;
 pub mod framing;
+mod split;
+
+pub use split::encode_client_frame;
 
 use serde::{Deserialize, Serialize};
 
@@ -150,6 +153,8 @@ impl CohortPrivacy {
 impl ClientMessage {
     /// Variant index of [`ClientMessage::Join`] on the wire.
     pub const JOIN_VARIANT: u32 = 0;
+    /// Variant index of [`ClientMessage::Update`] on the wire.
+    pub const UPDATE_VARIANT: u32 = 1;
     /// Variant index of [`ClientMessage::SecAgg`] on the wire.
     pub const SECAGG_VARIANT: u32 = 6;
     /// Variant index of [`ClientMessage::CohortUpdate`] on the wire.
@@ -303,6 +308,11 @@ pub enum CoordinatorMessage {
     /// The answer to a `Join` at a root that sends its clients to edge aggregators: join this
     /// one instead (the connection closes after this message).
     Redirect(Endpoint),
+}
+
+impl CoordinatorMessage {
+    /// Variant index of [`CoordinatorMessage::Model`] on the wire.
+    pub const MODEL_VARIANT: u32 = 1;
 }
 
 /// A client's contribution to one round.

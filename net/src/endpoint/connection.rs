@@ -31,8 +31,8 @@ use crate::close::{GOODBYE, error_close_code};
 use crate::framed::{FrameReader, FramedError, send_frame};
 use bytes::Bytes;
 use flotilla_protocol::round::{ConnectionId, Identity};
-use flotilla_protocol::wire::ErrorCode;
-use flotilla_protocol::wire::framing::FrameLimit;
+use flotilla_protocol::wire::framing::{FrameLimit, Payload};
+use flotilla_protocol::wire::{ClientMessage, ErrorCode};
 use quinn::{Connection, ConnectionError, Incoming, ReadError, RecvStream, SendStream, VarInt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -73,7 +73,7 @@ pub(crate) enum Inbound {
     /// A client opened its stream; `identity` from its client certificate, if any.
     Connected { conn: ConnectionId, link: Link, identity: Option<Identity> },
     /// A frame payload arrived; a large one comes with its upload permit (dropped after use).
-    Frame { conn: ConnectionId, payload: Bytes, permit: Option<OwnedSemaphorePermit> },
+    Frame { conn: ConnectionId, payload: Payload, permit: Option<OwnedSemaphorePermit> },
     /// The connection is gone, or its stream ended; `misbehaved` when the coordinator closed it
     /// for what the peer did (a missed deadline, unreadable or unasked-for data).
     Disconnected { conn: ConnectionId, reason: String, misbehaved: bool },
@@ -330,7 +330,7 @@ impl Reader<'_> {
     /// Reads the `Join` frame, waits for admission, then forwards frames until the stream or
     /// the connection ends; a peer over a limit or out of time is closed at once.
     async fn run(self, recv: RecvStream, admitted: oneshot::Receiver<()>) {
-        let mut reader = FrameReader::new(recv, FrameLimit::new(JOIN_FRAME_MAX));
+        let mut reader = FrameReader::new(recv, FrameLimit::new(JOIN_FRAME_MAX)).split::<ClientMessage>();
         let stop = match self.join(&mut reader, admitted).await {
             Ok(()) => {
                 reader.set_limit(self.context.limit);
@@ -355,7 +355,7 @@ impl Reader<'_> {
     async fn join(&self, reader: &mut FrameReader, admitted: oneshot::Receiver<()>) -> Result<(), Stop> {
         let timeout = self.context.join_timeout;
         // The reader's limit is the Join frame's until admission: a larger header is refused.
-        let payload = match tokio::time::timeout(timeout, reader.next_frame()).await {
+        let payload = match tokio::time::timeout(timeout, reader.next_payload()).await {
             Ok(Ok(Some(payload))) => payload,
             Ok(Ok(None)) => return Err(Stop::Ended("client finished its stream before joining".into())),
             Ok(Err(error)) => return Err(self.unreadable(error, "before joining")),
@@ -395,12 +395,12 @@ impl Reader<'_> {
     async fn next_admitted(
         &self,
         reader: &mut FrameReader,
-    ) -> Result<Option<(Bytes, Option<OwnedSemaphorePermit>)>, Refusal> {
+    ) -> Result<Option<(Payload, Option<OwnedSemaphorePermit>)>, Refusal> {
         let Some(len) = reader.next_len().await? else { return Ok(None) };
         let deadline = self.context.limits.frame_deadline(len as usize);
         let uploads = &self.context.uploads;
         if !uploads.needs_permit(len) {
-            return match tokio::time::timeout(deadline, reader.next_frame()).await {
+            return match tokio::time::timeout(deadline, reader.next_payload()).await {
                 Ok(frame) => Ok(frame?.map(|payload| (payload, None))),
                 Err(_) => Err(Refusal::too_slow(len, deadline)),
             };
@@ -423,7 +423,7 @@ impl Reader<'_> {
     /// has passed, the bytes received must keep up with `--min-upload-rate` (checked every
     /// [`PROGRESS_CHECK`]), so a peer that trickles holds a permit for about a second, not for
     /// the whole frame's deadline.
-    async fn read_permitted(&self, reader: &mut FrameReader, len: u32) -> Result<Option<Bytes>, Refusal> {
+    async fn read_permitted(&self, reader: &mut FrameReader, len: u32) -> Result<Option<Payload>, Refusal> {
         let rate = f64::from(self.context.limits.min_rate.max(1));
         let started = tokio::time::Instant::now();
         let received_before = self.connection.stats().udp_rx.bytes;
@@ -434,7 +434,7 @@ impl Reader<'_> {
         let uploads = &self.context.uploads;
         let mut window = None;
         let connection = &self.connection;
-        let mut frame = std::pin::pin!(reader.next_frame_with(|missing| {
+        let mut frame = std::pin::pin!(reader.next_payload_with(|missing| {
             let wanted = uploads.window_for(missing);
             if window != Some(wanted) {
                 window = Some(wanted);
@@ -461,7 +461,7 @@ impl Reader<'_> {
         }
     }
 
-    async fn forward(&self, payload: Bytes, permit: Option<OwnedSemaphorePermit>) -> Result<(), Stop> {
+    async fn forward(&self, payload: Payload, permit: Option<OwnedSemaphorePermit>) -> Result<(), Stop> {
         let frame = Inbound::Frame { conn: self.conn, payload, permit };
         self.context.inbound.send(frame).await.map_err(|_| Stop::Shutdown)
     }

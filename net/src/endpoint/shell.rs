@@ -185,7 +185,7 @@ impl Shell {
                 self.machine.handle_connect_as(conn, identity, now);
             }
             // The permit, if any, is released once the frame has been handled (folded).
-            Inbound::Frame { conn, payload, permit: _permit } => self.machine.handle_frame(conn, &payload, now),
+            Inbound::Frame { conn, payload, permit: _permit } => self.machine.handle_payload(conn, payload, now),
             Inbound::Disconnected { conn, reason, misbehaved } => {
                 if self.links.remove(&conn).is_some() {
                     tracing::debug!(%conn, %reason, "connection ended");

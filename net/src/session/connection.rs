@@ -3,14 +3,15 @@
 use std::time::{Duration, Instant};
 
 use flotilla_protocol::round::{Client, ClientEvent};
-use flotilla_protocol::wire::ErrorCode;
+use flotilla_protocol::wire::{CoordinatorMessage, ErrorCode, encode_client_frame};
 use quinn::{Connection, ConnectionError, Endpoint, ReadError, SendStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{ClientSessionConfig, LearnerRequest, Outcome, SessionRefused, SessionStats, Target};
 use crate::close::{close_code, error_close_code, error_of_close_code};
-use crate::framed::{FrameReader, FramedError, encode, send_frame};
+use crate::framed::{FrameReader, FramedError};
+use bytes::Bytes;
 use flotilla_protocol::wire::Contribution;
 
 /// How long a closing side waits for its last bytes to be acknowledged.
@@ -84,7 +85,7 @@ pub(super) async fn attempt(
         redirect: None,
         config,
     };
-    link.relay(FrameReader::new(recv, config.max_frame), learner, shutdown).await
+    link.relay(FrameReader::new(recv, config.max_frame).split::<CoordinatorMessage>(), learner, shutdown).await
 }
 
 /// Maps a lost connection to an outcome; a close code meaning "refused" is fatal, a timeout
@@ -140,8 +141,8 @@ impl Link<'_> {
                     let _ = self.pump(learner).await; // Sends the goodbye and closes.
                     return Outcome::Shutdown;
                 }
-                frame = reader.next_frame() => match frame {
-                    Ok(Some(payload)) => self.client.handle_frame(&payload, Instant::now()),
+                frame = reader.next_payload() => match frame {
+                    Ok(Some(payload)) => self.client.handle_payload(payload, Instant::now()),
                     Ok(None) => return self.lost("the coordinator finished the stream".into()),
                     Err(FramedError::Read(ReadError::ConnectionLost(error))) => {
                         return self.refusal_or(connection_lost(error, self.welcomed));
@@ -242,9 +243,10 @@ impl Link<'_> {
 
     async fn flush(&mut self) -> Result<(), FramedError> {
         while let Some(message) = self.client.poll_transmit() {
-            let frame = encode(&message, self.config.max_frame)?;
-            SessionStats::add(&self.config.stats.bytes_sent, frame.len() as u64);
-            send_frame(&mut self.send, frame).await?;
+            let mut pieces = encode_client_frame(message, self.config.max_frame)?;
+            let len = pieces.iter().map(Bytes::len).sum::<usize>();
+            SessionStats::add(&self.config.stats.bytes_sent, len as u64);
+            self.send.write_all_chunks(&mut pieces).await?;
         }
         Ok(())
     }

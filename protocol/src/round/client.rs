@@ -17,7 +17,7 @@ use crate::model::ModelSpec;
 use crate::params::{Fingerprint, ParameterError, ParameterVector};
 use crate::privacy::PrivacyError;
 use crate::secagg::{SecAggError, ServerMessage as SecAggServerMessage};
-use crate::wire::framing::decode_message;
+use crate::wire::framing::{FramingError, Payload, decode_message};
 use crate::wire::{
     ClientMessage, CompressedUpdate, Contribution, CoordinatorMessage, Endpoint, ErrorCode, PROTOCOL_VERSION, Update,
     UpdateRules,
@@ -200,7 +200,17 @@ impl Client {
 
     /// A frame payload arrived; undecodable bytes end the session.
     pub fn handle_frame(&mut self, payload: &[u8], now: Instant) {
-        match decode_message::<CoordinatorMessage>(payload) {
+        self.handle_decoded(decode_message::<CoordinatorMessage>(payload), now);
+    }
+
+    /// As [`Self::handle_frame`], for a payload as a splitting frame decoder hands it over (a
+    /// model's values already decoded).
+    pub fn handle_payload(&mut self, payload: Payload, now: Instant) {
+        self.handle_decoded(payload.decode::<CoordinatorMessage>(), now);
+    }
+
+    fn handle_decoded(&mut self, message: Result<CoordinatorMessage, FramingError>, now: Instant) {
+        match message {
             Ok(message) => self.handle_message(message, now),
             Err(error) => self.violation(ErrorCode::Malformed, error.to_string()),
         }

@@ -18,7 +18,7 @@ use crate::checkpoint::Checkpoint;
 use crate::model::ModelSpec;
 use crate::params::ParameterVector;
 use crate::round::events::UpdateRefusal;
-use crate::wire::framing::decode_message;
+use crate::wire::framing::{FramingError, Payload, decode_message};
 use crate::wire::{
     ClientMessage, Cohort, CompressedUpdate, CoordinatorMessage, Endpoint, ErrorCode, PROTOCOL_VERSION, Update,
 };
@@ -222,18 +222,37 @@ impl Coordinator {
     /// or `Goodbye` before `Join`; a secure-aggregation message from outside the running
     /// session's cohort.
     pub fn handle_frame(&mut self, conn: ConnectionId, payload: &[u8], now: Instant) {
-        let Some(peer) = self.peers.get(&conn).copied() else { return };
-        match (peer, crate::wire::framing::peek_variant(payload)) {
-            (Peer::Connecting { .. }, Some(variant)) if !ClientMessage::allowed_before_join(variant) => {
-                return self.violation(conn, ErrorCode::UnexpectedMessage, "message before Join".into(), now);
-            }
-            (Peer::Joined { .. }, Some(ClientMessage::SECAGG_VARIANT)) if !self.in_secure_cohort(conn) => {
-                // A late message of a session that ended is normal; its body is never read.
-                return;
-            }
-            _ => {}
+        if self.admits(conn, crate::wire::framing::peek_variant(payload), now) {
+            let message = decode_message::<ClientMessage>(payload);
+            self.handle_decoded(conn, message, now);
         }
-        match decode_message::<ClientMessage>(payload) {
+    }
+
+    /// As [`Self::handle_frame`], for a payload as a splitting frame decoder hands it over
+    /// (an update's values already decoded).
+    pub fn handle_payload(&mut self, conn: ConnectionId, payload: Payload, now: Instant) {
+        if self.admits(conn, payload.variant(), now) {
+            let message = payload.decode::<ClientMessage>();
+            self.handle_decoded(conn, message, now);
+        }
+    }
+
+    /// Whether a message of `variant` from `conn` is to be decoded (see [`Self::handle_frame`]).
+    fn admits(&mut self, conn: ConnectionId, variant: Option<u32>, now: Instant) -> bool {
+        let Some(peer) = self.peers.get(&conn).copied() else { return false };
+        match (peer, variant) {
+            (Peer::Connecting { .. }, Some(variant)) if !ClientMessage::allowed_before_join(variant) => {
+                self.violation(conn, ErrorCode::UnexpectedMessage, "message before Join".into(), now);
+                false
+            }
+            // A late message of a session that ended is normal; its body is never read.
+            (Peer::Joined { .. }, Some(ClientMessage::SECAGG_VARIANT)) => self.in_secure_cohort(conn),
+            _ => true,
+        }
+    }
+
+    fn handle_decoded(&mut self, conn: ConnectionId, message: Result<ClientMessage, FramingError>, now: Instant) {
+        match message {
             Ok(message) => self.handle_message(conn, message, now),
             Err(error) => self.violation(conn, ErrorCode::Malformed, error.to_string(), now),
         }
