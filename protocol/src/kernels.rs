@@ -1,5 +1,5 @@
 //! The passes a round makes over every model and update (finiteness, norm, the weighted sum,
-//! the benchmark workload's noise), written once as plain loops that [`pulp`] compiles for
+//! secure aggregation's fixed-point encoding, the benchmark workload's noise), written once as plain loops that [`pulp`] compiles for
 //! the widest instruction set the machine has (AVX-512, AVX2, or the x86-64 baseline) and
 //! picks at run time, so one portable binary vectorises them fully (64-bit multiplies, f32 →
 //! f64 conversions and wide compares need AVX2 or AVX-512). What that buys depends on the
@@ -45,6 +45,17 @@ pub fn add_weighted(sum: &mut [f64], values: &[f32], weight: f64) {
 pub(crate) fn from_counter(len: usize, start: u64, f: impl Fn(u64) -> f32 + Copy) -> Vec<f32> {
     let mut out = Vec::with_capacity(len);
     Arch::new().dispatch(FromCounter { out: &mut out, len, start, f });
+    out
+}
+
+/// `[f(v) for v in values]`, for element-wise conversions whose arithmetic the x86-64
+/// baseline cannot vectorise well (secure aggregation's fixed-point encoding: f64 products,
+/// clipping and rounding, 2 lanes on the baseline, 8 on AVX-512). The output is zeroed first
+/// and then written in a plain indexed loop: `Vec::extend` from a mapped slice was not inlined
+/// into the dispatched function, so it ran on the baseline.
+pub(crate) fn map<T: Copy, U: Copy + Default>(values: &[T], f: impl Fn(T) -> U + Copy) -> Vec<U> {
+    let mut out = Vec::new();
+    Arch::new().dispatch(Map { out: &mut out, values, f });
     out
 }
 
@@ -121,6 +132,25 @@ impl<F: Fn(u64) -> f32 + Copy> WithSimd for FromCounter<'_, F> {
     }
 }
 
+struct Map<'a, T, U, F> {
+    out: &'a mut Vec<U>,
+    values: &'a [T],
+    f: F,
+}
+
+impl<T: Copy, U: Copy + Default, F: Fn(T) -> U + Copy> WithSimd for Map<'_, T, U, F> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let Map { out, values, f } = self;
+        out.resize(values.len(), U::default());
+        for (slot, &value) in out.iter_mut().zip(values) {
+            *slot = f(value);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +182,10 @@ mod tests {
                 let expected: Vec<f32> =
                     (0..len as u64).map(|j| ((u64::MAX - 3).wrapping_add(j) >> 60) as f32).collect();
                 assert_eq!(filled, expected, "{arch:?} {len}");
+                let g = |x: f32| (f64::from(x) * 1.7).clamp(-6.0, 6.0).to_bits();
+                let mut out = Vec::new();
+                arch.dispatch(Map { out: &mut out, values: &v, f: g });
+                assert_eq!(out, v.iter().map(|&x| g(x)).collect::<Vec<_>>(), "{arch:?} {len}");
             }
         }
     }

@@ -95,9 +95,11 @@ impl FixedPoint {
 
     /// Encodes `weight · values`, clipped, rounded to the nearest step (ties away from zero).
     pub fn encode(&self, values: &[f32], weight: f32) -> Result<Vec<u32>, FixedPointError> {
-        // `round_half_away` keeps the loop branch-free, so the compiler vectorises it
-        // (`f64::round` is a library call on baseline x86-64).
-        self.encode_with(values, weight, round_half_away)
+        let (clip, scale, weight) = self.encoding(values, weight)?;
+        // `round_half_away` keeps the loop branch-free, so it vectorises (`f64::round` is a
+        // library call on baseline x86-64), on the widest instruction set the CPU has.
+        let encode = move |v: f32| round_half_away((f64::from(v) * weight).max(-clip).min(clip) * scale) as u32;
+        Ok(crate::kernels::map(values, encode))
     }
 
     /// Encodes `weight · values`, clipped, rounded stochastically with `rng` (unbiased).
@@ -123,16 +125,20 @@ impl FixedPoint {
         weight: f32,
         mut round: impl FnMut(f64) -> i32,
     ) -> Result<Vec<u32>, FixedPointError> {
+        let (clip, scale, weight) = self.encoding(values, weight)?;
+        // |round(scaled)| ≤ ⌈c·scale⌉ ≤ i32::MAX, checked in `new`.
+        Ok(values.iter().map(move |&v| round((f64::from(v) * weight).max(-clip).min(clip) * scale) as u32).collect())
+    }
+
+    /// The clip, scale and weight of an encoding, once the weight and every value are finite.
+    fn encoding(&self, values: &[f32], weight: f32) -> Result<(f64, f64, f64), FixedPointError> {
         if !weight.is_finite() {
             return Err(FixedPointError::NotFinite { index: usize::MAX });
         }
         if let Some(index) = crate::params::first_non_finite(values) {
             return Err(FixedPointError::NotFinite { index });
         }
-        let (clip, scale, weight) = (f64::from(self.clip), self.scale(), f64::from(weight));
-        // |round(scaled)| ≤ ⌈c·scale⌉ ≤ i32::MAX, checked in `new`. Nothing but the output is
-        // written in this loop (a flag set in it kept it from vectorising).
-        Ok(values.iter().map(move |&v| round((f64::from(v) * weight).max(-clip).min(clip) * scale) as u32).collect())
+        Ok((f64::from(self.clip), self.scale(), f64::from(weight)))
     }
 
     /// Decodes a wrapping sum of `summands` encoded vectors (two's complement, then divided by
@@ -153,6 +159,7 @@ impl FixedPoint {
 /// rounds it to the nearest integer `n` (ties to even), held in the low mantissa bits; the
 /// only case that differs from rounding ties away is a tie rounded down, `|x| − n = ½`
 /// (exact: both are within one of each other), which is bumped up.
+#[inline(always)]
 fn round_half_away(x: f64) -> i32 {
     const TWO_52: f64 = 4_503_599_627_370_496.0;
     let magnitude = x.abs();

@@ -24,6 +24,12 @@ fn update(len: usize, seed: u32, moments: bool) -> ClientMessage {
     })
 }
 
+fn masked(len: usize, seed: u32) -> ClientMessage {
+    let masked = values(len, seed).into_iter().map(f32::to_bits).chain([u32::MAX, 0x7FC0_0001]).collect();
+    let message = secagg::ClientMessage::MaskedInput(MaskedInput { masked, missing: vec![3, 9, u64::MAX] });
+    ClientMessage::SecAgg { round: 12, message }
+}
+
 fn model(len: usize, seed: u32) -> CoordinatorMessage {
     CoordinatorMessage::Model { model_version: 250, round: 1 << 33, params: vector(values(len, seed)) }
 }
@@ -68,11 +74,16 @@ proptest! {
         moments in any::<bool>(),
         pieces in proptest::collection::vec(prop_oneof![1usize..8, 1000usize..70_000], 1..6),
     ) {
-        let sent = [update(len, seed, moments), ClientMessage::Heartbeat, update(len + 1, seed + 1, !moments)];
+        let sent = [
+            update(len, seed, moments),
+            ClientMessage::Heartbeat,
+            masked(len, seed),
+            update(len + 1, seed + 1, !moments),
+        ];
         let frames: Vec<Vec<u8>> = sent.iter().map(|m| encode_frame(m, FrameLimit::DEFAULT).unwrap()).collect();
         let mut decoder = FrameDecoder::new(FrameLimit::DEFAULT).split::<ClientMessage>();
         let payloads = feed(&mut decoder, &frames.concat(), &pieces);
-        prop_assert_eq!(payloads.len(), 3);
+        prop_assert_eq!(payloads.len(), 4);
         for ((payload, message), frame) in payloads.into_iter().zip(&sent).zip(&frames) {
             let split = matches!(payload, Payload::Split { .. });
             prop_assert_eq!(split, !matches!(message, ClientMessage::Heartbeat));
@@ -163,11 +174,28 @@ fn parts_that_do_not_match_their_head_are_refused() {
 
 #[test]
 fn client_frames_in_pieces_are_the_encoded_frame() {
-    for message in [update(5000, 1, true), update(0, 2, false), ClientMessage::Heartbeat] {
+    for message in [update(5000, 1, true), update(0, 2, false), masked(5000, 3), ClientMessage::Heartbeat] {
         let pieces = encode_client_frame(message.clone(), FrameLimit::DEFAULT).unwrap();
         assert_eq!(pieces.concat(), encode_frame(&message, FrameLimit::DEFAULT).unwrap());
     }
     let limit = FrameLimit::new(19_999);
     let refused = encode_client_frame(update(5000, 3, false), limit).unwrap_err();
     assert!(matches!(refused, FramingError::FrameTooLarge { limit: 19_999, .. }), "{refused}");
+}
+
+/// Masked words keep their exact bits through the f32s they are captured as (NaN patterns
+/// included), and a secure-aggregation message other than a masked input is not split.
+#[test]
+fn masked_words_keep_their_bits_and_other_secagg_messages_stay_whole() {
+    let sent = masked(SPLIT_MIN, 5);
+    let frame = encode_frame(&sent, FrameLimit::DEFAULT).unwrap();
+    let mut decoder = FrameDecoder::new(FrameLimit::DEFAULT).split::<ClientMessage>();
+    let payloads = feed(&mut decoder, &frame, &[3, 65_000]);
+    assert!(matches!(payloads[..], [Payload::Split { .. }]));
+    assert_eq!(payloads[0].clone().decode::<ClientMessage>().unwrap(), sent);
+
+    let keys =
+        secagg::ClientMessage::UnmaskingShares(secagg::UnmaskingShares { self_mask: Vec::new(), mask_key: Vec::new() });
+    let frame = encode_frame(&ClientMessage::SecAgg { round: 1, message: keys }, FrameLimit::DEFAULT).unwrap();
+    assert_eq!(ClientMessage::locate(&frame[HEADER_LEN..]), Located::Nothing);
 }
