@@ -5,7 +5,8 @@
 //!   parameter vector) and the flat parameter layout derived from it.
 //! - [`params`]: flat, versioned parameter vectors with a layout fingerprint (what crosses
 //!   the wire and what checkpoints hold).
-//! - [`wire`]: wire messages, protocol version, ALPN and length-prefixed framing.
+//! - [`wire`]: wire messages, protocol version, ALPN and length-prefixed framing (which can
+//!   decode a model's, an update's or a masked input's values where they land).
 //! - [`aggregate`]: streaming aggregation of client updates (sample-weighted FedAvg), robust
 //!   strategies and server optimisers.
 //! - [`compress`]: update compression (int8 quantisation, top-k with error feedback) and its
@@ -17,7 +18,7 @@
 //! - [`secagg`]: secure aggregation (pairwise masking, SecAgg+): client and server state machines.
 //! - [`workload`]: the `fleet-round` benchmark's model and client updates, and its f64 reference.
 //! - [`kernels`]: the passes over whole vectors (finiteness, norm, weighted sum, workload
-//!   noise), compiled for the machine's widest instruction set and picked at run time.
+//!   noise, fixed-point encoding), compiled for the machine's widest instruction set and picked at run time.
 //!
 //! **Architecture Invariant:** this crate does not depend on burn (or any tensor library): the
 //! I/O shell (`flotilla-net`) and the coordinator's protocol side build without the learner's
