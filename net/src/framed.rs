@@ -4,8 +4,9 @@
 //! the same bytes to every client); [`send_frame`] writes a frame without copying it;
 //! [`FrameReader`] pulls chunks from a [`RecvStream`] into a [`FrameDecoder`] and yields
 //! complete payloads or decoded messages; a reader told the message type it reads
-//! ([`FrameReader::split`]) decodes a model's or an update's values as they arrive. A frame over the limit, a stream ending inside a
-//! frame or an undecodable payload is an error the caller turns into a closed connection.
+//! ([`FrameReader::split`]) decodes the values of a model, an update or a masked input as
+//! they arrive. A frame over the limit, a stream ending inside a frame or an undecodable
+//! payload is an error the caller turns into a closed connection.
 
 use bytes::Bytes;
 use flotilla_protocol::wire::framing::{
