@@ -1,7 +1,7 @@
 //! A client daemon's protocol state machine.
 //!
 //! Driving it: create it with [`Client::new`] and send what [`Client::poll_transmit`] yields
-//! (first a `Join`); feed every received frame to [`Client::handle_frame`] (or a decoded
+//! (first a `Join`); feed every received frame to [`Client::handle_payload`] (or a decoded
 //! message to [`Client::handle_message`]); call [`Client::handle_timeout`] when
 //! [`Client::poll_timeout`] passes. Drain [`Client::poll_event`]: adopt the parameters of
 //! each `ModelReceived`; answer each `UpdateRequested` before its deadline with
@@ -17,7 +17,7 @@ use crate::model::ModelSpec;
 use crate::params::{Fingerprint, ParameterError, ParameterVector};
 use crate::privacy::PrivacyError;
 use crate::secagg::{SecAggError, ServerMessage as SecAggServerMessage};
-use crate::wire::framing::{FramingError, Payload, decode_message};
+use crate::wire::framing::Payload;
 use crate::wire::{
     ClientMessage, CompressedUpdate, Contribution, CoordinatorMessage, Endpoint, ErrorCode, PROTOCOL_VERSION, Update,
     UpdateRules,
@@ -198,19 +198,10 @@ impl Client {
         self.session == Session::Closed
     }
 
-    /// A frame payload arrived; undecodable bytes end the session.
-    pub fn handle_frame(&mut self, payload: &[u8], now: Instant) {
-        self.handle_decoded(decode_message::<CoordinatorMessage>(payload), now);
-    }
-
-    /// As [`Self::handle_frame`], for a payload as a splitting frame decoder hands it over (a
-    /// model's values already decoded).
+    /// A frame payload arrived (whole, or split by a frame decoder that decoded a model's
+    /// values as they arrived); undecodable bytes end the session.
     pub fn handle_payload(&mut self, payload: Payload, now: Instant) {
-        self.handle_decoded(payload.decode::<CoordinatorMessage>(), now);
-    }
-
-    fn handle_decoded(&mut self, message: Result<CoordinatorMessage, FramingError>, now: Instant) {
-        match message {
+        match payload.decode::<CoordinatorMessage>() {
             Ok(message) => self.handle_message(message, now),
             Err(error) => self.violation(ErrorCode::Malformed, error.to_string()),
         }

@@ -1,7 +1,7 @@
 //! The coordinator's round state machine.
 //!
 //! Driving it: on a new connection call [`Coordinator::handle_connect`]; for every frame
-//! received, [`Coordinator::handle_frame`] (or [`Coordinator::handle_message`] with an
+//! received, [`Coordinator::handle_payload`] (or [`Coordinator::handle_message`] with an
 //! already decoded message); when a connection is gone, [`Coordinator::handle_disconnect`];
 //! when the instant of [`Coordinator::poll_timeout`] passes,
 //! [`Coordinator::handle_timeout`]. After each call, send everything from
@@ -18,7 +18,7 @@ use crate::checkpoint::Checkpoint;
 use crate::model::ModelSpec;
 use crate::params::ParameterVector;
 use crate::round::events::UpdateRefusal;
-use crate::wire::framing::{FramingError, Payload, decode_message};
+use crate::wire::framing::Payload;
 use crate::wire::{
     ClientMessage, Cohort, CompressedUpdate, CoordinatorMessage, Endpoint, ErrorCode, PROTOCOL_VERSION, Update,
 };
@@ -215,44 +215,26 @@ impl Coordinator {
         self.peers.entry(conn).or_insert(Peer::Connecting { join_by, identity });
     }
 
-    /// A frame payload arrived on `conn`; undecodable bytes close the connection.
+    /// A frame payload arrived on `conn` (whole, or split by a frame decoder that decoded an
+    /// update's values as they arrived); undecodable bytes close the connection.
     ///
     /// The message's kind is read first (its variant index) and a message the peer's state
     /// does not allow is refused before its body is decoded: anything but `Join`, `Heartbeat`
     /// or `Goodbye` before `Join`; a secure-aggregation message from outside the running
     /// session's cohort.
-    pub fn handle_frame(&mut self, conn: ConnectionId, payload: &[u8], now: Instant) {
-        if self.admits(conn, crate::wire::framing::peek_variant(payload), now) {
-            let message = decode_message::<ClientMessage>(payload);
-            self.handle_decoded(conn, message, now);
-        }
-    }
-
-    /// As [`Self::handle_frame`], for a payload as a splitting frame decoder hands it over
-    /// (an update's values already decoded).
     pub fn handle_payload(&mut self, conn: ConnectionId, payload: Payload, now: Instant) {
-        if self.admits(conn, payload.variant(), now) {
-            let message = payload.decode::<ClientMessage>();
-            self.handle_decoded(conn, message, now);
-        }
-    }
-
-    /// Whether a message of `variant` from `conn` is to be decoded (see [`Self::handle_frame`]).
-    fn admits(&mut self, conn: ConnectionId, variant: Option<u32>, now: Instant) -> bool {
-        let Some(peer) = self.peers.get(&conn).copied() else { return false };
-        match (peer, variant) {
+        let Some(peer) = self.peers.get(&conn).copied() else { return };
+        match (peer, payload.variant()) {
             (Peer::Connecting { .. }, Some(variant)) if !ClientMessage::allowed_before_join(variant) => {
-                self.violation(conn, ErrorCode::UnexpectedMessage, "message before Join".into(), now);
-                false
+                return self.violation(conn, ErrorCode::UnexpectedMessage, "message before Join".into(), now);
             }
-            // A late message of a session that ended is normal; its body is never read.
-            (Peer::Joined { .. }, Some(ClientMessage::SECAGG_VARIANT)) => self.in_secure_cohort(conn),
-            _ => true,
+            (Peer::Joined { .. }, Some(ClientMessage::SECAGG_VARIANT)) if !self.in_secure_cohort(conn) => {
+                // A late message of a session that ended is normal; its body is never read.
+                return;
+            }
+            _ => {}
         }
-    }
-
-    fn handle_decoded(&mut self, conn: ConnectionId, message: Result<ClientMessage, FramingError>, now: Instant) {
-        match message {
+        match payload.decode::<ClientMessage>() {
             Ok(message) => self.handle_message(conn, message, now),
             Err(error) => self.violation(conn, ErrorCode::Malformed, error.to_string(), now),
         }

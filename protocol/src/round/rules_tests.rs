@@ -107,8 +107,8 @@ fn pump(coordinator: &mut Coordinator, edges: &mut [Edge], now: Instant) {
                     break;
                 }
             }
-            while let Some(payload) = edge.outbound.poll_frame().unwrap() {
-                coordinator.handle_frame(edge.conn, &payload, now);
+            while let Some(payload) = edge.outbound.poll_payload().unwrap() {
+                coordinator.handle_payload(edge.conn, payload, now);
             }
         }
         while let Some((conn, message)) = coordinator.poll_transmit() {
@@ -120,8 +120,8 @@ fn pump(coordinator: &mut Coordinator, edges: &mut [Edge], now: Instant) {
             }
         }
         for edge in edges.iter_mut().filter(|e| !e.silent) {
-            while let Some(payload) = edge.inbound.poll_frame().unwrap() {
-                edge.client.handle_frame(&payload, now);
+            while let Some(payload) = edge.inbound.poll_payload().unwrap() {
+                edge.client.handle_payload(payload, now);
             }
             while let Some(event) = edge.client.poll_event() {
                 if let ClientEvent::UpdateRequested { round: 1, .. } = event

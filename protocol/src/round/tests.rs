@@ -29,8 +29,8 @@ fn pump(coordinator: &mut Coordinator, edges: &mut [Edge], now: Instant) {
                 edge.outbound.push(&encode_frame(&message, FrameLimit::DEFAULT).unwrap());
                 moved = true;
             }
-            while let Some(payload) = edge.outbound.poll_frame().unwrap() {
-                coordinator.handle_frame(edge.conn, &payload, now);
+            while let Some(payload) = edge.outbound.poll_payload().unwrap() {
+                coordinator.handle_payload(edge.conn, payload, now);
             }
         }
         while let Some((conn, message)) = coordinator.poll_transmit() {
@@ -39,8 +39,8 @@ fn pump(coordinator: &mut Coordinator, edges: &mut [Edge], now: Instant) {
             moved = true;
         }
         for edge in edges.iter_mut() {
-            while let Some(payload) = edge.inbound.poll_frame().unwrap() {
-                edge.client.handle_frame(&payload, now);
+            while let Some(payload) = edge.inbound.poll_payload().unwrap() {
+                edge.client.handle_payload(payload, now);
             }
             while let Some(event) = edge.client.poll_event() {
                 match event {

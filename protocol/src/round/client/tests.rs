@@ -2,6 +2,7 @@ use super::*;
 use crate::model::HbpConfig;
 use crate::params::PARAMETER_FORMAT_VERSION;
 use crate::wire::{LocalMetrics, UpdateRules};
+use bytes::Bytes;
 
 const FINGERPRINT: Fingerprint = Fingerprint(42);
 
@@ -159,7 +160,7 @@ fn a_model_of_another_layout_or_out_of_order_messages_end_the_session() {
     assert_eq!(early.poll_close(), Some(CloseReason::Error(ErrorCode::UnexpectedMessage)));
 
     let mut garbage = Client::new("edge-3", None);
-    garbage.handle_frame(&[0xff, 0x00], t0);
+    garbage.handle_payload(Payload::from(Bytes::from_static(&[0xff, 0x00])), t0);
     assert_eq!(garbage.poll_close(), Some(CloseReason::Error(ErrorCode::Malformed)));
 }
 

@@ -3,6 +3,8 @@ use crate::wire::UpdateRules;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use super::*;
 use crate::aggregate::AggregateError;
 use crate::model::FeatureMoments;
@@ -545,7 +547,7 @@ fn silent_or_out_of_order_connections_are_closed() {
     coordinator.handle_connect(ConnectionId(2), t0);
     coordinator.handle_message(ConnectionId(2), update(1, 0, vec![0.0, 0.0], 1, 0), t0);
     coordinator.handle_connect(ConnectionId(3), t0);
-    coordinator.handle_frame(ConnectionId(3), &[0xff, 0xff], t0);
+    coordinator.handle_payload(ConnectionId(3), Payload::from(Bytes::from_static(&[0xff, 0xff])), t0);
     assert_eq!(coordinator.poll_timeout(), Some(t0 + Duration::from_secs(5)));
     coordinator.handle_timeout(t0 + Duration::from_secs(5));
     let closes: Vec<_> = std::iter::from_fn(|| coordinator.poll_close()).collect();
