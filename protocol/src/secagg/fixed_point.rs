@@ -95,11 +95,10 @@ impl FixedPoint {
 
     /// Encodes `weight · values`, clipped, rounded to the nearest step (ties away from zero).
     pub fn encode(&self, values: &[f32], weight: f32) -> Result<Vec<u32>, FixedPointError> {
-        let (clip, scale, weight) = self.encoding(values, weight)?;
+        let scaled = self.scaler(values, weight)?;
         // `round_half_away` keeps the loop branch-free, so it vectorises (`f64::round` is a
         // library call on baseline x86-64), on the widest instruction set the CPU has.
-        let encode = move |v: f32| round_half_away((f64::from(v) * weight).max(-clip).min(clip) * scale) as u32;
-        Ok(crate::kernels::map(values, encode))
+        Ok(crate::kernels::map(values, move |v: f32| round_half_away(scaled(v)) as u32))
     }
 
     /// Encodes `weight · values`, clipped, rounded stochastically with `rng` (unbiased).
@@ -109,36 +108,28 @@ impl FixedPoint {
         weight: f32,
         rng: &mut R,
     ) -> Result<Vec<u32>, FixedPointError> {
-        self.encode_with(values, weight, |scaled| {
+        let scaled = self.scaler(values, weight)?;
+        let mut round = |scaled: f64| {
             let floor = scaled.floor();
             // 53 random bits: a uniform draw in [0, 1).
             let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
             (if u < scaled - floor { floor + 1.0 } else { floor }) as i32
-        })
+        };
+        Ok(values.iter().map(|&v| round(scaled(v)) as u32).collect())
     }
 
-    /// Checks that the weight and every value are finite, then encodes each value as
-    /// `round(clip(weight · value) · scale)`.
-    fn encode_with(
-        &self,
-        values: &[f32],
-        weight: f32,
-        mut round: impl FnMut(f64) -> i32,
-    ) -> Result<Vec<u32>, FixedPointError> {
-        let (clip, scale, weight) = self.encoding(values, weight)?;
-        // |round(scaled)| ≤ ⌈c·scale⌉ ≤ i32::MAX, checked in `new`.
-        Ok(values.iter().map(move |&v| round((f64::from(v) * weight).max(-clip).min(clip) * scale) as u32).collect())
-    }
-
-    /// The clip, scale and weight of an encoding, once the weight and every value are finite.
-    fn encoding(&self, values: &[f32], weight: f32) -> Result<(f64, f64, f64), FixedPointError> {
+    /// Once the weight and every value are finite, the map of a value to
+    /// `clip(weight · value) · scale`, which both encodings round (|round(scaled)| ≤
+    /// ⌈c·scale⌉ ≤ i32::MAX, checked in `new`).
+    fn scaler(&self, values: &[f32], weight: f32) -> Result<impl Fn(f32) -> f64 + Copy, FixedPointError> {
         if !weight.is_finite() {
             return Err(FixedPointError::NotFinite { index: usize::MAX });
         }
         if let Some(index) = crate::params::first_non_finite(values) {
             return Err(FixedPointError::NotFinite { index });
         }
-        Ok((f64::from(self.clip), self.scale(), f64::from(weight)))
+        let (clip, scale, weight) = (f64::from(self.clip), self.scale(), f64::from(weight));
+        Ok(move |v: f32| (f64::from(v) * weight).max(-clip).min(clip) * scale)
     }
 
     /// Decodes a wrapping sum of `summands` encoded vectors (two's complement, then divided by
