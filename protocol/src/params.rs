@@ -298,6 +298,25 @@ pub mod le_words {
         serializer.serialize_bytes(&bytes)
     }
 
+    /// `values` as one byte string of little-endian words, owned: on a little-endian machine
+    /// the values' own memory, without a copy.
+    pub fn into_bytes<T: Word + Send + 'static>(values: Vec<T>) -> bytes::Bytes {
+        if cfg!(target_endian = "little") {
+            return bytes::Bytes::from_owner(LeBytes(values));
+        }
+        bytes::Bytes::from(values.iter().flat_map(|value| value.to_le()).collect::<Vec<u8>>())
+    }
+
+    /// Words viewed as their bytes (little-endian on a little-endian machine).
+    #[derive(Debug)]
+    struct LeBytes<T>(Vec<T>);
+
+    impl<T: bytemuck::Pod> AsRef<[u8]> for LeBytes<T> {
+        fn as_ref(&self) -> &[u8] {
+            bytemuck::cast_slice(&self.0)
+        }
+    }
+
     /// Reads a byte string whose length is a multiple of four back into words.
     pub fn deserialize<'de, D: Deserializer<'de>, T: Word>(deserializer: D) -> Result<Vec<T>, D::Error> {
         deserializer.deserialize_bytes(Words(PhantomData))

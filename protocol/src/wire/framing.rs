@@ -80,12 +80,9 @@ pub fn encode_frame<M: Serialize>(message: &M, limit: FrameLimit) -> Result<Vec<
     let mut size = bincode::enc::write::SizeWriter::default();
     bincode::serde::encode_into_writer(message, &mut size, config()).map_err(encode_error)?;
     let payload_len = size.bytes_written;
-    let announced = u32::try_from(payload_len)
-        .ok()
-        .filter(|len| *len <= limit.bytes())
-        .ok_or(FramingError::FrameTooLarge { announced: payload_len as u64, limit: limit.bytes() })?;
+    let header = header(payload_len, limit)?;
     let mut frame = Vec::with_capacity(HEADER_LEN + payload_len);
-    frame.extend_from_slice(&announced.to_le_bytes());
+    frame.extend_from_slice(&header);
     bincode::serde::encode_into_std_write(message, &mut frame, config()).map_err(encode_error)?;
     if frame.len() != HEADER_LEN + payload_len {
         return Err(FramingError::Encode(format!(
@@ -94,6 +91,16 @@ pub fn encode_frame<M: Serialize>(message: &M, limit: FrameLimit) -> Result<Vec<
         )));
     }
     Ok(frame)
+}
+
+/// The header of a frame whose payload is `payload_len` bytes; a payload over `limit` is
+/// refused.
+pub(crate) fn header(payload_len: usize, limit: FrameLimit) -> Result<[u8; HEADER_LEN], FramingError> {
+    u32::try_from(payload_len)
+        .ok()
+        .filter(|len| *len <= limit.bytes())
+        .map(u32::to_le_bytes)
+        .ok_or(FramingError::FrameTooLarge { announced: payload_len as u64, limit: limit.bytes() })
 }
 
 /// Decodes one payload (without its header) into a message.
@@ -216,13 +223,7 @@ impl Payload {
         match self {
             Payload::Whole(bytes) => bytes,
             Payload::Split { head, values, tail } => {
-                let mut bytes = Vec::with_capacity(head.len() + 4 * values.len() + tail.len());
-                bytes.extend_from_slice(&head);
-                for value in &values {
-                    bytes.extend_from_slice(&value.to_le_bytes());
-                }
-                bytes.extend_from_slice(&tail);
-                Bytes::from(bytes)
+                Bytes::from([head, crate::params::le_words::into_bytes(values), tail].concat())
             }
         }
     }

@@ -19,11 +19,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::framing::{
-    FrameLimit, FramingError, HEADER_LEN, Located, SplitDecode, config, decode_bounded, encode_frame,
+    FrameLimit, FramingError, HEADER_LEN, Located, SplitDecode, config, decode_bounded, encode_frame, header,
 };
 use super::{ClientMessage, CoordinatorMessage, LocalMetrics, Update};
 use crate::model::FeatureMoments;
-use crate::params::le_words::Word;
+use crate::params::le_words;
 use crate::params::{Fingerprint, ParameterVector};
 use crate::secagg::{self, MaskedInput};
 
@@ -181,23 +181,6 @@ impl SplitDecode for ClientMessage {
     }
 }
 
-/// `values` as their little-endian bytes: on a little-endian machine their own memory.
-#[derive(Debug)]
-struct LeBytes<T>(Vec<T>);
-
-impl<T: bytemuck::Pod> AsRef<[u8]> for LeBytes<T> {
-    fn as_ref(&self) -> &[u8] {
-        bytemuck::cast_slice(&self.0)
-    }
-}
-
-fn le_bytes<T: Word + Send + 'static>(values: Vec<T>) -> Bytes {
-    if cfg!(target_endian = "little") {
-        return Bytes::from_owner(LeBytes(values));
-    }
-    Bytes::from(values.iter().flat_map(|value| value.to_le()).collect::<Vec<u8>>())
-}
-
 /// The frame in pieces: the header and `head`, the values, `tail`; refused over `limit`.
 fn pieces<H: Serialize, T: Serialize>(
     head: &H,
@@ -208,13 +191,9 @@ fn pieces<H: Serialize, T: Serialize>(
     let encode_error = |e: bincode::error::EncodeError| FramingError::Encode(e.to_string());
     let head = bincode::serde::encode_to_vec(head, config()).map_err(encode_error)?;
     let tail = bincode::serde::encode_to_vec(tail, config()).map_err(encode_error)?;
-    let payload_len = head.len() + values.len() + tail.len();
-    let announced = u32::try_from(payload_len)
-        .ok()
-        .filter(|len| *len <= limit.bytes())
-        .ok_or(FramingError::FrameTooLarge { announced: payload_len as u64, limit: limit.bytes() })?;
+    let header = header(head.len() + values.len() + tail.len(), limit)?;
     let mut front = Vec::with_capacity(HEADER_LEN + head.len());
-    front.extend_from_slice(&announced.to_le_bytes());
+    front.extend_from_slice(&header);
     front.extend_from_slice(&head);
     Ok(vec![Bytes::from(front), values, Bytes::from(tail)])
 }
@@ -228,7 +207,7 @@ pub fn encode_client_frame(message: ClientMessage, limit: FrameLimit) -> Result<
             let ParameterVector { format_version, fingerprint, values } = delta;
             let delta = VectorHead { format_version, fingerprint, len: 4 * values.len() as u64 };
             let head = UpdateHead { variant: ClientMessage::UPDATE_VARIANT, round, base_version, delta };
-            pieces(&head, le_bytes(values), (metrics, moments), limit)
+            pieces(&head, le_words::into_bytes(values), (metrics, moments), limit)
         }
         ClientMessage::SecAgg {
             round,
@@ -236,7 +215,7 @@ pub fn encode_client_frame(message: ClientMessage, limit: FrameLimit) -> Result<
         } => {
             let len = 4 * masked.len() as u64;
             let head = MaskedHead { variant: ClientMessage::SECAGG_VARIANT, round, message: MASKED_INPUT_VARIANT, len };
-            pieces(&head, le_bytes(masked), MaskedTail(missing), limit)
+            pieces(&head, le_words::into_bytes(masked), MaskedTail(missing), limit)
         }
         message => Ok(vec![Bytes::from(encode_frame(&message, limit)?)]),
     }
