@@ -1,5 +1,5 @@
 //! The passes a round makes over every model and update (finiteness, norm, the weighted sum,
-//! secure aggregation's fixed-point encoding, the benchmark workload's noise), written once as plain loops that [`pulp`] compiles for
+//! secure aggregation's fixed-point encoding and masks, the benchmark workload's noise), written once as plain loops that [`pulp`] compiles for
 //! the widest instruction set the machine has (AVX-512, AVX2, or the x86-64 baseline) and
 //! picks at run time, so one portable binary vectorises them fully (64-bit multiplies, f32 →
 //! f64 conversions and wide compares need AVX2 or AVX-512). What that buys depends on the
@@ -57,6 +57,13 @@ pub(crate) fn map<T: Copy, U: Copy + Default>(values: &[T], f: impl Fn(T) -> U +
     let mut out = Vec::new();
     Arch::new().dispatch(Map { out: &mut out, values, f });
     out
+}
+
+/// `acc[i] = f(acc[i], other[i])` (over the shorter of the two), for element-wise folds
+/// whose words the x86-64 baseline adds 4 at a time and AVX-512 16 (secure aggregation's
+/// masks, added to an input by each client and to the running sum by the server).
+pub(crate) fn combine<A: Copy, B: Copy>(acc: &mut [A], other: &[B], f: impl Fn(A, B) -> A + Copy) {
+    Arch::new().dispatch(Combine { acc, other, f });
 }
 
 struct FirstNonFinite<'a>(&'a [f32]);
@@ -151,6 +158,24 @@ impl<T: Copy, U: Copy + Default, F: Fn(T) -> U + Copy> WithSimd for Map<'_, T, U
     }
 }
 
+struct Combine<'a, A, B, F> {
+    acc: &'a mut [A],
+    other: &'a [B],
+    f: F,
+}
+
+impl<A: Copy, B: Copy, F: Fn(A, B) -> A + Copy> WithSimd for Combine<'_, A, B, F> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        let Combine { acc, other, f } = self;
+        for (a, &b) in acc.iter_mut().zip(other) {
+            *a = f(*a, b);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +211,13 @@ mod tests {
                 let mut out = Vec::new();
                 arch.dispatch(Map { out: &mut out, values: &v, f: g });
                 assert_eq!(out, v.iter().map(|&x| g(x)).collect::<Vec<_>>(), "{arch:?} {len}");
+                let words: Vec<u32> = v.iter().map(|x| x.to_bits()).collect();
+                let bytes: Vec<[u8; 4]> = v.iter().rev().map(|x| x.to_bits().to_le_bytes()).collect();
+                let add = |a: u32, b: [u8; 4]| a.wrapping_add(u32::from_le_bytes(b));
+                let mut combined = words.clone();
+                arch.dispatch(Combine { acc: &mut combined, other: &bytes, f: add });
+                let expected: Vec<u32> = words.iter().zip(&bytes).map(|(&a, &b)| add(a, b)).collect();
+                assert_eq!(combined, expected, "{arch:?} {len}");
             }
         }
     }

@@ -305,10 +305,15 @@ impl SecAggClient {
     /// Phase 3: masks an encoded update (see [`super::FixedPoint`]) of the session's length.
     pub fn masked_input(&mut self, encoded: &[u32]) -> Result<MaskedInput, SecAggError> {
         self.require(ClientPhase::ReadyForInput, "masked_input")?;
-        if encoded.len() != self.setup.vector_len {
-            return Err(SecAggError::WrongLength { expected: self.setup.vector_len, got: encoded.len() });
+        self.mask(encoded.to_vec())
+    }
+
+    /// Masks `masked` (an encoded update) in place: [`Self::masked_input`]'s work, on a vector
+    /// the caller gives up.
+    fn mask(&mut self, mut masked: Vec<u32>) -> Result<MaskedInput, SecAggError> {
+        if masked.len() != self.setup.vector_len {
+            return Err(SecAggError::WrongLength { expected: self.setup.vector_len, got: masked.len() });
         }
-        let mut masked = encoded.to_vec();
         let seed = prg::self_mask_seed(&self.setup.session_id, self.id, &self.self_seed)?;
         prg::apply_mask(&mut masked, &seed, false)?;
         for peer in &self.partners {
@@ -328,7 +333,7 @@ impl SecAggClient {
         self.require(ClientPhase::ReadyForInput, "masked_update")?;
         let mut encoded = self.setup.params.fixed_point()?.encode(values, weight)?;
         encoded.extend_from_slice(trailing);
-        self.masked_input(&encoded)
+        self.mask(encoded)
     }
 
     /// Phase 4: reveals the shares of the surviving partners' self masks and of the dropped

@@ -9,7 +9,6 @@ use chacha20::ChaCha20Rng;
 use chacha20::rand_core::SeedableRng;
 use chacha20poly1305::aead::{Aead, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, KeyInit, Nonce};
-use std::sync::LazyLock;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, UnboundKey};
 use aws_lc_rs::agreement::{self, PrivateKey, UnparsedPublicKey, X25519};
@@ -19,6 +18,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::shamir::{LIMBS, P, Share};
 use super::{SEED_LEN, SecAggError};
+use crate::kernels;
 
 const LABEL_SELF_MASK: &[u8] = b"flotilla/secagg/v1 self mask";
 const LABEL_PAIRWISE: &[u8] = b"flotilla/secagg/v1 pairwise mask";
@@ -74,13 +74,38 @@ pub(crate) fn is_canonical_public_key(key: &[u8; 32]) -> bool {
 /// Whether `key` is the canonical encoding of a point whose X25519 products are never
 /// all-zero, i.e. of a point outside the small subgroups of the curve and its twist. X25519
 /// clamps every scalar to a multiple of the cofactor 8 that is nonzero modulo the large prime
-/// orders, so one product with any fixed scalar tells: it is all-zero exactly for the
-/// low-order points (0, 1, p − 1, the two points of order 8, …). For the same reason, an
-/// agreement with a canonical key that turns out contributory proves the key valid.
+/// orders, so its product is all-zero exactly for the points of order dividing 8 (curve) or 4
+/// (twist), whose canonical u-coordinates are the five of [`LOW_ORDER`]: a comparison, where
+/// a probe agreement (which tells the same, a test checks) cost the server two scalar
+/// multiplications per client and round. For the same reason, an agreement with a canonical
+/// key that turns out contributory proves the key valid.
 pub(crate) fn is_valid_public_key(key: &[u8; 32]) -> bool {
-    static PROBE: LazyLock<Option<AgreementKey>> = LazyLock::new(|| AgreementKey::from_secret(&[0x5a; 32]).ok());
-    is_canonical_public_key(key) && PROBE.as_ref().is_some_and(|probe| probe.agree(key).is_some())
+    is_canonical_public_key(key) && !LOW_ORDER.contains(key)
 }
+
+/// The canonical u-coordinates of the low-order points: 0 (order 2), 1 (order 4), the two
+/// points of order 8, and p − 1 (order 4 on the twist); little-endian, as keys are encoded.
+/// Their non-canonical aliases (p, p + 1, a top bit set) are refused as non-canonical.
+const LOW_ORDER: [[u8; 32]; 5] = [
+    [0; 32],
+    {
+        let mut one = [0; 32];
+        one[0] = 1;
+        one
+    },
+    [
+        0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4, 0x6a, 0xda, 0x09,
+        0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49, 0xb8, 0x00,
+    ],
+    [
+        0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83, 0xef, 0x5b, 0x04, 0x44,
+        0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd, 0xd0, 0x9f, 0x11, 0x57,
+    ],
+    [
+        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+    ],
+];
 
 /// An X25519 secret key and its public key. The agreement is aws-lc's (twice as fast as a
 /// portable ladder here); aws-lc wipes its copy of the secret when the key is dropped, and
@@ -166,9 +191,9 @@ pub(crate) fn apply_mask(acc: &mut [u32], seed: &[u8; 32], subtract: bool) -> Re
             .map_err(|_| SecAggError::Keystream)?;
         let (words, _) = bytes.as_chunks::<4>();
         if subtract {
-            chunk.iter_mut().zip(words).for_each(|(a, w)| *a = a.wrapping_sub(u32::from_le_bytes(*w)));
+            kernels::combine(chunk, words, |a: u32, w: [u8; 4]| a.wrapping_sub(u32::from_le_bytes(w)));
         } else {
-            chunk.iter_mut().zip(words).for_each(|(a, w)| *a = a.wrapping_add(u32::from_le_bytes(*w)));
+            kernels::combine(chunk, words, |a: u32, w: [u8; 4]| a.wrapping_add(u32::from_le_bytes(w)));
         }
     }
     // The expanded key lives in aws-lc's AEAD context until `key` is dropped when this
@@ -305,5 +330,35 @@ mod tests {
         one[0] = 1;
         assert!(alice.agree(&one).is_none());
         assert!(alice.agree(&[0; 32]).is_none());
+    }
+
+    /// The comparison with the five low-order points tells what an agreement tells: for every
+    /// canonical key, the product with a probe scalar is all-zero exactly for those five.
+    #[test]
+    fn the_low_order_list_is_what_an_agreement_refuses() {
+        use rand_core::{Rng, SeedableRng};
+        let probe = AgreementKey::from_secret(&[0x5a; 32]).unwrap();
+        for point in super::LOW_ORDER {
+            assert!(super::is_canonical_public_key(&point));
+            assert!(probe.agree(&point).is_none() && !super::is_valid_public_key(&point), "{point:02x?}");
+        }
+        let mut rng = chacha20::ChaCha20Rng::from_seed([7; 32]);
+        let mut canonical = 0;
+        for i in 0..2000u32 {
+            let mut key = [0u8; 32];
+            rng.fill_bytes(&mut key);
+            // Small values and the top of the field too, not only uniform ones.
+            match i % 4 {
+                0 => key[1..].fill(0),
+                1 => key[1..31].fill(0xff),
+                _ => {}
+            }
+            key[31] &= 0x7f;
+            if super::is_canonical_public_key(&key) {
+                canonical += 1;
+                assert_eq!(super::is_valid_public_key(&key), probe.agree(&key).is_some(), "{key:02x?}");
+            }
+        }
+        assert!(canonical > 1500);
     }
 }

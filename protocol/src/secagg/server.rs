@@ -316,7 +316,7 @@ impl SecAggServer {
                 return Err(SecAggError::DuplicatePeer { peer });
             }
         }
-        self.sum.iter_mut().zip(&msg.masked).for_each(|(s, &y)| *s = s.wrapping_add(y));
+        crate::kernels::combine(&mut self.sum, &msg.masked, u32::wrapping_add);
         if !missing.is_empty() {
             self.missing.insert(from, missing);
         }
