@@ -84,7 +84,7 @@ pub(crate) fn is_valid_public_key(key: &[u8; 32]) -> bool {
 }
 
 /// The canonical u-coordinates of the low-order points of the curve and its twist: 0, 1,
-/// the two of the points of order 8, and p − 1 (the same list as libsodium's, less its
+/// the two u-coordinates of the points of order 8, and p − 1 (the same list as libsodium's, less its
 /// non-canonical entries); little-endian, as keys are encoded.
 /// Their non-canonical aliases (p, p + 1, a top bit set) are refused as non-canonical.
 const LOW_ORDER: [[u8; 32]; 5] = [
