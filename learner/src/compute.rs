@@ -7,6 +7,11 @@
 //!
 //! Without the crate's `gpu` feature there is no wgpu runtime at all: `--backend gpu` is
 //! refused with that reason and `auto` takes the CPU.
+//!
+//! When no hardware adapter is found on a machine with an NVIDIA driver loaded, the reason
+//! says what stands in the way (the container's driver capabilities, the Vulkan manifest,
+//! the driver's graphics libraries, a GLX-only manifest without a display) and how to fix it
+//! ([`nvidia`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -14,6 +19,8 @@ use std::str::FromStr;
 use std::sync::OnceLock;
 
 use burn::tensor::Device;
+
+mod nvidia;
 
 /// Which backend the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -128,6 +135,14 @@ fn vulkan_adapter() -> Result<GpuAdapter, String> {
     Err("this build has no GPU backend (built without the `gpu` feature)".into())
 }
 
+/// What stands between an NVIDIA GPU on this machine and a Vulkan adapter ([`nvidia`]), as
+/// a sentence to append to the reason no GPU was taken; empty without an NVIDIA driver.
+fn nvidia_findings() -> String {
+    let var = |name: &str| std::env::var(name).ok();
+    let findings = nvidia::diagnose(&nvidia::Machine { root: std::path::Path::new("/"), var: &var });
+    if findings.is_empty() { String::new() } else { format!(" (NVIDIA GPU present: {})", findings.join("; ")) }
+}
+
 fn cpu(reason: String) -> ComputeDevice {
     ComputeDevice { device: Device::flex(), kind: BackendKind::Cpu, description: "burn flex (CPU)".into(), reason }
 }
@@ -141,7 +156,7 @@ pub fn select(choice: BackendChoice) -> Result<ComputeDevice, ComputeError> {
     match choice {
         BackendChoice::Cpu => Ok(cpu("asked for with --backend cpu".into())),
         BackendChoice::Gpu => {
-            let adapter = vulkan_adapter().map_err(ComputeError::NoGpu)?;
+            let adapter = vulkan_adapter().map_err(|why| ComputeError::NoGpu(format!("{why}{}", nvidia_findings())))?;
             Ok(ComputeDevice {
                 device: adapter.device,
                 kind: BackendKind::Gpu,
@@ -157,10 +172,11 @@ pub fn select(choice: BackendChoice) -> Result<ComputeDevice, ComputeError> {
                 description: adapter.description,
             },
             Ok(adapter) => cpu(format!(
-                "the only Vulkan adapter is a software rasteriser ({}), slower than the CPU backend",
-                adapter.description
+                "the only Vulkan adapter is a software rasteriser ({}), slower than the CPU backend{}",
+                adapter.description,
+                nvidia_findings()
             )),
-            Err(why) => cpu(format!("no Vulkan GPU adapter: {why}")),
+            Err(why) => cpu(format!("no Vulkan GPU adapter: {why}{}", nvidia_findings())),
         }),
     }
 }

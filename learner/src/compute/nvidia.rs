@@ -1,0 +1,310 @@
+//! Why a machine with an NVIDIA GPU shows wgpu no Vulkan adapter, read from the filesystem.
+//!
+//! The Vulkan loader finds drivers through ICD manifests (JSON files naming a library); the
+//! NVIDIA driver's manifest names `libGLX_nvidia.so.0`, which needs the driver's graphics
+//! libraries of the same version (`libnvidia-glcore`, `libnvidia-glvkspirv`, and in recent
+//! drivers `libnvidia-gpucomp`). In a container the NVIDIA Container Toolkit mounts the
+//! manifest and those libraries only with the `graphics` driver capability; with the usual
+//! `compute,utility` the loader finds no NVIDIA driver, or loads `libGLX_nvidia.so.0` and
+//! fails with "Could not get 'vkCreateInstance' via 'vk_icdGetInstanceProcAddr'". On a
+//! headless machine `libGLX_nvidia` can fail the same way where `libEGL_nvidia.so.0` (the
+//! same driver, no X server) works: `scripts/nvidia-vulkan-icd` writes a manifest naming it.
+//!
+//! [`diagnose`] lists what it finds wrong, each finding with its fix; nothing when the
+//! machine has no NVIDIA driver loaded. It never fails: what it cannot read, it reports.
+
+use std::path::{Path, PathBuf};
+
+/// Where [`diagnose`] looks: a filesystem root (`/` in production, a scratch folder in
+/// tests) and the process environment.
+pub(crate) struct Machine<'a> {
+    pub(crate) root: &'a Path,
+    pub(crate) var: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Machine<'_> {
+    fn path(&self, absolute: &str) -> PathBuf {
+        self.root.join(absolute.trim_start_matches('/'))
+    }
+}
+
+/// The loader's default manifest folders (besides `$XDG_*` ones), as the Vulkan loader
+/// searches them on Linux.
+const ICD_DIRS: [&str; 3] = ["/etc/vulkan/icd.d", "/usr/local/share/vulkan/icd.d", "/usr/share/vulkan/icd.d"];
+
+/// Where distributions and the container toolkit put the driver's libraries.
+const LIB_DIRS: [&str; 7] = [
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+    "/lib/x86_64-linux-gnu",
+    "/lib64",
+    "/usr/local/nvidia/lib64",
+];
+
+/// The findings, each a sentence with its fix; empty without an NVIDIA driver.
+pub(crate) fn diagnose(machine: &Machine<'_>) -> Vec<String> {
+    let Some(version) = driver_version(machine) else { return Vec::new() };
+    let mut findings = Vec::new();
+    if let Some(caps) = (machine.var)("NVIDIA_DRIVER_CAPABILITIES")
+        && !caps.split(',').any(|c| matches!(c.trim(), "graphics" | "all"))
+    {
+        findings.push(format!(
+            "NVIDIA_DRIVER_CAPABILITIES is {caps:?}: the container toolkit mounts the Vulkan driver only with the \
+             graphics capability (start the container with NVIDIA_DRIVER_CAPABILITIES=compute,utility,graphics, or all)"
+        ));
+    }
+    let manifests = manifests(machine);
+    let nvidia: Vec<&(PathBuf, Option<String>)> =
+        manifests.iter().filter(|(_, library)| library.as_deref().is_some_and(|l| l.contains("nvidia"))).collect();
+    if nvidia.is_empty() {
+        findings.push(format!(
+            "the NVIDIA driver {version} is loaded but no Vulkan ICD manifest names it (looked in {}): in a container, \
+             the graphics capability mounts /etc/vulkan/icd.d/nvidia_icd.json",
+            searched(machine).join(", ")
+        ));
+    }
+    for (path, library) in &manifests {
+        if library.is_none() {
+            findings.push(format!("{} is not a Vulkan ICD manifest the loader can read", path.display()));
+        }
+    }
+    // The libraries carry the driver's version in their names: without it, nothing to look for.
+    let known = version.starts_with(|c: char| c.is_ascii_digit());
+    let libraries = [
+        ("libnvidia-glcore.so", known),
+        ("libnvidia-glvkspirv.so", known),
+        ("libnvidia-gpucomp.so", known && major(&version) >= 535),
+    ];
+    let missing: Vec<String> = libraries
+        .iter()
+        .filter(|(_, needed)| *needed)
+        .map(|(name, _)| format!("{name}.{version}"))
+        .filter(|name| find_library(machine, name).is_none())
+        .collect();
+    if !missing.is_empty() {
+        findings.push(format!(
+            "the Vulkan driver of NVIDIA {version} needs {}, not found (in {}): the container toolkit mounts them with the \
+             graphics capability; on a host, install the driver's graphics libraries (not only its compute ones)",
+            missing.join(", "),
+            library_dirs(machine).join(":")
+        ));
+    }
+    let headless = (machine.var)("DISPLAY").is_none() && (machine.var)("WAYLAND_DISPLAY").is_none();
+    let glx_only = !nvidia.is_empty()
+        && nvidia.iter().all(|(_, library)| library.as_deref().is_some_and(|l| l.contains("libGLX_nvidia")));
+    if headless && glx_only {
+        let manifest = nvidia.first().map_or_else(String::new, |(path, _)| path.display().to_string());
+        findings.push(format!(
+            "the NVIDIA manifest {manifest} names libGLX_nvidia.so.0 and there is no display: on headless machines the \
+             loader can fail on it (\"Could not get 'vkCreateInstance' via 'vk_icdGetInstanceProcAddr'\") where \
+             libEGL_nvidia.so.0 works; `scripts/nvidia-vulkan-icd` writes a manifest naming it and prints the \
+             VK_DRIVER_FILES to set"
+        ));
+    }
+    findings
+}
+
+/// The loaded driver's version, from `/proc/driver/nvidia/version` ("NVRM version: NVIDIA
+/// UNIX x86_64 Kernel Module  550.163.01  …"), or "of unknown version" when only its device
+/// nodes show it.
+fn driver_version(machine: &Machine<'_>) -> Option<String> {
+    if let Ok(text) = std::fs::read_to_string(machine.path("/proc/driver/nvidia/version")) {
+        let version = text.lines().find(|line| line.starts_with("NVRM version")).and_then(|line| {
+            line.split_whitespace().find(|word| word.split('.').all(|p| p.parse::<u32>().is_ok()) && word.contains('.'))
+        });
+        return Some(version.map_or_else(|| "of unknown version".into(), str::to_string));
+    }
+    machine.path("/dev/nvidiactl").exists().then(|| "of unknown version".into())
+}
+
+fn major(version: &str) -> u32 {
+    version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0)
+}
+
+/// The manifest folders the loader would search: `$VK_DRIVER_FILES` / `$VK_ICD_FILENAMES`
+/// (files) replace them all; otherwise `$XDG_CONFIG_DIRS`, `$XDG_DATA_DIRS` and the defaults.
+fn searched(machine: &Machine<'_>) -> Vec<String> {
+    if let Some(files) = (machine.var)("VK_DRIVER_FILES").or_else(|| (machine.var)("VK_ICD_FILENAMES")) {
+        return files.split(':').filter(|f| !f.is_empty()).map(str::to_string).collect();
+    }
+    let mut dirs: Vec<String> = Vec::new();
+    for (var, default) in [("XDG_CONFIG_DIRS", "/etc/xdg"), ("XDG_DATA_DIRS", "/usr/local/share:/usr/share")] {
+        let list = (machine.var)(var).unwrap_or_else(|| default.into());
+        dirs.extend(
+            list.split(':').filter(|d| !d.is_empty()).map(|d| format!("{}/vulkan/icd.d", d.trim_end_matches('/'))),
+        );
+    }
+    for dir in ICD_DIRS {
+        if !dirs.iter().any(|d| d == dir) {
+            dirs.push(dir.into());
+        }
+    }
+    dirs
+}
+
+/// Every manifest found, with the library it names (`None` when it cannot be read as one).
+fn manifests(machine: &Machine<'_>) -> Vec<(PathBuf, Option<String>)> {
+    let explicit = (machine.var)("VK_DRIVER_FILES").or_else(|| (machine.var)("VK_ICD_FILENAMES")).is_some();
+    let mut files: Vec<PathBuf> = Vec::new();
+    for entry in searched(machine) {
+        let path = machine.path(&entry);
+        if explicit {
+            files.push(path);
+        } else if let Ok(dir) = std::fs::read_dir(&path) {
+            let mut found: Vec<PathBuf> =
+                dir.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "json")).collect();
+            found.sort();
+            files.extend(found);
+        }
+    }
+    files
+        .into_iter()
+        .map(|path| {
+            let library = std::fs::read(&path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+                .and_then(|json| json.get("ICD")?.get("library_path")?.as_str().map(str::to_string));
+            (path, library)
+        })
+        .collect()
+}
+
+fn library_dirs(machine: &Machine<'_>) -> Vec<String> {
+    let mut dirs: Vec<String> = (machine.var)("LD_LIBRARY_PATH")
+        .map(|list| list.split(':').filter(|d| !d.is_empty()).map(str::to_string).collect())
+        .unwrap_or_default();
+    dirs.extend(LIB_DIRS.iter().map(|d| d.to_string()));
+    dirs
+}
+
+fn find_library(machine: &Machine<'_>, name: &str) -> Option<PathBuf> {
+    library_dirs(machine).iter().map(|dir| machine.path(dir).join(name)).find(|path| path.exists())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    struct Fake {
+        root: tempfile::TempDir,
+        vars: BTreeMap<&'static str, String>,
+    }
+
+    impl Fake {
+        fn new() -> Self {
+            Self { root: tempfile::tempdir().unwrap(), vars: BTreeMap::new() }
+        }
+
+        fn file(&self, path: &str, text: &str) {
+            let path = self.root.path().join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+
+        fn nvidia(&self, version: &str) {
+            self.file(
+                "/proc/driver/nvidia/version",
+                &format!(
+                    "NVRM version: NVIDIA UNIX x86_64 Kernel Module  {version}  Tue Apr 1 2025\nGCC version:  gcc 12\n"
+                ),
+            );
+        }
+
+        fn manifest(&self, path: &str, library: &str) {
+            self.file(path, &format!(r#"{{"file_format_version": "1.0.1", "ICD": {{"library_path": "{library}", "api_version": "1.4.303"}}}}"#));
+        }
+
+        fn libraries(&self, version: &str) {
+            for name in ["libnvidia-glcore.so", "libnvidia-glvkspirv.so", "libnvidia-gpucomp.so"] {
+                self.file(&format!("/usr/lib/x86_64-linux-gnu/{name}.{version}"), "");
+            }
+        }
+
+        fn diagnose(&self) -> Vec<String> {
+            let var = |name: &str| self.vars.get(name).cloned();
+            diagnose(&Machine { root: self.root.path(), var: &var })
+        }
+    }
+
+    #[test]
+    fn no_nvidia_driver_no_findings() {
+        let fake = Fake::new();
+        fake.manifest("/usr/share/vulkan/icd.d/lvp_icd.x86_64.json", "/usr/lib/x86_64-linux-gnu/libvulkan_lvp.so");
+        assert!(fake.diagnose().is_empty());
+    }
+
+    #[test]
+    fn a_complete_headless_setup_with_the_egl_manifest_has_no_findings() {
+        let mut fake = Fake::new();
+        fake.nvidia("550.163.01");
+        fake.libraries("550.163.01");
+        fake.manifest("/etc/vulkan/icd.d/nvidia_icd.json", "libEGL_nvidia.so.0");
+        fake.vars.insert("NVIDIA_DRIVER_CAPABILITIES", "compute,utility,graphics".into());
+        assert_eq!(fake.diagnose(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_compute_only_container_is_told_about_the_graphics_capability_manifest_and_libraries() {
+        let mut fake = Fake::new();
+        fake.nvidia("550.163.01");
+        fake.vars.insert("NVIDIA_DRIVER_CAPABILITIES", "compute,utility".into());
+        let findings = fake.diagnose();
+        assert_eq!(findings.len(), 3, "{findings:#?}");
+        assert!(findings[0].contains("\"compute,utility\"") && findings[0].contains("graphics"));
+        assert!(findings[1].contains("550.163.01") && findings[1].contains("no Vulkan ICD manifest"));
+        assert!(
+            findings[2].contains("libnvidia-glvkspirv.so.550.163.01")
+                && findings[2].contains("libnvidia-gpucomp.so.550.163.01")
+        );
+    }
+
+    #[test]
+    fn a_glx_manifest_without_a_display_points_at_the_egl_one() {
+        let mut fake = Fake::new();
+        fake.nvidia("535.54.03");
+        fake.libraries("535.54.03");
+        fake.manifest("/etc/vulkan/icd.d/nvidia_icd.json", "libGLX_nvidia.so.0");
+        let findings = fake.diagnose();
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        assert!(findings[0].contains("libEGL_nvidia.so.0") && findings[0].contains("scripts/nvidia-vulkan-icd"));
+        fake.vars.insert("DISPLAY", ":0".into());
+        assert!(fake.diagnose().is_empty());
+    }
+
+    #[test]
+    fn only_the_libraries_of_the_loaded_version_count_and_old_drivers_need_no_gpucomp() {
+        let fake = Fake::new();
+        fake.nvidia("470.256.02");
+        fake.libraries("550.163.01");
+        fake.manifest("/usr/share/vulkan/icd.d/nvidia_icd.json", "libEGL_nvidia.so.0");
+        let findings = fake.diagnose();
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        assert!(findings[0].contains("libnvidia-glcore.so.470.256.02") && !findings[0].contains("gpucomp"));
+    }
+
+    #[test]
+    fn explicit_driver_files_replace_the_search_and_a_broken_manifest_is_named() {
+        let mut fake = Fake::new();
+        fake.nvidia("550.163.01");
+        fake.libraries("550.163.01");
+        fake.manifest("/etc/vulkan/icd.d/nvidia_icd.json", "libEGL_nvidia.so.0");
+        fake.file("/opt/icd/broken.json", "{ not json");
+        fake.vars.insert("VK_DRIVER_FILES", "/opt/icd/broken.json".into());
+        let findings = fake.diagnose();
+        assert_eq!(findings.len(), 2, "{findings:#?}");
+        assert!(findings[0].contains("no Vulkan ICD manifest") && findings[0].contains("/opt/icd/broken.json"));
+        assert!(findings[1].contains("broken.json") && findings[1].contains("not a Vulkan ICD manifest"));
+    }
+
+    #[test]
+    fn device_nodes_alone_show_a_driver_of_unknown_version() {
+        let fake = Fake::new();
+        fake.file("/dev/nvidiactl", "");
+        let findings = fake.diagnose();
+        assert!(findings.iter().any(|f| f.contains("of unknown version")), "{findings:#?}");
+    }
+}
