@@ -46,6 +46,7 @@ const LIB_DIRS: [&str; 7] = [
 /// The findings, each a sentence with its fix; empty without an NVIDIA driver.
 pub(crate) fn diagnose(machine: &Machine<'_>) -> Vec<String> {
     let Some(version) = driver_version(machine) else { return Vec::new() };
+    let named = version.as_deref().unwrap_or("of unknown version");
     let mut findings = Vec::new();
     if let Some(caps) = (machine.var)("NVIDIA_DRIVER_CAPABILITIES")
         && !caps.split(',').any(|c| matches!(c.trim(), "graphics" | "all"))
@@ -55,14 +56,15 @@ pub(crate) fn diagnose(machine: &Machine<'_>) -> Vec<String> {
              graphics capability (start the container with NVIDIA_DRIVER_CAPABILITIES=compute,utility,graphics, or all)"
         ));
     }
-    let manifests = manifests(machine);
+    let (searched, explicit) = searched(machine);
+    let manifests = manifests(machine, &searched, explicit);
     let nvidia: Vec<&(PathBuf, Option<String>)> =
         manifests.iter().filter(|(_, library)| library.as_deref().is_some_and(|l| l.contains("nvidia"))).collect();
     if nvidia.is_empty() {
         findings.push(format!(
-            "the NVIDIA driver {version} is loaded but no Vulkan ICD manifest names it (looked in {}): in a container, \
+            "the NVIDIA driver {named} is loaded but no Vulkan ICD manifest names it (looked in {}): in a container, \
              the graphics capability mounts /etc/vulkan/icd.d/nvidia_icd.json",
-            searched(machine).join(", ")
+            searched.join(", ")
         ));
     }
     for (path, library) in &manifests {
@@ -71,21 +73,22 @@ pub(crate) fn diagnose(machine: &Machine<'_>) -> Vec<String> {
         }
     }
     // The libraries carry the driver's version in their names: without it, nothing to look for.
-    let known = version.starts_with(|c: char| c.is_ascii_digit());
-    let libraries = [
-        ("libnvidia-glcore.so", known),
-        ("libnvidia-glvkspirv.so", known),
-        ("libnvidia-gpucomp.so", known && major(&version) >= 535),
-    ];
-    let missing: Vec<String> = libraries
+    let missing: Vec<String> = match &version {
+        Some(version) => [
+            ("libnvidia-glcore.so", true),
+            ("libnvidia-glvkspirv.so", true),
+            ("libnvidia-gpucomp.so", major(version) >= 535),
+        ]
         .iter()
         .filter(|(_, needed)| *needed)
         .map(|(name, _)| format!("{name}.{version}"))
         .filter(|name| find_library(machine, name).is_none())
-        .collect();
+        .collect(),
+        None => Vec::new(),
+    };
     if !missing.is_empty() {
         findings.push(format!(
-            "the Vulkan driver of NVIDIA {version} needs {}, not found (in {}): the container toolkit mounts them with the \
+            "the Vulkan driver of NVIDIA {named} needs {}, not found (in {}): the container toolkit mounts them with the \
              graphics capability; on a host, install the driver's graphics libraries (not only its compute ones)",
             missing.join(", "),
             library_dirs(machine).join(":")
@@ -106,28 +109,29 @@ pub(crate) fn diagnose(machine: &Machine<'_>) -> Vec<String> {
     findings
 }
 
-/// The loaded driver's version, from `/proc/driver/nvidia/version` ("NVRM version: NVIDIA
-/// UNIX x86_64 Kernel Module  550.163.01  …"), or "of unknown version" when only its device
-/// nodes show it.
-fn driver_version(machine: &Machine<'_>) -> Option<String> {
+/// Whether an NVIDIA driver is loaded (`None` if not) and its version, from
+/// `/proc/driver/nvidia/version` ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.163.01
+/// …"); `Some(None)` when that file gives none or only the device nodes show the driver.
+fn driver_version(machine: &Machine<'_>) -> Option<Option<String>> {
     if let Ok(text) = std::fs::read_to_string(machine.path("/proc/driver/nvidia/version")) {
         let version = text.lines().find(|line| line.starts_with("NVRM version")).and_then(|line| {
             line.split_whitespace().find(|word| word.split('.').all(|p| p.parse::<u32>().is_ok()) && word.contains('.'))
         });
-        return Some(version.map_or_else(|| "of unknown version".into(), str::to_string));
+        return Some(version.map(str::to_string));
     }
-    machine.path("/dev/nvidiactl").exists().then(|| "of unknown version".into())
+    machine.path("/dev/nvidiactl").exists().then_some(None)
 }
 
 fn major(version: &str) -> u32 {
     version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0)
 }
 
-/// The manifest folders the loader would search: `$VK_DRIVER_FILES` / `$VK_ICD_FILENAMES`
-/// (files) replace them all; otherwise `$XDG_CONFIG_DIRS`, `$XDG_DATA_DIRS` and the defaults.
-fn searched(machine: &Machine<'_>) -> Vec<String> {
+/// Where the loader would look for manifests, and whether those are files rather than
+/// folders: `$VK_DRIVER_FILES` / `$VK_ICD_FILENAMES` (files) replace every folder; otherwise
+/// `$XDG_CONFIG_DIRS`, `$XDG_DATA_DIRS` and the defaults.
+fn searched(machine: &Machine<'_>) -> (Vec<String>, bool) {
     if let Some(files) = (machine.var)("VK_DRIVER_FILES").or_else(|| (machine.var)("VK_ICD_FILENAMES")) {
-        return files.split(':').filter(|f| !f.is_empty()).map(str::to_string).collect();
+        return (files.split(':').filter(|f| !f.is_empty()).map(str::to_string).collect(), true);
     }
     let mut dirs: Vec<String> = Vec::new();
     for (var, default) in [("XDG_CONFIG_DIRS", "/etc/xdg"), ("XDG_DATA_DIRS", "/usr/local/share:/usr/share")] {
@@ -141,15 +145,15 @@ fn searched(machine: &Machine<'_>) -> Vec<String> {
             dirs.push(dir.into());
         }
     }
-    dirs
+    (dirs, false)
 }
 
-/// Every manifest found, with the library it names (`None` when it cannot be read as one).
-fn manifests(machine: &Machine<'_>) -> Vec<(PathBuf, Option<String>)> {
-    let explicit = (machine.var)("VK_DRIVER_FILES").or_else(|| (machine.var)("VK_ICD_FILENAMES")).is_some();
+/// Every manifest in `searched` (files when `explicit`, else folders), with the library it
+/// names (`None` when it cannot be read as one).
+fn manifests(machine: &Machine<'_>, searched: &[String], explicit: bool) -> Vec<(PathBuf, Option<String>)> {
     let mut files: Vec<PathBuf> = Vec::new();
-    for entry in searched(machine) {
-        let path = machine.path(&entry);
+    for entry in searched {
+        let path = machine.path(entry);
         if explicit {
             files.push(path);
         } else if let Ok(dir) = std::fs::read_dir(&path) {
@@ -218,6 +222,13 @@ mod tests {
             self.file(path, &format!(r#"{{"file_format_version": "1.0.1", "ICD": {{"library_path": "{library}", "api_version": "1.4.303"}}}}"#));
         }
 
+        /// A loaded driver of `version`, its graphics libraries and a manifest naming `library`.
+        fn driver(&self, version: &str, manifest: &str, library: &str) {
+            self.nvidia(version);
+            self.libraries(version);
+            self.manifest(manifest, library);
+        }
+
         fn libraries(&self, version: &str) {
             for name in ["libnvidia-glcore.so", "libnvidia-glvkspirv.so", "libnvidia-gpucomp.so"] {
                 self.file(&format!("/usr/lib/x86_64-linux-gnu/{name}.{version}"), "");
@@ -240,9 +251,7 @@ mod tests {
     #[test]
     fn a_complete_headless_setup_with_the_egl_manifest_has_no_findings() {
         let mut fake = Fake::new();
-        fake.nvidia("550.163.01");
-        fake.libraries("550.163.01");
-        fake.manifest("/etc/vulkan/icd.d/nvidia_icd.json", "libEGL_nvidia.so.0");
+        fake.driver("550.163.01", "/etc/vulkan/icd.d/nvidia_icd.json", "libEGL_nvidia.so.0");
         fake.vars.insert("NVIDIA_DRIVER_CAPABILITIES", "compute,utility,graphics".into());
         assert_eq!(fake.diagnose(), Vec::<String>::new());
     }
@@ -265,9 +274,7 @@ mod tests {
     #[test]
     fn a_glx_manifest_without_a_display_points_at_the_egl_one() {
         let mut fake = Fake::new();
-        fake.nvidia("535.54.03");
-        fake.libraries("535.54.03");
-        fake.manifest("/etc/vulkan/icd.d/nvidia_icd.json", "libGLX_nvidia.so.0");
+        fake.driver("535.54.03", "/etc/vulkan/icd.d/nvidia_icd.json", "libGLX_nvidia.so.0");
         let findings = fake.diagnose();
         assert_eq!(findings.len(), 1, "{findings:#?}");
         assert!(findings[0].contains("libEGL_nvidia.so.0") && findings[0].contains("scripts/nvidia-vulkan-icd"));
@@ -289,9 +296,7 @@ mod tests {
     #[test]
     fn explicit_driver_files_replace_the_search_and_a_broken_manifest_is_named() {
         let mut fake = Fake::new();
-        fake.nvidia("550.163.01");
-        fake.libraries("550.163.01");
-        fake.manifest("/etc/vulkan/icd.d/nvidia_icd.json", "libEGL_nvidia.so.0");
+        fake.driver("550.163.01", "/etc/vulkan/icd.d/nvidia_icd.json", "libEGL_nvidia.so.0");
         fake.file("/opt/icd/broken.json", "{ not json");
         fake.vars.insert("VK_DRIVER_FILES", "/opt/icd/broken.json".into());
         let findings = fake.diagnose();
