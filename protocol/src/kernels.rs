@@ -46,7 +46,7 @@ pub fn l2_norm(values: &[f32]) -> f64 {
 
 /// `sum[i] += weight · values[i]` in f64 (over the shorter of the two).
 pub fn add_weighted(sum: &mut [f64], values: &[f32], weight: f64) {
-    Arch::new().dispatch(AddWeighted { sum, values, weight });
+    combine(sum, values, move |sum: f64, value: f32| sum + weight * f64::from(value));
 }
 
 /// `[f(start), f(start + 1), …]`, `len` values (wrapping): the benchmark workload's noise,
@@ -70,8 +70,9 @@ pub(crate) fn map<T: Copy, U: Copy + Default>(values: &[T], f: impl Fn(T) -> U +
 }
 
 /// `acc[i] = f(acc[i], other[i])` (over the shorter of the two), for element-wise folds
-/// whose words the x86-64 baseline adds 4 at a time and AVX-512 16 (secure aggregation's
-/// masks, added to an input by each client and to the running sum by the server).
+/// whose words the x86-64 baseline adds 4 at a time and AVX-512 16: the aggregators'
+/// weighted sum ([`add_weighted`]) and secure aggregation's masks, added to an input by each
+/// client and to the running sum by the server.
 pub(crate) fn combine<A: Copy, B: Copy>(acc: &mut [A], other: &[B], f: impl Fn(A, B) -> A + Copy) {
     Arch::new().dispatch(Combine { acc, other, f });
 }
@@ -115,24 +116,6 @@ impl WithSimd for SumOfSquares<'_> {
         }
         let tail: f64 = rest.iter().map(|v| f64::from(*v) * f64::from(*v)).sum();
         lanes.iter().sum::<f64>() + tail
-    }
-}
-
-struct AddWeighted<'a> {
-    sum: &'a mut [f64],
-    values: &'a [f32],
-    weight: f64,
-}
-
-impl WithSimd for AddWeighted<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: Simd>(self, _: S) {
-        let weight = self.weight;
-        for (sum, value) in self.sum.iter_mut().zip(self.values) {
-            *sum += weight * f64::from(*value);
-        }
     }
 }
 
@@ -232,7 +215,8 @@ mod tests {
                 let squares = arch.dispatch(SumOfSquares(&v));
                 assert_eq!(squares.to_bits(), sum_of_squares(&v).to_bits(), "{arch:?} {len}");
                 let mut sum = vec![0.25; len];
-                arch.dispatch(AddWeighted { sum: &mut sum, values: &v, weight: 3.0 });
+                let weighted = |sum: f64, value: f32| sum + 3.0 * f64::from(value);
+                arch.dispatch(Combine { acc: &mut sum, other: &v, f: weighted });
                 assert_eq!(sum, expected_sum, "{arch:?} {len}");
                 let mut filled = Vec::new();
                 let f = |x: u64| (x >> 60) as f32;
