@@ -291,11 +291,12 @@ pub mod le_words {
         if cfg!(target_endian = "little") {
             return serializer.serialize_bytes(bytemuck::cast_slice(values));
         }
-        let mut bytes = Vec::with_capacity(values.len() * 4);
-        for value in values {
-            bytes.extend_from_slice(&value.to_le());
-        }
-        serializer.serialize_bytes(&bytes)
+        serializer.serialize_bytes(&copied(values))
+    }
+
+    /// `values`' little-endian bytes, copied (what a big-endian machine needs).
+    fn copied<T: Word>(values: &[T]) -> Vec<u8> {
+        values.iter().flat_map(|value| value.to_le()).collect()
     }
 
     /// `values` as one byte string of little-endian words, owned: on a little-endian machine
@@ -304,7 +305,7 @@ pub mod le_words {
         if cfg!(target_endian = "little") {
             return bytes::Bytes::from_owner(LeBytes(values));
         }
-        bytes::Bytes::from(values.iter().flat_map(|value| value.to_le()).collect::<Vec<u8>>())
+        bytes::Bytes::from(copied(&values))
     }
 
     /// Words viewed as their bytes (little-endian on a little-endian machine).
