@@ -166,6 +166,10 @@ pub(crate) fn pairwise_seed(
     derive(session_id, shared.as_slice(), LABEL_PAIRWISE, [a.min(b), a.max(b)]).map(Some)
 }
 
+/// Words of the mask stream drawn per AES-GCM call: 16 KiB, the unit [`apply_masks`] splits
+/// a vector on.
+const BLOCK_WORDS: usize = 4096;
+
 /// Adds (`subtract == false`) or subtracts the PRG stream of `seed` to `acc`, mod 2^32: the
 /// stream's bytes taken four at a time as little-endian words.
 ///
@@ -177,15 +181,33 @@ pub(crate) fn pairwise_seed(
 /// 7.4 GB/s for aws-lc's plain AES-CTR (AES-NI). Each seed keys one stream (a self mask, or
 /// one pair's mask in one session), and nonces never repeat within a stream.
 pub(crate) fn apply_mask(acc: &mut [u32], seed: &[u8; 32], subtract: bool) -> Result<(), SecAggError> {
-    const WORDS: usize = 4096;
+    apply_mask_from(acc, 0, seed, subtract)
+}
+
+/// Applies each `(seed, subtract)` of `masks` to `acc` as [`apply_mask`] does, the vector cut
+/// into ranges of whole blocks, one per thread of rayon's pool: each range draws only its own
+/// blocks of every stream (block `i` needs only nonce `i`), so the threads share nothing and
+/// the result is the same bits as one thread's. For the server's unmasking, which regenerates
+/// a stream per survivor while every client waits.
+pub(crate) fn apply_masks(acc: &mut [u32], masks: &[(Seed, bool)]) -> Result<(), SecAggError> {
+    use rayon::prelude::*;
+    let blocks = acc.len().div_ceil(BLOCK_WORDS);
+    let per_range = blocks.div_ceil(rayon::current_num_threads().max(1)).max(1);
+    acc.par_chunks_mut(per_range * BLOCK_WORDS).enumerate().try_for_each(|(range, chunk)| {
+        masks.iter().try_for_each(|(seed, subtract)| apply_mask_from(chunk, range * per_range, seed, *subtract))
+    })
+}
+
+/// [`apply_mask`] on the part of a vector that starts at block `first_block` of the stream.
+fn apply_mask_from(acc: &mut [u32], first_block: usize, seed: &[u8; 32], subtract: bool) -> Result<(), SecAggError> {
     let key = UnboundKey::new(&AES_256_GCM, seed).map_err(|_| SecAggError::Keystream)?;
     let key = LessSafeKey::new(key);
-    let mut buffer = Zeroizing::new([0u8; WORDS * 4]);
-    for (block, chunk) in acc.chunks_mut(WORDS).enumerate() {
+    let mut buffer = Zeroizing::new([0u8; BLOCK_WORDS * 4]);
+    for (block, chunk) in acc.chunks_mut(BLOCK_WORDS).enumerate() {
         let bytes = &mut buffer[..chunk.len() * 4];
         bytes.fill(0);
         let mut nonce = [0u8; NONCE_LEN];
-        nonce[..8].copy_from_slice(&(block as u64).to_le_bytes());
+        nonce[..8].copy_from_slice(&((first_block + block) as u64).to_le_bytes());
         // The tag authenticates nothing here: dropped.
         let _tag = key
             .seal_in_place_separate_tag(aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce), Aad::empty(), bytes)
@@ -304,7 +326,28 @@ pub(crate) fn open(
 
 #[cfg(test)]
 mod tests {
-    use super::AgreementKey;
+    use super::{AgreementKey, BLOCK_WORDS, Seed, apply_mask, apply_masks};
+
+    #[test]
+    fn parallel_masks_are_the_sequential_masks() {
+        let masks: Vec<(Seed, bool)> = (0..5u8).map(|i| (Seed::new([i * 37 + 1; 32]), i % 2 == 0)).collect();
+        // Lengths below, at and past one block, ending inside a block; 1 to 4 threads (so 1
+        // to 4 ranges, of different lengths).
+        for len in [0, 1, BLOCK_WORDS - 1, BLOCK_WORDS, 3 * BLOCK_WORDS + 5, 10 * BLOCK_WORDS + 123] {
+            let start: Vec<u32> = (0..len as u32).map(|i| i.wrapping_mul(2_654_435_761)).collect();
+            let mut sequential = start.clone();
+            for (seed, subtract) in &masks {
+                apply_mask(&mut sequential, seed, *subtract).unwrap();
+            }
+            assert!(len == 0 || sequential != start);
+            for threads in 1..=4 {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut parallel = start.clone();
+                pool.install(|| apply_masks(&mut parallel, &masks)).unwrap();
+                assert!(parallel == sequential, "{len} words on {threads} threads");
+            }
+        }
+    }
 
     fn hex(text: &str) -> [u8; 32] {
         let mut out = [0u8; 32];

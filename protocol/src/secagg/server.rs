@@ -564,19 +564,20 @@ impl SecAggServer {
             flagged.extend(liars);
             mask_keys.push((v, prg::AgreementKey::from_secret(&s)?, partners));
         }
-        let mut sum = std::mem::take(&mut self.sum);
-        for seed in &self_seeds {
-            prg::apply_mask(&mut sum, seed, true)?;
-        }
+        // The masks to take off: every survivor's self mask, and the masks between survivors
+        // and dropped clients (u added the pair's mask if u < v and subtracted it otherwise:
+        // undo that). All are applied in one parallel pass over the sum.
+        let mut masks: Vec<(prg::Seed, bool)> = self_seeds.into_iter().map(|seed| (seed, true)).collect();
         for (v, secret, partners) in &mask_keys {
             for &u in partners {
                 let key = self.keys.get(&u).ok_or(SecAggError::NotExpected { id: u })?;
                 let seed = prg::pairwise_seed(&session, secret, &key.mask_key, u, *v)?
                     .ok_or(SecAggError::WeakKey { peer: u })?;
-                // u added the mask if u < v and subtracted it otherwise: undo that.
-                prg::apply_mask(&mut sum, &seed, u < *v)?;
+                masks.push((seed, u < *v));
             }
         }
+        let mut sum = std::mem::take(&mut self.sum);
+        prg::apply_masks(&mut sum, &masks)?;
         self.flagged = flagged;
         self.output = Some(SecAggOutput { sum, survivors: survivors.iter().copied().collect() });
         self.self_mask_shares.clear();

@@ -171,6 +171,14 @@ fn fixed_point_refuses_non_finite_values_and_overflows() {
     let fixed = FixedPoint::new(2.0, 12).unwrap();
     assert_eq!(fixed.encode(&[0.0, 1.0, f32::NAN], 1.0), Err(FixedPointError::NotFinite { index: 2 }));
     assert_eq!(fixed.encode(&[0.0], f32::INFINITY), Err(FixedPointError::NotFinite { index: usize::MAX }));
+    // The first non-finite value is named whatever follows it, in both roundings, on vectors
+    // long enough for the encoding's vector code.
+    let mut values = vec![0.5_f32; 1000];
+    values[700] = f32::NEG_INFINITY;
+    values[900] = f32::NAN;
+    assert_eq!(fixed.encode(&values, 1.0), Err(FixedPointError::NotFinite { index: 700 }));
+    let mut rng = rng(7);
+    assert_eq!(fixed.encode_stochastic(&values, 1.0, &mut rng), Err(FixedPointError::NotFinite { index: 700 }));
     let max = fixed.max_summands();
     assert_eq!(max, (i32::MAX as usize) / 8192);
     assert_eq!(fixed.decode(&[0], max + 1), Err(FixedPointError::TooManySummands { summands: max + 1, max }));
