@@ -10,6 +10,10 @@
 //! headless machine `libGLX_nvidia` can fail the same way where `libEGL_nvidia.so.0` (the
 //! same driver, no X server) works: `scripts/nvidia-vulkan-icd` writes a manifest naming it.
 //!
+//! Two more things stand in the way on some machines: no Vulkan loader (`libvulkan.so.1`) at
+//! all, and a runtime that mounts the driver's manifest under `/usr/local/nvidia`, outside the
+//! loader's search (it is then found only through `VK_DRIVER_FILES`).
+//!
 //! [`diagnose`] lists what it finds wrong, each finding with its fix; nothing when the
 //! machine has no NVIDIA driver loaded. It never fails: what it cannot read, it reports.
 
@@ -31,6 +35,10 @@ impl Machine<'_> {
 /// The loader's default manifest folders (besides `$XDG_*` ones), as the Vulkan loader
 /// searches them on Linux.
 const ICD_DIRS: [&str; 3] = ["/etc/vulkan/icd.d", "/usr/local/share/vulkan/icd.d", "/usr/share/vulkan/icd.d"];
+
+/// Where some container runtimes mount the driver's Vulkan manifest: outside the loader's
+/// search, so it is found only through `VK_DRIVER_FILES`.
+const MOUNTED_ICD_DIRS: [&str; 1] = ["/usr/local/nvidia/share/vulkan/icd.d"];
 
 /// Where distributions and the container toolkit put the driver's libraries.
 const LIB_DIRS: [&str; 7] = [
@@ -56,18 +64,38 @@ pub(crate) fn diagnose(machine: &Machine<'_>) -> Vec<String> {
              graphics capability (start the container with NVIDIA_DRIVER_CAPABILITIES=compute,utility,graphics, or all)"
         ));
     }
-    let (searched, explicit) = searched(machine);
-    let manifests = manifests(machine, &searched, explicit);
-    let nvidia: Vec<&(PathBuf, Option<String>)> =
-        manifests.iter().filter(|(_, library)| library.as_deref().is_some_and(|l| l.contains("nvidia"))).collect();
-    if nvidia.is_empty() {
+    if find_library(machine, "libvulkan.so.1").is_none() {
         findings.push(format!(
-            "the NVIDIA driver {named} is loaded but no Vulkan ICD manifest names it (looked in {}): in a container, \
-             the graphics capability mounts /etc/vulkan/icd.d/nvidia_icd.json",
+            "no Vulkan loader (libvulkan.so.1) in {}: install it (Debian and Ubuntu: libvulkan1; Fedora: \
+             vulkan-loader)",
+            library_dirs(machine).join(":")
+        ));
+    }
+    let (searched, explicit) = searched(machine);
+    let found = manifests(machine, &searched, explicit);
+    let nvidia: Vec<&(PathBuf, Option<String>)> =
+        found.iter().filter(|(_, library)| is_nvidia(library.as_deref())).collect();
+    if nvidia.is_empty() {
+        let dirs: Vec<String> = MOUNTED_ICD_DIRS.iter().map(|d| d.to_string()).collect();
+        let mounted: Vec<String> = manifests(machine, &dirs, false)
+            .into_iter()
+            .filter(|(_, library)| is_nvidia(library.as_deref()))
+            .map(|(path, _)| format!("/{}", path.strip_prefix(machine.root).unwrap_or(&path).display()))
+            .collect();
+        let fix = match mounted.first() {
+            Some(path) => format!(
+                "the driver's manifest is at {path}, outside that search: export VK_DRIVER_FILES={path} (on a \
+                 machine without a display, `scripts/nvidia-vulkan-icd --from {path}` writes one naming \
+                 libEGL_nvidia.so.0)"
+            ),
+            None => "in a container, the graphics capability mounts /etc/vulkan/icd.d/nvidia_icd.json".into(),
+        };
+        findings.push(format!(
+            "the NVIDIA driver {named} is loaded but no Vulkan ICD manifest names it (looked in {}): {fix}",
             searched.join(", ")
         ));
     }
-    for (path, library) in &manifests {
+    for (path, library) in &found {
         if library.is_none() {
             findings.push(format!("{} is not a Vulkan ICD manifest the loader can read", path.display()));
         }
@@ -148,6 +176,10 @@ fn searched(machine: &Machine<'_>) -> (Vec<String>, bool) {
     (dirs, false)
 }
 
+fn is_nvidia(library: Option<&str>) -> bool {
+    library.is_some_and(|l| l.contains("nvidia"))
+}
+
 /// Every manifest in `searched` (files when `explicit`, else folders), with the library it
 /// names (`None` when it cannot be read as one).
 fn manifests(machine: &Machine<'_>, searched: &[String], explicit: bool) -> Vec<(PathBuf, Option<String>)> {
@@ -199,8 +231,11 @@ mod tests {
     }
 
     impl Fake {
+        /// A machine with the Vulkan loader installed and nothing else.
         fn new() -> Self {
-            Self { root: tempfile::tempdir().unwrap(), vars: BTreeMap::new() }
+            let fake = Self { root: tempfile::tempdir().unwrap(), vars: BTreeMap::new() };
+            fake.file(LOADER, "");
+            fake
         }
 
         fn file(&self, path: &str, text: &str) {
@@ -240,6 +275,8 @@ mod tests {
             diagnose(&Machine { root: self.root.path(), var: &var })
         }
     }
+
+    const LOADER: &str = "/usr/lib/x86_64-linux-gnu/libvulkan.so.1";
 
     #[test]
     fn no_nvidia_driver_no_findings() {
@@ -303,6 +340,39 @@ mod tests {
         assert_eq!(findings.len(), 2, "{findings:#?}");
         assert!(findings[0].contains("no Vulkan ICD manifest") && findings[0].contains("/opt/icd/broken.json"));
         assert!(findings[1].contains("broken.json") && findings[1].contains("not a Vulkan ICD manifest"));
+    }
+
+    #[test]
+    fn a_missing_vulkan_loader_is_named() {
+        let fake = Fake::new();
+        fake.driver("550.163.01", "/etc/vulkan/icd.d/nvidia_icd.json", "libEGL_nvidia.so.0");
+        std::fs::remove_file(fake.root.path().join(LOADER.trim_start_matches('/'))).unwrap();
+        let findings = fake.diagnose();
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        assert!(findings[0].contains("libvulkan.so.1") && findings[0].contains("libvulkan1"));
+        // Found through LD_LIBRARY_PATH too.
+        let mut fake = fake;
+        fake.file("/opt/vulkan/lib/libvulkan.so.1", "");
+        fake.vars.insert("LD_LIBRARY_PATH", "/opt/vulkan/lib".into());
+        assert!(fake.diagnose().is_empty());
+    }
+
+    #[test]
+    fn a_manifest_mounted_outside_the_search_is_named_with_the_variable_to_set() {
+        let fake = Fake::new();
+        let mounted = "/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json";
+        fake.driver("580.159.04", mounted, "libGLX_nvidia.so.0");
+        let findings = fake.diagnose();
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        assert!(findings[0].contains("no Vulkan ICD manifest names it"), "{}", findings[0]);
+        assert!(findings[0].contains(&format!("export VK_DRIVER_FILES={mounted}")), "{}", findings[0]);
+        assert!(findings[0].contains(&format!("scripts/nvidia-vulkan-icd --from {mounted}")), "{}", findings[0]);
+        // Named in VK_DRIVER_FILES, it is searched: what is left is the GLX-only manifest.
+        let mut fake = fake;
+        fake.vars.insert("VK_DRIVER_FILES", mounted.into());
+        let findings = fake.diagnose();
+        assert_eq!(findings.len(), 1, "{findings:#?}");
+        assert!(findings[0].contains("libEGL_nvidia.so.0") && !findings[0].contains("no Vulkan ICD manifest"));
     }
 
     #[test]
