@@ -203,3 +203,49 @@ fn predicting_rows_learns_nothing() {
     assert!(matches!(learner.predict(&[vec![1.0]]), Err(LocalError::FeatureCount { expected: 3, found: 1, .. })));
     assert!(learner.predict(&[]).unwrap().is_empty());
 }
+
+/// A learner whose model learning drove to NaN or infinity (a global model it cannot learn
+/// from, here weights a billion times too large) neither sends that nor fails: it restarts
+/// from the global model, drops the rows' contribution and goes on.
+#[test]
+fn a_diverged_local_model_restarts_from_the_global_one() {
+    let (mut learner, global) = learner_with_base();
+    let k = spec().heads();
+    let n = global.values.len();
+    let mut wild = global.clone();
+    for v in &mut wild.values[..n - k] {
+        *v *= 1e9;
+    }
+    learner.adopt(2, wild.clone()).unwrap();
+    let diverge = |learner: &mut LocalLearner| {
+        for i in 0..20 {
+            learner.learn(&sample(i)).unwrap();
+        }
+        let params = learner.model.to_parameters().unwrap();
+        assert!(flotilla_protocol::params::first_non_finite(&params.values).is_some(), "the setup diverges");
+    };
+    diverge(&mut learner);
+    assert!(learner.contribute(2).unwrap().is_none(), "no non-finite delta is sent");
+    assert_eq!(current(&mut learner).values, wild.values, "back on the global model it rests on");
+    assert!(learner.contribute(2).unwrap().is_none(), "the diverged rows are not reported later");
+    assert_eq!(learner.total().unwrap().samples, 20, "the rows still count as learnt");
+
+    // Adopting over a diverged model takes the global model as it is (no local progress kept).
+    diverge(&mut learner);
+    learner.adopt(3, global.clone()).unwrap();
+    assert_eq!(current(&mut learner).values, global.values);
+    assert_eq!(learner.base_version(), Some(3));
+    learner.learn(&sample(0)).unwrap();
+    assert!(learner.contribute(3).unwrap().is_some(), "learning goes on");
+
+    // A durable state is never written with a diverged model (it could not be restored).
+    let mut wild_again = global.clone();
+    for v in &mut wild_again.values[..n - k] {
+        *v *= 1e9;
+    }
+    learner.adopt(4, wild_again.clone()).unwrap();
+    diverge(&mut learner);
+    let state = learner.state().unwrap();
+    assert_eq!(state.params.values, wild_again.values);
+    assert!(LocalLearner::from_state(state, &Device::flex()).is_ok());
+}
