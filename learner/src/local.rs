@@ -30,8 +30,7 @@ use crate::standardize::OnlineStandardizer;
 use flotilla_protocol::checkpoint::{CheckpointError, open, seal};
 use flotilla_protocol::model::hbp::{layout, project_alpha};
 use flotilla_protocol::model::{FeatureMoments, Prediction};
-use flotilla_protocol::params::first_non_finite;
-use flotilla_protocol::params::{ParameterError, ParameterVector};
+use flotilla_protocol::params::{ParameterError, ParameterVector, first_non_finite};
 use flotilla_protocol::wire::{Contribution, LocalMetrics};
 
 /// Magic bytes of a client state file.
@@ -485,13 +484,13 @@ impl LocalLearner {
         if self.base.as_ref().is_none_or(|b| b.version != model_version) || self.unreported.samples == 0 {
             return Ok(None);
         }
-        let Some(current) = self.parameters_or_restart()? else {
+        let (current, restarted) = self.parameters_or_restart()?;
+        let Some(base) = self.base.as_ref().filter(|_| !restarted) else {
             // The rows learnt since the last contribution drove the model off: nothing to send.
             self.unreported = Counts::default();
             self.unreported_moments = FeatureMoments::new(self.model.config().inputs);
             return Ok(None);
         };
-        let Some(base) = self.base.as_ref() else { return Ok(None) };
         let mut delta = difference(&current, &base.params);
         if self.keep_pruned {
             layout(self.model.config()).keep_pruned(&base.params.values, &mut delta.values);
@@ -509,14 +508,9 @@ impl LocalLearner {
     /// `global` is checked once, where it becomes tensors ([`HbpModel::from_parameters`]: version,
     /// layout, length, finite values, α); a rebase keeps its header and length.
     pub fn adopt(&mut self, version: u64, global: ParameterVector) -> Result<(), LocalError> {
-        let current = match self.base {
-            None => None,
-            Some(_) => self.parameters_or_restart()?,
-        };
-        let mut rebased = match (&self.base, current) {
-            // No base yet, or the local model diverged: the global model as it is.
-            (None, _) | (_, None) => global.clone(),
-            (Some(base), Some(current)) => {
+        let (current, restarted) = self.parameters_or_restart()?;
+        let mut rebased = match &self.base {
+            Some(base) if !restarted => {
                 let seen = match &self.snapshot {
                     Some(s) if s.for_version == base.version => &s.params,
                     _ => &base.params,
@@ -529,6 +523,8 @@ impl LocalLearner {
                 project_alpha(self.model.config(), &mut rebased);
                 rebased
             }
+            // No base yet, or the local model diverged: the global model as it is.
+            _ => global.clone(),
         };
         if self.keep_pruned {
             layout(self.model.config()).keep_pruned(&global.values, &mut rebased.values);
@@ -549,10 +545,7 @@ impl LocalLearner {
     /// A durable copy of everything needed to resume.
     pub fn state(&mut self) -> Result<ClientState, LocalError> {
         self.flush()?;
-        let params = match self.parameters_or_restart()? {
-            Some(params) => params,
-            None => self.model.to_parameters()?,
-        };
+        let (params, _) = self.parameters_or_restart()?;
         Ok(ClientState {
             spec: self.model.config().clone(),
             params,
@@ -571,18 +564,16 @@ impl LocalLearner {
             marks: self.marks.clone(),
         })
     }
-}
 
-impl LocalLearner {
-    /// The model's parameters, or `None` after putting the model back on the global model it
+    /// The model's parameters, and whether the model was first put back on the global model it
     /// rests on (a fresh initialisation before any) because learning drove a parameter to NaN
     /// or infinity, as a step size too large for the model adopted can (a heavily noised
     /// global model under DP, say). Such a model predicts nothing useful, could not be sent
     /// (a non-finite delta) nor restored from a saved state: its progress since the base is
     /// dropped, said once in the log, and learning goes on.
-    fn parameters_or_restart(&mut self) -> Result<Option<ParameterVector>, LocalError> {
+    fn parameters_or_restart(&mut self) -> Result<(ParameterVector, bool), LocalError> {
         let current = self.model.to_parameters()?;
-        let Some(index) = first_non_finite(&current.values) else { return Ok(Some(current)) };
+        let Some(index) = first_non_finite(&current.values) else { return Ok((current, false)) };
         let config = self.model.config().clone();
         let (restart, from) = match &self.base {
             Some(base) => (base.params.clone(), format!("the global model (version {})", base.version)),
@@ -595,7 +586,7 @@ impl LocalLearner {
         );
         self.model = HbpModel::from_parameters(config, &restart, self.model.device())?;
         self.snapshot = None;
-        Ok(None)
+        Ok((restart, true))
     }
 }
 
