@@ -210,13 +210,15 @@ fn predicting_rows_learns_nothing() {
 #[test]
 fn a_diverged_local_model_restarts_from_the_global_one() {
     let (mut learner, global) = learner_with_base();
-    let k = spec().heads();
-    let n = global.values.len();
-    let mut wild = global.clone();
-    for v in &mut wild.values[..n - k] {
-        *v *= 1e9;
-    }
-    learner.adopt(2, wild.clone()).unwrap();
+    // The global model with every weight (not α) a billion times larger.
+    let wild = |global: &ParameterVector| {
+        let mut wild = global.clone();
+        let weights = global.values.len() - spec().heads();
+        wild.values[..weights].iter_mut().for_each(|v| *v *= 1e9);
+        wild
+    };
+    let wild_1 = wild(&global);
+    learner.adopt(2, wild_1.clone()).unwrap();
     let diverge = |learner: &mut LocalLearner| {
         for i in 0..20 {
             learner.learn(&sample(i)).unwrap();
@@ -226,7 +228,7 @@ fn a_diverged_local_model_restarts_from_the_global_one() {
     };
     diverge(&mut learner);
     assert!(learner.contribute(2).unwrap().is_none(), "no non-finite delta is sent");
-    assert_eq!(current(&mut learner).values, wild.values, "back on the global model it rests on");
+    assert_eq!(current(&mut learner).values, wild_1.values, "back on the global model it rests on");
     assert!(learner.contribute(2).unwrap().is_none(), "the diverged rows are not reported later");
     assert_eq!(learner.total().unwrap().samples, 20, "the rows still count as learnt");
 
@@ -239,10 +241,7 @@ fn a_diverged_local_model_restarts_from_the_global_one() {
     assert!(learner.contribute(3).unwrap().is_some(), "learning goes on");
 
     // A durable state is never written with a diverged model (it could not be restored).
-    let mut wild_again = global.clone();
-    for v in &mut wild_again.values[..n - k] {
-        *v *= 1e9;
-    }
+    let wild_again = wild(&global);
     learner.adopt(4, wild_again.clone()).unwrap();
     diverge(&mut learner);
     let state = learner.state().unwrap();
