@@ -26,8 +26,10 @@ pub struct Prediction {
 
 use crate::params::{Layout, ParameterVector, Segment};
 
-/// Largest [`ModelSpec::Vector`]: 2^28 parameters (1 GiB of `f32`).
-pub const MAX_VECTOR_LEN: u64 = 1 << 28;
+/// Largest model of either kind: 2^28 parameters (1 GiB of `f32`). A spec over it is refused
+/// by [`ModelSpec::validate`] (and an HBP shape by [`HbpConfig::validate`]) before anything is
+/// allocated, whether it comes from a flag, a file, a checkpoint or a peer.
+pub const MAX_PARAMETERS: u64 = 1 << 28;
 
 /// The model a coordinator trains.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,8 +49,8 @@ pub enum SpecError {
     /// The HBP configuration is invalid.
     #[error(transparent)]
     Hbp(#[from] ConfigError),
-    /// A vector model's length is zero or over [`MAX_VECTOR_LEN`].
-    #[error("a vector model needs 1 to {MAX_VECTOR_LEN} parameters, not {0}")]
+    /// A vector model's length is zero or over [`MAX_PARAMETERS`].
+    #[error("a vector model needs 1 to {MAX_PARAMETERS} parameters, not {0}")]
     VectorLength(u64),
 }
 
@@ -57,7 +59,7 @@ impl ModelSpec {
     pub fn validate(&self) -> Result<(), SpecError> {
         match self {
             ModelSpec::Hbp(config) => Ok(config.validate()?),
-            ModelSpec::Vector { len } if (1..=MAX_VECTOR_LEN).contains(len) => Ok(()),
+            ModelSpec::Vector { len } if (1..=MAX_PARAMETERS).contains(len) => Ok(()),
             ModelSpec::Vector { len } => Err(SpecError::VectorLength(*len)),
         }
     }
@@ -119,7 +121,7 @@ mod tests {
         assert_eq!(spec.layout().len(), 10);
         assert_ne!(spec.layout().fingerprint(), ModelSpec::Vector { len: 11 }.layout().fingerprint());
         assert_eq!(ModelSpec::Vector { len: 0 }.validate(), Err(SpecError::VectorLength(0)));
-        assert!(ModelSpec::Vector { len: MAX_VECTOR_LEN + 1 }.validate().is_err());
+        assert!(ModelSpec::Vector { len: MAX_PARAMETERS + 1 }.validate().is_err());
         assert!(spec.hbp().is_none());
     }
 

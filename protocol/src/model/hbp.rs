@@ -83,6 +83,27 @@ pub enum ConfigError {
         /// Value given.
         value: f32,
     },
+    /// The network would have more parameters than any model may (a label of 4,000,000,000
+    /// asks for that many classes); `None` when the count overflows a `u64`.
+    #[error(
+        "a network of {inputs} inputs, {classes} classes, {hidden_layers} hidden layers of {width} \
+         units would have {} parameters; at most {max} are allowed",
+        parameters.map_or_else(|| "more than 2^64".to_owned(), |n| n.to_string())
+    )]
+    TooLarge {
+        /// Number of input features.
+        inputs: usize,
+        /// Number of classes.
+        classes: usize,
+        /// Number of hidden layers.
+        hidden_layers: usize,
+        /// Units per hidden layer.
+        width: usize,
+        /// The network's parameter count, if it fits a `u64`.
+        parameters: Option<u64>,
+        /// The largest count allowed ([`crate::model::MAX_PARAMETERS`]).
+        max: u64,
+    },
 }
 
 impl HbpConfig {
@@ -109,7 +130,31 @@ impl HbpConfig {
                 return Err(ConfigError::OutOfRange { what, range, value });
             }
         }
-        Ok(())
+        let max = crate::model::MAX_PARAMETERS;
+        match self.parameter_count() {
+            Some(count) if count <= max => Ok(()),
+            parameters => Err(ConfigError::TooLarge {
+                inputs: self.inputs,
+                classes: self.classes,
+                hidden_layers: self.hidden_layers,
+                width: self.width,
+                parameters,
+                max,
+            }),
+        }
+    }
+
+    /// Number of parameters of the network ([`layout`]'s total length), or `None` when it
+    /// overflows a `u64`; computed without building the layout, so that a huge shape is
+    /// refused before anything is allocated.
+    pub fn parameter_count(&self) -> Option<u64> {
+        let [d, c, layers, w] = [self.inputs, self.classes, self.hidden_layers, self.width].map(|n| n as u64);
+        let first = d.checked_mul(w)?.checked_add(w)?;
+        let rest = w.checked_mul(w)?.checked_add(w)?.checked_mul(layers.saturating_sub(1))?;
+        let input_head = if self.input_head { d.checked_mul(c)?.checked_add(c)? } else { 0 };
+        let hidden_heads = layers.checked_mul(w.checked_mul(c)?.checked_add(c)?)?;
+        let alpha = layers.checked_add(u64::from(self.input_head))?;
+        first.checked_add(rest)?.checked_add(input_head)?.checked_add(hidden_heads)?.checked_add(alpha)
     }
 }
 
@@ -165,5 +210,27 @@ mod tests {
         assert!(config.validate().unwrap_err().to_string().contains("beta"));
         config.beta = f32::NAN;
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn the_parameter_count_is_the_layouts_and_huge_shapes_are_refused() {
+        for (inputs, classes, layers, width, input_head) in
+            [(8, 2, 19, 100, true), (784, 10, 3, 7, false), (1, 2, 1, 1, true), (13, 3, 2, 64, false)]
+        {
+            let config = HbpConfig { hidden_layers: layers, width, input_head, ..HbpConfig::new(inputs, classes) };
+            assert_eq!(config.parameter_count(), Some(layout(&config).len() as u64), "{config:?}");
+        }
+        // A label of 4,000,000,000 in a CSV: 7.7e12 parameters, refused with the shape named.
+        let error = HbpConfig::new(2, 4_000_000_001).validate().unwrap_err();
+        assert!(matches!(error, ConfigError::TooLarge { parameters: Some(7_688_000_184_042), .. }), "{error}");
+        assert!(error.to_string().contains("4000000001 classes"), "{error}");
+        // A count that overflows a u64 is refused too, not wrapped.
+        let error = HbpConfig::new(usize::MAX, usize::MAX).validate().unwrap_err();
+        assert!(error.to_string().contains("more than 2^64"), "{error}");
+        // The largest shape allowed is allowed.
+        let mut config = HbpConfig::new(2, 2);
+        config.width = 3_000;
+        assert!(config.parameter_count().is_some_and(|n| n <= crate::model::MAX_PARAMETERS));
+        assert_eq!(config.validate(), Ok(()));
     }
 }
