@@ -11,14 +11,4 @@ pub mod logging;
 pub mod model_args;
 pub mod run;
 
-/// The process exit status of a command's result; an error is printed with its whole chain
-/// of context first.
-pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
+pub use flotilla_net::exit::exit_code;

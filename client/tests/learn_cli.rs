@@ -57,6 +57,8 @@ fn malformed_files_are_refused_with_the_line() {
         ("label.csv", "a,b,label\n1,2,0\n3,4,-2\n", "line 3: label \"-2\""),
         ("empty.csv", "", "header"),
         ("header-only.csv", "a,b,label\n", "no data rows"),
+        // 4·10⁹ classes: refused with the shape before the 30 TB of weights are allocated.
+        ("huge-label.csv", "a,b,label\n1,2,0\n3,4,4000000000\n", "4000000001 classes"),
     ];
     for (name, text, expected) in cases {
         let path = dir.path().join(name);
@@ -66,6 +68,10 @@ fn malformed_files_are_refused_with_the_line() {
         assert_eq!(output.status.code(), Some(1), "{name}: {stderr}");
         assert!(stderr.contains(expected), "{name}: {stderr}");
         assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+        // The error's chain is printed once: no cause repeated after its parent's message.
+        let line = stderr.lines().find(|line| line.starts_with("error: ")).unwrap();
+        let causes: Vec<&str> = line.split(": ").collect();
+        assert!(causes.windows(2).all(|pair| pair[0] != pair[1]), "{name}: {line}");
     }
     let output = learn(&["--data", "/nonexistent/file.csv"]);
     assert!(String::from_utf8_lossy(&output.stderr).contains("opening /nonexistent/file.csv"));

@@ -56,9 +56,13 @@ fn init_logging(format: LogFormat) {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    flotilla_net::exit::exit_code(run(cli).await)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     // The process-wide TLS provider for the object stores' HTTPS client (`cloud` feature):
     // ring, as for QUIC. Fails only if one is already installed, which is as good.
     let _ = rustls::crypto::ring::default_provider().install_default();

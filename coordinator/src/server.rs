@@ -269,7 +269,7 @@ impl Server {
             tokio::spawn(async move {
                 let result = api.await;
                 if let Err(error) = &result {
-                    tracing::error!(error = %format!("{error:#}"), "HTTP API stopped; stopping the coordinator");
+                    tracing::error!(error = %flotilla_net::exit::error_chain(error), "HTTP API stopped; stopping the coordinator");
                     stop.cancel();
                 }
                 result
@@ -362,7 +362,9 @@ fn persist_loop(
         if let Some(evaluator) = &eval {
             match evaluator.error_pct(checkpoint.served_params()) {
                 Ok(pct) => record.global_error_pct = Some(pct),
-                Err(error) => tracing::warn!(round = record.round, error = %format!("{error:#}"), "evaluation failed"),
+                Err(error) => {
+                    tracing::warn!(round = record.round, error = %flotilla_net::exit::error_chain(&error), "evaluation failed")
+                }
             }
         }
         previous_error = record.global_error_pct;

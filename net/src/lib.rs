@@ -12,10 +12,12 @@
 //! - [`persist`]: atomic file replacement (temporary file, fsync, rename, fsync of the folder).
 //! - [`tokens`]: token files, one identity per line.
 //! - [`options`]: a daemon's TOML file layered under its command-line flags.
+//! - [`exit`]: how a binary ends on an error (its chain of context, each message once).
 
 pub mod backoff;
 pub mod close;
 pub mod endpoint;
+pub mod exit;
 pub mod framed;
 pub mod options;
 pub mod persist;

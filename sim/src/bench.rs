@@ -80,7 +80,7 @@ pub fn exit_with(result: anyhow::Result<String>) -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("error: {error:#}");
+            flotilla_net::exit::print_error(&error);
             std::process::ExitCode::FAILURE
         }
     }

@@ -192,7 +192,7 @@ fn bundled_data(bin_dir: &Path) -> PathBuf {
 
 fn main() {
     if let Err(error) = run(Args::parse()) {
-        eprintln!("flotilla-fleet: {error:#}");
+        eprintln!("flotilla-fleet: {}", flotilla_net::exit::error_chain(&error));
         std::process::exit(1);
     }
 }
