@@ -22,6 +22,7 @@ use flotilla_protocol::model::ModelSpec;
 use flotilla_protocol::round::config::{AdaptiveClipping, NoisePlacement, PrivacyConfig, SecureConfig};
 use flotilla_protocol::round::{CoordinatorConfig, Hierarchy, Mode};
 use flotilla_protocol::wire::framing::FrameLimit;
+use flotilla_serve::ConnectionLimits;
 
 /// A duration written as `30s`, `500ms`, `2m`, `1h` or a plain number of seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -208,6 +209,14 @@ pub struct Options {
     /// Most rows in one POST /v1/predict/batch request [default: 100000].
     #[arg(long, value_name = "N")]
     pub http_max_rows: Option<usize>,
+    /// Most HTTP connections open at once; more are closed when accepted, and each must send
+    /// a request's headers within 15 s [default: 512].
+    #[arg(long, value_name = "N")]
+    pub http_max_connections: Option<usize>,
+    /// Most HTTP connections open at once from one IP address (a proxy in front of the API
+    /// counts as one) [default: 64].
+    #[arg(long, value_name = "N")]
+    pub http_max_connections_per_address: Option<usize>,
     /// Serve the HTTP API over TLS (HTTPS, TLS 1.3) with the QUIC certificate and key (--cert
     /// and --key, or the development PKI); with --client-ca, HTTP clients must present a
     /// certificate too.
@@ -752,7 +761,16 @@ impl Options {
                 // A row of JSON is at most ~16 bytes a feature; room for the largest batch.
                 let inputs = spec.as_ref().and_then(ModelSpec::hbp).map_or(1024, |hbp| hbp.inputs);
                 let max_body = max_rows.saturating_mul(inputs.saturating_mul(24).max(64)).clamp(1 << 20, 256 << 20);
-                Some(HttpConfig { listen: http, max_rows, max_body, tls: self.http_tls })
+                let default = ConnectionLimits::DEFAULT;
+                let limits = ConnectionLimits {
+                    max_connections: self.http_max_connections.unwrap_or(default.max_connections),
+                    max_per_address: self.http_max_connections_per_address.unwrap_or(default.max_per_address),
+                    ..default
+                };
+                if limits.max_connections == 0 || limits.max_per_address == 0 {
+                    bail!("--http-max-connections and --http-max-connections-per-address must be at least 1");
+                }
+                Some(HttpConfig { listen: http, max_rows, max_body, tls: self.http_tls, limits })
             }
             None if self.http_tls => bail!("--http-tls needs --http ADDR to serve on"),
             None => None,

@@ -57,6 +57,8 @@ pub struct HttpConfig {
     pub max_body: usize,
     /// HTTPS with the QUIC certificate (`--http-tls`).
     pub tls: bool,
+    /// Connections held at once, in all and per address, and the header-read timeout.
+    pub limits: flotilla_serve::ConnectionLimits,
 }
 
 /// The model the API serves: the latest committed checkpoint and a predictor built from it.
@@ -153,7 +155,7 @@ pub async fn serve(
         .fallback(flotilla_serve::not_found)
         .layer(DefaultBodyLimit::max(config.max_body));
     tracing::info!(listen = %listener.local_addr()?, "HTTP API listening");
-    let served = flotilla_serve::serve(listener, tls, app, shutdown.cancelled_owned()).await;
+    let served = flotilla_serve::serve(listener, tls, app, config.limits, shutdown.cancelled_owned()).await;
     // The router (and with it the last job sender) is gone: the thread ends.
     let _ = tokio::task::spawn_blocking(move || inference.join()).await;
     served.context("HTTP API")
@@ -283,6 +285,7 @@ async fn model_json(State(api): State<Api>, headers: HeaderMap) -> Response {
 pub async fn standby(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
+    limits: flotilla_serve::ConnectionLimits,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let waiting = || async {
@@ -300,7 +303,7 @@ pub async fn standby(
         .route("/activez", get(waiting))
         .fallback(waiting);
     tracing::info!(listen = %listener.local_addr()?, "HTTP API listening (standby)");
-    flotilla_serve::serve(listener, tls, app, shutdown.cancelled_owned()).await.context("HTTP API (standby)")
+    flotilla_serve::serve(listener, tls, app, limits, shutdown.cancelled_owned()).await.context("HTTP API (standby)")
 }
 
 async fn readyz(State(api): State<Api>) -> Response {

@@ -198,7 +198,7 @@ pub(crate) async fn standby_http(
     };
     let listener = http::bind(settings).await?;
     let tls = http_tls(config, &server_tls(config)?.0)?;
-    Ok(Some(tokio::spawn(http::standby(listener, tls, shutdown))))
+    Ok(Some(tokio::spawn(http::standby(listener, tls, settings.limits, shutdown))))
 }
 
 fn server_tls(config: &Config) -> anyhow::Result<(ServerTls, Option<DevPki>)> {

@@ -10,11 +10,16 @@
 //! A daemon implements [`Backend`] (how rows are predicted and by which model version) and
 //! adds its own routes (readiness, the model file, metrics) with [`json_response`],
 //! [`ApiError`] and [`Auth`]. Every refusal is a 4xx (or 503) with a JSON body
-//! `{"error": "…"}`. [`tls::TlsListener`] serves the same router over HTTPS.
+//! `{"error": "…"}`. [`serve`] runs the router on a TCP listener, or over HTTPS through
+//! [`tls::TlsListener`], within [`ConnectionLimits`].
 //!
-//! Module map: this file (routes, bodies, errors, tokens); [`tls`] (the HTTPS listener).
+//! Module map: this file (routes, bodies, errors, tokens); [`accept`] (the accept loop and its
+//! limits); [`tls`] (the HTTPS listener).
 
+pub mod accept;
 pub mod tls;
+
+pub use accept::ConnectionLimits;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -245,20 +250,20 @@ fn parse_csv(bytes: &[u8], max_rows: usize) -> Result<Vec<Vec<f32>>, ApiError> {
     Ok(rows)
 }
 
-/// Serves `app` on `listener` (over TLS with `tls`) until `shutdown` completes.
+/// Serves `app` on `listener` (over TLS with `tls`) within `limits` until `shutdown`
+/// completes (see [`accept`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     app: Router,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     match tls {
-        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
-        Some(tls) => {
-            let listener = tls::TlsListener::new(listener, tls)?;
-            axum::serve(listener, app).with_graceful_shutdown(shutdown).await
-        }
+        None => accept::serve_connections(listener, app, limits, shutdown).await,
+        Some(tls) => accept::serve_connections(tls::TlsListener::new(listener, tls)?, app, limits, shutdown).await,
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -74,5 +74,6 @@ pub async fn serve(
         .fallback(flotilla_serve::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY));
     tracing::info!(listen = %listener.local_addr()?, "device HTTP API listening");
-    flotilla_serve::serve(listener, None, app, shutdown.cancelled_owned()).await
+    flotilla_serve::serve(listener, None, app, flotilla_serve::ConnectionLimits::DEFAULT, shutdown.cancelled_owned())
+        .await
 }
