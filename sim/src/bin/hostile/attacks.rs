@@ -43,6 +43,10 @@ const INFLATED_DELTA: f32 = 1_000.0;
 /// Receive windows of peers that never read: small, so that their never-read bytes stay few
 /// on this side while the coordinator's sends block.
 const NEVER_READ_WINDOW: u32 = 64 << 10;
+/// Connections each hostile peer holds open to the HTTP API in [`Attack::HttpSlowloris`].
+pub const SLOWLORIS_CONNECTIONS: u32 = 20;
+/// How often a slowloris connection sends one more byte of its headers.
+const SLOWLORIS_BYTE_EVERY: Duration = Duration::from_secs(2);
 /// Distinct notes (error texts, close reasons) kept; further ones are counted as `other`.
 const MAX_NOTES: usize = 24;
 
@@ -59,6 +63,10 @@ pub enum Attack {
     /// Join with a valid token and never read the stream (its flow-control window never
     /// reopens); reconnect when closed.
     NeverRead,
+    /// [`SLOWLORIS_CONNECTIONS`] TCP connections per peer to the HTTP API, each sending a
+    /// request line and then one byte of a header every 2 s, never finishing the headers;
+    /// reconnect when closed.
+    HttpSlowloris,
     /// Connect and, without joining, send garbage, a header just under the frame limit or a
     /// malformed small frame; close after a second and reconnect at once.
     PrejoinFlood,
@@ -90,6 +98,8 @@ pub enum Attack {
 pub struct Target {
     /// The coordinator's UDP address.
     pub addr: SocketAddr,
+    /// Its HTTP API's address, when it serves one.
+    pub http: Option<SocketAddr>,
     /// Its development CA (PEM).
     pub ca: PathBuf,
     /// One valid token per hostile peer (a set of compromised devices).
@@ -154,11 +164,16 @@ impl Stats {
         if matches!(reason, ConnectionError::LocallyClosed) {
             return;
         }
+        self.closed_after(opened, &describe_close(&reason));
+    }
+
+    /// Counts a connection the coordinator closed `opened.elapsed()` after it opened, and how.
+    fn closed_after(&self, opened: Instant, how: &str) {
         Self::add(&self.closed_by_coordinator, 1);
         if let Ok(mut holds) = self.holds_ms.lock() {
             holds.push(u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX));
         }
-        self.note(format!("closed: {}", describe_close(&reason)));
+        self.note(format!("closed: {how}"));
     }
 
     /// Everything counted, as JSON.
@@ -280,13 +295,16 @@ pub fn start(attack: Attack, target: Target, peers: u32, runtime: &Handle) -> an
             running.threads.push(thread);
         }
     }
-    for index in 0..peers {
+    // A slowloris peer is many connections: a task each.
+    let tasks = if attack == Attack::HttpSlowloris { peers.saturating_mul(SLOWLORIS_CONNECTIONS) } else { peers };
+    for index in 0..tasks {
         let peer = peer.clone();
         let big = big.clone();
         let task = runtime.spawn(async move {
             let result = match attack {
                 Attack::SlowUpload { token } => repeat(&peer, index, |p, i| slow_upload(p, i, token)).await,
                 Attack::NeverRead => repeat(&peer, index, never_read).await,
+                Attack::HttpSlowloris => repeat(&peer, index, http_slowloris).await,
                 Attack::PrejoinFlood => repeat(&peer, index, prejoin).await,
                 Attack::DatagramFlood { .. } if index < 10 => datagram_probe(&peer).await,
                 Attack::DatagramFlood { .. } => Ok(()),
@@ -326,6 +344,59 @@ where
         }
         sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// One slowloris connection to the HTTP API: a request line, then a header a byte every 2 s,
+/// never finished, until the coordinator closes it (counted with how long it was held).
+async fn http_slowloris(peer: &Arc<Peer>, _index: u32) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = peer.target.http.context("the coordinator serves no HTTP API")?;
+    let mut stream = match timeout(HANDSHAKE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            Stats::add(&peer.stats.handshake_failures, 1);
+            return Err(error).context("TCP connect refused");
+        }
+        Err(_) => {
+            Stats::add(&peer.stats.handshake_failures, 1);
+            bail!("TCP connect timed out")
+        }
+    };
+    Stats::add(&peer.stats.connections, 1);
+    let opened = Instant::now();
+    let start = b"GET /v1/model HTTP/1.1\r\nHost: localhost\r\n";
+    if stream.write_all(start).await.is_err() {
+        peer.stats.closed_after(opened, "HTTP connection reset at once");
+        sleep(Duration::from_secs(1)).await;
+        return Ok(());
+    }
+    Stats::add(&peer.stats.bytes_sent, start.len() as u64);
+    let mut answer = [0u8; 512];
+    for byte in b"X-Slow: 1\r\n".iter().cycle() {
+        tokio::select! {
+            read = stream.read(&mut answer) => {
+                let how = match read {
+                    Ok(0) => "HTTP connection closed",
+                    Ok(_) => "HTTP answer before the headers ended",
+                    Err(_) => "HTTP connection reset",
+                };
+                peer.stats.closed_after(opened, how);
+                // Reconnect a second later: 2,000 tasks reconnecting at once would measure a
+                // connection flood from this machine's own cores instead.
+                sleep(Duration::from_secs(1)).await;
+                return Ok(());
+            }
+            () = sleep(SLOWLORIS_BYTE_EVERY) => {
+                if stream.write_all(&[*byte]).await.is_err() {
+                    peer.stats.closed_after(opened, "HTTP connection reset");
+                    sleep(Duration::from_secs(1)).await;
+                    return Ok(());
+                }
+                Stats::add(&peer.stats.bytes_sent, 1);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn endpoint(config: &quinn::ClientConfig) -> anyhow::Result<Endpoint> {

@@ -35,6 +35,9 @@ use attacks::{Attack, Target};
 const COORDINATOR_LOG: &str = "warn,flotilla=info,flotilla_net=info,flotilla_coordinator=info";
 /// Throughput a phase must keep, as a fraction of its control window's rounds per minute.
 const MIN_RATIO: f64 = 0.9;
+/// Least fraction of an honest prober's HTTP requests (from another address) answered while
+/// the HTTP API is under attack.
+const MIN_HTTP_ANSWERED: f64 = 0.99;
 /// Largest acceptable difference between the attacked and the reference final model.
 const MAX_MODEL_DIFFERENCE: f64 = 1e-3;
 /// Target median of the seconds from a restart to the next committed round.
@@ -121,6 +124,8 @@ enum Phase {
     SlowUploadAnonymous,
     /// Joined peers that never read their stream.
     NeverRead,
+    /// 20 TCP connections per peer to the HTTP API, never finishing a request's headers.
+    HttpSlowloris,
     /// Connect, garbage or a huge frame header without Join, reconnect.
     PrejoinFlood,
     /// Raw UDP garbage at --flood-pps, and unreliable datagrams over QUIC.
@@ -148,6 +153,7 @@ impl Phase {
             Phase::SlowUploadToken => Some(Attack::SlowUpload { token: true }),
             Phase::SlowUploadAnonymous => Some(Attack::SlowUpload { token: false }),
             Phase::NeverRead => Some(Attack::NeverRead),
+            Phase::HttpSlowloris => Some(Attack::HttpSlowloris),
             Phase::PrejoinFlood => Some(Attack::PrejoinFlood),
             Phase::DatagramFlood => Some(Attack::DatagramFlood { pps: flood_pps }),
             Phase::Oversized => Some(Attack::Oversized),
@@ -315,7 +321,11 @@ struct Coordinator {
     data: PathBuf,
     log: PathBuf,
     port: u16,
+    /// The HTTP API's port, when it serves one.
+    http: Option<u16>,
     peak_kib: u64,
+    /// Most file descriptors it held at once (sampled).
+    peak_fds: usize,
     killed_for_memory: bool,
     exit: Option<bool>,
 }
@@ -328,6 +338,9 @@ impl Coordinator {
         }
         if let Some(kib) = status_kib(self.pid, "VmHWM:") {
             self.peak_kib = self.peak_kib.max(kib);
+        }
+        if let Ok(fds) = std::fs::read_dir(format!("/proc/{}/fd", self.pid)) {
+            self.peak_fds = self.peak_fds.max(fds.count());
         }
         if status_kib(self.pid, "VmRSS:").is_some_and(|kib| kib > rss_kill_kib) {
             eprintln!("[hostile] coordinator over --rss-kill-mib: killed");
@@ -435,8 +448,18 @@ impl Bench {
             COORDINATOR_ENV,
         )?;
         let pid = proc.pid().context("coordinator not running")?;
-        let mut coordinator =
-            Coordinator { proc, pid, data, log, port, peak_kib: 0, killed_for_memory: false, exit: None };
+        let mut coordinator = Coordinator {
+            proc,
+            pid,
+            data,
+            log,
+            port,
+            http: None,
+            peak_kib: 0,
+            peak_fds: 0,
+            killed_for_memory: false,
+            exit: None,
+        };
         let deadline = Instant::now() + Duration::from_secs(self.args.start_timeout_s);
         loop {
             self.interrupt.check()?;
@@ -479,6 +502,7 @@ impl Bench {
     fn target(&self, coordinator: &Coordinator) -> Target {
         Target {
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], coordinator.port)),
+            http: coordinator.http.map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port))),
             ca: coordinator.ca(),
             tokens: self.hostile_tokens.clone(),
             frame_limit: self.frame_limit,
@@ -599,14 +623,27 @@ impl Bench {
     /// coordinator and fleet, so drift of the machine's load between phases cancels out.
     fn window_phase(&self, name: &str, mode: Mode, attack: Attack) -> anyhow::Result<Value> {
         let dir = self.phase_dir(name)?;
-        let mut coordinator = self.start_coordinator(&dir, "coordinator", free_udp_port()?, mode, &[])?;
+        // The HTTP attack needs the API, and a prober asking it for /healthz in both windows.
+        let http = if attack == Attack::HttpSlowloris { Some(free_tcp_port()?) } else { None };
+        let extra: Vec<String> =
+            http.map(|port| vec!["--http".into(), format!("127.0.0.1:{port}")]).unwrap_or_default();
+        let mut coordinator = self.start_coordinator(&dir, "coordinator", free_udp_port()?, mode, &extra)?;
+        coordinator.http = http;
         let mut fleet = self.start_fleet(&dir, &coordinator)?;
         self.wait_rounds(&mut coordinator, &mut fleet, 0, self.start_timeout())?;
         let fleet_pid = fleet.pid();
-        let control = self.measure(&mut coordinator, fleet_pid)?;
+        let probe = |this: &Self, coordinator: &mut Coordinator| -> anyhow::Result<Value> {
+            let prober = http.map(|port| HttpProber::start(this.runtime.handle(), port));
+            let mut window = this.measure(coordinator, fleet_pid)?;
+            if let Some(prober) = prober {
+                window["http_probe"] = this.runtime.block_on(prober.stop());
+            }
+            Ok(window)
+        };
+        let control = probe(self, &mut coordinator)?;
         let running = attacks::start(attack, self.target(&coordinator), self.hostile, self.runtime.handle())?;
         self.watch(&mut coordinator, self.settle)?;
-        let mut result = self.measure(&mut coordinator, fleet_pid)?;
+        let mut result = probe(self, &mut coordinator)?;
         let fleet_alive = fleet.exited().is_none();
         let attack_stats = running.stop();
         let alive = coordinator.alive();
@@ -614,6 +651,7 @@ impl Bench {
         coordinator.stop();
         result["mode"] = json!(if mode == Mode::Async { "async" } else { "sync" });
         result["peak_rss_mib"] = json!(coordinator.peak_mib());
+        result["peak_fds"] = json!(coordinator.peak_fds);
         result["rss_bound_mib"] = json!(self.rss_bound_mib());
         result["rss_within_bound"] = json!(coordinator.peak_mib() <= self.rss_bound_mib());
         result["coordinator_alive"] = json!(alive);
@@ -884,6 +922,72 @@ impl Bench {
     }
 }
 
+/// An ephemeral TCP port on loopback, free when asked.
+fn free_tcp_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding an ephemeral TCP port")?;
+    Ok(listener.local_addr().context("reading the bound port")?.port())
+}
+
+/// An honest user of the HTTP API from another address than the hostile peers' (127.0.0.2):
+/// `GET /healthz` every 100 ms, each bounded by 2 s; how many were answered, and how fast.
+struct HttpProber {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Value>,
+}
+
+impl HttpProber {
+    fn start(runtime: &tokio::runtime::Handle, port: u16) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let until = stop.clone();
+        let task = runtime.spawn(async move {
+            let (mut answered, mut failed, mut latencies_ms) = (0u64, 0u64, Vec::new());
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    () = until.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let started = Instant::now();
+                match tokio::time::timeout(Duration::from_secs(2), healthz(port)).await {
+                    Ok(Ok(true)) => {
+                        answered += 1;
+                        latencies_ms.push(started.elapsed().as_secs_f64() * 1e3);
+                    }
+                    _ => failed += 1,
+                }
+            }
+            latencies_ms.sort_by(f64::total_cmp);
+            let quantile = |q: f64| latencies_ms.get(((latencies_ms.len().max(1) - 1) as f64 * q) as usize).copied();
+            let total = answered + failed;
+            json!({
+                "requests": total,
+                "answered": answered,
+                "answered_fraction": if total == 0 { None } else { Some(answered as f64 / total as f64) },
+                "latency_ms_median": quantile(0.5),
+                "latency_ms_max": quantile(1.0),
+            })
+        });
+        Self { stop, task }
+    }
+
+    async fn stop(self) -> Value {
+        self.stop.cancel();
+        self.task.await.unwrap_or(Value::Null)
+    }
+}
+
+/// One `GET /healthz` from 127.0.0.2 to the API on `port`: whether it answered 200.
+async fn healthz(port: u16) -> std::io::Result<bool> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::from(([127, 0, 0, 2], 0)))?;
+    let mut stream = socket.connect(std::net::SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    Ok(response.starts_with(b"HTTP/1.1 200"))
+}
+
 /// The machine's 1-minute load average (other work on it skews every ratio).
 fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
@@ -906,6 +1010,12 @@ fn judge(result: &mut Value, reference: Option<f64>, fair_share: Option<f64>) {
     let alive = result["coordinator_alive"].as_bool() == Some(true);
     let log_ok = result.get("log").is_none_or(|log| log["ok"].as_bool() == Some(true));
     let datagrams_ok = result.get("datagrams_refused").is_none_or(|d| d.as_bool() == Some(true));
+    let http_ok = result
+        .get("http_probe")
+        .is_none_or(|probe| probe["answered_fraction"].as_f64().is_some_and(|f| f >= MIN_HTTP_ANSWERED));
+    if result.get("http_probe").is_some() {
+        result["http_ok"] = json!(http_ok);
+    }
     let mut fair_ok = true;
     if let Some(fair_share) = fair_share {
         let share = ratio(result["honest_updates_per_min"].as_f64(), result["updates_per_min"].as_f64());
@@ -916,7 +1026,7 @@ fn judge(result: &mut Value, reference: Option<f64>, fair_share: Option<f64>) {
     }
     result["ratio"] = json!(rounds_ratio);
     result["throughput_ok"] = json!(throughput_ok);
-    result["pass"] = json!(throughput_ok && rss_ok && alive && log_ok && datagrams_ok && fair_ok);
+    result["pass"] = json!(throughput_ok && rss_ok && alive && log_ok && datagrams_ok && http_ok && fair_ok);
 }
 
 fn max_abs_difference(a: &ParameterVector, b: &ParameterVector) -> anyhow::Result<f64> {
