@@ -35,6 +35,10 @@ use attacks::{Attack, Target};
 const COORDINATOR_LOG: &str = "warn,flotilla=info,flotilla_net=info,flotilla_coordinator=info";
 /// Throughput a phase must keep, as a fraction of its control window's rounds per minute.
 const MIN_RATIO: f64 = 0.9;
+/// Most file descriptors the coordinator may hold during an attack: the usual default soft
+/// limit (`ulimit -n`), past which a process under it can open no file (its checkpoint's
+/// included).
+const MAX_FDS: usize = 1024;
 /// Least fraction of an honest prober's HTTP requests (from another address) answered while
 /// the HTTP API is under attack.
 const MIN_HTTP_ANSWERED: f64 = 0.99;
@@ -652,6 +656,7 @@ impl Bench {
         result["mode"] = json!(if mode == Mode::Async { "async" } else { "sync" });
         result["peak_rss_mib"] = json!(coordinator.peak_mib());
         result["peak_fds"] = json!(coordinator.peak_fds);
+        result["fds_bound"] = json!(MAX_FDS);
         result["rss_bound_mib"] = json!(self.rss_bound_mib());
         result["rss_within_bound"] = json!(coordinator.peak_mib() <= self.rss_bound_mib());
         result["coordinator_alive"] = json!(alive);
@@ -1010,6 +1015,8 @@ fn judge(result: &mut Value, reference: Option<f64>, fair_share: Option<f64>) {
     let alive = result["coordinator_alive"].as_bool() == Some(true);
     let log_ok = result.get("log").is_none_or(|log| log["ok"].as_bool() == Some(true));
     let datagrams_ok = result.get("datagrams_refused").is_none_or(|d| d.as_bool() == Some(true));
+    let fds_ok = result["peak_fds"].as_u64().is_none_or(|fds| fds <= MAX_FDS as u64);
+    result["fds_ok"] = json!(fds_ok);
     let http_ok = result
         .get("http_probe")
         .is_none_or(|probe| probe["answered_fraction"].as_f64().is_some_and(|f| f >= MIN_HTTP_ANSWERED));
@@ -1026,7 +1033,7 @@ fn judge(result: &mut Value, reference: Option<f64>, fair_share: Option<f64>) {
     }
     result["ratio"] = json!(rounds_ratio);
     result["throughput_ok"] = json!(throughput_ok);
-    result["pass"] = json!(throughput_ok && rss_ok && alive && log_ok && datagrams_ok && http_ok && fair_ok);
+    result["pass"] = json!(throughput_ok && rss_ok && fds_ok && alive && log_ok && datagrams_ok && http_ok && fair_ok);
 }
 
 fn max_abs_difference(a: &ParameterVector, b: &ParameterVector) -> anyhow::Result<f64> {
