@@ -1121,6 +1121,17 @@ mod tests {
         result["rss_within_bound"] = json!(false);
         judge(&mut result, Some(100.0), None);
         assert_eq!(result["pass"], json!(false), "over the memory bound");
+        result["rss_within_bound"] = json!(true);
+        result["peak_fds"] = json!(MAX_FDS + 1);
+        judge(&mut result, Some(100.0), None);
+        assert_eq!((result["pass"].clone(), result["fds_ok"].clone()), (json!(false), json!(false)), "too many fds");
+        result["peak_fds"] = json!(80);
+        result["http_probe"] = json!({ "answered_fraction": 0.98 });
+        judge(&mut result, Some(100.0), None);
+        assert_eq!((result["pass"].clone(), result["http_ok"].clone()), (json!(false), json!(false)), "prober starved");
+        result["http_probe"] = json!({ "answered_fraction": 1.0 });
+        judge(&mut result, Some(100.0), None);
+        assert_eq!(result["pass"], json!(true));
     }
 
     #[test]
