@@ -8,8 +8,8 @@
 //! [`ConnectionLimits::header_read_timeout`] (an idle keep-alive connection too: hyper starts
 //! the clock when it waits for a request's head), at most
 //! [`ConnectionLimits::max_connections`] are open at once and at most
-//! [`ConnectionLimits::max_per_address`] from one IP address; a connection over a limit is
-//! closed as soon as it is accepted.
+//! [`ConnectionLimits::max_per_address`] from one IP address (an IPv6 peer counts as its /64,
+//! as on the QUIC side); a connection over a limit is closed as soon as it is accepted.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -113,7 +113,8 @@ pub async fn serve_connections<L>(
             tracing::debug!(%addr, limit = limits.max_connections, "HTTP connection refused: too many open");
             continue;
         };
-        let Some(slot) = PerAddress::take(&per_address, addr.ip(), limits.max_per_address) else {
+        let peer = flotilla_protocol::round::coordinator::address_key(addr.ip());
+        let Some(slot) = PerAddress::take(&per_address, peer, limits.max_per_address) else {
             tracing::debug!(%addr, limit = limits.max_per_address, "HTTP connection refused: too many from this address");
             continue;
         };

@@ -1,4 +1,5 @@
-//! Connection limits: at most `max_connections` open at once and `per_address` from one IP,
+//! Connection limits: at most `max_connections` open at once and `per_address` from one IP
+//! (an IPv6 peer counts as its /64: `address_key`),
 //! new connections from one IP at most `handshake_rate` a second (a bucket of `per_address`
 //! tokens); QUIC address validation (Retry) for unvalidated peers while the coordinator is
 //! under load. Refusing costs no cryptography: a peer reconnecting in a loop costs little.
@@ -89,6 +90,8 @@ impl Gate {
     }
 
     fn admit_at(&self, ip: IpAddr, validated: bool, may_retry: bool, now: Instant) -> Admission {
+        // One peer: an IPv4 address, or an IPv6 /64.
+        let ip = flotilla_protocol::round::coordinator::address_key(ip);
         let limits = self.inner.limits;
         let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
         let burst = limits.per_address as f64;
@@ -203,6 +206,23 @@ mod tests {
         assert!(matches!(gate.admit_at(a, true, false, later), Admission::Accept(_)), "a place was given back");
         drop((second, third));
         assert_eq!(gate.open(), 0);
+    }
+
+    #[test]
+    fn one_ipv6_64_is_one_peer_and_gets_its_places_back() {
+        let gate = gate(100, 2);
+        let ip = |text: &str| -> IpAddr { text.parse().unwrap() };
+        let first = gate.admit(ip("2001:db8:0:1::1"), true, false);
+        let second = gate.admit(ip("2001:db8:0:1::2"), true, false);
+        assert!(matches!(first, Admission::Accept(_)) && matches!(second, Admission::Accept(_)));
+        assert!(
+            matches!(gate.admit(ip("2001:db8:0:1:ffff::3"), true, false), Admission::Refuse(_)),
+            "a third address of the same /64"
+        );
+        assert!(matches!(gate.admit(ip("2001:db8:0:2::1"), true, false), Admission::Accept(_)), "another /64");
+        drop(first);
+        let later = Instant::now() + std::time::Duration::from_secs(1);
+        assert!(matches!(gate.admit_at(ip("2001:db8:0:1::9"), true, false, later), Admission::Accept(_)));
     }
 
     #[test]

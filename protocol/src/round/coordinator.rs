@@ -658,6 +658,21 @@ struct Announced {
     silent: bool,
 }
 
+/// The peer an address belongs to, for the per-address limits of both daemons' listeners (QUIC
+/// and HTTP): an IPv4 address, also when it arrives mapped into IPv6 (`::ffff:a.b.c.d`, as on
+/// a dual-stack socket), or an IPv6 address's /64 prefix, since one host is commonly given a
+/// whole /64 and could otherwise take a fresh address for every connection.
+pub fn address_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv6Addr};
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
+        },
+    }
+}
+
 /// Whether `token` is one of `accepted`, comparing every accepted token in full whatever
 /// matches (the time taken does not tell how much of a guess was right; only lengths leak).
 pub fn token_accepted(accepted: &std::collections::BTreeSet<String>, token: &str) -> bool {

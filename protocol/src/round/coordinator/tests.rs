@@ -279,6 +279,18 @@ fn peer_text_is_escaped_and_truncated_and_errors_before_join_are_violations() {
     assert!(super::token_accepted(&accepted, "b-token") && !super::token_accepted(&accepted, "c-token"));
 }
 
+#[test]
+fn an_ipv6_host_counts_as_its_64_and_a_mapped_ipv4_as_itself() {
+    let key = |text: &str| super::address_key(text.parse().unwrap()).to_string();
+    assert_eq!(key("203.0.113.7"), "203.0.113.7");
+    assert_eq!(key("::ffff:203.0.113.7"), "203.0.113.7");
+    // Every address of one /64 is one peer; the next /64 is another.
+    assert_eq!(key("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+    assert_eq!(key("2001:db8:1:2::1"), "2001:db8:1:2::");
+    assert_eq!(key("2001:db8:1:3::1"), "2001:db8:1:3::");
+    assert_eq!(key("::1"), "::");
+}
+
 fn with_moments(message: ClientMessage, moments: FeatureMoments) -> ClientMessage {
     match message {
         ClientMessage::Update(update) => ClientMessage::Update(Update { moments: Some(moments), ..update }),
