@@ -34,6 +34,19 @@ async fn silent(addr: SocketAddr, from: &str) -> TcpStream {
     stream
 }
 
+/// A server within `limits` and a silent connection from each of `sources`.
+async fn server_holding(
+    limits: ConnectionLimits,
+    sources: impl IntoIterator<Item = String>,
+) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>, Vec<TcpStream>) {
+    let (addr, stop, task) = server(limits).await;
+    let mut held = Vec::new();
+    for from in sources {
+        held.push(silent(addr, &from).await);
+    }
+    (addr, stop, task, held)
+}
+
 /// Whether the server has closed `stream` within `wait` (end of stream or a reset, after any
 /// bytes it sent first).
 async fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
@@ -63,11 +76,7 @@ async fn healthz(addr: SocketAddr, from: &str) -> String {
 async fn one_address_holds_its_share_and_silent_connections_time_out() {
     let limits =
         ConnectionLimits { max_connections: 100, max_per_address: 3, header_read_timeout: Duration::from_secs(2) };
-    let (addr, stop, task) = server(limits).await;
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        held.push(silent(addr, "127.0.0.1").await);
-    }
+    let (addr, stop, task, mut held) = server_holding(limits, (0..3).map(|_| "127.0.0.1".to_owned())).await;
     // The silent ones are held until the header-read timeout…
     for stream in &mut held {
         assert!(!closed_within(stream, Duration::from_millis(100)).await, "closed before its timeout");
@@ -90,11 +99,7 @@ async fn one_address_holds_its_share_and_silent_connections_time_out() {
 async fn connections_over_the_total_are_closed_whatever_their_address() {
     let limits =
         ConnectionLimits { max_connections: 4, max_per_address: 100, header_read_timeout: Duration::from_secs(30) };
-    let (addr, stop, task) = server(limits).await;
-    let mut held = Vec::new();
-    for i in 0..4 {
-        held.push(silent(addr, &format!("127.0.1.{}", i + 1)).await);
-    }
+    let (addr, stop, task, mut held) = server_holding(limits, (1..=4).map(|i| format!("127.0.1.{i}"))).await;
     let mut over = silent(addr, "127.0.2.1").await;
     assert!(closed_within(&mut over, Duration::from_secs(2)).await, "a connection over the total stays open");
     drop(held.pop());
