@@ -121,10 +121,12 @@ pub async fn serve_connections<L>(
         let service = TowerToHyperService::new(app.clone());
         let stop = stop.clone();
         connections.spawn(async move {
-            let _held = (permit, slot);
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
             let mut connection = std::pin::pin!(builder.serve_connection(TokioIo::new(io), service));
+            // Declared after the connection, so dropped before it: the places are given back
+            // before the socket is freed (hyper may have shut it down a moment earlier).
+            let _held = (permit, slot);
             let result = tokio::select! {
                 result = connection.as_mut() => result,
                 () = stop.cancelled() => {
