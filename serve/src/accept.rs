@@ -11,7 +11,6 @@
 //! [`ConnectionLimits::max_per_address`] from one IP address (an IPv6 peer counts as its /64,
 //! as on the QUIC side); a connection over a limit is closed as soon as it is accepted.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -19,6 +18,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::serve::Listener;
+use flotilla_protocol::round::coordinator::PeerCounts;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::sync::Semaphore;
@@ -54,37 +54,29 @@ impl Default for ConnectionLimits {
     }
 }
 
-/// Open connections per IP address; a [`Slot`] gives its place back when dropped.
-#[derive(Default)]
-struct PerAddress(Mutex<HashMap<IpAddr, usize>>);
+/// Open connections per peer, shared by the connection tasks.
+type PerAddress = Arc<Mutex<PeerCounts>>;
 
-/// One connection's place in [`PerAddress`].
+/// One connection's place in [`PerAddress`], given back when dropped.
 struct Slot {
-    table: Arc<PerAddress>,
+    table: PerAddress,
     ip: IpAddr,
 }
 
-impl PerAddress {
-    fn take(table: &Arc<Self>, ip: IpAddr, max: usize) -> Option<Slot> {
-        let mut counts = table.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = counts.entry(ip).or_insert(0);
-        if *count >= max {
+impl Slot {
+    fn take(table: &PerAddress, ip: IpAddr, max: usize) -> Option<Slot> {
+        let mut counts = table.lock().unwrap_or_else(PoisonError::into_inner);
+        if counts.get(ip) >= max {
             return None;
         }
-        *count += 1;
+        counts.add(ip);
         Some(Slot { table: table.clone(), ip })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut counts = self.table.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = counts.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.ip);
-            }
-        }
+        self.table.lock().unwrap_or_else(PoisonError::into_inner).remove(self.ip);
     }
 }
 
@@ -102,7 +94,7 @@ pub async fn serve_connections<L>(
     let stop = CancellationToken::new();
     let connections = TaskTracker::new();
     let open = Arc::new(Semaphore::new(limits.max_connections));
-    let per_address = Arc::new(PerAddress::default());
+    let per_address = PerAddress::default();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (io, addr) = tokio::select! {
@@ -113,8 +105,7 @@ pub async fn serve_connections<L>(
             tracing::debug!(%addr, limit = limits.max_connections, "HTTP connection refused: too many open");
             continue;
         };
-        let peer = flotilla_protocol::round::coordinator::address_key(addr.ip());
-        let Some(slot) = PerAddress::take(&per_address, peer, limits.max_per_address) else {
+        let Some(slot) = Slot::take(&per_address, addr.ip(), limits.max_per_address) else {
             tracing::debug!(%addr, limit = limits.max_per_address, "HTTP connection refused: too many from this address");
             continue;
         };
@@ -155,13 +146,13 @@ mod tests {
 
     #[test]
     fn an_address_holds_at_most_its_slots_and_gets_them_back() {
-        let table = Arc::new(PerAddress::default());
+        let table = PerAddress::default();
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let first = PerAddress::take(&table, a, 2).unwrap();
-        let _second = PerAddress::take(&table, a, 2).unwrap();
-        assert!(PerAddress::take(&table, a, 2).is_none());
-        assert!(PerAddress::take(&table, b, 2).is_some(), "another address has its own slots");
+        let first = Slot::take(&table, a, 2).unwrap();
+        let _second = Slot::take(&table, a, 2).unwrap();
+        assert!(Slot::take(&table, a, 2).is_none());
+        assert!(Slot::take(&table, b, 2).is_some(), "another address has its own slots");
         drop(first);
-        assert!(PerAddress::take(&table, a, 2).is_some());
+        assert!(Slot::take(&table, a, 2).is_some());
     }
 }

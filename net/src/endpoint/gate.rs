@@ -13,6 +13,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+
+use flotilla_protocol::round::coordinator::{PeerCounts, address_key};
 use std::time::{Duration, Instant};
 
 /// Bounds on what peers may take of the coordinator (connections, time).
@@ -57,7 +59,7 @@ struct Inner {
 struct State {
     total: usize,
     handshaking: usize,
-    per_address: HashMap<IpAddr, usize>,
+    per_address: PeerCounts,
     /// New-connection tokens per address: (tokens, when last refilled).
     buckets: HashMap<IpAddr, (f64, Instant)>,
 }
@@ -91,7 +93,7 @@ impl Gate {
 
     fn admit_at(&self, ip: IpAddr, validated: bool, may_retry: bool, now: Instant) -> Admission {
         // One peer: an IPv4 address, or an IPv6 /64.
-        let ip = flotilla_protocol::round::coordinator::address_key(ip);
+        let ip = address_key(ip);
         let limits = self.inner.limits;
         let mut state = self.inner.state.lock().unwrap_or_else(PoisonError::into_inner);
         let burst = limits.per_address as f64;
@@ -102,8 +104,7 @@ impl Gate {
         if state.total >= limits.max_connections {
             return Admission::Refuse("the coordinator is at --max-connections");
         }
-        let from_ip = state.per_address.get(&ip).copied().unwrap_or(0);
-        if from_ip >= limits.per_address {
+        if state.per_address.get(ip) >= limits.per_address {
             return Admission::Refuse("this address is at --max-connections-per-address");
         }
         let (tokens, at) = state.buckets.entry(ip).or_insert((burst, now));
@@ -119,7 +120,7 @@ impl Gate {
         }
         state.total += 1;
         state.handshaking += 1;
-        *state.per_address.entry(ip).or_insert(0) += 1;
+        state.per_address.add(ip);
         Admission::Accept(Ticket { inner: self.inner.clone(), ip, handshaking: true })
     }
 
@@ -156,12 +157,7 @@ impl Drop for Ticket {
         if self.handshaking {
             state.handshaking = state.handshaking.saturating_sub(1);
         }
-        if let Some(count) = state.per_address.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                state.per_address.remove(&self.ip);
-            }
-        }
+        state.per_address.remove(self.ip);
     }
 }
 

@@ -673,6 +673,33 @@ pub fn address_key(ip: std::net::IpAddr) -> std::net::IpAddr {
     }
 }
 
+/// Connections open per peer ([`address_key`]), for both daemons' per-address limits.
+#[derive(Debug, Default)]
+pub struct PeerCounts(std::collections::HashMap<std::net::IpAddr, usize>);
+
+impl PeerCounts {
+    /// Connections open now from the peer of `ip`.
+    pub fn get(&self, ip: std::net::IpAddr) -> usize {
+        self.0.get(&address_key(ip)).copied().unwrap_or(0)
+    }
+
+    /// Counts one more connection from the peer of `ip`.
+    pub fn add(&mut self, ip: std::net::IpAddr) {
+        *self.0.entry(address_key(ip)).or_insert(0) += 1;
+    }
+
+    /// Counts one connection fewer from the peer of `ip` (forgetting a peer with none).
+    pub fn remove(&mut self, ip: std::net::IpAddr) {
+        let key = address_key(ip);
+        if let Some(count) = self.0.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                self.0.remove(&key);
+            }
+        }
+    }
+}
+
 /// Whether `token` is one of `accepted`, comparing every accepted token in full whatever
 /// matches (the time taken does not tell how much of a guess was right; only lengths leak).
 pub fn token_accepted(accepted: &std::collections::BTreeSet<String>, token: &str) -> bool {
